@@ -1,0 +1,106 @@
+"""prism_attention: estimate the block selection, then run causal block-sparse attention over it."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .config import PrismConfig
+from .kernels import reference as ref
+from .selection import BlockSelection, estimate, resolve_backend
+from .spectral import RopeLayout, SpectralBands
+
+SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+SUPPORTED_HEAD_DIMS = (32, 64, 80, 96, 128, 256)
+
+
+@dataclass
+class PrismStats:
+    """What one prism_attention call did. `selection` is None when it fell back to dense."""
+
+    density: torch.Tensor  # [B, Hq] fraction of causal blocks computed (1.0 for dense)
+    sparse: bool
+    selection: BlockSelection | None = None
+
+
+def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+    """Raise ValueError naming the problem for inputs the kernels cannot take."""
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor) or t.dim() != 4:
+            raise ValueError(f"{name} must be a 4-D tensor [batch, heads, tokens, head_dim], got {getattr(t, 'shape', type(t))}")
+    if not (q.dtype == k.dtype == v.dtype):
+        raise ValueError(f"q, k, v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    if q.dtype not in SUPPORTED_DTYPES:
+        raise ValueError(f"dtype {q.dtype} is not supported; cast to one of float16, bfloat16, float32")
+    if not (q.device == k.device == v.device):
+        raise ValueError(f"q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
+    if k.shape != v.shape:
+        raise ValueError(f"k and v must have the same shape, got {tuple(k.shape)} and {tuple(v.shape)}")
+    b, hq, q_len, d = q.shape
+    if k.shape[0] != b or k.shape[3] != d:
+        raise ValueError(f"q {tuple(q.shape)} and k {tuple(k.shape)} disagree on batch or head_dim")
+    if d not in SUPPORTED_HEAD_DIMS:
+        raise ValueError(f"head_dim {d} is not supported; supported head dims: {SUPPORTED_HEAD_DIMS}")
+    if hq % k.shape[1]:
+        raise ValueError(f"query heads ({hq}) must be a multiple of key/value heads ({k.shape[1]})")
+    if q_len > k.shape[2]:
+        raise ValueError(f"q_len ({q_len}) exceeds kv_len ({k.shape[2]}): queries must be the last kv positions")
+
+
+def dense_attention(q, k, v, scale: float | None = None) -> torch.Tensor:
+    """Dense causal SDPA with queries aligned to the end of the keys (GQA without repeat_kv)."""
+    q_len, kv_len = q.shape[2], k.shape[2]
+    gqa = q.shape[1] != k.shape[1]
+    if q_len == kv_len:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=gqa)
+    qpos = torch.arange(q_len, device=q.device)[:, None] + (kv_len - q_len)
+    mask = torch.arange(kv_len, device=q.device)[None, :] <= qpos
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=gqa)
+
+
+def prism_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    config: PrismConfig | None = None,
+    *,
+    bands: SpectralBands | None = None,
+    rope: RopeLayout | None = None,
+    scale: float | None = None,
+    backend: str = "auto",
+    return_stats: bool = False,
+):
+    """Prism causal attention. q [B, Hq, Lq, D] (after RoPE), k/v [B, Hkv, Lk, D], Lq <= Lk.
+
+    The band dims come from `bands`, else from `rope` (the model's RoPE layout), else from plain
+    RoPE over all of head_dim. Query lengths under config.min_sparse_len run dense SDPA.
+    Returns the output [B, Hq, Lq, D] (a view of a [B, Lq, Hq, D] buffer on the Triton path), and
+    a PrismStats when return_stats.
+    """
+    config = config or PrismConfig()
+    check_qkv(q, k, v)
+    backend = resolve_backend(backend, q.device)
+    b, hq, q_len, d = q.shape
+    scale = 1.0 / math.sqrt(d) if scale is None else scale
+    if q_len < max(config.min_sparse_len, 2):
+        out = dense_attention(q, k, v, scale)
+        stats = PrismStats(torch.ones(b, hq, device=q.device), sparse=False)
+        return (out, stats) if return_stats else out
+    if bands is None:
+        rope = rope or RopeLayout(head_dim=d)
+        if rope.head_dim != d:
+            raise ValueError(f"rope.head_dim={rope.head_dim} does not match the inputs' head_dim={d}")
+        bands = rope.bands(*config.band_dims(d))
+    selection = estimate(q, k, config, bands, backend)
+    if backend == "triton":
+        from .kernels.block_sparse import block_sparse_attention
+
+        out = torch.empty(b, q_len, hq, d, device=q.device, dtype=q.dtype).transpose(1, 2)
+        block_sparse_attention(q, k, v, selection.kv_num_blocks, selection.kv_indices, config.block_size, scale, out=out)
+    else:
+        out = ref.block_sparse_attention(q, k, v, selection.kv_num_blocks, selection.kv_indices, config.block_size, scale)
+    if not return_stats:
+        return out
+    return out, PrismStats(selection.density(), sparse=True, selection=selection)

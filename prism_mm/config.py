@@ -1,0 +1,86 @@
+"""PrismConfig: every knob of Prism attention in one frozen, validated dataclass.
+
+Nothing here reads environment variables; a config is always passed in explicitly.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+SUPPORTED_BLOCK_SIZES = (16, 32, 64, 128, 256)
+SELECTION_METHODS = ("prism",)
+
+# Paper defaults for head_dim 128: 64 high-frequency dims, 96 low-frequency dims.
+_HIGH_FRACTION = 64 / 128
+_LOW_FRACTION = 96 / 128
+
+
+def _even_dims(head_dim: int, fraction: float) -> int:
+    """`fraction` of head_dim, rounded down to an even number (dims come in rotary pairs), at least 2."""
+    return max(2, int(head_dim * fraction) // 2 * 2)
+
+
+@dataclass(frozen=True)
+class PrismConfig:
+    """Configuration of Prism block-sparse attention.
+
+    Attributes:
+        block_size: tokens per query/key block (power of two in 16..256).
+        high_band_dims: number of head dims (both halves of the fastest-rotating pairs) scored in the
+            high-frequency band; None = head_dim / 2 (64 for head_dim 128), even.
+        low_band_dims: number of head dims of the slowest-rotating pairs scored in the low-frequency
+            band; None = 3/4 head_dim (96 for head_dim 128), even.
+        threshold_high / threshold_low: top-p probability mass kept per band, in (0, 1]. 1.0 keeps
+            every causal block.
+        calibrate: rescale each band's logits by its RMS-energy temperature.
+        force_sink: always keep key block 0.
+        force_diagonal: always keep the key block(s) holding the query block's own positions.
+        min_sparse_len: query lengths below this use dense attention.
+        method: the block-selection algorithm ("prism": dual-band calibrated top-p of the paper).
+    """
+
+    block_size: int = 128
+    high_band_dims: int | None = None
+    low_band_dims: int | None = None
+    threshold_high: float = 0.95
+    threshold_low: float = 0.95
+    calibrate: bool = True
+    force_sink: bool = True
+    force_diagonal: bool = True
+    min_sparse_len: int = 4096
+    method: str = "prism"
+
+    def __post_init__(self) -> None:
+        if self.block_size not in SUPPORTED_BLOCK_SIZES:
+            raise ValueError(
+                f"PrismConfig.block_size must be one of {SUPPORTED_BLOCK_SIZES}, got {self.block_size!r}"
+            )
+        for name in ("high_band_dims", "low_band_dims"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 2 or value % 2):
+                raise ValueError(f"PrismConfig.{name} must be an even int >= 2 (or None for the default), got {value!r}")
+        for name in ("threshold_high", "threshold_low"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not 0.0 < float(value) <= 1.0:
+                raise ValueError(f"PrismConfig.{name} must be in (0, 1], got {value!r}")
+        if not isinstance(self.min_sparse_len, int) or self.min_sparse_len < 0:
+            raise ValueError(f"PrismConfig.min_sparse_len must be an int >= 0, got {self.min_sparse_len!r}")
+        if self.method not in SELECTION_METHODS:
+            raise ValueError(f"PrismConfig.method must be one of {SELECTION_METHODS}, got {self.method!r}")
+
+    @classmethod
+    def video(cls, **overrides) -> "PrismConfig":
+        """The paper's preset for video inputs: both band thresholds at 0.93."""
+        return cls(**{"threshold_high": 0.93, "threshold_low": 0.93, **overrides})
+
+    def with_threshold(self, threshold: float) -> "PrismConfig":
+        """A copy with both band thresholds set to `threshold`."""
+        return replace(self, threshold_high=threshold, threshold_low=threshold)
+
+    def band_dims(self, head_dim: int) -> tuple[int, int]:
+        """(high, low) band widths for `head_dim`, validated against it."""
+        high = self.high_band_dims if self.high_band_dims is not None else _even_dims(head_dim, _HIGH_FRACTION)
+        low = self.low_band_dims if self.low_band_dims is not None else _even_dims(head_dim, _LOW_FRACTION)
+        for name, value in (("high_band_dims", high), ("low_band_dims", low)):
+            if value > head_dim:
+                raise ValueError(f"PrismConfig.{name}={value} exceeds head_dim={head_dim}; use at most {head_dim}")
+        return high, low

@@ -1,0 +1,156 @@
+"""Triton kernel: causal block-sparse flash attention over compact per-row key-block lists.
+
+Grid: one program per (query tile of BLOCK_M rows, batch x query head). Each program walks the
+kv_indices list of its query block (selection blocks of SEL_BLOCK tokens, each processed as
+SEL_BLOCK / BLOCK_N key tiles) with an online softmax in fp32. Only the tail of a list (the at most
+two blocks that reach the query tile's own positions, which include the partial last key block)
+pays for causal masking. GQA: query head h reads KV head h // group; K/V are never expanded.
+Twin: reference.block_sparse_attention.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _attend_tile(
+    acc, m_i, l_i, q, k_base, v_base, start_n, offs_n, offs_d, offs_m_abs, kv_len,
+    stride_kl, stride_kd, stride_vl, stride_vd, qk_scale,
+    HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr,
+):
+    cols = start_n + offs_n
+    kmask = (offs_d < HEAD_DIM)[:, None]
+    vmask = (offs_d < HEAD_DIM)[None, :]
+    if MASKED:
+        kmask = kmask & (cols < kv_len)[None, :]
+        vmask = vmask & (cols < kv_len)[:, None]
+    kt = tl.load(k_base + cols[None, :].to(tl.int64) * stride_kl + offs_d[:, None] * stride_kd, mask=kmask, other=0.0)
+    s = tl.dot(q, kt) * qk_scale
+    if MASKED:
+        s = tl.where(cols[None, :] <= offs_m_abs[:, None], s, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, axis=1))
+    if MASKED:
+        m_new = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing visible yet
+    alpha = tl.exp2(m_i - m_new)
+    p = tl.exp2(s - m_new[:, None])
+    l_i = l_i * alpha + tl.sum(p, axis=1)
+    v = tl.load(v_base + cols[:, None].to(tl.int64) * stride_vl + offs_d[None, :] * stride_vd, mask=vmask, other=0.0)
+    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+    return acc, m_new, l_i
+
+
+@triton.jit
+def _block_sparse_fwd(
+    Q, K, V, O, CNT, IDX, qk_scale,
+    stride_qb, stride_qh, stride_ql, stride_qd,
+    stride_kb, stride_kh, stride_kl, stride_kd,
+    stride_vb, stride_vh, stride_vl, stride_vd,
+    stride_ob, stride_oh, stride_ol, stride_od,
+    stride_cb, stride_ch, stride_cm,
+    stride_ib, stride_ih, stride_im,
+    Hq, GROUP, q_len, kv_len,
+    HEAD_DIM: tl.constexpr, D_P2: tl.constexpr, SEL_BLOCK: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    # Heaviest (last) query tiles first: better load balance under causal masking.
+    m_tile = tl.num_programs(0) - 1 - tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // Hq
+    h = pid_bh % Hq
+    kvh = h // GROUP
+    q_start = m_tile * BLOCK_M
+    row = q_start // SEL_BLOCK
+    offset = kv_len - q_len
+
+    offs_m = q_start + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, D_P2)
+    q_base = Q + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh
+    qmask = (offs_m < q_len)[:, None] & (offs_d < HEAD_DIM)[None, :]
+    q = tl.load(q_base + offs_m[:, None].to(tl.int64) * stride_ql + offs_d[None, :] * stride_qd, mask=qmask, other=0.0)
+    k_base = K + b.to(tl.int64) * stride_kb + kvh.to(tl.int64) * stride_kh
+    v_base = V + b.to(tl.int64) * stride_vb + kvh.to(tl.int64) * stride_vh
+    cnt_ptr = CNT + b.to(tl.int64) * stride_cb + h.to(tl.int64) * stride_ch + row * stride_cm
+    idx_ptr = IDX + b.to(tl.int64) * stride_ib + h.to(tl.int64) * stride_ih + row.to(tl.int64) * stride_im
+    n = tl.load(cnt_ptr)
+
+    # Key blocks below `first_masked` end before this tile's first query position: no mask needed.
+    offs_m_abs = offset + offs_m
+    first_masked = (offset + q_start + 1) // SEL_BLOCK
+    last = tl.load(idx_ptr + n - 1, mask=n >= 1, other=-1)
+    second_last = tl.load(idx_ptr + n - 2, mask=n >= 2, other=-1)
+    n_tail = (last >= first_masked).to(tl.int32) + (second_last >= first_masked).to(tl.int32)
+
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, D_P2], dtype=tl.float32)
+    for t in range(0, n - n_tail):
+        kb = tl.load(idx_ptr + t)
+        for sub in tl.static_range(SEL_BLOCK // BLOCK_N):
+            acc, m_i, l_i = _attend_tile(
+                acc, m_i, l_i, q, k_base, v_base, kb * SEL_BLOCK + sub * BLOCK_N, offs_n, offs_d, offs_m_abs, kv_len,
+                stride_kl, stride_kd, stride_vl, stride_vd, qk_scale, HEAD_DIM, BLOCK_N, False,
+            )
+    for t in range(n - n_tail, n):
+        kb = tl.load(idx_ptr + t)
+        for sub in tl.static_range(SEL_BLOCK // BLOCK_N):
+            acc, m_i, l_i = _attend_tile(
+                acc, m_i, l_i, q, k_base, v_base, kb * SEL_BLOCK + sub * BLOCK_N, offs_n, offs_d, offs_m_abs, kv_len,
+                stride_kl, stride_kd, stride_vl, stride_vd, qk_scale, HEAD_DIM, BLOCK_N, True,
+            )
+    l_safe = tl.where(l_i == 0.0, 1.0, l_i)
+    out = acc / l_safe[:, None]
+    o_base = O + b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh
+    tl.store(o_base + offs_m[:, None].to(tl.int64) * stride_ol + offs_d[None, :] * stride_od,
+             out.to(O.dtype.element_ty), mask=qmask)
+
+
+def _tile_sizes(block_size: int, head_dim: int) -> tuple[int, int, int, int]:
+    """(BLOCK_M, BLOCK_N, num_warps, num_stages) for a selection block size and head dim."""
+    tile = min(block_size, 128 if head_dim <= 64 else 64) if block_size > 64 else block_size
+    block_m = min(block_size, 128)
+    return block_m, tile, 8 if block_m >= 128 else 4, 2
+
+
+def block_sparse_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    kv_num_blocks: torch.Tensor,
+    kv_indices: torch.Tensor,
+    block_size: int,
+    scale: float | None = None,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Causal block-sparse attention. q [B, Hq, Lq, D], k/v [B, Hkv, Lk, D] (any strides), Lq <= Lk.
+
+    kv_indices must list causally visible key blocks in ascending order. `out` (same shape as q, any
+    strides) receives the result if given; e.g. a [B, Lq, Hq, D] buffer viewed as [B, Hq, Lq, D].
+    """
+    b, hq, q_len, d = q.shape
+    hkv, kv_len = k.shape[1], k.shape[2]
+    nqb = triton.cdiv(q_len, block_size)
+    if kv_num_blocks.shape != (b, hq, nqb) or kv_indices.shape[:3] != (b, hq, nqb):
+        raise ValueError(
+            f"selection shapes {tuple(kv_num_blocks.shape)} / {tuple(kv_indices.shape)} do not match "
+            f"(batch, query heads, query blocks) = {(b, hq, nqb)}"
+        )
+    if kv_num_blocks.dtype != torch.int32 or kv_indices.dtype != torch.int32:
+        raise ValueError("kv_num_blocks and kv_indices must be int32")
+    out = torch.empty_like(q) if out is None else out
+    scale = 1.0 / math.sqrt(d) if scale is None else scale
+    block_m, block_n, warps, stages = _tile_sizes(block_size, d)
+    grid = (triton.cdiv(q_len, block_m), b * hq)
+    _block_sparse_fwd[grid](
+        q, k, v, out, kv_num_blocks, kv_indices, scale * 1.4426950408889634,
+        *q.stride(), *k.stride(), *v.stride(), *out.stride(),
+        *kv_num_blocks.stride(), *kv_indices.stride()[:3],
+        hq, hq // hkv, q_len, kv_len,
+        HEAD_DIM=d, D_P2=triton.next_power_of_2(d), SEL_BLOCK=block_size,
+        BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps, num_stages=stages,
+    )
+    return out

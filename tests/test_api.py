@@ -1,0 +1,86 @@
+"""prism_attention: end-to-end paths, statistics, and clear errors for bad input."""
+import pytest
+import torch
+from conftest import DEVICE, rel_err
+
+from prism_mm import PrismConfig, RopeLayout, dense_attention, prism_attention
+from prism_mm.kernels import reference as ref
+
+
+def qkv(b=1, hq=4, hkv=2, q_len=200, kv_len=200, d=64, dtype=torch.float32):
+    return (
+        torch.randn(b, hq, q_len, d, device=DEVICE, dtype=dtype),
+        torch.randn(b, hkv, kv_len, d, device=DEVICE, dtype=dtype),
+        torch.randn(b, hkv, kv_len, d, device=DEVICE, dtype=dtype),
+    )
+
+
+@pytest.mark.parametrize("q_len,kv_len", [(200, 200), (90, 250)])
+def test_backends_agree_and_match_reference_on_their_selection(q_len, kv_len):
+    q, k, v = qkv(q_len=q_len, kv_len=kv_len)
+    q = q * 3  # peakier scores -> a real sparse selection
+    cfg = PrismConfig(block_size=32, threshold_high=0.7, threshold_low=0.7, min_sparse_len=0)
+    out_t, stats_t = prism_attention(q, k, v, cfg, backend="torch", return_stats=True)
+    out_k, stats_k = prism_attention(q, k, v, cfg, backend="triton", return_stats=True)
+    assert stats_t.sparse and stats_k.sparse
+    assert stats_t.density.shape == (1, 4) and (stats_t.density > 0).all() and (stats_t.density <= 1).all()
+    sel = stats_k.selection
+    expected = ref.block_sparse_attention(q, k, v, sel.kv_num_blocks, sel.kv_indices, 32)
+    assert rel_err(out_k, expected) < 2e-3
+    # Same selection up to boundary flips -> nearly the same output.
+    assert (stats_t.selection.to_mask() != sel.to_mask()).float().mean() < 0.01
+    assert rel_err(out_t, out_k) < 5e-2
+
+
+def test_threshold_one_is_dense():
+    q, k, v = qkv(q_len=160, kv_len=160, hq=7, hkv=1)
+    cfg = PrismConfig(block_size=32, threshold_high=1.0, threshold_low=1.0, min_sparse_len=0)
+    out, stats = prism_attention(q, k, v, cfg, backend="triton", return_stats=True)
+    assert torch.allclose(stats.density, torch.ones_like(stats.density))
+    assert rel_err(out, dense_attention(q, k, v)) < 2e-3
+
+
+def test_short_inputs_fall_back_to_dense():
+    q, k, v = qkv(q_len=1, kv_len=300)  # a decoding step
+    out, stats = prism_attention(q, k, v, PrismConfig(min_sparse_len=0), return_stats=True)
+    assert not stats.sparse and stats.selection is None
+    assert rel_err(out, ref.dense_causal_attention(q, k, v)) < 1e-5
+    q, k, v = qkv(q_len=100, kv_len=100)
+    out = prism_attention(q, k, v, PrismConfig(min_sparse_len=4096))
+    assert rel_err(out, ref.dense_causal_attention(q, k, v)) < 1e-5
+
+
+def test_rope_layout_drives_the_bands():
+    q, k, v = qkv(d=128, q_len=128, kv_len=128)
+    cfg = PrismConfig(block_size=32, min_sparse_len=0)
+    out = prism_attention(q, k, v, cfg, rope=RopeLayout(head_dim=128, mrope_section=(16, 24, 24)), backend="torch")
+    assert torch.isfinite(out).all()
+    with pytest.raises(ValueError, match="head_dim"):
+        prism_attention(q, k, v, cfg, rope=RopeLayout(head_dim=64))
+
+
+@pytest.mark.parametrize(
+    "make,match",
+    [
+        (lambda: (torch.randn(4, 100, 64), torch.randn(1, 4, 100, 64), torch.randn(1, 4, 100, 64)), "4-D"),
+        (lambda: (torch.randn(1, 4, 100, 64), torch.randn(1, 4, 100, 64).half(), torch.randn(1, 4, 100, 64)), "dtype"),
+        (lambda: tuple(torch.randn(1, 4, 100, 64, dtype=torch.float64) for _ in range(3)), "not supported"),
+        (lambda: tuple(torch.randn(1, 4, 100, 72) for _ in range(3)), "head_dim 72"),
+        (lambda: (torch.randn(1, 6, 100, 64), torch.randn(1, 4, 100, 64), torch.randn(1, 4, 100, 64)), "multiple"),
+        (lambda: (torch.randn(1, 4, 120, 64), torch.randn(1, 4, 100, 64), torch.randn(1, 4, 100, 64)), "exceeds kv_len"),
+        (lambda: (torch.randn(1, 4, 100, 64), torch.randn(1, 4, 100, 64), torch.randn(1, 4, 90, 64)), "same shape"),
+        (lambda: (torch.randn(2, 4, 100, 64), torch.randn(1, 4, 100, 64), torch.randn(1, 4, 100, 64)), "batch"),
+    ],
+)
+def test_bad_inputs_raise_clear_errors(make, match):
+    with pytest.raises(ValueError, match=match):
+        prism_attention(*make(), PrismConfig(min_sparse_len=0))
+
+
+def test_bad_backend_and_device_mismatch():
+    q, k, v = qkv()
+    with pytest.raises(ValueError, match="backend"):
+        prism_attention(q, k, v, PrismConfig(min_sparse_len=0), backend="cuda-magic")
+    if DEVICE == "cuda":
+        with pytest.raises(ValueError, match="one device"):
+            prism_attention(q, k.cpu(), v.cpu())

@@ -1,0 +1,140 @@
+"""Each Triton kernel against its plain-PyTorch twin on fresh random inputs (interpreter on CPU)."""
+import math
+
+import pytest
+import torch
+from conftest import DEVICE, rel_err
+
+from prism_mm.kernels import block_sparse, estimate, pool
+from prism_mm.kernels import reference as ref
+
+ON_GPU = DEVICE == "cuda"
+FLOAT_DTYPES = [torch.float32, torch.float16] + ([torch.bfloat16] if ON_GPU else [])
+# bf16 operands: error up to ~1e-2; fp16 ~1e-3; fp32 (tf32 dots on GPU) ~1e-3.
+TOL = {torch.float32: 2e-3, torch.float16: 5e-3, torch.bfloat16: 2e-2}
+
+
+def random_selection(b, hq, q_len, kv_len, bs, density, device, diagonal=True):
+    valid = ref.causal_block_mask(q_len, kv_len, bs, device)
+    mask = (torch.rand(b, hq, *valid.shape, device=device) < density) & valid
+    if diagonal:
+        first, last = ref.query_block_key_bounds(q_len, kv_len, bs, device)
+        rows = torch.arange(first.numel(), device=device)
+        mask[..., rows, first] = True
+        mask[..., rows, last] = True
+    return ref.indices_from_block_mask(mask)
+
+
+@pytest.mark.parametrize("length,bs,d", [(77, 16, 64), (130, 32, 80), (64, 64, 128)])
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+def test_pool_matches_reference(length, bs, d, dtype):
+    x = torch.randn(2, 3, length, d, device=DEVICE, dtype=dtype)
+    out = pool.pool_blocks(x, bs)
+    expected = ref.pool_blocks(x, bs)
+    assert out.shape == expected.shape and torch.isfinite(out).all()
+    assert rel_err(out, expected) < 1e-5
+
+
+@pytest.mark.parametrize(
+    "b,hq,hkv,q_len,kv_len,bs,dh,dl",
+    [
+        (1, 2, 2, 150, 150, 16, 32, 48),  # partial last block
+        (2, 4, 1, 96, 224, 32, 32, 48),  # GQA 4, chunked prefill (q_len < kv_len), aligned offset
+        (1, 7, 1, 61, 200, 16, 40, 60),  # GQA 7, offset not a multiple of the block, head_dim 80 bands
+        (1, 2, 2, 300, 300, 64, 64, 96),
+    ],
+)
+@pytest.mark.parametrize("threshold", [0.5, 0.9, 1.0])
+def test_select_matches_reference(b, hq, hkv, q_len, kv_len, bs, dh, dl, threshold):
+    nqb, nkb = ref.num_blocks(q_len, bs), ref.num_blocks(kv_len, bs)
+    scale = 3.0  # peaky enough that top-p is far from all-or-nothing
+    qh = torch.randn(b, hq, nqb, dh, device=DEVICE) * scale / math.sqrt(dh)
+    kh = torch.randn(b, hkv, nkb, dh, device=DEVICE)
+    ql = torch.randn(b, hq, nqb, dl, device=DEVICE) * scale / math.sqrt(dl)
+    kl = torch.randn(b, hkv, nkb, dl, device=DEVICE)
+    args = (qh, kh, ql, kl, threshold, 0.8 * threshold, q_len, kv_len, bs)
+    cnt, idx = estimate.select_blocks(*args)
+    ref_cnt, ref_idx = ref.select_blocks(*args)
+    # Every listed entry is a causal block, strictly ascending, and counts are in range.
+    valid = ref.causal_block_mask(q_len, kv_len, bs, DEVICE)
+    assert (cnt >= 1).all() and (cnt <= nkb).all()
+    got = ref.block_mask_from_indices(cnt, idx, nkb)
+    assert (got.sum(-1) == cnt).all(), "index list has duplicates or out-of-range entries"
+    assert not (got & ~valid).any(), "a non-causal block was selected"
+    expected = ref.block_mask_from_indices(ref_cnt, ref_idx, nkb)
+    # Float summation order may flip a block sitting exactly on the top-p boundary; allow 0.5%.
+    mismatches = (got != expected).sum().item()
+    assert mismatches <= 0.005 * valid.sum().item() * b * hq, f"{mismatches} blocks differ from the reference"
+    if threshold == 1.0:
+        assert torch.equal(got, valid.expand_as(got))
+
+
+def _run_sparse(b, hq, hkv, q_len, kv_len, d, bs, dtype, density):
+    q = torch.randn(b, hq, q_len, d, device=DEVICE, dtype=dtype)
+    k = torch.randn(b, hkv, kv_len, d, device=DEVICE, dtype=dtype)
+    v = torch.randn(b, hkv, kv_len, d, device=DEVICE, dtype=dtype)
+    cnt, idx = random_selection(b, hq, q_len, kv_len, bs, density, DEVICE)
+    out = torch.full_like(q, float("nan"))  # poisoned: every element must be written
+    block_sparse.block_sparse_attention(q, k, v, cnt, idx, bs, out=out)
+    assert torch.isfinite(out).all(), "some output elements were not written"
+    expected = ref.block_sparse_attention(q.float(), k.float(), v.float(), cnt, idx, bs)
+    return out, expected, (q, k, v)
+
+
+@pytest.mark.parametrize(
+    "b,hq,hkv,q_len,kv_len,d,bs",
+    [
+        (1, 2, 2, 97, 97, 64, 16),  # odd length, MHA
+        (2, 4, 1, 130, 130, 80, 32),  # GQA 4, head_dim 80, batch 2
+        (1, 7, 1, 71, 200, 128, 16),  # GQA 7, chunked prefill with a misaligned causal offset
+        (1, 2, 1, 200, 200, 64, 128),  # selection block 128 -> 2 key tiles per block
+    ],
+)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+def test_sparse_all_blocks_equals_dense_sdpa(b, hq, hkv, q_len, kv_len, d, bs, dtype):
+    out, expected, (q, k, v) = _run_sparse(b, hq, hkv, q_len, kv_len, d, bs, dtype, density=1.0)
+    from prism_mm.attention import dense_attention
+
+    dense = dense_attention(q.float(), k.float(), v.float())
+    assert rel_err(expected, dense) < 1e-5  # the reference itself is right
+    assert rel_err(out, dense) < TOL[dtype]
+
+
+@pytest.mark.parametrize(
+    "b,hq,hkv,q_len,kv_len,d,bs,density",
+    [
+        (1, 4, 4, 257, 257, 64, 32, 0.3),
+        (1, 7, 1, 150, 150, 128, 16, 0.4),
+        (2, 4, 2, 100, 300, 80, 32, 0.5),
+    ],
+)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+def test_sparse_random_mask_matches_reference(b, hq, hkv, q_len, kv_len, d, bs, density, dtype):
+    out, expected, _ = _run_sparse(b, hq, hkv, q_len, kv_len, d, bs, dtype, density)
+    assert rel_err(out, expected) < TOL[dtype]
+
+
+def test_sparse_empty_rows_are_zero():
+    """A query block with an empty list yields zeros (never NaN); the other rows are unaffected."""
+    bs, n = 16, 64
+    q, k, v = (torch.randn(1, 1, n, 64, device=DEVICE) for _ in range(3))
+    mask = ref.causal_block_mask(n, n, bs, DEVICE)[None, None].clone()
+    mask[..., 2, :] = False
+    cnt, idx = ref.indices_from_block_mask(mask)
+    assert cnt[0, 0, 2] == 0
+    out = block_sparse.block_sparse_attention(q, k, v, cnt, idx, bs)
+    expected = ref.block_sparse_attention(q, k, v, cnt, idx, bs)
+    assert torch.isfinite(out).all()
+    assert (out[..., 2 * bs:3 * bs, :] == 0).all()
+    assert rel_err(out, expected) < TOL[torch.float32]
+
+
+def test_output_into_transposed_buffer():
+    """The launcher writes into any strided `out`, e.g. the [B, L, H, D] layout transformers wants."""
+    b, h, n, d, bs = 1, 3, 80, 64, 16
+    q, k, v = (torch.randn(b, h, n, d, device=DEVICE) for _ in range(3))
+    cnt, idx = random_selection(b, h, n, n, bs, 0.5, DEVICE)
+    buf = torch.full((b, n, h, d), float("nan"), device=DEVICE)
+    block_sparse.block_sparse_attention(q, k, v, cnt, idx, bs, out=buf.transpose(1, 2))
+    assert torch.isfinite(buf).all()
+    assert rel_err(buf.transpose(1, 2), ref.block_sparse_attention(q, k, v, cnt, idx, bs)) < TOL[torch.float32]
