@@ -18,18 +18,20 @@ import triton.language as tl
 
 @triton.jit
 def _attend_tile(
-    acc, m_i, l_i, q, k_base, v_base, start_n, offs_n, offs_d, offs_m_abs, kv_len,
+    acc, m_i, l_i, q, k_src, v_src, start_n, offs_n, offs_d, offs_m_abs, kv_len,
     stride_kl, stride_kd, stride_vl, stride_vd, qk_scale,
-    HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr, USE_TMA: tl.constexpr,
 ):
     cols = start_n + offs_n
-    kmask = (offs_d < HEAD_DIM)[:, None]
-    vmask = (offs_d < HEAD_DIM)[None, :]
-    if MASKED:
-        kmask = kmask & (cols < kv_len)[None, :]
-        vmask = vmask & (cols < kv_len)[:, None]
-    kt = tl.load(k_base + cols[None, :].to(tl.int64) * stride_kl + offs_d[:, None] * stride_kd, mask=kmask, other=0.0)
-    s = tl.dot(q, kt) * qk_scale
+    # k_src / v_src: tensor descriptors (TMA; rows past kv_len read as zeros) or base pointers.
+    if USE_TMA:
+        k = k_src.load([start_n, 0])
+    else:
+        kvmask = (offs_d < HEAD_DIM)[None, :]
+        if MASKED:
+            kvmask = kvmask & (cols < kv_len)[:, None]
+        k = tl.load(k_src + cols[:, None].to(tl.int64) * stride_kl + offs_d[None, :] * stride_kd, mask=kvmask, other=0.0)
+    s = tl.dot(q, tl.trans(k)) * qk_scale
     if MASKED:
         s = tl.where(cols[None, :] <= offs_m_abs[:, None], s, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(s, axis=1))
@@ -38,7 +40,10 @@ def _attend_tile(
     alpha = tl.exp2(m_i - m_new)
     p = tl.exp2(s - m_new[:, None])
     l_i = l_i * alpha + tl.sum(p, axis=1)
-    v = tl.load(v_base + cols[:, None].to(tl.int64) * stride_vl + offs_d[None, :] * stride_vd, mask=vmask, other=0.0)
+    if USE_TMA:
+        v = v_src.load([start_n, 0])
+    else:
+        v = tl.load(v_src + cols[:, None].to(tl.int64) * stride_vl + offs_d[None, :] * stride_vd, mask=kvmask, other=0.0)
     acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
     return acc, m_new, l_i
 
@@ -54,14 +59,27 @@ def _block_sparse_fwd(
     stride_ib, stride_ih, stride_im,
     Hq, GROUP, q_len, kv_len,
     HEAD_DIM: tl.constexpr, D_P2: tl.constexpr, SEL_BLOCK: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_FASTEST: tl.constexpr, USE_TMA: tl.constexpr,
 ):
-    # Heaviest (last) query tiles first: better load balance under causal masking.
-    m_tile = tl.num_programs(0) - 1 - tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = pid_bh // Hq
-    h = pid_bh % Hq
-    kvh = h // GROUP
+    n_m = tl.cdiv(q_len, BLOCK_M)
+    pid = tl.program_id(0)
+    if GROUP_FASTEST:
+        # The query heads sharing one KV head run side by side on the same query tile: their K/V
+        # blocks are read from L2 instead of HBM. Heaviest (last) query tiles first.
+        g = pid % GROUP
+        rest = pid // GROUP
+        n_bkv = tl.num_programs(0) // (GROUP * n_m)
+        bkv = rest % n_bkv
+        m_tile = n_m - 1 - rest // n_bkv
+        b = bkv // (Hq // GROUP)
+        kvh = bkv % (Hq // GROUP)
+        h = kvh * GROUP + g
+    else:
+        m_tile = n_m - 1 - pid % n_m
+        pid_bh = pid // n_m
+        b = pid_bh // Hq
+        h = pid_bh % Hq
+        kvh = h // GROUP
     q_start = m_tile * BLOCK_M
     row = q_start // SEL_BLOCK
     offset = kv_len - q_len
@@ -72,8 +90,13 @@ def _block_sparse_fwd(
     q_base = Q + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh
     qmask = (offs_m < q_len)[:, None] & (offs_d < HEAD_DIM)[None, :]
     q = tl.load(q_base + offs_m[:, None].to(tl.int64) * stride_ql + offs_d[None, :] * stride_qd, mask=qmask, other=0.0)
-    k_base = K + b.to(tl.int64) * stride_kb + kvh.to(tl.int64) * stride_kh
-    v_base = V + b.to(tl.int64) * stride_vb + kvh.to(tl.int64) * stride_vh
+    k_src = K + b.to(tl.int64) * stride_kb + kvh.to(tl.int64) * stride_kh
+    v_src = V + b.to(tl.int64) * stride_vb + kvh.to(tl.int64) * stride_vh
+    if USE_TMA:
+        k_src = tl.make_tensor_descriptor(k_src, shape=[kv_len, HEAD_DIM], strides=[stride_kl, 1],
+                                          block_shape=[BLOCK_N, HEAD_DIM])
+        v_src = tl.make_tensor_descriptor(v_src, shape=[kv_len, HEAD_DIM], strides=[stride_vl, 1],
+                                          block_shape=[BLOCK_N, HEAD_DIM])
     cnt_ptr = CNT + b.to(tl.int64) * stride_cb + h.to(tl.int64) * stride_ch + row * stride_cm
     idx_ptr = IDX + b.to(tl.int64) * stride_ib + h.to(tl.int64) * stride_ih + row.to(tl.int64) * stride_im
     n = tl.load(cnt_ptr)
@@ -92,15 +115,15 @@ def _block_sparse_fwd(
         kb = tl.load(idx_ptr + t)
         for sub in tl.static_range(SEL_BLOCK // BLOCK_N):
             acc, m_i, l_i = _attend_tile(
-                acc, m_i, l_i, q, k_base, v_base, kb * SEL_BLOCK + sub * BLOCK_N, offs_n, offs_d, offs_m_abs, kv_len,
-                stride_kl, stride_kd, stride_vl, stride_vd, qk_scale, HEAD_DIM, BLOCK_N, False,
+                acc, m_i, l_i, q, k_src, v_src, kb * SEL_BLOCK + sub * BLOCK_N, offs_n, offs_d, offs_m_abs, kv_len,
+                stride_kl, stride_kd, stride_vl, stride_vd, qk_scale, HEAD_DIM, BLOCK_N, False, USE_TMA,
             )
     for t in range(n - n_tail, n):
         kb = tl.load(idx_ptr + t)
         for sub in tl.static_range(SEL_BLOCK // BLOCK_N):
             acc, m_i, l_i = _attend_tile(
-                acc, m_i, l_i, q, k_base, v_base, kb * SEL_BLOCK + sub * BLOCK_N, offs_n, offs_d, offs_m_abs, kv_len,
-                stride_kl, stride_kd, stride_vl, stride_vd, qk_scale, HEAD_DIM, BLOCK_N, True,
+                acc, m_i, l_i, q, k_src, v_src, kb * SEL_BLOCK + sub * BLOCK_N, offs_n, offs_d, offs_m_abs, kv_len,
+                stride_kl, stride_kd, stride_vl, stride_vd, qk_scale, HEAD_DIM, BLOCK_N, True, USE_TMA,
             )
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
     out = acc / l_safe[:, None]
@@ -109,11 +132,20 @@ def _block_sparse_fwd(
              out.to(O.dtype.element_ty), mask=qmask)
 
 
-def _tile_sizes(block_size: int, head_dim: int) -> tuple[int, int, int, int]:
-    """(BLOCK_M, BLOCK_N, num_warps, num_stages) for a selection block size and head dim."""
-    tile = min(block_size, 128 if head_dim <= 64 else 64) if block_size > 64 else block_size
+def _ensure_tma_allocator() -> None:
+    """Device-side tensor descriptors need a scratch allocator (global workspace for the descriptors)."""
+    def alloc(size: int, alignment: int, stream):
+        return torch.empty(size, device="cuda", dtype=torch.int8)
+
+    triton.set_allocator(alloc)
+
+
+def default_tiles(block_size: int, head_dim: int) -> dict:
+    """Launch configuration for a selection block size and head dim."""
+    block_n = min(block_size, 64 if head_dim > 64 else 128)
     block_m = min(block_size, 128)
-    return block_m, tile, 8 if block_m >= 128 else 4, 2
+    return dict(BLOCK_M=block_m, BLOCK_N=block_n, num_warps=8 if block_m >= 128 else 4, num_stages=2,
+                GROUP_FASTEST=False, USE_TMA=False)
 
 
 def block_sparse_attention(
@@ -125,11 +157,13 @@ def block_sparse_attention(
     block_size: int,
     scale: float | None = None,
     out: torch.Tensor | None = None,
+    tiles: dict | None = None,
 ) -> torch.Tensor:
     """Causal block-sparse attention. q [B, Hq, Lq, D], k/v [B, Hkv, Lk, D] (any strides), Lq <= Lk.
 
     kv_indices must list causally visible key blocks in ascending order. `out` (same shape as q, any
     strides) receives the result if given; e.g. a [B, Lq, Hq, D] buffer viewed as [B, Hq, Lq, D].
+    `tiles` overrides default_tiles() (BLOCK_M, BLOCK_N, num_warps, num_stages, GROUP_FASTEST).
     """
     b, hq, q_len, d = q.shape
     hkv, kv_len = k.shape[1], k.shape[2]
@@ -143,14 +177,19 @@ def block_sparse_attention(
         raise ValueError("kv_num_blocks and kv_indices must be int32")
     out = torch.empty_like(q) if out is None else out
     scale = 1.0 / math.sqrt(d) if scale is None else scale
-    block_m, block_n, warps, stages = _tile_sizes(block_size, d)
-    grid = (triton.cdiv(q_len, block_m), b * hq)
+    cfg = {**default_tiles(block_size, d), **(tiles or {})}
+    if block_size % cfg["BLOCK_M"] or block_size % cfg["BLOCK_N"]:
+        raise ValueError(f"tile sizes {cfg['BLOCK_M']}x{cfg['BLOCK_N']} must divide block_size {block_size}")
+    if cfg["USE_TMA"]:
+        if d & (d - 1) or k.stride(-1) != 1 or v.stride(-1) != 1:
+            raise ValueError("USE_TMA needs a power-of-two head_dim and contiguous last dims of k and v")
+        _ensure_tma_allocator()
+    grid = (triton.cdiv(q_len, cfg["BLOCK_M"]) * b * hq,)
     _block_sparse_fwd[grid](
         q, k, v, out, kv_num_blocks, kv_indices, scale * 1.4426950408889634,
         *q.stride(), *k.stride(), *v.stride(), *out.stride(),
         *kv_num_blocks.stride(), *kv_indices.stride()[:3],
         hq, hq // hkv, q_len, kv_len,
-        HEAD_DIM=d, D_P2=triton.next_power_of_2(d), SEL_BLOCK=block_size,
-        BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps, num_stages=stages,
+        HEAD_DIM=d, D_P2=triton.next_power_of_2(d), SEL_BLOCK=block_size, **cfg,
     )
     return out

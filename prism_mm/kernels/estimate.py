@@ -17,6 +17,7 @@ import triton.language as tl
 def _band_select(
     Qp, Kp, rows, cols, row_ok, valid, n_kblocks, thr,
     D: tl.constexpr, DC: tl.constexpr, R: tl.constexpr, NKB_P2: tl.constexpr, PRECISION: tl.constexpr,
+    BISECT: tl.constexpr,
 ):
     acc = tl.zeros([R, NKB_P2], dtype=tl.float32)
     for d0 in tl.static_range(0, D, DC):
@@ -30,12 +31,25 @@ def _band_select(
     p = tl.where(valid, tl.exp(logits - m[:, None]), 0.0)
     z = tl.sum(p, axis=1)
     p = p / tl.where(z > 0, z, 1.0)[:, None]
-    # top-p: tau = k-th largest, k = #entries whose exclusive cumulative mass is below thr.
-    s = tl.sort(p, dim=1, descending=True)
-    exclusive = tl.cumsum(s, axis=1) - s
-    k = tl.sum((exclusive < thr).to(tl.int32), axis=1)
-    tau = tl.sum(tl.where(cols[None, :] == (k - 1)[:, None], s, 0.0), axis=1)
-    keep = (p >= tau[:, None]) & valid
+    # top-p: tau = k-th largest, k = #entries whose exclusive cumulative mass is below thr;
+    # equivalently tau = the largest v with mass(p >= v) >= thr.
+    if BISECT:
+        # Binary search over the fp32 bit patterns (monotone for p >= 0): 31 steps land exactly on tau.
+        bits = p.to(tl.int32, bitcast=True)
+        lo = tl.zeros([R], dtype=tl.int32)
+        hi = tl.max(bits, axis=1) + 1
+        for _ in tl.static_range(31):
+            mid = lo + (hi - lo) // 2
+            ok = tl.sum(tl.where(bits >= mid[:, None], p, 0.0), axis=1) >= thr
+            lo = tl.where(ok, mid, lo)
+            hi = tl.where(ok, hi, mid)
+        keep = (bits >= lo[:, None]) & valid
+    else:
+        s = tl.sort(p, dim=1, descending=True)
+        exclusive = tl.cumsum(s, axis=1) - s
+        k = tl.sum((exclusive < thr).to(tl.int32), axis=1)
+        tau = tl.sum(tl.where(cols[None, :] == (k - 1)[:, None], s, 0.0), axis=1)
+        keep = (p >= tau[:, None]) & valid
     return keep | (valid & (thr >= 1.0))
 
 
@@ -45,6 +59,7 @@ def _select_kernel(
     n_qblocks, n_kblocks, q_len, kv_len, Hq, Hkv, GROUP,
     DH: tl.constexpr, DL: tl.constexpr, DC: tl.constexpr, R: tl.constexpr, NKB_P2: tl.constexpr,
     BLOCK_SIZE: tl.constexpr, FORCE_SINK: tl.constexpr, FORCE_DIAG: tl.constexpr, PRECISION: tl.constexpr,
+    BISECT: tl.constexpr,
 ):
     pid_r = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -64,9 +79,9 @@ def _select_kernel(
     q_row0 = pid_bh.to(tl.int64) * n_qblocks
     k_row0 = kvh.to(tl.int64) * n_kblocks
     sel = _band_select(QH + q_row0 * DH, KH + k_row0 * DH, rows, cols, row_ok, valid, n_kblocks, thr_high,
-                       DH, DC, R, NKB_P2, PRECISION)
+                       DH, DC, R, NKB_P2, PRECISION, BISECT)
     sel = sel | _band_select(QL + q_row0 * DL, KL + k_row0 * DL, rows, cols, row_ok, valid, n_kblocks, thr_low,
-                             DL, DC, R, NKB_P2, PRECISION)
+                             DL, DC, R, NKB_P2, PRECISION, BISECT)
     if FORCE_SINK:
         sel = sel | (cols[None, :] == 0)
     if FORCE_DIAG:
@@ -92,8 +107,12 @@ def select_blocks(
     force_sink: bool = True,
     force_diagonal: bool = True,
     precise: bool = True,
+    tiles: dict | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Launcher; same contract as reference.select_blocks. Returns (kv_num_blocks, kv_indices)."""
+    """Launcher; same contract as reference.select_blocks. Returns (kv_num_blocks, kv_indices).
+
+    `tiles` overrides the launch configuration (R rows per program, num_warps, BISECT).
+    """
     for name, t in (("q_high", q_high), ("k_high", k_high), ("q_low", q_low), ("k_low", k_low)):
         if t.dim() != 4 or t.dtype != torch.float32 or not t.is_contiguous():
             raise ValueError(f"{name} must be a contiguous float32 [B, H, blocks, dims] tensor")
@@ -107,13 +126,12 @@ def select_blocks(
     counts = torch.empty(b, hq, nqb, device=q_high.device, dtype=torch.int32)
     indices = torch.empty(b, hq, nqb, nkb, device=q_high.device, dtype=torch.int32)
     nkb_p2 = max(16, triton.next_power_of_2(nkb))
-    rows = 16
-    grid = (triton.cdiv(nqb, rows), b * hq)
+    cfg = {"R": 16, "num_warps": 4 if nkb_p2 <= 256 else 8, "BISECT": False, **(tiles or {})}
+    grid = (triton.cdiv(nqb, cfg["R"]), b * hq)
     _select_kernel[grid](
         q_high, k_high, q_low, k_low, counts, indices, float(threshold_high), float(threshold_low),
         nqb, nkb, q_len, kv_len, hq, hkv, hq // hkv,
-        DH=dh, DL=dl, DC=16, R=rows, NKB_P2=nkb_p2, BLOCK_SIZE=block_size,
-        FORCE_SINK=force_sink, FORCE_DIAG=force_diagonal, PRECISION="ieee" if precise else "tf32",
-        num_warps=4 if nkb_p2 <= 256 else 8,
+        DH=dh, DL=dl, DC=16, NKB_P2=nkb_p2, BLOCK_SIZE=block_size,
+        FORCE_SINK=force_sink, FORCE_DIAG=force_diagonal, PRECISION="ieee" if precise else "tf32", **cfg,
     )
     return counts, indices
