@@ -18,28 +18,16 @@ from prism_mm.kernels import estimate as est_kernel
 from prism_mm.kernels import pool as pool_kernel
 from prism_mm.kernels import reference as ref
 from prism_mm.kernels.block_sparse import block_sparse_attention
-from prism_mm.selection import band_inputs, estimate
+from prism_mm.selection import estimate
 
 ATTN = {
-    "m128n64w8s2": dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=2),
-    "m128n64w8s3": dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3),
-    "m128n128w8s2": dict(BLOCK_M=128, BLOCK_N=128, num_warps=8, num_stages=2),
-    "m128n128w8s3": dict(BLOCK_M=128, BLOCK_N=128, num_warps=8, num_stages=3),
-    "m64n64w4s3": dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=3),
-    "m64n128w4s3": dict(BLOCK_M=64, BLOCK_N=128, num_warps=4, num_stages=3),
-    "m128n64w8s3-gf": dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3, GROUP_FASTEST=True),
-    "m128n128w8s3-gf": dict(BLOCK_M=128, BLOCK_N=128, num_warps=8, num_stages=3, GROUP_FASTEST=True),
-    "m128n64w8s3-tma": dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3, USE_TMA=True),
     "m128n128w8s3-tma": dict(BLOCK_M=128, BLOCK_N=128, num_warps=8, num_stages=3, USE_TMA=True),
-    "m128n64w8s3-tma-gf": dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3, USE_TMA=True, GROUP_FASTEST=True),
-    "m128n128w8s3-tma-gf": dict(BLOCK_M=128, BLOCK_N=128, num_warps=8, num_stages=3, USE_TMA=True, GROUP_FASTEST=True),
-}
-SELECT = {
-    "sort-r16w8": dict(R=16, num_warps=8, BISECT=False),
-    "bisect-r16w4": dict(R=16, num_warps=4, BISECT=True),
-    "bisect-r16w8": dict(R=16, num_warps=8, BISECT=True),
-    "bisect-r16w16": dict(R=16, num_warps=16, BISECT=True),
-    "bisect-r32w8": dict(R=32, num_warps=8, BISECT=True),
+    "m128n128w8s4-tma": dict(BLOCK_M=128, BLOCK_N=128, num_warps=8, num_stages=4, USE_TMA=True),
+    "m128n128w8s2-tma": dict(BLOCK_M=128, BLOCK_N=128, num_warps=8, num_stages=2, USE_TMA=True),
+    "m128n128w8s3-tma-ws": dict(BLOCK_M=128, BLOCK_N=128, num_warps=8, num_stages=3, USE_TMA=True, WARP_SPECIALIZE=True),
+    "m128n128w4s3-tma-ws": dict(BLOCK_M=128, BLOCK_N=128, num_warps=4, num_stages=3, USE_TMA=True, WARP_SPECIALIZE=True),
+    "m128n64w8s4-tma": dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=4, USE_TMA=True),
+    "m128n128w8s3-ptr": dict(BLOCK_M=128, BLOCK_N=128, num_warps=8, num_stages=3, USE_TMA=False),
 }
 
 
@@ -76,20 +64,15 @@ def main():
         cfg = PrismConfig.video(min_sparse_len=0)
         bands = RopeLayout(head_dim=D, theta=1e6, mrope_section=(16, 24, 24)).bands(*cfg.band_dims(D))
         timed(f"{n} est total (default)", lambda: estimate(q, k, cfg, bands), r)
-        timed(f"{n} pool q", lambda: pool_kernel.pool_blocks(q, BS), r)
-        timed(f"{n} pool k", lambda: pool_kernel.pool_blocks(k, BS), r)
-        pq, pk = pool_kernel.pool_blocks(q, BS), pool_kernel.pool_blocks(k, BS)
-        timed(f"{n} band_inputs", lambda: band_inputs(pq, pk, bands, cfg), r)
-        qh, kh, ql, kl = band_inputs(pq, pk, bands, cfg)
-        sel_args = (qh, kh, ql, kl, 0.93, 0.93, n, n, BS)
-        ref_mask = ref.block_mask_from_indices(*ref.select_blocks(*sel_args), n // BS)
-        for name, tiles in SELECT.items():
-            for precise in (True, False):
-                tag = f"{n} select {name} {'ieee' if precise else 'tf32'}"
-                if timed(tag, lambda: est_kernel.select_blocks(*sel_args, precise=precise, tiles=tiles), r) is not None:
-                    m = ref.block_mask_from_indices(*est_kernel.select_blocks(*sel_args, precise=precise, tiles=tiles), n // BS)
-                    r[tag + " mismatch"] = (m != ref_mask).float().mean().item()
-                    r[tag + " density"] = m.float().sum().item() / (hq * ref.causal_block_mask(n, n, BS).sum().item())
+        from prism_mm.selection import _band_tensors
+
+        hi_idx, lo_idx, hi_pos, lo_pos = _band_tensors(bands, D, q.device)
+        timed(f"{n} pool_bands q", lambda: pool_kernel.pool_bands(q, BS, hi_pos, lo_pos, 64, 96), r)
+        timed(f"{n} pool_bands k", lambda: pool_kernel.pool_bands(k, BS, hi_pos, lo_pos, 64, 96), r)
+        (qh, ql, qe), (kh, kl, ke) = (pool_kernel.pool_bands(x, BS, hi_pos, lo_pos, 64, 96) for x in (q, k))
+        sel_args = (qh, kh, ql, kl, qe, ke, D, 0.93, 0.93, n, n, BS)
+        timed(f"{n} select tf32", lambda: est_kernel.select_blocks(*sel_args), r)
+        timed(f"{n} select ieee", lambda: est_kernel.select_blocks(*sel_args, precise=True), r)
         # --- attention kernel configurations
         dense_first = n <= 65536
         for density in (0.1, 1.0):
@@ -100,7 +83,7 @@ def main():
             names = list(ATTN)
             if density == 1.0 and not dense_first:  # 128K dense: only the three best at 32K dense
                 prev = res.get(str(args.lengths[0]), {})
-                names = sorted(names, key=lambda nm: prev.get(f"{args.lengths[0]} attn {nm} d1.0") or 1e9)[:3]
+                names = sorted(names, key=lambda nm: prev.get(f"{args.lengths[0]} attn {nm} d1.0") or 1e9)[:2]
             for name in names:
                 tiles = ATTN[name]
                 ms = timed(f"{n} attn {name} d{density}", lambda: block_sparse_attention(q, k, v, cnt, idx, BS, out=out, tiles=tiles),

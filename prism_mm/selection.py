@@ -5,7 +5,7 @@ elsewhere; `backend` forces one ("triton" on CPU needs TRITON_INTERPRET=1).
 """
 from __future__ import annotations
 
-import math
+import functools
 import os
 from dataclasses import dataclass
 
@@ -56,55 +56,45 @@ class BlockSelection:
         return ref.block_mask_from_indices(self.kv_num_blocks, self.kv_indices, self.num_key_blocks)
 
 
-def band_inputs(
-    q_pooled: torch.Tensor, k_pooled: torch.Tensor, bands: SpectralBands, config: PrismConfig
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Gather each band from the pooled vectors and fold its logit scale into the query side.
-
-    logits_band = (q_band . k_band) / (sqrt(d_band) * t_band), with the energy-calibrated
-    temperature t_band = sqrt(d_band / d) * (rms(q_band) / rms(q)) * (rms(k_band) / rms(k))
-    (RMS over all blocks of a head) when config.calibrate, else t_band = 1.
-    """
-    d = q_pooled.shape[-1]
-    group = q_pooled.shape[1] // k_pooled.shape[1]
-    hi_idx, lo_idx = bands.tensors(q_pooled.device)
-    eps = 1e-6
-
-    def rms(x):
-        return x.pow(2).mean(dim=(-2, -1)).sqrt()  # [B, H]
-
-    out = []
-    for idx in (hi_idx, lo_idx):
-        qb = q_pooled.index_select(-1, idx)
-        kb = k_pooled.index_select(-1, idx).contiguous()
-        d_band = idx.numel()
-        if config.calibrate:
-            ratio_q = rms(qb) / rms(q_pooled).clamp_min(eps)
-            ratio_k = (rms(kb) / rms(k_pooled).clamp_min(eps)).repeat_interleave(group, dim=1)
-            temp = (math.sqrt(d_band / d) * ratio_q * ratio_k).clamp_min(eps)
-        else:
-            temp = torch.ones(qb.shape[:2], device=qb.device)
-        qb = (qb / (math.sqrt(d_band) * temp)[..., None, None]).contiguous()
-        out += [qb, kb]
-    return out[0], out[1], out[2], out[3]
+@functools.lru_cache(maxsize=64)
+def _band_tensors(bands: SpectralBands, head_dim: int, device: torch.device):
+    """Cached per device: band dim indices (reference path) and in-band positions (kernel path)."""
+    hi_idx, lo_idx = bands.tensors(device)
+    hi_pos = torch.full((head_dim,), -1, dtype=torch.int32, device=device)
+    lo_pos = hi_pos.clone()
+    hi_pos[hi_idx] = torch.arange(hi_idx.numel(), dtype=torch.int32, device=device)
+    lo_pos[lo_idx] = torch.arange(lo_idx.numel(), dtype=torch.int32, device=device)
+    return hi_idx, lo_idx, hi_pos, lo_pos
 
 
 def estimate(
     q: torch.Tensor, k: torch.Tensor, config: PrismConfig, bands: SpectralBands, backend: str = "auto"
 ) -> BlockSelection:
-    """Select key blocks for every (batch, query head, query block). q [B,Hq,Lq,D], k [B,Hkv,Lk,D]."""
+    """Select key blocks for every (batch, query head, query block). q [B,Hq,Lq,D], k [B,Hkv,Lk,D].
+
+    Three steps, each a kernel on the Triton path: pool Q into band vectors + energies, pool K
+    likewise, then calibrated dual-band top-p selection into index lists.
+    """
     backend = resolve_backend(backend, q.device)
-    bs = config.block_size
+    bs, d = config.block_size, q.shape[-1]
+    if max(bands.high + bands.low) >= d:
+        raise ValueError(f"band dims {max(bands.high + bands.low)} out of range for head_dim {d}")
+    hi_idx, lo_idx, hi_pos, lo_pos = _band_tensors(bands, d, q.device)
     if backend == "triton":
         from .kernels import estimate as est_kernel
         from .kernels import pool as pool_kernel
 
-        pool, select = pool_kernel.pool_blocks, est_kernel.select_blocks
+        dh, dl = len(bands.high), len(bands.low)
+        pooled_q = pool_kernel.pool_bands(q, bs, hi_pos, lo_pos, dh, dl)
+        pooled_k = pool_kernel.pool_bands(k, bs, hi_pos, lo_pos, dh, dl)
+        select = est_kernel.select_blocks
     else:
-        pool, select = ref.pool_blocks, ref.select_blocks
-    qh, kh, ql, kl = band_inputs(pool(q, bs), pool(k, bs), bands, config)
+        pooled_q = ref.pool_bands(q, bs, hi_idx, lo_idx)
+        pooled_k = ref.pool_bands(k, bs, hi_idx, lo_idx)
+        select = ref.select_blocks
+    (qh, ql, qe), (kh, kl, ke) = pooled_q, pooled_k
     counts, indices = select(
-        qh, kh, ql, kl, config.threshold_high, config.threshold_low, q.shape[2], k.shape[2], bs,
-        force_sink=config.force_sink, force_diagonal=config.force_diagonal,
+        qh, kh, ql, kl, qe, ke, d, config.threshold_high, config.threshold_low, q.shape[2], k.shape[2], bs,
+        calibrate=config.calibrate, force_sink=config.force_sink, force_diagonal=config.force_diagonal,
     )
     return BlockSelection(counts, indices, bs, q.shape[2], k.shape[2])

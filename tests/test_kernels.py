@@ -25,48 +25,83 @@ def random_selection(b, hq, q_len, kv_len, bs, density, device, diagonal=True):
     return ref.indices_from_block_mask(mask)
 
 
+def band_dims(d):
+    from prism_mm import PrismConfig, RopeLayout
+
+    bands = RopeLayout(head_dim=d).bands(*PrismConfig().band_dims(d))
+    hi = torch.tensor(bands.high, device=DEVICE)
+    lo = torch.tensor(bands.low, device=DEVICE)
+    pos = lambda idx: torch.full((d,), -1, dtype=torch.int32, device=DEVICE).index_put_(  # noqa: E731
+        (idx,), torch.arange(idx.numel(), dtype=torch.int32, device=DEVICE))
+    return hi, lo, pos(hi), pos(lo)
+
+
+def block_structured(b, h, n, d, bs, dtype=torch.float32, gain=1.0):
+    """Tokens = a random vector per block (+ noise): pooled scores are far from flat."""
+    nb = ref.num_blocks(n, bs)
+    x = torch.randn(b, h, nb, 1, d, device=DEVICE).expand(b, h, nb, bs, d).reshape(b, h, nb * bs, d)[:, :, :n]
+    return (gain * x + 0.3 * torch.randn(b, h, n, d, device=DEVICE)).to(dtype)
+
+
 @pytest.mark.parametrize("length,bs,d", [(77, 16, 64), (130, 32, 80), (64, 64, 128)])
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
-def test_pool_matches_reference(length, bs, d, dtype):
+def test_pool_bands_matches_reference(length, bs, d, dtype):
+    hi, lo, hi_pos, lo_pos = band_dims(d)
     x = torch.randn(2, 3, length, d, device=DEVICE, dtype=dtype)
-    out = pool.pool_blocks(x, bs)
-    expected = ref.pool_blocks(x, bs)
-    assert out.shape == expected.shape and torch.isfinite(out).all()
-    assert rel_err(out, expected) < 1e-5
+    got = pool.pool_bands(x, bs, hi_pos, lo_pos, hi.numel(), lo.numel())
+    expected = ref.pool_bands(x, bs, hi, lo)
+    for g, e in zip(got, expected):
+        assert g.shape == e.shape and torch.isfinite(g).all()
+        assert rel_err(g, e) < 1e-5
 
 
 @pytest.mark.parametrize(
-    "b,hq,hkv,q_len,kv_len,bs,dh,dl",
+    "b,hq,hkv,q_len,kv_len,bs,d",
     [
-        (1, 2, 2, 150, 150, 16, 32, 48),  # partial last block
-        (2, 4, 1, 96, 224, 32, 32, 48),  # GQA 4, chunked prefill (q_len < kv_len), aligned offset
-        (1, 7, 1, 61, 200, 16, 40, 60),  # GQA 7, offset not a multiple of the block, head_dim 80 bands
-        (1, 2, 2, 300, 300, 64, 64, 96),
+        (1, 2, 2, 150, 150, 16, 64),  # partial last block
+        (2, 4, 1, 96, 224, 32, 64),  # GQA 4, chunked prefill (q_len < kv_len), aligned offset
+        (1, 7, 1, 61, 200, 16, 80),  # GQA 7, offset not a multiple of the block, head_dim 80 bands
+        (1, 2, 2, 1100, 1100, 16, 128),  # 69 key blocks: three ladder steps (64, 128)
     ],
 )
 @pytest.mark.parametrize("threshold", [0.5, 0.9, 1.0])
-def test_select_matches_reference(b, hq, hkv, q_len, kv_len, bs, dh, dl, threshold):
-    nqb, nkb = ref.num_blocks(q_len, bs), ref.num_blocks(kv_len, bs)
-    scale = 3.0  # peaky enough that top-p is far from all-or-nothing
-    qh = torch.randn(b, hq, nqb, dh, device=DEVICE) * scale / math.sqrt(dh)
-    kh = torch.randn(b, hkv, nkb, dh, device=DEVICE)
-    ql = torch.randn(b, hq, nqb, dl, device=DEVICE) * scale / math.sqrt(dl)
-    kl = torch.randn(b, hkv, nkb, dl, device=DEVICE)
-    args = (qh, kh, ql, kl, threshold, 0.8 * threshold, q_len, kv_len, bs)
-    cnt, idx = estimate.select_blocks(*args)
-    ref_cnt, ref_idx = ref.select_blocks(*args)
+@pytest.mark.parametrize("calibrate", [True, False])
+def test_select_matches_reference(b, hq, hkv, q_len, kv_len, bs, d, threshold, calibrate):
+    hi, lo, _, _ = band_dims(d)
+    q = block_structured(b, hq, q_len, d, bs, gain=2.0)
+    k = block_structured(b, hkv, kv_len, d, bs)
+    pooled_q, pooled_k = ref.pool_bands(q, bs, hi, lo), ref.pool_bands(k, bs, hi, lo)
+    (qh, ql, qe), (kh, kl, ke) = pooled_q, pooled_k
+    args = (qh, kh, ql, kl, qe, ke, d, threshold, 0.8 * threshold, q_len, kv_len, bs)
+    cnt, idx = estimate.select_blocks(*args, calibrate=calibrate, precise=True)
+    ref_cnt, ref_idx = ref.select_blocks(*args, calibrate=calibrate)
+    nkb = ref.num_blocks(kv_len, bs)
     # Every listed entry is a causal block, strictly ascending, and counts are in range.
     valid = ref.causal_block_mask(q_len, kv_len, bs, DEVICE)
     assert (cnt >= 1).all() and (cnt <= nkb).all()
     got = ref.block_mask_from_indices(cnt, idx, nkb)
     assert (got.sum(-1) == cnt).all(), "index list has duplicates or out-of-range entries"
+    listed = torch.arange(nkb, device=DEVICE) < cnt[..., None]
+    assert (idx[..., 1:].long() > idx[..., :-1].long())[listed[..., 1:]].all(), "index list not ascending"
     assert not (got & ~valid).any(), "a non-causal block was selected"
     expected = ref.block_mask_from_indices(ref_cnt, ref_idx, nkb)
+    assert 0 < expected.sum() < valid.sum() * b * hq or threshold == 1.0  # a real selection
     # Float summation order may flip a block sitting exactly on the top-p boundary; allow 0.5%.
     mismatches = (got != expected).sum().item()
     assert mismatches <= 0.005 * valid.sum().item() * b * hq, f"{mismatches} blocks differ from the reference"
     if threshold == 1.0:
         assert torch.equal(got, valid.expand_as(got))
+
+
+def test_ladder_covers_every_row_once():
+    for q_len, kv_len, bs in [(1100, 1100, 16), (61, 200, 16), (128 * 1000, 128 * 1000, 128), (500, 9000, 64)]:
+        nqb, nkb = ref.num_blocks(q_len, bs), ref.num_blocks(kv_len, bs)
+        steps = estimate.ladder(nqb, nkb, q_len, kv_len, bs)
+        rows = [r for start, end, _ in steps for r in range(start, end)]
+        assert rows == list(range(nqb))
+        _, last = ref.query_block_key_bounds(q_len, kv_len, bs)
+        for start, end, width in steps:
+            assert int(last[start:end].max()) < width  # every causal key block fits in the row width
 
 
 def _run_sparse(b, hq, hkv, q_len, kv_len, d, bs, dtype, density):

@@ -60,6 +60,7 @@ def _block_sparse_fwd(
     Hq, GROUP, q_len, kv_len,
     HEAD_DIM: tl.constexpr, D_P2: tl.constexpr, SEL_BLOCK: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_FASTEST: tl.constexpr, USE_TMA: tl.constexpr,
+    WARP_SPECIALIZE: tl.constexpr,
 ):
     n_m = tl.cdiv(q_len, BLOCK_M)
     pid = tl.program_id(0)
@@ -111,7 +112,7 @@ def _block_sparse_fwd(
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, D_P2], dtype=tl.float32)
-    for t in range(0, n - n_tail):
+    for t in tl.range(0, n - n_tail, warp_specialize=WARP_SPECIALIZE):
         kb = tl.load(idx_ptr + t)
         for sub in tl.static_range(SEL_BLOCK // BLOCK_N):
             acc, m_i, l_i = _attend_tile(
@@ -140,12 +141,22 @@ def _ensure_tma_allocator() -> None:
     triton.set_allocator(alloc)
 
 
-def default_tiles(block_size: int, head_dim: int) -> dict:
-    """Launch configuration for a selection block size and head dim."""
-    block_n = min(block_size, 64 if head_dim > 64 else 128)
+def tma_supported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
+    """Tensor-descriptor (TMA) loads: Hopper or newer, power-of-two head_dim, 16-byte aligned rows."""
+    d = q.shape[-1]
+    if not q.is_cuda or torch.cuda.get_device_capability(q.device)[0] < 9 or d & (d - 1):
+        return False
+    return all(t.stride(-1) == 1 and t.stride(-2) % 8 == 0 and t.data_ptr() % 16 == 0 for t in (k, v))
+
+
+def default_tiles(block_size: int, head_dim: int, use_tma: bool = False) -> dict:
+    """Launch configuration (tuned on an H100, see benchmarks/NOTES.md)."""
     block_m = min(block_size, 128)
-    return dict(BLOCK_M=block_m, BLOCK_N=block_n, num_warps=8 if block_m >= 128 else 4, num_stages=2,
-                GROUP_FASTEST=False, USE_TMA=False)
+    wide = use_tma and head_dim <= 128 or head_dim <= 64
+    block_n = min(block_size, 128 if wide else 64)
+    return dict(BLOCK_M=block_m, BLOCK_N=block_n, num_warps=8 if block_m >= 128 else 4,
+                num_stages=3 if use_tma and head_dim <= 128 else 2, GROUP_FASTEST=False, USE_TMA=use_tma,
+                WARP_SPECIALIZE=False)
 
 
 def block_sparse_attention(
@@ -177,7 +188,7 @@ def block_sparse_attention(
         raise ValueError("kv_num_blocks and kv_indices must be int32")
     out = torch.empty_like(q) if out is None else out
     scale = 1.0 / math.sqrt(d) if scale is None else scale
-    cfg = {**default_tiles(block_size, d), **(tiles or {})}
+    cfg = {**default_tiles(block_size, d, tma_supported(q, k, v)), **(tiles or {})}
     if block_size % cfg["BLOCK_M"] or block_size % cfg["BLOCK_N"]:
         raise ValueError(f"tile sizes {cfg['BLOCK_M']}x{cfg['BLOCK_N']} must divide block_size {block_size}")
     if cfg["USE_TMA"]:

@@ -1,12 +1,18 @@
-"""Triton kernel: dual-band top-p block selection -> compact per-row key-block index lists.
+"""Triton kernel: calibrated dual-band top-p block selection -> compact per-row key-block lists.
 
-One program scores R query-block rows of one (batch, query head) against every key block of its KV
-head in both bands, applies a causal softmax and the top-p rule per band, takes the union with the
-sink and diagonal blocks, and writes the selected key-block indices (ascending) plus their count.
+One program scores R query-block rows of one (batch, query head) against the key blocks of its KV
+head in both bands: it derives the band temperatures from the per-block energies written by the
+pooling kernel, applies a causal softmax and the top-p rule per band, takes the union with the sink
+and diagonal blocks, and writes the selected key-block indices (ascending) plus their count.
 Nothing of size heads x q_blocks x k_blocks in float32 goes through memory.
+
+Rows are launched in a "ladder": rows whose causal range fits in W key blocks run with a row width
+of W (64, 128, ..., next_pow2(NKB)), so the causal upper triangle is mostly not computed.
 Twin: reference.select_blocks.
 """
 from __future__ import annotations
+
+import math
 
 import torch
 import triton
@@ -14,61 +20,68 @@ import triton.language as tl
 
 
 @triton.jit
+def _head_rms_ratio(E, row0, n_rows, band: tl.constexpr, d_band, d, W: tl.constexpr):
+    """rms(pooled band dims) / rms(pooled all dims) over the n_rows blocks of one head."""
+    offs = tl.arange(0, W)
+    e_all = tl.zeros([W], dtype=tl.float32)
+    e_band = tl.zeros([W], dtype=tl.float32)
+    for r0 in range(0, n_rows, W):
+        m = r0 + offs < n_rows
+        e_all += tl.load(E + (row0 + r0 + offs) * 3, mask=m, other=0.0)
+        e_band += tl.load(E + (row0 + r0 + offs) * 3 + band, mask=m, other=0.0)
+    rms_all = tl.sqrt(tl.sum(e_all, axis=0) / (n_rows * d))
+    rms_band = tl.sqrt(tl.sum(e_band, axis=0) / (n_rows * d_band))
+    return rms_band / tl.maximum(rms_all, 1e-6)
+
+
+@triton.jit
 def _band_select(
-    Qp, Kp, rows, cols, row_ok, valid, n_kblocks, thr,
-    D: tl.constexpr, DC: tl.constexpr, R: tl.constexpr, NKB_P2: tl.constexpr, PRECISION: tl.constexpr,
-    BISECT: tl.constexpr,
+    Qp, Kp, rows, cols, row_ok, valid, n_kblocks, thr, scale,
+    D: tl.constexpr, DC: tl.constexpr, R: tl.constexpr, W: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    acc = tl.zeros([R, NKB_P2], dtype=tl.float32)
+    acc = tl.zeros([R, W], dtype=tl.float32)
     for d0 in tl.static_range(0, D, DC):
         dd = d0 + tl.arange(0, DC)
         q = tl.load(Qp + rows[:, None] * D + dd[None, :], mask=row_ok[:, None] & (dd < D)[None, :], other=0.0)
         kt = tl.load(Kp + cols[None, :] * D + dd[:, None], mask=(cols < n_kblocks)[None, :] & (dd < D)[:, None], other=0.0)
         acc += tl.dot(q, kt, input_precision=PRECISION)
-    logits = tl.where(valid, acc, float("-inf"))
+    logits = tl.where(valid, acc * scale, float("-inf"))
     m = tl.max(logits, axis=1)
     m = tl.where(row_ok, m, 0.0)
     p = tl.where(valid, tl.exp(logits - m[:, None]), 0.0)
     z = tl.sum(p, axis=1)
     p = p / tl.where(z > 0, z, 1.0)[:, None]
-    # top-p: tau = k-th largest, k = #entries whose exclusive cumulative mass is below thr;
-    # equivalently tau = the largest v with mass(p >= v) >= thr.
-    if BISECT:
-        # Binary search over the fp32 bit patterns (monotone for p >= 0): 31 steps land exactly on tau.
-        bits = p.to(tl.int32, bitcast=True)
-        lo = tl.zeros([R], dtype=tl.int32)
-        hi = tl.max(bits, axis=1) + 1
-        for _ in tl.static_range(31):
-            mid = lo + (hi - lo) // 2
-            ok = tl.sum(tl.where(bits >= mid[:, None], p, 0.0), axis=1) >= thr
-            lo = tl.where(ok, mid, lo)
-            hi = tl.where(ok, hi, mid)
-        keep = (bits >= lo[:, None]) & valid
-    else:
-        s = tl.sort(p, dim=1, descending=True)
-        exclusive = tl.cumsum(s, axis=1) - s
-        k = tl.sum((exclusive < thr).to(tl.int32), axis=1)
-        tau = tl.sum(tl.where(cols[None, :] == (k - 1)[:, None], s, 0.0), axis=1)
-        keep = (p >= tau[:, None]) & valid
+    # top-p: tau = k-th largest, k = #entries whose exclusive cumulative mass is below thr, i.e.
+    # the largest v with mass(p >= v) >= thr. Binary search over the fp32 bit patterns (monotone
+    # for p >= 0): 31 halvings land exactly on tau, with no sort.
+    bits = p.to(tl.int32, bitcast=True)
+    lo = tl.zeros([R], dtype=tl.int32)
+    hi = tl.max(bits, axis=1) + 1
+    for _ in tl.static_range(31):
+        mid = lo + (hi - lo) // 2
+        ok = tl.sum(tl.where(bits >= mid[:, None], p, 0.0), axis=1) >= thr
+        lo = tl.where(ok, mid, lo)
+        hi = tl.where(ok, hi, mid)
+    keep = (bits >= lo[:, None]) & valid
     return keep | (valid & (thr >= 1.0))
 
 
 @triton.jit
 def _select_kernel(
-    QH, KH, QL, KL, CNT, IDX, thr_high, thr_low,
-    n_qblocks, n_kblocks, q_len, kv_len, Hq, Hkv, GROUP,
-    DH: tl.constexpr, DL: tl.constexpr, DC: tl.constexpr, R: tl.constexpr, NKB_P2: tl.constexpr,
-    BLOCK_SIZE: tl.constexpr, FORCE_SINK: tl.constexpr, FORCE_DIAG: tl.constexpr, PRECISION: tl.constexpr,
-    BISECT: tl.constexpr,
+    QH, KH, QL, KL, QE, KE, CNT, IDX, thr_high, thr_low,
+    row_start, row_end, n_qblocks, n_kblocks, q_len, kv_len, Hq, Hkv, GROUP,
+    D: tl.constexpr, DH: tl.constexpr, DL: tl.constexpr, DC: tl.constexpr, R: tl.constexpr, W: tl.constexpr,
+    BLOCK_SIZE: tl.constexpr, CALIBRATE: tl.constexpr, FORCE_SINK: tl.constexpr, FORCE_DIAG: tl.constexpr,
+    PRECISION: tl.constexpr,
 ):
     pid_r = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // Hq
     h = pid_bh % Hq
     kvh = b * Hkv + h // GROUP
-    rows = pid_r * R + tl.arange(0, R)
-    cols = tl.arange(0, NKB_P2)
-    row_ok = rows < n_qblocks
+    rows = row_start + pid_r * R + tl.arange(0, R)
+    cols = tl.arange(0, W)
+    row_ok = rows < row_end
     offset = kv_len - q_len
     first_pos = offset + rows * BLOCK_SIZE
     last_pos = tl.minimum(first_pos + BLOCK_SIZE, kv_len) - 1
@@ -78,10 +91,21 @@ def _select_kernel(
 
     q_row0 = pid_bh.to(tl.int64) * n_qblocks
     k_row0 = kvh.to(tl.int64) * n_kblocks
+    # logits_band = q_band . k_band / (sqrt(d_band) * t_band),
+    # t_band = sqrt(d_band / d) * (rms(q_band) / rms(q)) * (rms(k_band) / rms(k))   (if CALIBRATE)
+    scale_h = 1.0 / tl.sqrt(DH * 1.0)
+    scale_l = 1.0 / tl.sqrt(DL * 1.0)
+    if CALIBRATE:
+        t_h = tl.sqrt(DH / D) * _head_rms_ratio(QE, q_row0, n_qblocks, 1, DH, D, 256) \
+            * _head_rms_ratio(KE, k_row0, n_kblocks, 1, DH, D, 256)
+        t_l = tl.sqrt(DL / D) * _head_rms_ratio(QE, q_row0, n_qblocks, 2, DL, D, 256) \
+            * _head_rms_ratio(KE, k_row0, n_kblocks, 2, DL, D, 256)
+        scale_h = scale_h / tl.maximum(t_h, 1e-6)
+        scale_l = scale_l / tl.maximum(t_l, 1e-6)
     sel = _band_select(QH + q_row0 * DH, KH + k_row0 * DH, rows, cols, row_ok, valid, n_kblocks, thr_high,
-                       DH, DC, R, NKB_P2, PRECISION, BISECT)
+                       scale_h, DH, DC, R, W, PRECISION)
     sel = sel | _band_select(QL + q_row0 * DL, KL + k_row0 * DL, rows, cols, row_ok, valid, n_kblocks, thr_low,
-                             DL, DC, R, NKB_P2, PRECISION, BISECT)
+                             scale_l, DL, DC, R, W, PRECISION)
     if FORCE_SINK:
         sel = sel | (cols[None, :] == 0)
     if FORCE_DIAG:
@@ -94,26 +118,46 @@ def _select_kernel(
     tl.store(CNT + out_rows, tl.sum(sel_i, axis=1), mask=row_ok)
 
 
+def ladder(n_qblocks: int, n_kblocks: int, q_len: int, kv_len: int, block_size: int, min_width: int = 64):
+    """[(row_start, row_end, width)]: consecutive row ranges whose causal key range fits in `width`."""
+    offset = kv_len - q_len
+    full = max(16, triton.next_power_of_2(n_kblocks))
+    steps, start, width = [], 0, min(min_width, full)
+    while start < n_qblocks:
+        # rows i with last key block (offset + (i+1)*bs - 1) // bs < width
+        end = n_qblocks if width >= full else min(n_qblocks, max(0, (width * block_size - offset) // block_size))
+        if end > start:
+            steps.append((start, end, width))
+            start = end
+        width *= 2
+    return steps
+
+
 def select_blocks(
     q_high: torch.Tensor,
     k_high: torch.Tensor,
     q_low: torch.Tensor,
     k_low: torch.Tensor,
+    q_energy: torch.Tensor,
+    k_energy: torch.Tensor,
+    head_dim: int,
     threshold_high: float,
     threshold_low: float,
     q_len: int,
     kv_len: int,
     block_size: int,
+    calibrate: bool = True,
     force_sink: bool = True,
     force_diagonal: bool = True,
-    precise: bool = True,
-    tiles: dict | None = None,
+    precise: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Launcher; same contract as reference.select_blocks. Returns (kv_num_blocks, kv_indices).
 
-    `tiles` overrides the launch configuration (R rows per program, num_warps, BISECT).
+    precise=False scores with TF32 tensor-core dots on GPUs (boundary flips ~1e-5 of the blocks).
     """
-    for name, t in (("q_high", q_high), ("k_high", k_high), ("q_low", q_low), ("k_low", k_low)):
+    named = (("q_high", q_high), ("k_high", k_high), ("q_low", q_low), ("k_low", k_low),
+             ("q_energy", q_energy), ("k_energy", k_energy))
+    for name, t in named:
         if t.dim() != 4 or t.dtype != torch.float32 or not t.is_contiguous():
             raise ValueError(f"{name} must be a contiguous float32 [B, H, blocks, dims] tensor")
     b, hq, nqb, dh = q_high.shape
@@ -125,13 +169,14 @@ def select_blocks(
         raise ValueError("pooled tensors do not match q_len / kv_len / block_size")
     counts = torch.empty(b, hq, nqb, device=q_high.device, dtype=torch.int32)
     indices = torch.empty(b, hq, nqb, nkb, device=q_high.device, dtype=torch.int32)
-    nkb_p2 = max(16, triton.next_power_of_2(nkb))
-    cfg = {"R": 16, "num_warps": 4 if nkb_p2 <= 256 else 8, "BISECT": False, **(tiles or {})}
-    grid = (triton.cdiv(nqb, cfg["R"]), b * hq)
-    _select_kernel[grid](
-        q_high, k_high, q_low, k_low, counts, indices, float(threshold_high), float(threshold_low),
-        nqb, nkb, q_len, kv_len, hq, hkv, hq // hkv,
-        DH=dh, DL=dl, DC=16, NKB_P2=nkb_p2, BLOCK_SIZE=block_size,
-        FORCE_SINK=force_sink, FORCE_DIAG=force_diagonal, PRECISION="ieee" if precise else "tf32", **cfg,
-    )
+    for start, end, width in ladder(nqb, nkb, q_len, kv_len, block_size):
+        rows = 16
+        warps = 4 if width <= 128 else 8 if width <= 512 else 16
+        _select_kernel[(triton.cdiv(end - start, rows), b * hq)](
+            q_high, k_high, q_low, k_low, q_energy, k_energy, counts, indices,
+            float(threshold_high), float(threshold_low), start, end, nqb, nkb, q_len, kv_len, hq, hkv, hq // hkv,
+            D=head_dim, DH=dh, DL=dl, DC=16, R=rows, W=width, BLOCK_SIZE=block_size,
+            CALIBRATE=calibrate, FORCE_SINK=force_sink, FORCE_DIAG=force_diagonal,
+            PRECISION="ieee" if precise else "tf32", num_warps=warps,
+        )
     return counts, indices

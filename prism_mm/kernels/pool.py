@@ -1,4 +1,10 @@
-"""Triton kernel: mean-pool each block of tokens (fp32 result). Twin: reference.pool_blocks."""
+"""Triton kernel: mean-pool each block of tokens and split the pooled vector into the two RoPE bands.
+
+Per block it writes the pooled high-band and low-band vectors (fp32, band dims in ascending order)
+and the energies sum(pooled^2) over all dims / the high band / the low band, which the selection
+kernel turns into the calibration temperatures. One read of Q (or K), nothing else.
+Twin: reference.pool_bands.
+"""
 from __future__ import annotations
 
 import torch
@@ -7,10 +13,11 @@ import triton.language as tl
 
 
 @triton.jit
-def _pool_kernel(
-    X, OUT, L, n_blocks, H,
+def _pool_bands_kernel(
+    X, HI, LO, E, HI_POS, LO_POS, L, n_blocks, H,
     stride_xb, stride_xh, stride_xl, stride_xd,
-    D: tl.constexpr, D_P2: tl.constexpr, BLOCK: tl.constexpr, CHUNK: tl.constexpr,
+    D: tl.constexpr, D_P2: tl.constexpr, DH: tl.constexpr, DL: tl.constexpr,
+    BLOCK: tl.constexpr, CHUNK: tl.constexpr,
 ):
     pid_n = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -25,21 +32,35 @@ def _pool_kernel(
         ptrs = base + offs[:, None].to(tl.int64) * stride_xl + offs_d[None, :] * stride_xd
         x = tl.load(ptrs, mask=(offs < L)[:, None] & (offs_d < D)[None, :], other=0.0)
         acc += tl.sum(x.to(tl.float32), axis=0)
-    count = tl.minimum(L - start, BLOCK).to(tl.float32)
-    out = OUT + (pid_bh.to(tl.int64) * n_blocks + pid_n) * D + offs_d
-    tl.store(out, acc / count, mask=offs_d < D)
+    pooled = acc / tl.minimum(L - start, BLOCK).to(tl.float32)
+    row = pid_bh.to(tl.int64) * n_blocks + pid_n
+    hi_pos = tl.load(HI_POS + offs_d, mask=offs_d < D, other=-1)
+    lo_pos = tl.load(LO_POS + offs_d, mask=offs_d < D, other=-1)
+    tl.store(HI + row * DH + hi_pos, pooled, mask=hi_pos >= 0)
+    tl.store(LO + row * DL + lo_pos, pooled, mask=lo_pos >= 0)
+    sq = pooled * pooled
+    tl.store(E + row * 3 + 0, tl.sum(sq, axis=0))
+    tl.store(E + row * 3 + 1, tl.sum(tl.where(hi_pos >= 0, sq, 0.0), axis=0))
+    tl.store(E + row * 3 + 2, tl.sum(tl.where(lo_pos >= 0, sq, 0.0), axis=0))
 
 
-def pool_blocks(x: torch.Tensor, block_size: int) -> torch.Tensor:
-    """[B, H, L, D] -> [B, H, ceil(L / block_size), D] float32 block means."""
+def pool_bands(x: torch.Tensor, block_size: int, hi_pos: torch.Tensor, lo_pos: torch.Tensor, dh: int, dl: int):
+    """x [B, H, L, D] -> (high [B,H,NB,dh], low [B,H,NB,dl], energy [B,H,NB,3]) float32.
+
+    hi_pos / lo_pos: for each head dim, its position inside the high / low band, or -1 (int32 [D] on x's device) with dh / dl
+    dims each (passed in to avoid a device sync).
+    """
     if x.dim() != 4:
-        raise ValueError(f"pool_blocks expects [batch, heads, tokens, head_dim], got shape {tuple(x.shape)}")
+        raise ValueError(f"pool_bands expects [batch, heads, tokens, head_dim], got shape {tuple(x.shape)}")
     b, h, n, d = x.shape
     nb = triton.cdiv(n, block_size)
-    out = torch.empty(b, h, nb, d, device=x.device, dtype=torch.float32)
-    chunk = min(block_size, 32)
-    _pool_kernel[(nb, b * h)](
-        x, out, n, nb, h, *x.stride(),
-        D=d, D_P2=triton.next_power_of_2(d), BLOCK=block_size, CHUNK=chunk, num_warps=4,
+    hi = torch.empty(b, h, nb, dh, device=x.device, dtype=torch.float32)
+    lo = torch.empty(b, h, nb, dl, device=x.device, dtype=torch.float32)
+    energy = torch.empty(b, h, nb, 3, device=x.device, dtype=torch.float32)
+    d_p2 = triton.next_power_of_2(d)
+    chunk = min(block_size, max(16, 16384 // d_p2))  # <= 16K elements per load
+    _pool_bands_kernel[(nb, b * h)](
+        x, hi, lo, energy, hi_pos, lo_pos, n, nb, h, *x.stride(),
+        D=d, D_P2=d_p2, DH=dh, DL=dl, BLOCK=block_size, CHUNK=chunk, num_warps=8 if chunk * d_p2 >= 8192 else 4,
     )
-    return out
+    return hi, lo, energy

@@ -72,29 +72,67 @@ def top_p_mask(probs: torch.Tensor, valid: torch.Tensor, threshold: float) -> to
     return (p >= tau) & valid
 
 
+def pool_bands(x: torch.Tensor, block_size: int, hi_idx: torch.Tensor, lo_idx: torch.Tensor):
+    """Pooled high / low band vectors and per-block energies (twin of kernels.pool.pool_bands).
+
+    Returns (high [B,H,NB,DH], low [B,H,NB,DL], energy [B,H,NB,3]) float32, where energy holds
+    sum(pooled^2) over all dims, the high band and the low band.
+    """
+    pooled = pool_blocks(x, block_size)
+    hi, lo = pooled[..., hi_idx], pooled[..., lo_idx]
+    energy = torch.stack([pooled.pow(2).sum(-1), hi.pow(2).sum(-1), lo.pow(2).sum(-1)], dim=-1)
+    return hi.contiguous(), lo.contiguous(), energy
+
+
+def band_temperature(q_energy, k_energy, band: int, d_band: int, head_dim: int, group: int) -> torch.Tensor:
+    """[B, Hq] energy-calibrated temperature of a band (band 1 = high, 2 = low):
+
+    t = sqrt(d_band / d) * (rms(q_band) / rms(q)) * (rms(k_band) / rms(k)), RMS over all blocks of a head.
+    """
+    def ratio(e):
+        n = e.shape[-2]
+        rms_all = (e[..., 0].sum(-1) / (n * head_dim)).sqrt()
+        rms_band = (e[..., band].sum(-1) / (n * d_band)).sqrt()
+        return rms_band / rms_all.clamp_min(1e-6)
+
+    t = math.sqrt(d_band / head_dim) * ratio(q_energy) * ratio(k_energy).repeat_interleave(group, dim=1)
+    return t.clamp_min(1e-6)
+
+
 def select_blocks(
     q_high: torch.Tensor,
     k_high: torch.Tensor,
     q_low: torch.Tensor,
     k_low: torch.Tensor,
+    q_energy: torch.Tensor,
+    k_energy: torch.Tensor,
+    head_dim: int,
     threshold_high: float,
     threshold_low: float,
     q_len: int,
     kv_len: int,
     block_size: int,
+    calibrate: bool = True,
     force_sink: bool = True,
     force_diagonal: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Dual-band top-p block selection from pre-scaled pooled band vectors (twin of kernels.estimate).
+    """Dual-band top-p block selection from pooled band vectors (twin of kernels.estimate).
 
-    q_*: [B, Hq, NQB, D_band] float32, already multiplied by the band's logit scale;
-    k_*: [B, Hkv, NKB, D_band] float32. Returns (kv_num_blocks, kv_indices).
+    Band logits are q_band . k_band / (sqrt(d_band) * t_band) with t_band = band_temperature()
+    when calibrate, else 1; causal softmax per row; per-band top_p_mask; union; sink + diagonal.
+    q_*: [B, Hq, NQB, D_band], k_*: [B, Hkv, NKB, D_band], energies [B, H, blocks, 3], float32.
+    Returns (kv_num_blocks, kv_indices).
     """
     group = q_high.shape[1] // k_high.shape[1]
     valid = causal_block_mask(q_len, kv_len, block_size, q_high.device)[None, None]
     mask = torch.zeros(valid.shape, dtype=torch.bool, device=q_high.device)
-    for qb, kb, thr in ((q_high, k_high, threshold_high), (q_low, k_low, threshold_low)):
-        logits = qb @ kb.repeat_interleave(group, dim=1).transpose(-1, -2)
+    bands = ((q_high, k_high, threshold_high, 1), (q_low, k_low, threshold_low, 2))
+    for qb, kb, thr, band in bands:
+        d_band = qb.shape[-1]
+        scale = torch.full(qb.shape[:2], 1.0 / math.sqrt(d_band), device=qb.device)
+        if calibrate:
+            scale = scale / band_temperature(q_energy, k_energy, band, d_band, head_dim, group)
+        logits = (qb @ kb.repeat_interleave(group, dim=1).transpose(-1, -2)) * scale[..., None, None]
         probs = torch.softmax(logits.masked_fill(~valid, float("-inf")), dim=-1)
         mask = mask | top_p_mask(probs, valid.expand_as(probs), thr)
     mask = mask & valid
