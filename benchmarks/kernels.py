@@ -110,6 +110,8 @@ def main():
     lengths = args.lengths or ([32768, 131072] if args.quick else [16384, 32768, 65536, 131072, 262144])
     shapes = {"qwen2.5-vl-7b": SHAPES["qwen2.5-vl-7b"]} if args.quick else SHAPES
     gen = torch.Generator(device="cuda").manual_seed(0)
+    meta = {"device": dev, "torch": torch.__version__, "triton": triton.__version__, "python": platform.python_version(),
+            "time": time.strftime("%Y-%m-%d %H:%M:%S"), "block_size": BS, "head_dim": D, "dtype": "bfloat16"}
     rows = []
     jobs = [(name, hq, hkv, n) for name, (hq, hkv) in shapes.items() for n in lengths]
     for name, hq, hkv, n in tqdm(jobs, desc="shapes"):
@@ -157,12 +159,11 @@ def main():
             del mask, cnt, idx, out
         del q, k, v
         torch.cuda.empty_cache()
-    meta = {"device": dev, "torch": torch.__version__, "triton": triton.__version__, "python": platform.python_version(),
-            "time": time.strftime("%Y-%m-%d %H:%M:%S"), "block_size": BS, "head_dim": D, "dtype": "bfloat16"}
+        write(rows, meta, Path(args.out), quiet=True)  # partial results survive a time-out
     write(rows, meta, Path(args.out))
 
 
-def write(rows, meta, out_dir: Path):
+def write(rows, meta, out_dir: Path, quiet: bool = False):
     out_dir.mkdir(parents=True, exist_ok=True)
     tag = meta["device"].replace("NVIDIA ", "").replace(" ", "-").lower()
     (out_dir / f"kernels-{tag}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
@@ -182,7 +183,8 @@ def write(rows, meta, out_dir: Path):
         tfl = f"{r['tflops']:.0f}" if "tflops" in r else ""
         lines.append(f"| {r['model']} | {r['n'] // 1024}K | {r['method']} | {dens} | {r['ms']:.3f} | {tfl} | {ratio_s} | {flex} |")
     (out_dir / f"kernels-{tag}.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    if not quiet:
+        print("\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -31,14 +31,15 @@ def _attend_tile(
         if MASKED:
             kvmask = kvmask & (cols < kv_len)[:, None]
         k = tl.load(k_src + cols[:, None].to(tl.int64) * stride_kl + offs_d[None, :] * stride_kd, mask=kvmask, other=0.0)
-    s = tl.dot(q, tl.trans(k)) * qk_scale
+    s = tl.dot(q, tl.trans(k))
     if MASKED:
         s = tl.where(cols[None, :] <= offs_m_abs[:, None], s, float("-inf"))
-    m_new = tl.maximum(m_i, tl.max(s, axis=1))
+    # Scale folded into one FMA per score: p = exp2(s * scale - m), m kept in scaled units.
+    m_new = tl.maximum(m_i, tl.max(s, axis=1) * qk_scale)
     if MASKED:
         m_new = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing visible yet
     alpha = tl.exp2(m_i - m_new)
-    p = tl.exp2(s - m_new[:, None])
+    p = tl.exp2(s * qk_scale - m_new[:, None])
     l_i = l_i * alpha + tl.sum(p, axis=1)
     if USE_TMA:
         v = v_src.load([start_n, 0])
@@ -155,7 +156,7 @@ def default_tiles(block_size: int, head_dim: int, use_tma: bool = False) -> dict
     wide = use_tma and head_dim <= 128 or head_dim <= 64
     block_n = min(block_size, 128 if wide else 64)
     return dict(BLOCK_M=block_m, BLOCK_N=block_n, num_warps=8 if block_m >= 128 else 4,
-                num_stages=3 if use_tma and head_dim <= 128 else 2, GROUP_FASTEST=False, USE_TMA=use_tma,
+                num_stages=2, GROUP_FASTEST=False, USE_TMA=use_tma,
                 WARP_SPECIALIZE=False)
 
 
