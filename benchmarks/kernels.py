@@ -102,16 +102,18 @@ def main():
     ap.add_argument("--lengths", type=int, nargs="*")
     ap.add_argument("--densities", type=float, nargs="*", default=[1.0, 0.5, 0.25, 0.1, 0.05])
     ap.add_argument("--no-flex", action="store_true")
+    ap.add_argument("--models", nargs="*", choices=list(SHAPES), default=list(SHAPES))
     ap.add_argument("--out", default="benchmarks/results")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("benchmarks.kernels needs a CUDA GPU")
     dev = torch.cuda.get_device_name()
     lengths = args.lengths or ([32768, 131072] if args.quick else [16384, 32768, 65536, 131072, 262144])
-    shapes = {"qwen2.5-vl-7b": SHAPES["qwen2.5-vl-7b"]} if args.quick else SHAPES
+    shapes = {"qwen2.5-vl-7b": SHAPES["qwen2.5-vl-7b"]} if args.quick else {m: SHAPES[m] for m in args.models}
     gen = torch.Generator(device="cuda").manual_seed(0)
     meta = {"device": dev, "torch": torch.__version__, "triton": triton.__version__, "python": platform.python_version(),
-            "time": time.strftime("%Y-%m-%d %H:%M:%S"), "block_size": BS, "head_dim": D, "dtype": "bfloat16"}
+            "time": time.strftime("%Y-%m-%d %H:%M:%S"), "block_size": BS, "head_dim": D, "dtype": "bfloat16",
+            "suffix": "" if len(shapes) == len(SHAPES) else "-" + "-".join(shapes)}
     rows = []
     jobs = [(name, hq, hkv, n) for name, (hq, hkv) in shapes.items() for n in lengths]
     for name, hq, hkv, n in tqdm(jobs, desc="shapes"):
@@ -165,7 +167,7 @@ def main():
 
 def write(rows, meta, out_dir: Path, quiet: bool = False):
     out_dir.mkdir(parents=True, exist_ok=True)
-    tag = meta["device"].replace("NVIDIA ", "").replace(" ", "-").lower()
+    tag = meta["device"].replace("NVIDIA ", "").replace(" ", "-").lower() + meta.get("suffix", "")
     (out_dir / f"kernels-{tag}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     lines = [f"# Kernel benchmark on {meta['device']}", "",
              f"torch {meta['torch']}, triton {meta['triton']}, bf16, head_dim {meta['head_dim']}, block {meta['block_size']}, "
