@@ -3,11 +3,25 @@ from .attention import PrismStats, dense_attention, prism_attention
 from .config import PrismConfig
 from .selection import BlockSelection, estimate
 from .spectral import RopeLayout, SpectralBands, rope_layout_from_config
+from .stats import PrismRunStats
+
+
+def __getattr__(name):  # transformers is imported only when the model helpers are used
+    if name in ("load_model", "enable_prism", "ModelNotAvailableError", "SUPPORTED_MODEL_TYPES"):
+        from . import models
+
+        return getattr(models, name)
+    raise AttributeError(f"module 'prism_mm' has no attribute {name!r}")
 
 __all__ = [
     "BlockSelection",
     "PrismConfig",
+    "PrismRunStats",
     "PrismStats",
+    "ModelNotAvailableError",
+    "SUPPORTED_MODEL_TYPES",
+    "enable_prism",
+    "load_model",
     "RopeLayout",
     "SpectralBands",
     "dense_attention",

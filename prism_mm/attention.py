@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -11,6 +12,9 @@ from .config import PrismConfig
 from .kernels import reference as ref
 from .selection import BlockSelection, estimate, resolve_backend
 from .spectral import RopeLayout, SpectralBands
+
+if TYPE_CHECKING:
+    from .stats import PrismRunStats
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 SUPPORTED_HEAD_DIMS = (32, 64, 80, 96, 128, 256)
@@ -104,3 +108,91 @@ def prism_attention(
     if not return_stats:
         return out
     return out, PrismStats(selection.density(), sparse=True, selection=selection)
+
+
+# --------------------------------------------------------------------------------------------
+# transformers integration: the "prism" entry of AttentionInterface
+# --------------------------------------------------------------------------------------------
+ATTN_NAME = "prism"
+
+
+@dataclass
+class PrismLayer:
+    """Prism settings of one decoder attention module (set by prism_mm.enable_prism)."""
+
+    config: PrismConfig
+    bands: SpectralBands
+    stats: "PrismRunStats"
+    backend: str = "auto"
+
+
+def _is_aligned_causal(mask: torch.Tensor, q_len: int, kv_len: int) -> bool:
+    """True if a [B, 1|H, q, kv] mask is plain causal with queries at the end of the keys.
+
+    transformers' masks are causal AND padding (AND, for static caches, "slot is filled"), i.e. a
+    subset of the aligned causal pattern, so two rows decide: the last query sees every key (no
+    padding, no empty slots) and the first sees exactly kv_len - q_len + 1 keys (alignment).
+    """
+    allowed = mask if mask.dtype == torch.bool else mask == 0
+    first_ok = (allowed[..., 0, :].sum(-1) == kv_len - q_len + 1).all()
+    return bool(allowed[..., -1, :].all() and first_ok)
+
+
+def prism_attention_forward(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    **kwargs,
+):
+    """AttentionInterface function: Prism for long causal prefill, transformers' SDPA otherwise.
+
+    Receives query [B, Hq, q, D] after (M)RoPE and key/value [B, Hkv, kv, D] after the cache
+    update; returns ([B, q, Hq, D], None) like every transformers attention function.
+    """
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    from .stats import LayerRecord
+
+    layer: PrismLayer | None = getattr(module, "prism", None)
+    if layer is None:
+        raise RuntimeError(
+            f"{type(module).__name__} uses attn_implementation='prism' but was not set up by prism_mm: "
+            "call prism_mm.enable_prism(model, PrismConfig(...)) or load with prism_mm.load_model(..., attn='prism')"
+        )
+    q_len, kv_len = query.shape[2], key.shape[2]
+    reason = ""
+    if q_len < max(layer.config.min_sparse_len, 2):
+        reason = "decoding" if q_len == 1 else "shorter than min_sparse_len"
+    elif kwargs.get("sliding_window") is not None:
+        reason = "sliding-window layer"
+    elif dropout > 0.0:
+        reason = "attention dropout (training)"
+    elif attention_mask is not None and not _is_aligned_causal(attention_mask, q_len, kv_len):
+        reason = "padding or static-cache mask"
+    if reason:
+        out, _ = sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+        ones = torch.ones(query.shape[0], query.shape[1], device=query.device)
+        layer.stats.record(module.layer_idx, LayerRecord(ones, False, q_len, kv_len, reason))
+        return out, None
+    out, stats = prism_attention(
+        query, key, value, layer.config, bands=layer.bands, scale=scaling, backend=layer.backend, return_stats=True
+    )
+    layer.stats.record(module.layer_idx, LayerRecord(stats.density, True, q_len, kv_len))
+    return out.transpose(1, 2), None
+
+
+def register_with_transformers() -> None:
+    """Register "prism" with transformers' attention and mask interfaces (idempotent).
+
+    The mask function is SDPA's: it returns None for plain causal inputs, and a real mask when
+    there is padding, which prism_attention_forward then hands to dense SDPA.
+    """
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(ATTN_NAME, prism_attention_forward)
+    AttentionMaskInterface.register(ATTN_NAME, sdpa_mask)

@@ -1,0 +1,203 @@
+"""load_model() / enable_prism(): Prism on the text decoder of Qwen-VL (and Qwen / Llama text) models.
+
+Prism is attached through transformers' AttentionInterface: the text config's attention
+implementation becomes "prism" and each decoder attention module carries its PrismLayer settings
+(module.prism). The vision tower keeps its own attention; forward methods are never replaced.
+"""
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from importlib import resources
+
+import torch
+
+from .attention import ATTN_NAME, PrismLayer, register_with_transformers
+from .config import PrismConfig
+from .spectral import rope_layout_from_config
+from .stats import PrismRunStats
+
+VL_MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
+TEXT_MODEL_TYPES = ("qwen2", "qwen3", "llama")
+SUPPORTED_MODEL_TYPES = VL_MODEL_TYPES + TEXT_MODEL_TYPES
+# Architectures whose config.json ships with prism_mm (no weights): load_model(name, random_weights=True).
+SHIPPED_CONFIGS = {
+    "Qwen/Qwen2.5-VL-7B-Instruct": "qwen2.5-vl-7b-instruct.json",
+    "Qwen/Qwen2.5-VL-3B-Instruct": "qwen2.5-vl-3b-instruct.json",
+    "Qwen/Qwen3-VL-8B-Instruct": "qwen3-vl-8b-instruct.json",
+}
+
+
+class ModelNotAvailableError(OSError):
+    """The model is neither a local directory nor reachable on the Hub."""
+
+
+def shipped_config(name: str):
+    """The transformers config of a shipped architecture (see SHIPPED_CONFIGS)."""
+    from transformers import AutoConfig
+
+    if name not in SHIPPED_CONFIGS:
+        raise ValueError(f"no shipped config for {name!r}; shipped: {sorted(SHIPPED_CONFIGS)}")
+    data = json.loads(resources.files("prism_mm.configs").joinpath(SHIPPED_CONFIGS[name]).read_text())
+    data.pop("_source", None)
+    return AutoConfig.for_model(**data)
+
+
+def text_config(config):
+    return getattr(config, "text_config", None) or config
+
+
+def _check_supported(config, name: str) -> None:
+    if config.model_type not in SUPPORTED_MODEL_TYPES:
+        raise ValueError(
+            f"{name!r} is a {config.model_type!r} model; prism_mm supports {', '.join(SUPPORTED_MODEL_TYPES)}"
+        )
+
+
+def attach_stats(model) -> PrismRunStats:
+    """Give the model a PrismRunStats (model.prism_stats) and time each prefill forward into it."""
+    existing = getattr(model, "prism_stats", None)
+    if isinstance(existing, PrismRunStats):
+        return existing
+    stats = PrismRunStats()
+    model.prism_stats = stats
+
+    def seq_len(args, kwargs) -> int:
+        for name in ("input_ids", "inputs_embeds"):
+            t = kwargs.get(name)
+            if t is not None:
+                return t.shape[1]
+        return args[0].shape[1] if args and isinstance(args[0], torch.Tensor) and args[0].dim() > 1 else 0
+
+    def sync():
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+
+    def pre(module, args, kwargs):
+        stats._t0 = None
+        if seq_len(args, kwargs) > 1:
+            sync()
+            stats._t0 = time.perf_counter()
+
+    def post(module, args, kwargs, output):
+        if getattr(stats, "_t0", None) is not None:
+            sync()
+            stats.prefill_seconds = time.perf_counter() - stats._t0
+            stats._t0 = None
+
+    model.register_forward_pre_hook(pre, with_kwargs=True)
+    model.register_forward_hook(post, with_kwargs=True)
+    return stats
+
+
+def enable_prism(model, config: PrismConfig | None = None, *, layer_configs: dict[int, PrismConfig] | None = None,
+                 backend: str = "auto"):
+    """Switch the text decoder of a loaded transformers model to Prism attention. Returns the model.
+
+    config applies to every decoder layer unless layer_configs overrides it for a layer index.
+    The RoPE band layout comes from the model's config (plain, sectioned or interleaved MRoPE).
+    """
+    _check_supported(model.config, type(model).__name__)
+    is_vl = model.config.model_type in VL_MODEL_TYPES
+    config = config or (PrismConfig.video() if is_vl else PrismConfig())
+    register_with_transformers()
+    tcfg = text_config(model.config)
+    rope = rope_layout_from_config(tcfg)
+    stats = attach_stats(model)
+    layers = 0
+    for module in model.modules():
+        if getattr(module, "config", None) is tcfg and hasattr(module, "layer_idx") and hasattr(module, "q_proj"):
+            cfg = (layer_configs or {}).get(module.layer_idx, config)
+            module.prism = PrismLayer(cfg, rope.bands(*cfg.band_dims(rope.head_dim)), stats, backend)
+            layers += 1
+    if layers == 0:
+        raise ValueError(f"found no decoder attention layers in {type(model).__name__}: is it a supported model?")
+    model.set_attn_implementation({"text_config": ATTN_NAME} if is_vl else ATTN_NAME)
+    return model
+
+
+def _model_class(config):
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
+
+    return AutoModelForImageTextToText if config.model_type in VL_MODEL_TYPES else AutoModelForCausalLM
+
+
+def _resolve_dtype(dtype):
+    if isinstance(dtype, str) and dtype != "auto":
+        if not hasattr(torch, dtype):
+            raise ValueError(f"unknown dtype {dtype!r}; use bfloat16, float16, float32 or auto")
+        return getattr(torch, dtype)
+    return dtype
+
+
+def load_model(
+    name_or_path: str,
+    attn: str = "prism",
+    prism: PrismConfig | None = None,
+    dtype="auto",
+    device_map=None,
+    random_weights: bool = False,
+    backend: str = "auto",
+    **from_pretrained_kwargs,
+):
+    """Load a Qwen-VL (or Qwen / Llama text) model and its processor, with Prism or dense attention.
+
+    Returns (model, processor); processor is None for random_weights=True, whose answers are
+    meaningless (use it for speed measurements only). The model carries model.prism_stats.
+    """
+    from transformers import AutoConfig
+
+    if attn not in ("prism", "dense"):
+        raise ValueError(f"attn must be 'prism' or 'dense', got {attn!r}")
+    dtype = _resolve_dtype(dtype)
+    if random_weights:
+        config = shipped_config(name_or_path) if name_or_path in SHIPPED_CONFIGS else _load_config(name_or_path)
+        _check_supported(config, name_or_path)
+        warnings.warn(f"{name_or_path}: random weights (architecture only) - its answers are meaningless; "
+                      "use it to measure speed", stacklevel=2)
+        config._attn_implementation = "sdpa"
+        device = device_map if isinstance(device_map, (str, torch.device)) and device_map != "auto" else None
+        with torch.device(device or "cpu"):
+            model = _model_class(config).from_config(config, dtype=None if dtype == "auto" else dtype)
+        model.eval()
+        model.prism_random_weights = True
+        processor = None
+    else:
+        config = _load_config(name_or_path, **{k: v for k, v in from_pretrained_kwargs.items() if k == "gguf_file"})
+        _check_supported(config, name_or_path)
+        model = _model_class(config).from_pretrained(
+            name_or_path, dtype=dtype, device_map=device_map, attn_implementation="sdpa", **from_pretrained_kwargs
+        ).eval()
+        processor = _load_processor(name_or_path, config, **from_pretrained_kwargs)
+    if attn == "prism":
+        enable_prism(model, prism, backend=backend)
+    else:
+        attach_stats(model)
+    return model, processor
+
+
+def _load_config(name_or_path: str, **kwargs):
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(name_or_path, **kwargs)
+    except (OSError, ValueError) as e:
+        raise ModelNotAvailableError(
+            f"model {name_or_path!r} is not available offline: pass a local directory that holds its config and "
+            f"weights, or enable Hugging Face Hub access (unset HF_HUB_OFFLINE and log in) to download it "
+            f"({type(e).__name__}: {str(e).splitlines()[0][:200]})"
+        ) from None
+
+
+def _load_processor(name_or_path: str, config, **kwargs):
+    from transformers import AutoProcessor, AutoTokenizer
+
+    loader = AutoProcessor if config.model_type in VL_MODEL_TYPES else AutoTokenizer
+    try:
+        return loader.from_pretrained(name_or_path, **kwargs)
+    except (OSError, ValueError) as e:
+        raise ModelNotAvailableError(
+            f"the processor/tokenizer of {name_or_path!r} is not available offline: save it next to the weights "
+            f"({type(e).__name__}: {str(e).splitlines()[0][:200]})"
+        ) from None

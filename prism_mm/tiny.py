@@ -1,0 +1,101 @@
+"""Tiny random-weight Qwen-VL models (real architectures, toy sizes) for tests, notebooks and demos.
+
+They run on a CPU in seconds. Their answers are meaningless; their attention is real.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+# Special token ids shared by the tiny models and the tiny tokenizer (prism_mm.pipelines.tiny_processor).
+VOCAB_SIZE = 384
+SPECIAL_TOKENS = {
+    "<|endoftext|>": 256, "<|im_start|>": 257, "<|im_end|>": 258, "<|vision_start|>": 259,
+    "<|vision_end|>": 260, "<|vision_pad|>": 261, "<|image_pad|>": 262, "<|video_pad|>": 263,
+}
+TOKEN_IDS = dict(
+    bos_token_id=256, eos_token_id=258, pad_token_id=256, vision_start_token_id=259, vision_end_token_id=260,
+    vision_token_id=261, image_token_id=262, video_token_id=263,
+)
+TINY_MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
+
+
+def tiny_config(model_type: str = "qwen2_5_vl", layers: int = 2):
+    """A toy config of a real Qwen-VL architecture: head_dim 64, GQA 2, MRoPE as in the real model."""
+    from transformers import AutoConfig
+
+    text = dict(hidden_size=256, intermediate_size=512, num_hidden_layers=layers, num_attention_heads=4,
+                num_key_value_heads=2, vocab_size=VOCAB_SIZE, max_position_embeddings=32768, rms_norm_eps=1e-6,
+                tie_word_embeddings=False)
+    if model_type in ("qwen2_vl", "qwen2_5_vl"):
+        vision = dict(depth=2, embed_dim=64, hidden_size=64 if model_type == "qwen2_5_vl" else 256, num_heads=2,
+                      mlp_ratio=2, intermediate_size=128, out_hidden_size=256, patch_size=14, spatial_merge_size=2,
+                      temporal_patch_size=2, in_chans=3, window_size=56, fullatt_block_indexes=[1],
+                      tokens_per_second=2)
+        return AutoConfig.for_model(model_type, **text, **TOKEN_IDS, rope_theta=1e6,
+                                    rope_scaling={"type": "mrope", "mrope_section": [8, 12, 12]}, vision_config=vision)
+    if model_type == "qwen3_vl":
+        text.update(head_dim=64, rope_theta=5e6,
+                    rope_scaling={"mrope_interleaved": True, "mrope_section": [12, 10, 10], "rope_type": "default"})
+        vision = dict(depth=2, hidden_size=64, intermediate_size=128, num_heads=2, out_hidden_size=256, patch_size=16,
+                      spatial_merge_size=2, temporal_patch_size=2, in_channels=3, num_position_embeddings=64,
+                      deepstack_visual_indexes=[1])
+        ids = {k: v for k, v in TOKEN_IDS.items() if k not in ("bos_token_id", "eos_token_id", "pad_token_id")}
+        text.update(bos_token_id=256, eos_token_id=258, pad_token_id=256)
+        return AutoConfig.for_model("qwen3_vl", text_config=text, vision_config=vision, tie_word_embeddings=False, **ids)
+    raise ValueError(f"tiny models exist for {TINY_MODEL_TYPES}, not {model_type!r}")
+
+
+def build_tiny_model(model_type: str = "qwen2_5_vl", path: str | Path | None = None, seed: int = 0, layers: int = 2):
+    """A random-weight tiny model (float32, eval mode); saved with save_pretrained if `path` is given."""
+    from transformers import AutoModelForImageTextToText
+
+    torch.manual_seed(seed)
+    config = tiny_config(model_type, layers)
+    config._attn_implementation = "sdpa"
+    model = AutoModelForImageTextToText.from_config(config, dtype=torch.float32).eval()
+    if path is not None:
+        model.save_pretrained(path)
+    return model
+
+
+def video_inputs(config, frames: int = 4, grid: int = 8, text_before: int = 40, text_after: int = 20, seed: int = 0):
+    """Model inputs for one synthetic video (random pixels) between random text tokens.
+
+    frames must be even (temporal patch 2); grid x grid patches per frame; the video contributes
+    frames/2 * grid^2 / 4 tokens.
+    """
+    g = torch.Generator().manual_seed(seed)
+    vcfg = config.vision_config
+    patch = vcfg.patch_size
+    t, h, w = frames // vcfg.temporal_patch_size, grid, grid
+    n_video = t * h * w // vcfg.spatial_merge_size**2
+    text = lambda n: torch.randint(0, 256, (n,), generator=g)  # noqa: E731
+
+    def span(n):
+        return [torch.tensor([config.vision_start_token_id]), torch.full((n,), config.video_token_id),
+                torch.tensor([config.vision_end_token_id])]
+
+    if config.model_type == "qwen3_vl":  # one <vision_start>...<vision_end> span per temporal patch
+        video = [piece for _ in range(t) for piece in span(n_video // t)]
+    else:
+        video = span(n_video)
+    ids = torch.cat([text(text_before), *video, text(text_after)])[None]
+    pixels = torch.randn(t * h * w, 3 * vcfg.temporal_patch_size * patch * patch, generator=g)
+    inputs = {
+        "input_ids": ids,
+        "attention_mask": torch.ones_like(ids),
+        "pixel_values_videos": pixels,
+        "video_grid_thw": torch.tensor([[t, h, w]]),
+    }
+    if needs_mm_token_type_ids():
+        inputs["mm_token_type_ids"] = (ids == config.video_token_id).long() * 2  # 0 text, 1 image, 2 video
+    return inputs
+
+
+def needs_mm_token_type_ids() -> bool:
+    """Newer transformers (>= 5.2x) compute MRoPE positions from mm_token_type_ids; older ones do not take it."""
+    from transformers.models.qwen2_vl import modeling_qwen2_vl
+
+    return hasattr(modeling_qwen2_vl.Qwen2VLModel, "compute_3d_position_ids")
