@@ -99,3 +99,56 @@ def needs_mm_token_type_ids() -> bool:
     from transformers.models.qwen2_vl import modeling_qwen2_vl
 
     return hasattr(modeling_qwen2_vl.Qwen2VLModel, "compute_3d_position_ids")
+
+
+CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}{% for c in message['content'] %}"
+    "{% if c['type'] == 'video' %}<|vision_start|><|video_pad|><|vision_end|>"
+    "{% elif c['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif c['type'] == 'text' %}{{ c['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def build_tiny_tokenizer():
+    """A character-level tokenizer (ids 0..255 = code points, then the Qwen special tokens)."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {chr(i): i for i in range(256)}
+    vocab.update(SPECIAL_TOKENS)
+    vocab["<unk>"] = len(vocab)
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|im_end|>", pad_token="<|endoftext|>",
+        unk_token="<unk>", additional_special_tokens=[t for t in SPECIAL_TOKENS if t not in ("<|endoftext|>", "<|im_end|>")],
+    )
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+def build_tiny_processor(model_type: str = "qwen2_5_vl"):
+    """The real Qwen-VL processor class around the tiny tokenizer (needs torchvision)."""
+    from transformers import (Qwen2_5_VLProcessor, Qwen2VLImageProcessor, Qwen2VLProcessor, Qwen2VLVideoProcessor,
+                              Qwen3VLProcessor, Qwen3VLVideoProcessor)
+
+    tok = build_tiny_tokenizer()
+    patch = 16 if model_type == "qwen3_vl" else 14
+    image = Qwen2VLImageProcessor(patch_size=patch, merge_size=2, temporal_patch_size=2)
+    if model_type == "qwen3_vl":
+        video = Qwen3VLVideoProcessor(patch_size=16, merge_size=2, temporal_patch_size=2)
+        return Qwen3VLProcessor(image_processor=image, tokenizer=tok, video_processor=video, chat_template=CHAT_TEMPLATE)
+    video = Qwen2VLVideoProcessor(patch_size=14, merge_size=2, temporal_patch_size=2)
+    cls = Qwen2_5_VLProcessor if model_type == "qwen2_5_vl" else Qwen2VLProcessor
+    return cls(image_processor=image, tokenizer=tok, video_processor=video, chat_template=CHAT_TEMPLATE)
+
+
+def save_tiny(model_type: str, path: str | Path, seed: int = 0, layers: int = 2) -> Path:
+    """Save a tiny random-weight model and its processor to `path` (loadable with prism_mm.load_model)."""
+    path = Path(path)
+    build_tiny_model(model_type, path, seed=seed, layers=layers)
+    build_tiny_processor(model_type).save_pretrained(path)
+    return path

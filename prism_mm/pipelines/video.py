@@ -1,0 +1,153 @@
+"""Video decoding and sampling -> model inputs for a Qwen-VL chat prompt.
+
+Decoding: decord (PyAV via torchvision only if decord is missing); frame sampling by fps and/or a
+frame cap within an optional [start, end] time range, and resizing under min/max/total pixel
+budgets, both by qwen-vl-utils (the reference Qwen-VL preprocessing). Every bad input raises a
+VideoError whose message names the fix.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import torch
+
+MODEL_PATCH = {"qwen2_vl": 14, "qwen2_5_vl": 14, "qwen3_vl": 16}
+
+
+class VideoError(ValueError):
+    """A video that cannot be used, with a message that says what to do."""
+
+
+@dataclass(frozen=True)
+class VideoOptions:
+    """How to sample and size a video (qwen-vl-utils semantics)."""
+
+    fps: float = 2.0
+    max_frames: int | None = None
+    min_pixels: int | None = None  # per frame
+    max_pixels: int | None = None  # per frame
+    total_pixels: int | None = None  # budget over all frames (bounds the visual token count)
+    start: float | None = None  # seconds
+    end: float | None = None  # seconds
+
+    def __post_init__(self):
+        if self.fps <= 0:
+            raise VideoError(f"fps must be > 0, got {self.fps}")
+        if self.max_frames is not None and self.max_frames < 2:
+            raise VideoError(f"max_frames must be >= 2 (frames go in pairs), got {self.max_frames}")
+        for name in ("min_pixels", "max_pixels", "total_pixels"):
+            v = getattr(self, name)
+            if v is not None and v <= 0:
+                raise VideoError(f"{name} must be > 0, got {v}")
+        if self.start is not None and self.end is not None and self.start >= self.end:
+            raise VideoError(f"start ({self.start}s) must be before end ({self.end}s)")
+
+
+@dataclass
+class VideoInfo:
+    path: str
+    fps: float
+    frames: int
+    duration: float
+    width: int
+    height: int
+    backend: str
+
+
+@dataclass
+class PreparedVideo:
+    inputs: dict  # processor output: tensors for model.generate / model(...)
+    info: VideoInfo
+    frames_used: int
+    frame_size: tuple[int, int]  # (height, width) after resizing
+    visual_tokens: int
+    total_tokens: int
+    extra: dict = field(default_factory=dict)
+
+
+def probe(path: str) -> VideoInfo:
+    """Open the video and read its metadata; VideoError for missing, unreadable or empty files."""
+    if not os.path.exists(path):
+        raise VideoError(f"video not found: {path} (check the path)")
+    if os.path.isdir(path):
+        raise VideoError(f"{path} is a directory; pass a video file")
+    if os.path.getsize(path) == 0:
+        raise VideoError(f"{path} is empty (0 bytes); pass a real video file")
+    try:
+        import decord
+
+        try:
+            vr = decord.VideoReader(path, num_threads=1)
+            frames, fps = len(vr), float(vr.get_avg_fps())
+            h, w = vr[0].shape[:2] if frames else (0, 0)
+            if frames > 1:
+                vr[frames - 1]  # a truncated file fails here rather than mid-sampling
+        except Exception as e:  # noqa: BLE001 - decord raises its own error types
+            msg = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
+            raise VideoError(f"cannot decode {path}: not a video or corrupt ({msg}); "
+                             "re-encode it, e.g. ffmpeg -i in.mp4 -c:v libx264 out.mp4") from None
+        backend = "decord"
+    except ImportError:
+        import av
+
+        try:
+            with av.open(path) as container:
+                stream = container.streams.video[0]
+                fps = float(stream.average_rate or 0)
+                frames = sum(1 for _ in container.decode(video=0))
+                h, w = stream.codec_context.height, stream.codec_context.width
+        except (av.FFmpegError, IndexError) as e:
+            raise VideoError(f"cannot decode {path}: not a video or corrupt ({e}); re-encode it with ffmpeg") from None
+        backend = "pyav"
+    if frames == 0 or fps <= 0:
+        raise VideoError(f"{path} has no decodable frames; re-encode it or pass another file")
+    return VideoInfo(path, fps, frames, frames / fps, w, h, backend)
+
+
+def check_range(info: VideoInfo, opts: VideoOptions) -> None:
+    if opts.start is not None and opts.start >= info.duration:
+        raise VideoError(f"start={opts.start}s is past the end of the video ({info.duration:.2f}s)")
+    if opts.end is not None and opts.end <= (opts.start or 0.0):
+        raise VideoError(f"end={opts.end}s must be after start={opts.start or 0.0}s")
+    if opts.start is not None and opts.start < 0:
+        raise VideoError(f"start must be >= 0, got {opts.start}")
+
+
+def sample_frames(path: str, opts: VideoOptions, model_type: str):
+    """Decode, sample and resize with qwen-vl-utils. Returns (frames uint8 [T,3,H,W], metadata, info)."""
+    from qwen_vl_utils import fetch_video
+
+    info = probe(path)
+    check_range(info, opts)
+    ele = {"video": path, "fps": opts.fps}
+    for key, value in (("max_frames", opts.max_frames), ("min_pixels", opts.min_pixels), ("max_pixels", opts.max_pixels),
+                       ("total_pixels", opts.total_pixels), ("video_start", opts.start), ("video_end", opts.end)):
+        if value is not None:
+            ele[key] = value
+    if opts.max_frames is not None:
+        ele["min_frames"] = min(4, opts.max_frames)
+    try:
+        (video, metadata), _ = fetch_video(ele, image_patch_size=MODEL_PATCH[model_type],
+                                           return_video_sample_fps=True, return_video_metadata=True)
+    except (ValueError, RuntimeError) as e:
+        raise VideoError(f"cannot sample frames from {path}: {e}") from None
+    return video.round().clamp(0, 255).to(torch.uint8), metadata, info
+
+
+def build_inputs(processor, model_config, video_path: str, question: str, opts: VideoOptions) -> PreparedVideo:
+    """Chat prompt with one video and a question -> processor tensors, plus what was used."""
+    model_type = model_config.model_type
+    if model_type not in MODEL_PATCH:
+        raise VideoError(f"video input needs a Qwen-VL model ({', '.join(MODEL_PATCH)}), got {model_type!r}")
+    frames, metadata, info = sample_frames(video_path, opts, model_type)
+    messages = [{"role": "user", "content": [{"type": "video", "video": video_path}, {"type": "text", "text": question}]}]
+    text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    meta = {"fps": float(metadata["fps"]), "frames_indices": list(metadata["frames_indices"]),
+            "total_num_frames": int(metadata["total_num_frames"])}
+    inputs = processor(text=[text], videos=[frames], video_metadata=[meta], do_resize=False, do_sample_frames=False,
+                       return_tensors="pt")
+    video_token = getattr(model_config, "video_token_id", None)
+    visual = int((inputs["input_ids"] == video_token).sum()) if video_token is not None else 0
+    return PreparedVideo(dict(inputs), info, frames.shape[0], tuple(frames.shape[-2:]), visual,
+                         int(inputs["input_ids"].shape[1]))
