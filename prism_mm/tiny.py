@@ -19,6 +19,11 @@ TOKEN_IDS = dict(
     vision_token_id=261, image_token_id=262, video_token_id=263,
 )
 TINY_MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
+# The special-token ids of the real Qwen2-VL / Qwen2.5-VL / Qwen3-VL vocabularies.
+QWEN_SPECIAL_TOKENS = {
+    "<|endoftext|>": 151643, "<|im_start|>": 151644, "<|im_end|>": 151645, "<|vision_start|>": 151652,
+    "<|vision_end|>": 151653, "<|vision_pad|>": 151654, "<|image_pad|>": 151655, "<|video_pad|>": 151656,
+}
 
 
 def tiny_config(model_type: str = "qwen2_5_vl", layers: int = 2):
@@ -111,14 +116,15 @@ CHAT_TEMPLATE = (
 )
 
 
-def build_tiny_tokenizer():
-    """A character-level tokenizer (ids 0..255 = code points, then the Qwen special tokens)."""
+def build_tiny_tokenizer(special: dict[str, int] | None = None):
+    """A character-level tokenizer: ids 0..255 are code points, plus the Qwen special tokens at the
+    ids of `special` (the tiny models' by default; QWEN_SPECIAL_TOKENS for the real architectures)."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
     vocab = {chr(i): i for i in range(256)}
-    vocab.update(SPECIAL_TOKENS)
-    vocab["<unk>"] = len(vocab)
+    vocab.update(special or SPECIAL_TOKENS)
+    vocab["<unk>"] = 264
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
     tok.decoder = decoders.Fuse()
@@ -130,12 +136,15 @@ def build_tiny_tokenizer():
     return fast
 
 
-def build_tiny_processor(model_type: str = "qwen2_5_vl"):
-    """The real Qwen-VL processor class around the tiny tokenizer (needs torchvision)."""
+def build_tiny_processor(model_type: str = "qwen2_5_vl", real_vocab: bool = False):
+    """The real Qwen-VL processor class around the character-level tokenizer (needs torchvision).
+
+    real_vocab=True places the special tokens at the real Qwen ids, for the shipped architectures.
+    """
     from transformers import (Qwen2_5_VLProcessor, Qwen2VLImageProcessor, Qwen2VLProcessor, Qwen2VLVideoProcessor,
                               Qwen3VLProcessor, Qwen3VLVideoProcessor)
 
-    tok = build_tiny_tokenizer()
+    tok = build_tiny_tokenizer(QWEN_SPECIAL_TOKENS if real_vocab else None)
     patch = 16 if model_type == "qwen3_vl" else 14
     image = Qwen2VLImageProcessor(patch_size=patch, merge_size=2, temporal_patch_size=2)
     if model_type == "qwen3_vl":

@@ -87,7 +87,7 @@ class VideoQA:
             from ..tiny import build_tiny_processor
 
             # Shipped configs carry no tokenizer: a character-level stand-in builds the prompt.
-            self.processor = build_tiny_processor(self.model.config.model_type)
+            self.processor = build_tiny_processor(self.model.config.model_type, real_vocab=True)
         if self.model.config.model_type not in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl"):
             raise ValueError(f"{model!r} is a {self.model.config.model_type} model; video QA needs Qwen2-VL, "
                              "Qwen2.5-VL or Qwen3-VL")
