@@ -57,8 +57,9 @@ def text_ids(tok, n_tokens: int) -> torch.Tensor:
     return torch.tensor([ids])
 
 
-def capture_qkv(model, ids) -> dict[int, tuple]:
-    """Run a dense forward and keep each layer's query/key/value after RoPE (via AttentionInterface)."""
+def capture_qkv(model, ids=None, **inputs) -> dict[int, tuple]:
+    """Run a dense forward and keep each decoder layer's query/key/value after (M)RoPE, through
+    AttentionInterface. Works for text LMs (ids) and Qwen-VL models (processor inputs as kwargs)."""
     from transformers import AttentionInterface
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
     from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
@@ -71,13 +72,14 @@ def capture_qkv(model, ids) -> dict[int, tuple]:
 
     AttentionInterface.register("prism_mm_capture", capture)
     AttentionMaskInterface.register("prism_mm_capture", sdpa_mask)
-    previous = model.config._attn_implementation
-    model.set_attn_implementation("prism_mm_capture")
+    vl = hasattr(model.config, "vision_config")
+    previous = model.config.get_text_config()._attn_implementation
+    model.set_attn_implementation({"text_config": "prism_mm_capture"} if vl else "prism_mm_capture")
     try:
         with torch.no_grad():
-            model(ids)
+            model(ids, **inputs) if ids is not None else model(**inputs)
     finally:
-        model.set_attn_implementation(previous)
+        model.set_attn_implementation({"text_config": previous} if vl else previous)
     return captured
 
 
@@ -109,7 +111,30 @@ def layer_metrics(q, k, v, selections: dict[str, torch.Tensor], bs: int) -> dict
     return out, mass
 
 
-def selections_for(q, k, mass, layout, bs, thresholds=THRESHOLDS, windows=WINDOWS) -> dict[str, torch.Tensor]:
+def analysis_probs(q, k, bs) -> dict[str, torch.Tensor]:
+    """Half-token-level block estimates [H, NQB, NKB] used to diagnose what block pooling loses:
+    - tokq: every query token against pooled keys, softmax per token, averaged over the query block
+      (keeps the spread of queries inside a block);
+    - lsek: the pooled query against every key token, log-sum-exp per key block (keeps outlier keys);
+    - both: the mean of the two.
+    Each costs about 1/block_size of the dense QK^T product: not block-level, so not a selection
+    method here, an upper reference for what a better block summary could recover."""
+    hq, n, d = q.shape[1], q.shape[2], q.shape[3]
+    nb = n // bs
+    kf = k[0].float().repeat_interleave(hq // k.shape[1], 0)[:, : nb * bs]
+    qf = q[0].float()[:, : nb * bs]
+    qm, km = qf.view(hq, nb, bs, d).mean(2), kf.view(hq, nb, bs, d).mean(2)
+    valid = ref.causal_block_mask(nb * bs, nb * bs, bs)[None]
+    s = qf @ km.transpose(-1, -2) / math.sqrt(d)
+    token_valid = torch.arange(nb)[None, :] <= (torch.arange(nb * bs) // bs)[:, None]
+    tokq = torch.softmax(s.masked_fill(~token_valid, float("-inf")), -1).view(hq, nb, bs, nb).mean(2)
+    lse = torch.logsumexp((qm @ kf.transpose(-1, -2) / math.sqrt(d)).view(hq, nb, nb, bs), -1)
+    lsek = torch.softmax(lse.masked_fill(~valid, float("-inf")), -1)
+    return {"tokq": tokq, "lsek": lsek, "both": 0.5 * (tokq + lsek)}
+
+
+def selections_for(q, k, mass, layout, bs, thresholds=THRESHOLDS, windows=WINDOWS,
+                   analysis: bool = False) -> dict[str, torch.Tensor]:
     """Every method's block mask at every knob value for one layer: {"method@knob": [H, NQB, NKB]}."""
     n, d = q.shape[2], q.shape[3]
     nb = ref.num_blocks(n, bs)
@@ -125,6 +150,13 @@ def selections_for(q, k, mass, layout, bs, thresholds=THRESHOLDS, windows=WINDOW
         oracle[..., 0] = True
         oracle[:, torch.arange(nb), torch.arange(nb)] = True
         sels[f"oracle@{thr}"] = oracle & valid
+    if analysis and n % bs == 0:
+        for name, probs in analysis_probs(q, k, bs).items():
+            for thr in thresholds:
+                m = ref.top_p_mask(probs, valid.expand_as(probs), thr)
+                m[..., 0] = True
+                m[:, torch.arange(nb), torch.arange(nb)] = True
+                sels[f"{name}@{thr}"] = m & valid
     i = torch.arange(nb)
     for w in windows:
         win = (i[None, :] <= i[:, None]) & (i[None, :] > i[:, None] - w)
@@ -170,7 +202,8 @@ def plot(summary: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for method, style in (("prism", "o-"), ("meanpool", "s--"), ("window", "^:"), ("oracle", "k.-")):
+    for method, style in (("prism", "o-"), ("meanpool", "s--"), ("window", "^:"), ("oracle", "k.-"),
+                          ("tokq", "x-."), ("lsek", "+-."), ("both", "d-.")):
         pts = sorted((v["density"], v["recall"], v["out_err"]) for k, v in summary.items() if k.startswith(method + "@"))
         if not pts:
             continue
@@ -189,7 +222,7 @@ def plot(summary: dict, path: Path) -> None:
 
 
 def run(tokens: int = 4096, block_size: int = 64, layers: list[int] | None = None, out: Path | None = None,
-        thresholds=THRESHOLDS, windows=WINDOWS, model_presets: bool = True) -> dict:
+        thresholds=THRESHOLDS, windows=WINDOWS, model_presets: bool = True, analysis: bool = False) -> dict:
     model, tok = load_smollm2()
     ids = text_ids(tok, tokens)
     layout = rope_layout_from_config(model.config)
@@ -199,7 +232,8 @@ def run(tokens: int = 4096, block_size: int = 64, layers: list[int] | None = Non
     for i in tqdm(layers, desc="layers"):
         q, k, v = captured[i]
         _, mass = layer_metrics(q, k, v, {}, block_size)
-        per_layer[i], _ = layer_metrics(q, k, v, selections_for(q, k, mass, layout, block_size, thresholds, windows), block_size)
+        sels = selections_for(q, k, mass, layout, block_size, thresholds, windows, analysis)
+        per_layer[i], _ = layer_metrics(q, k, v, sels, block_size)
     result = {"tokens": tokens, "block_size": block_size, "layers": layers, "per_layer": per_layer,
               "summary": summarize(per_layer)}
     if model_presets:
@@ -238,8 +272,9 @@ def main():
     ap.add_argument("--block-size", type=int, default=64)
     ap.add_argument("--layers", type=int, nargs="*")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    ap.add_argument("--analysis", action="store_true", help="also the half-token-level diagnostic estimators")
     args = ap.parse_args()
-    run(args.tokens, args.block_size, args.layers, args.out)
+    run(args.tokens, args.block_size, args.layers, args.out, analysis=args.analysis)
 
 
 if __name__ == "__main__":

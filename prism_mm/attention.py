@@ -181,7 +181,8 @@ def prism_attention_forward(
     out, stats = prism_attention(
         query, key, value, layer.config, bands=layer.bands, scale=scaling, backend=layer.backend, return_stats=True
     )
-    layer.stats.record(module.layer_idx, LayerRecord(stats.density, True, q_len, kv_len))
+    kept = stats.selection if layer.stats.keep_selections else None
+    layer.stats.record(module.layer_idx, LayerRecord(stats.density, True, q_len, kv_len, selection=kept))
     return out.transpose(1, 2), None
 
 

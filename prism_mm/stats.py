@@ -17,6 +17,7 @@ class LayerRecord:
     q_len: int
     kv_len: int
     reason: str = ""  # why it ran dense
+    selection: object = None  # the BlockSelection, kept only when PrismRunStats.keep_selections
 
 
 @dataclass
@@ -25,6 +26,7 @@ class PrismRunStats:
 
     layers: dict[int, LayerRecord] = field(default_factory=dict)
     prefill_seconds: float | None = None  # wall time of the last forward with more than one query token
+    keep_selections: bool = False  # keep each layer's block selection (for inspection and plots)
 
     def reset(self) -> None:
         self.layers.clear()

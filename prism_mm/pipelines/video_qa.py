@@ -80,6 +80,7 @@ class VideoQA:
         if dtype == "auto":
             dtype = "bfloat16" if self.device.startswith("cuda") else "float32"
         self.prism_config = prism or PrismConfig.video()
+        self.model_name = model
         name = resolve_model(model)
         self.model, self.processor = load_model(name, attn="dense", dtype=dtype, device_map=self.device,
                                                 random_weights=random_weights)
@@ -135,7 +136,7 @@ class VideoQA:
                 self._generate(inputs, mode, 1)
             runs[mode] = self._generate(inputs, mode, self.max_new_tokens)
         result = {
-            "video": video, "question": question, "model": getattr(self.model, "name_or_path", ""),
+            "video": video, "question": question, "model": self.model_name,
             "random_weights": bool(getattr(self.model, "prism_random_weights", False)),
             "device": torch.cuda.get_device_name() if self.device.startswith("cuda") else "cpu",
             "frames": prepared.frames_used, "frame_size": list(prepared.frame_size),
