@@ -27,6 +27,7 @@ class PrismStats:
     density: torch.Tensor  # [B, Hq] fraction of causal blocks computed (1.0 for dense)
     sparse: bool
     selection: BlockSelection | None = None
+    reason: str = ""  # why it ran dense
 
 
 def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
@@ -90,7 +91,7 @@ def prism_attention(
     scale = 1.0 / math.sqrt(d) if scale is None else scale
     if q_len < max(config.min_sparse_len, 2):
         out = dense_attention(q, k, v, scale)
-        stats = PrismStats(torch.ones(b, hq, device=q.device), sparse=False)
+        stats = PrismStats(torch.ones(b, hq, device=q.device), sparse=False, reason="shorter than min_sparse_len")
         return (out, stats) if return_stats else out
     if bands is None:
         rope = rope or RopeLayout(head_dim=d)
@@ -98,6 +99,11 @@ def prism_attention(
             raise ValueError(f"rope.head_dim={rope.head_dim} does not match the inputs' head_dim={d}")
         bands = rope.bands(*config.band_dims(d))
     selection = estimate(q, k, config, bands, backend)
+    if config.max_density < 1.0 and float(selection.density().mean()) > config.max_density:
+        out = dense_attention(q, k, v, scale)
+        stats = PrismStats(torch.ones(b, hq, device=q.device), sparse=False, selection=selection,
+                           reason="selection denser than max_density")
+        return (out, stats) if return_stats else out
     if backend == "triton":
         from .kernels.block_sparse import block_sparse_attention
 
@@ -182,7 +188,7 @@ def prism_attention_forward(
         query, key, value, layer.config, bands=layer.bands, scale=scaling, backend=layer.backend, return_stats=True
     )
     kept = stats.selection if layer.stats.keep_selections else None
-    layer.stats.record(module.layer_idx, LayerRecord(stats.density, True, q_len, kv_len, selection=kept))
+    layer.stats.record(module.layer_idx, LayerRecord(stats.density, stats.sparse, q_len, kv_len, stats.reason, kept))
     return out.transpose(1, 2), None
 
 

@@ -19,7 +19,7 @@ def qkv(b=1, hq=4, hkv=2, q_len=200, kv_len=200, d=64, dtype=torch.float32):
 def test_backends_agree_and_match_reference_on_their_selection(q_len, kv_len):
     q, k, v = qkv(q_len=q_len, kv_len=kv_len)
     q = q * 3  # peakier scores -> a real sparse selection
-    cfg = PrismConfig(block_size=32, threshold_high=0.7, threshold_low=0.7, min_sparse_len=0)
+    cfg = PrismConfig(block_size=32, threshold_high=0.7, threshold_low=0.7, min_sparse_len=0, max_density=1.0)
     out_t, stats_t = prism_attention(q, k, v, cfg, backend="torch", return_stats=True)
     out_k, stats_k = prism_attention(q, k, v, cfg, backend="triton", return_stats=True)
     assert stats_t.sparse and stats_k.sparse
@@ -34,7 +34,7 @@ def test_backends_agree_and_match_reference_on_their_selection(q_len, kv_len):
 
 def test_threshold_one_is_dense():
     q, k, v = qkv(q_len=160, kv_len=160, hq=7, hkv=1)
-    cfg = PrismConfig(block_size=32, threshold_high=1.0, threshold_low=1.0, min_sparse_len=0)
+    cfg = PrismConfig(block_size=32, threshold_high=1.0, threshold_low=1.0, min_sparse_len=0, max_density=1.0)
     out, stats = prism_attention(q, k, v, cfg, backend="triton", return_stats=True)
     assert torch.allclose(stats.density, torch.ones_like(stats.density))
     assert rel_err(out, dense_attention(q, k, v)) < 2e-3
@@ -84,3 +84,13 @@ def test_bad_backend_and_device_mismatch():
     if DEVICE == "cuda":
         with pytest.raises(ValueError, match="one device"):
             prism_attention(q, k.cpu(), v.cpu())
+
+
+def test_dense_selection_falls_back_to_dense_sdpa():
+    q, k, v = qkv(q_len=160, kv_len=160)
+    cfg = PrismConfig(block_size=32, min_sparse_len=0, max_density=0.5).with_threshold(1.0)
+    out, stats = prism_attention(q, k, v, cfg, backend="torch", return_stats=True)
+    assert not stats.sparse and "max_density" in stats.reason and stats.selection is not None
+    assert rel_err(out, ref.dense_causal_attention(q, k, v)) < 1e-5
+    with pytest.raises(ValueError, match="max_density"):
+        PrismConfig(max_density=0.0)

@@ -116,7 +116,7 @@ def test_prism_attention_end_to_end_bf16():
     q = torch.randn(1, hq, n, d, device="cuda", dtype=torch.bfloat16)
     k = torch.randn(1, hkv, n, d, device="cuda", dtype=torch.bfloat16)
     v = torch.randn(1, hkv, n, d, device="cuda", dtype=torch.bfloat16)
-    cfg = PrismConfig.video(min_sparse_len=0)
+    cfg = PrismConfig.video(min_sparse_len=0, max_density=1.0)
     out, stats = prism_attention(q, k, v, cfg, rope=layout, return_stats=True)
     assert torch.isfinite(out).all() and stats.sparse
     sel = stats.selection

@@ -11,7 +11,7 @@ from prism_mm.tiny import TINY_MODEL_TYPES, build_tiny_model, video_inputs
 transformers = pytest.importorskip("transformers")
 from transformers import AutoModelForImageTextToText  # noqa: E402
 
-ALL_BLOCKS = PrismConfig(block_size=16, threshold_high=1.0, threshold_low=1.0, min_sparse_len=0)
+ALL_BLOCKS = PrismConfig(block_size=16, threshold_high=1.0, threshold_low=1.0, min_sparse_len=0, max_density=1.0)
 
 
 @pytest.fixture(scope="module", params=TINY_MODEL_TYPES)

@@ -63,7 +63,7 @@ def test_inputs_count_visual_tokens(clip, tiny):
 def test_python_api_compare(clip, tiny):
     from prism_mm import PrismConfig
 
-    cfg = PrismConfig.video(block_size=16, min_sparse_len=0).with_threshold(1.0)
+    cfg = PrismConfig.video(block_size=16, min_sparse_len=0, max_density=1.0).with_threshold(1.0)
     qa = VideoQA(tiny, attn="compare", prism=cfg, video=VideoOptions(fps=2.0, max_frames=4), max_new_tokens=4,
                  progress=False)
     result = qa(clip, "Which way does the red square move?")
