@@ -3,7 +3,7 @@ import warnings
 
 import pytest
 import torch
-from conftest import rel_err
+from conftest import DEVICE, rel_err
 
 from prism_mm import ModelNotAvailableError, PrismConfig, enable_prism, load_model
 from prism_mm.tiny import TINY_MODEL_TYPES, build_tiny_model, video_inputs
@@ -60,8 +60,8 @@ def test_sparse_selection_runs_and_reports_density(tiny_dir):
 
 def test_triton_backend_in_a_model(tiny_dir):
     """The Triton kernels (interpreter on CPU) inside a real model give the dense logits."""
-    dense, prism = load(tiny_dir), load(tiny_dir, ALL_BLOCKS, backend="triton")
-    inputs = video_inputs(dense.config, frames=2, grid=8, text_before=30, text_after=10)
+    dense, prism = load(tiny_dir).to(DEVICE), load(tiny_dir, ALL_BLOCKS, backend="triton").to(DEVICE)
+    inputs = {k: v.to(DEVICE) for k, v in video_inputs(dense.config, frames=2, grid=8, text_before=30, text_after=10).items()}
     with torch.no_grad():
         assert rel_err(prism(**inputs).logits, dense(**inputs).logits) < 1e-4
 
