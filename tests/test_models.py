@@ -62,8 +62,9 @@ def test_triton_backend_in_a_model(tiny_dir):
     """The Triton kernels (interpreter on CPU) inside a real model give the dense logits."""
     dense, prism = load(tiny_dir).to(DEVICE), load(tiny_dir, ALL_BLOCKS, backend="triton").to(DEVICE)
     inputs = {k: v.to(DEVICE) for k, v in video_inputs(dense.config, frames=2, grid=8, text_before=30, text_after=10).items()}
+    tol = 2e-3 if DEVICE == "cuda" else 1e-4  # fp32 dots run as TF32 on GPU tensor cores (~5e-4 seen on H100)
     with torch.no_grad():
-        assert rel_err(prism(**inputs).logits, dense(**inputs).logits) < 1e-4
+        assert rel_err(prism(**inputs).logits, dense(**inputs).logits) < tol
 
 
 def test_padded_batch_falls_back_to_dense_correctly(tiny_dir):
