@@ -1,0 +1,157 @@
+"""lmms-eval model `prism_qwen_vl`: Qwen2-VL / Qwen2.5-VL / Qwen3-VL with Prism (or dense) prefill.
+
+model_args follow lmms-eval's Qwen-VL models where they mean the same (pretrained, device,
+device_map, batch_size, max_pixels, min_pixels, max_num_frames, fps) plus attn=prism|dense,
+the PrismConfig fields (block_size, threshold, threshold_high, threshold_low, min_sparse_len,
+max_density, calibrate), total_pixels, dtype, random_weights, and stats_dir: where per-sample
+records (prefill time, visual tokens, density) and a summary are written (default ./prism_mm_stats).
+Video preparation is prism_mm.pipelines.video (decord + qwen-vl-utils), shared with the CLI.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+from lmms_eval.api.model import lmms
+from tqdm import tqdm
+
+from ..config import PrismConfig
+from ..pipelines.video import VideoOptions, build_inputs
+from ..pipelines.video_qa import resolve_model
+
+
+def _bool(value) -> bool:
+    return value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes")
+
+
+class PrismQwenVL(lmms):
+    def __init__(self, pretrained: str = "Qwen/Qwen2.5-VL-7B-Instruct", attn: str = "prism", device: str | None = None,
+                 device_map: str | None = None, batch_size: int | str = 1, max_pixels: int | None = None,
+                 min_pixels: int | None = None, total_pixels: int | None = None, max_num_frames: int = 32,
+                 fps: float | None = None, block_size: int = 128, threshold: float | None = None,
+                 threshold_high: float = 0.93, threshold_low: float = 0.93, min_sparse_len: int = 4096,
+                 max_density: float = 0.8, calibrate=True, dtype: str = "auto", random_weights=False,
+                 stats_dir: str = "prism_mm_stats", **kwargs):
+        super().__init__()
+        if kwargs:
+            raise ValueError(f"unknown prism_qwen_vl model_args: {sorted(kwargs)}")
+        if int(batch_size) != 1:
+            raise ValueError("prism_qwen_vl runs batch_size=1 (padded batches would run dense); "
+                             "use data parallelism (accelerate launch) for throughput")
+        from accelerate import Accelerator
+
+        from ..models import enable_prism, load_model
+
+        self.accelerator = Accelerator()
+        self._rank, self._world_size = self.accelerator.local_process_index, self.accelerator.num_processes
+        if self._world_size > 1:
+            device, device_map = f"cuda:{self._rank}", f"cuda:{self._rank}"
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self._device = torch.device(device)
+        if dtype == "auto":
+            dtype = "bfloat16" if self._device.type == "cuda" else "float32"
+        threshold_high = float(threshold if threshold is not None else threshold_high)
+        threshold_low = float(threshold if threshold is not None else threshold_low)
+        self.prism_config = PrismConfig(block_size=int(block_size), threshold_high=threshold_high,
+                                        threshold_low=threshold_low, min_sparse_len=int(min_sparse_len),
+                                        max_density=float(max_density), calibrate=_bool(calibrate))
+        if attn not in ("prism", "dense"):
+            raise ValueError(f"attn must be prism or dense, got {attn!r}")
+        self.attn = attn
+        self.model, self.processor = load_model(resolve_model(pretrained), attn="dense", dtype=dtype,
+                                                device_map=device_map or device, random_weights=_bool(random_weights))
+        if self.processor is None:
+            from ..tiny import build_tiny_processor
+
+            self.processor = build_tiny_processor(self.model.config.model_type, real_vocab=True)
+        enable_prism(self.model, self.prism_config)
+        self.model.set_attn_implementation({"text_config": "prism" if attn == "prism" else "sdpa"})
+        self.video_options = VideoOptions(fps=float(fps) if fps else 2.0, max_frames=int(max_num_frames),
+                                          min_pixels=min_pixels and int(min_pixels), max_pixels=max_pixels and int(max_pixels),
+                                          total_pixels=total_pixels and int(total_pixels))
+        self.stats_dir = Path(stats_dir)
+        self.records: list[dict] = []
+        self.pretrained = pretrained
+
+    # lmms-eval plumbing
+    @property
+    def batch_size(self):
+        return 1
+
+    @property
+    def device(self):
+        return self._device
+
+    @property
+    def rank(self):
+        return self._rank
+
+    @property
+    def world_size(self):
+        return self._world_size
+
+    def loglikelihood(self, requests):
+        raise NotImplementedError("prism_qwen_vl implements generate_until only")
+
+    def generate_until_multi_round(self, requests):
+        raise NotImplementedError("prism_qwen_vl implements generate_until only")
+
+    def _answer(self, context: str, visuals, gen_kwargs: dict) -> tuple[str, dict]:
+        videos = [v for v in (visuals or []) if isinstance(v, str)]
+        if len(videos) != 1:
+            raise ValueError(f"prism_qwen_vl expects one video per question, got {len(videos)} visuals")
+        prepared = build_inputs(self.processor, self.model.config, videos[0], context, self.video_options)
+        inputs = {k: v.to(self._device) if isinstance(v, torch.Tensor) else v for k, v in prepared.inputs.items()}
+        stats = self.model.prism_stats
+        stats.reset()
+        max_new = int(gen_kwargs.get("max_new_tokens", 128))
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            out = self.model.generate(**inputs, max_new_tokens=max_new, do_sample=False)
+        total = time.perf_counter() - t0
+        text = self.processor.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)[0]
+        for stop in [u for u in gen_kwargs.get("until", []) or [] if u]:
+            text = text.split(stop)[0]
+        record = {"prefill_s": stats.prefill_seconds, "total_s": total, "visual_tokens": prepared.visual_tokens,
+                  "total_tokens": prepared.total_tokens, "frames": prepared.frames_used,
+                  "mean_density": stats.mean_density if self.attn == "prism" else 1.0,
+                  "sparse_layers": stats.sparse_layers if self.attn == "prism" else 0}
+        return text.strip(), record
+
+    def generate_until(self, requests) -> list[str]:
+        answers = []
+        for req in tqdm(requests, desc=f"prism_qwen_vl ({self.attn})", disable=self._rank != 0):
+            context, gen_kwargs, doc_to_visual, doc_id, task, split = req.args
+            visuals = doc_to_visual(self.task_dict[task][split][doc_id])
+            text, record = self._answer(context, visuals, dict(gen_kwargs))
+            self.records.append({"task": task, "doc_id": doc_id, "attn": self.attn, **record})
+            answers.append(text)
+        self.write_stats()
+        return answers
+
+    def write_stats(self) -> Path:
+        """Per-sample JSONL + a summary JSON in stats_dir (one pair per process rank)."""
+        self.stats_dir.mkdir(parents=True, exist_ok=True)
+        suffix = f"{self.attn}-rank{self._rank}"
+        with open(self.stats_dir / f"samples-{suffix}.jsonl", "w") as f:
+            for r in self.records:
+                f.write(json.dumps(r) + "\n")
+        prefill = [r["prefill_s"] for r in self.records if r["prefill_s"] is not None]
+        dens = [r["mean_density"] for r in self.records if r["mean_density"] is not None]
+        summary = {"model": self.pretrained, "attn": self.attn, "prism_config": vars(self.prism_config),
+                   "samples": len(self.records), "total_prefill_s": sum(prefill),
+                   "mean_prefill_s": sum(prefill) / len(prefill) if prefill else None,
+                   "mean_density": sum(dens) / len(dens) if dens else None,
+                   "mean_visual_tokens": sum(r["visual_tokens"] for r in self.records) / max(len(self.records), 1)}
+        other = self.stats_dir / f"summary-{'dense' if self.attn == 'prism' else 'prism'}-rank{self._rank}.json"
+        if other.exists():  # a run with the other attention already wrote here: report the speed-up
+            o = json.loads(other.read_text())
+            if o.get("total_prefill_s") and summary["total_prefill_s"]:
+                dense_s = o["total_prefill_s"] if self.attn == "prism" else summary["total_prefill_s"]
+                prism_s = summary["total_prefill_s"] if self.attn == "prism" else o["total_prefill_s"]
+                summary["prefill_speedup_prism_vs_dense"] = dense_s / prism_s
+        path = self.stats_dir / f"summary-{suffix}.json"
+        path.write_text(json.dumps(summary, indent=1))
+        return path

@@ -1,0 +1,39 @@
+"""The real lmms-eval CLI with --model prism_qwen_vl on the offline smoke task (tiny model, CPU)."""
+import json
+import os
+import shutil
+import subprocess
+
+import pytest
+
+pytest.importorskip("lmms_eval")
+pytest.importorskip("decord")
+
+from prism_mm.eval.smoke import write_smoke_task  # noqa: E402
+from prism_mm.tiny import save_tiny  # noqa: E402
+
+
+def test_lmms_eval_cli_prism_and_dense(tmp_path):
+    lmms_eval = shutil.which("lmms-eval")
+    assert lmms_eval, "the lmms-eval console script is not on PATH"
+    model = save_tiny("qwen2_5_vl", tmp_path / "tiny")
+    task_dir = write_smoke_task(tmp_path / "task", videos=1, seconds=3)
+    out, stats = tmp_path / "out", tmp_path / "out" / "prism_stats"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    for attn in ("dense", "prism"):
+        args = f"pretrained={model},attn={attn},block_size=16,min_sparse_len=0,max_density=1.0,max_num_frames=4,stats_dir={stats}"
+        proc = subprocess.run([lmms_eval, "--model", "prism_qwen_vl", "--model_args", args, "--tasks", "prism_smoke",
+                               "--include_path", str(task_dir), "--output_path", str(out / attn), "--log_samples",
+                               "--batch_size", "1"], capture_output=True, text=True, env=env, timeout=900)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        results = [json.loads(p.read_text()) for p in (out / attn).rglob("*_results.json")]
+        assert results, "lmms-eval wrote no results file"
+        acc = results[0]["results"]["prism_smoke"]["accuracy,none"]
+        assert 0.0 <= acc <= 1.0
+        samples = [json.loads(line) for line in (stats / f"samples-{attn}-rank0.jsonl").read_text().splitlines()]
+        assert len(samples) == 4  # 1 clip x 4 questions
+        for s in samples:
+            assert s["visual_tokens"] > 0 and s["prefill_s"] > 0 and 0 < s["mean_density"] <= 1
+            assert (s["sparse_layers"] > 0) == (attn == "prism")
+    summary = json.loads((stats / "summary-prism-rank0.json").read_text())
+    assert summary["samples"] == 4 and summary["prefill_speedup_prism_vs_dense"] > 0
