@@ -158,7 +158,33 @@ def write(rows, out: Path, model_name: str):
         lines.append(f"| {r['visual_tokens']} | {r['mode']} | {r['seconds']:.3f} | {r['speedup_vs_dense']:.2f} | {dens} | "
                      f"{r['peak_gib']:.1f} | {r['attention_share_dense']:.2f} |")
     (out / f"prefill-{tag}.md").write_text("\n".join(lines) + "\n")
+    plot(rows, out / f"prefill-{tag}.png", model_name)
     print("\n".join(lines))
+
+
+def plot(rows, path: Path, model_name: str) -> None:
+    """Speed-up over dense vs visual tokens, per mode, with the bound the attention share allows."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for mode, style in (("density 0.1", "o-"), ("density 0.25", "s-"), ("prism@0.93", "^-"), ("dense-flash", "x:")):
+        pts = sorted((r["visual_tokens"], r["speedup_vs_dense"]) for r in rows if r["mode"] == mode)
+        if pts:
+            ax.plot([t / 1024 for t, _ in pts], [s for _, s in pts], style, label=mode)
+    for density, color in ((0.1, "tab:blue"), (0.25, "tab:orange")):
+        pts = sorted({(r["visual_tokens"], r["attention_share_dense"]) for r in rows})
+        bound = [1 / (1 - a + a * density) for _, a in pts]
+        ax.plot([t / 1024 for t, _ in pts], bound, "--", color=color, alpha=0.5, label=f"bound at {density}")
+    ax.axhline(1, color="gray", lw=0.8)
+    ax.set(xscale="log", xlabel="visual tokens (K)", ylabel="prefill speed-up vs dense SDPA (cuDNN)",
+           title=f"{model_name.split('/')[-1]} on {rows[0]['device']}")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 if __name__ == "__main__":

@@ -146,8 +146,6 @@ def load_model(
     Returns (model, processor); processor is None for random_weights=True, whose answers are
     meaningless (use it for speed measurements only). The model carries model.prism_stats.
     """
-    from transformers import AutoConfig
-
     if attn not in ("prism", "dense"):
         raise ValueError(f"attn must be 'prism' or 'dense', got {attn!r}")
     dtype = _resolve_dtype(dtype)
@@ -177,27 +175,27 @@ def load_model(
     return model, processor
 
 
+def _load_offline_aware(loader, name_or_path: str, what: str, fix: str, **kwargs):
+    """loader.from_pretrained(...), turning "not found / no hub access" into a ModelNotAvailableError."""
+    try:
+        return loader.from_pretrained(name_or_path, **kwargs)
+    except (OSError, ValueError) as e:
+        raise ModelNotAvailableError(
+            f"{what} {name_or_path!r} is not available offline: {fix} "
+            f"({type(e).__name__}: {str(e).splitlines()[0][:200]})"
+        ) from None
+
+
 def _load_config(name_or_path: str, **kwargs):
     from transformers import AutoConfig
 
-    try:
-        return AutoConfig.from_pretrained(name_or_path, **kwargs)
-    except (OSError, ValueError) as e:
-        raise ModelNotAvailableError(
-            f"model {name_or_path!r} is not available offline: pass a local directory that holds its config and "
-            f"weights, or enable Hugging Face Hub access (unset HF_HUB_OFFLINE and log in) to download it "
-            f"({type(e).__name__}: {str(e).splitlines()[0][:200]})"
-        ) from None
+    fix = ("pass a local directory that holds its config and weights, or enable Hugging Face Hub access "
+           "(unset HF_HUB_OFFLINE and log in) to download it")
+    return _load_offline_aware(AutoConfig, name_or_path, "model", fix, **kwargs)
 
 
 def _load_processor(name_or_path: str, config, **kwargs):
     from transformers import AutoProcessor, AutoTokenizer
 
     loader = AutoProcessor if config.model_type in VL_MODEL_TYPES else AutoTokenizer
-    try:
-        return loader.from_pretrained(name_or_path, **kwargs)
-    except (OSError, ValueError) as e:
-        raise ModelNotAvailableError(
-            f"the processor/tokenizer of {name_or_path!r} is not available offline: save it next to the weights "
-            f"({type(e).__name__}: {str(e).splitlines()[0][:200]})"
-        ) from None
+    return _load_offline_aware(loader, name_or_path, "the processor/tokenizer of", "save it next to the weights", **kwargs)
