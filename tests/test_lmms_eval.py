@@ -3,6 +3,8 @@ import json
 import os
 import shutil
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -14,7 +16,8 @@ from prism_mm.tiny import save_tiny  # noqa: E402
 
 
 def test_lmms_eval_cli_prism_and_dense(tmp_path):
-    lmms_eval = shutil.which("lmms-eval")
+    beside = Path(sys.executable).parent / "lmms-eval"  # the venv's console script, activated or not
+    lmms_eval = str(beside) if beside.exists() else shutil.which("lmms-eval")
     assert lmms_eval, "the lmms-eval console script is not on PATH"
     model = save_tiny("qwen2_5_vl", tmp_path / "tiny")
     task_dir = write_smoke_task(tmp_path / "task", videos=1, seconds=3)
