@@ -63,6 +63,8 @@ class RunResult:
     new_tokens: int
     mean_density: float | None
     sparse_layers: int
+    layers: int = 0
+    dense_reasons: list | None = None
 
 
 class VideoQA:
@@ -121,15 +123,17 @@ class VideoQA:
         new = out[0, inputs["input_ids"].shape[1]:]
         answer = self.processor.batch_decode(new[None], skip_special_tokens=True)[0].strip()
         prefill = stats.prefill_seconds or 0.0
+        summary = stats.summary()
         return RunResult(attn, answer, prefill, total - prefill, int(new.numel()),
-                         stats.mean_density if attn == "prism" else 1.0, stats.sparse_layers if attn == "prism" else 0)
+                         stats.mean_density if attn == "prism" else 1.0, stats.sparse_layers if attn == "prism" else 0,
+                         summary["layers"], summary["dense_reasons"] if attn == "prism" else [])
 
     def __call__(self, video: str, question: str, warmup: bool | None = None) -> dict:
         prepared = self.prepare(video, question)
         inputs = {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in prepared.inputs.items()}
         modes = ["dense", "prism"] if self.attn == "compare" else [self.attn]
-        if warmup is None:
-            warmup = self.device.startswith("cuda")
+        if warmup is None:  # one-time costs (kernel compiles, allocations) stay out of the timings
+            warmup = self.device.startswith("cuda") or len(modes) > 1
         runs = {}
         for mode in modes:
             if warmup:  # compile kernels / allocate outside the timed run
@@ -137,7 +141,7 @@ class VideoQA:
             runs[mode] = self._generate(inputs, mode, self.max_new_tokens)
         result = {
             "video": video, "question": question, "model": self.model_name,
-            "random_weights": bool(getattr(self.model, "prism_random_weights", False)),
+            "random_weights": bool(getattr(self.model, "prism_random_weights", False)) or self.model_name in TINY_MODELS,
             "device": torch.cuda.get_device_name() if self.device.startswith("cuda") else "cpu",
             "frames": prepared.frames_used, "frame_size": list(prepared.frame_size),
             "visual_tokens": prepared.visual_tokens, "total_tokens": prepared.total_tokens,
@@ -186,7 +190,11 @@ def format_report(r: dict) -> str:
     lines.append(f"frames: {r['frames']} at {r['frame_size'][0]}x{r['frame_size'][1]}  "
                  f"visual tokens: {r['visual_tokens']}  total tokens: {r['total_tokens']}  device: {r['device']}")
     for mode, run in r["runs"].items():
-        dens = f"  mean density {run['mean_density']:.3f}" if mode == "prism" and run["mean_density"] is not None else ""
+        dens = ""
+        if mode == "prism" and run["mean_density"] is not None:
+            dens = f"  mean density {run['mean_density']:.3f}, sparse in {run['sparse_layers']}/{run['layers']} layers"
+            if run["dense_reasons"]:
+                dens += f" (dense: {'; '.join(run['dense_reasons'])})"
         lines.append(f"{mode:>6}: prefill {run['prefill_s'] * 1e3:.1f} ms  decode {run['decode_s'] * 1e3:.1f} ms "
                      f"({run['new_tokens']} tokens){dens}")
     if "prefill_speedup" in r:
