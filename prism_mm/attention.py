@@ -89,21 +89,23 @@ def prism_attention(
     backend = resolve_backend(backend, q.device)
     b, hq, q_len, d = q.shape
     scale = 1.0 / math.sqrt(d) if scale is None else scale
-    if q_len < max(config.min_sparse_len, 2):
+
+    def dense(reason: str, selection: BlockSelection | None = None):
         out = dense_attention(q, k, v, scale)
-        stats = PrismStats(torch.ones(b, hq, device=q.device), sparse=False, reason="shorter than min_sparse_len")
+        stats = PrismStats(torch.ones(b, hq, device=q.device), sparse=False, selection=selection, reason=reason)
         return (out, stats) if return_stats else out
+
+    if q_len < max(config.min_sparse_len, 2):
+        return dense("shorter than min_sparse_len")
     if bands is None:
         rope = rope or RopeLayout(head_dim=d)
         if rope.head_dim != d:
             raise ValueError(f"rope.head_dim={rope.head_dim} does not match the inputs' head_dim={d}")
         bands = rope.bands(*config.band_dims(d))
     selection = estimate(q, k, config, bands, backend)
-    if config.max_density < 1.0 and float(selection.density().mean()) > config.max_density:
-        out = dense_attention(q, k, v, scale)
-        stats = PrismStats(torch.ones(b, hq, device=q.device), sparse=False, selection=selection,
-                           reason="selection denser than max_density")
-        return (out, stats) if return_stats else out
+    density = selection.density()
+    if config.max_density < 1.0 and float(density.mean()) > config.max_density:
+        return dense("selection denser than max_density", selection)
     if backend == "triton":
         from .kernels.block_sparse import block_sparse_attention
 
@@ -113,7 +115,7 @@ def prism_attention(
         out = ref.block_sparse_attention(q, k, v, selection.kv_num_blocks, selection.kv_indices, config.block_size, scale)
     if not return_stats:
         return out
-    return out, PrismStats(selection.density(), sparse=True, selection=selection)
+    return out, PrismStats(density, sparse=True, selection=selection)
 
 
 # --------------------------------------------------------------------------------------------
