@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from ..config import PrismConfig
 from ..pipelines.video import VideoOptions, build_inputs
-from ..pipelines.video_qa import resolve_model
+from ..pipelines.video_qa import load_video_model, set_attention
 
 
 def _bool(value) -> bool:
@@ -42,16 +42,12 @@ class PrismQwenVL(lmms):
                              "use data parallelism (accelerate launch) for throughput")
         from accelerate import Accelerator
 
-        from ..models import enable_prism, load_model
-
         self.accelerator = Accelerator()
         self._rank, self._world_size = self.accelerator.local_process_index, self.accelerator.num_processes
         if self._world_size > 1:
             device, device_map = f"cuda:{self._rank}", f"cuda:{self._rank}"
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self._device = torch.device(device)
-        if dtype == "auto":
-            dtype = "bfloat16" if self._device.type == "cuda" else "float32"
         threshold_high = float(threshold if threshold is not None else threshold_high)
         threshold_low = float(threshold if threshold is not None else threshold_low)
         self.prism_config = PrismConfig(block_size=int(block_size), threshold_high=threshold_high,
@@ -60,14 +56,9 @@ class PrismQwenVL(lmms):
         if attn not in ("prism", "dense"):
             raise ValueError(f"attn must be prism or dense, got {attn!r}")
         self.attn = attn
-        self.model, self.processor = load_model(resolve_model(pretrained), attn="dense", dtype=dtype,
-                                                device_map=device_map or device, random_weights=_bool(random_weights))
-        if self.processor is None:
-            from ..tiny import build_tiny_processor
-
-            self.processor = build_tiny_processor(self.model.config.model_type, real_vocab=True)
-        enable_prism(self.model, self.prism_config)
-        self.model.set_attn_implementation({"text_config": "prism" if attn == "prism" else "sdpa"})
+        self.model, self.processor = load_video_model(pretrained, self.prism_config, device, dtype,
+                                                      _bool(random_weights), device_map)
+        set_attention(self.model, attn)
         self.video_options = VideoOptions(fps=float(fps) if fps else 2.0, max_frames=int(max_num_frames),
                                           min_pixels=min_pixels and int(min_pixels), max_pixels=max_pixels and int(max_pixels),
                                           total_pixels=total_pixels and int(total_pixels))

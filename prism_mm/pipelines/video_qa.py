@@ -33,9 +33,36 @@ def resolve_model(name: str) -> str:
     from ..tiny import save_tiny
 
     path = Path.home() / ".cache" / "prism_mm" / name
-    if not (path / "config.json").exists() or not (path / "processor_config.json").exists() and not any(path.glob("*processor*")):
+    if not (path / "config.json").exists() or not any(path.glob("*processor*")):
         save_tiny(TINY_MODELS[name], path)
     return str(path)
+
+
+def load_video_model(model: str, prism: PrismConfig, device: str, dtype: str = "auto", random_weights: bool = False,
+                     device_map=None):
+    """(model, processor) for video QA: tiny names resolved, Prism enabled on the text decoder
+    (switch with set_attention), a stand-in processor for random-weight architectures."""
+    from ..models import VL_MODEL_TYPES, enable_prism, load_model
+
+    if dtype == "auto":
+        dtype = "bfloat16" if device.startswith("cuda") else "float32"
+    vl_model, processor = load_model(resolve_model(model), attn="dense", dtype=dtype, device_map=device_map or device,
+                                     random_weights=random_weights)
+    if vl_model.config.model_type not in VL_MODEL_TYPES:
+        raise ValueError(f"{model!r} is a {vl_model.config.model_type} model; video QA needs Qwen2-VL, "
+                         "Qwen2.5-VL or Qwen3-VL")
+    if processor is None:
+        from ..tiny import build_tiny_processor
+
+        # Shipped configs carry no tokenizer: a character-level stand-in builds the prompt.
+        processor = build_tiny_processor(vl_model.config.model_type, real_vocab=True)
+    enable_prism(vl_model, prism)
+    return vl_model, processor
+
+
+def set_attention(model, attn: str) -> None:
+    """Switch the text decoder of a load_video_model() model between "prism" and dense SDPA."""
+    model.set_attn_implementation({"text_config": "prism" if attn == "prism" else "sdpa"})
 
 
 class _TokenProgress:
@@ -73,32 +100,14 @@ class VideoQA:
     def __init__(self, model: str = DEFAULT_MODEL, attn: str = "prism", prism: PrismConfig | None = None,
                  video: VideoOptions | None = None, max_new_tokens: int = 128, device: str | None = None,
                  dtype: str = "auto", random_weights: bool = False, progress: bool = True):
-        from ..models import enable_prism, load_model
-
         if attn not in ("prism", "dense", "compare"):
             raise ValueError(f"attn must be prism, dense or compare, got {attn!r}")
         self.attn, self.video_opts, self.max_new_tokens, self.progress = attn, video or VideoOptions(), max_new_tokens, progress
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        if dtype == "auto":
-            dtype = "bfloat16" if self.device.startswith("cuda") else "float32"
         self.prism_config = prism or PrismConfig.video()
         self.model_name = model
-        name = resolve_model(model)
-        self.model, self.processor = load_model(name, attn="dense", dtype=dtype, device_map=self.device,
-                                                random_weights=random_weights)
-        if random_weights:
-            from ..tiny import build_tiny_processor
-
-            # Shipped configs carry no tokenizer: a character-level stand-in builds the prompt.
-            self.processor = build_tiny_processor(self.model.config.model_type, real_vocab=True)
-        if self.model.config.model_type not in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl"):
-            raise ValueError(f"{model!r} is a {self.model.config.model_type} model; video QA needs Qwen2-VL, "
-                             "Qwen2.5-VL or Qwen3-VL")
-        enable_prism(self.model, self.prism_config)
-        self._set_attn("prism" if attn != "dense" else "dense")
-
-    def _set_attn(self, attn: str) -> None:
-        self.model.set_attn_implementation({"text_config": "prism" if attn == "prism" else "sdpa"})
+        self.model, self.processor = load_video_model(model, self.prism_config, self.device, dtype, random_weights)
+        set_attention(self.model, "prism" if attn != "dense" else "dense")
 
     def prepare(self, video: str, question: str) -> PreparedVideo:
         with tqdm(total=1, desc="decoding video", disable=not self.progress, leave=False) as bar:
@@ -107,7 +116,7 @@ class VideoQA:
         return prepared
 
     def _generate(self, inputs: dict, attn: str, max_new_tokens: int) -> RunResult:
-        self._set_attn(attn)
+        set_attention(self.model, attn)
         stats = self.model.prism_stats
         stats.reset()
         bar = tqdm(total=max_new_tokens, desc=f"generating ({attn})", disable=not self.progress, leave=False)
