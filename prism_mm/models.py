@@ -15,7 +15,7 @@ import torch
 
 from .attention import ATTN_NAME, PrismLayer, register_with_transformers
 from .config import PrismConfig
-from .spectral import rope_layout_from_config
+from .spectral import rope_layout_from_config, text_config
 from .stats import PrismRunStats
 
 VL_MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
@@ -42,10 +42,6 @@ def shipped_config(name: str):
     data = json.loads(resources.files("prism_mm.configs").joinpath(SHIPPED_CONFIGS[name]).read_text())
     data.pop("_source", None)
     return AutoConfig.for_model(**data)
-
-
-def text_config(config):
-    return getattr(config, "text_config", None) or config
 
 
 def _check_supported(config, name: str) -> None:

@@ -108,9 +108,14 @@ def _rope_dict(cfg) -> dict:
     return out
 
 
+def text_config(config):
+    """The text (decoder) config of a VL model's config, or the config itself for a text model."""
+    return getattr(config, "text_config", None) or config
+
+
 def rope_layout_from_config(config) -> RopeLayout:
     """Derive the RopeLayout of a transformers model config (the text config of a VL model)."""
-    cfg = getattr(config, "text_config", None) or config
+    cfg = text_config(config)
     n_heads = getattr(cfg, "num_attention_heads", None)
     head_dim = getattr(cfg, "head_dim", None) or (cfg.hidden_size // n_heads if n_heads else None)
     if head_dim is None:
