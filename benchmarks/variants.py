@@ -20,15 +20,35 @@ from prism_mm.kernels import reference as ref
 from prism_mm.kernels.block_sparse import block_sparse_attention
 from prism_mm.selection import estimate
 
+TMA = dict(USE_TMA=True)
 ATTN = {
-    "m128n128w8s3-tma": dict(BLOCK_M=128, BLOCK_N=128, num_warps=8, num_stages=3, USE_TMA=True),
-    "m128n128w8s4-tma": dict(BLOCK_M=128, BLOCK_N=128, num_warps=8, num_stages=4, USE_TMA=True),
-    "m128n128w8s2-tma": dict(BLOCK_M=128, BLOCK_N=128, num_warps=8, num_stages=2, USE_TMA=True),
-    "m128n128w8s3-tma-ws": dict(BLOCK_M=128, BLOCK_N=128, num_warps=8, num_stages=3, USE_TMA=True, WARP_SPECIALIZE=True),
-    "m128n128w4s3-tma-ws": dict(BLOCK_M=128, BLOCK_N=128, num_warps=4, num_stages=3, USE_TMA=True, WARP_SPECIALIZE=True),
-    "m128n64w8s4-tma": dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=4, USE_TMA=True),
-    "m128n128w8s3-ptr": dict(BLOCK_M=128, BLOCK_N=128, num_warps=8, num_stages=3, USE_TMA=False),
+    "m128n128w8s2": dict(BLOCK_M=128, BLOCK_N=128, num_warps=8, num_stages=2, **TMA),
+    "m128n128w8s2-pipe": dict(BLOCK_M=128, BLOCK_N=128, num_warps=8, num_stages=2, PIPELINE_QK=True, **TMA),
+    "m128n128w8s3-pipe": dict(BLOCK_M=128, BLOCK_N=128, num_warps=8, num_stages=3, PIPELINE_QK=True, **TMA),
+    "m128n64w8s2": dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=2, **TMA),
+    "m128n64w8s2-r128": dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=2, maxnreg=128, **TMA),
+    "m128n64w8s2-pipe-r128": dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=2, PIPELINE_QK=True, maxnreg=128, **TMA),
+    "m128n64w8s3": dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3, **TMA),
+    "m128n64w8s3-pipe": dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3, PIPELINE_QK=True, **TMA),
+    "m64n128w4s2": dict(BLOCK_M=64, BLOCK_N=128, num_warps=4, num_stages=2, **TMA),
+    "m64n64w4s3": dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=3, **TMA),
+    "m128n128w8s2-pipe-ptr": dict(BLOCK_M=128, BLOCK_N=128, num_warps=8, num_stages=2, PIPELINE_QK=True, USE_TMA=False),
 }
+
+
+def compiled_info(seen: set) -> dict | None:
+    """Registers, spills and shared memory of the kernel compiled since the last call (best effort)."""
+    from prism_mm.kernels.block_sparse import _block_sparse_fwd
+
+    try:
+        for entry in _block_sparse_fwd.device_caches.values():
+            for kern in entry[0].values():
+                if id(kern) not in seen:
+                    seen.add(id(kern))
+                    return {"regs": kern.n_regs, "spills": kern.n_spills, "shared": kern.metadata.shared}
+    except Exception as e:  # noqa: BLE001 - triton internals differ across versions
+        return {"error": str(e)[:100]}
+    return None
 
 
 def timed(name, fn, results, **kw):
@@ -45,10 +65,27 @@ def timed(name, fn, results, **kw):
     return ms
 
 
+def time_estimation(q, k, n, r):
+    from prism_mm.selection import _band_tensors
+
+    cfg = PrismConfig.video(min_sparse_len=0)
+    bands = RopeLayout(head_dim=D, theta=1e6, mrope_section=(16, 24, 24)).bands(*cfg.band_dims(D))
+    timed(f"{n} est total (default)", lambda: estimate(q, k, cfg, bands), r)
+    hi_idx, lo_idx, hi_pos, lo_pos = _band_tensors(bands, D, q.device)
+    timed(f"{n} pool_bands q", lambda: pool_kernel.pool_bands(q, BS, hi_pos, lo_pos, 64, 96), r)
+    timed(f"{n} pool_bands k", lambda: pool_kernel.pool_bands(k, BS, hi_pos, lo_pos, 64, 96), r)
+    (qh, ql, qe), (kh, kl, ke) = (pool_kernel.pool_bands(x, BS, hi_pos, lo_pos, 64, 96) for x in (q, k))
+    sel_args = (qh, kh, ql, kl, qe, ke, D, 0.93, 0.93, n, n, BS)
+    timed(f"{n} select tf32", lambda: est_kernel.select_blocks(*sel_args), r)
+    timed(f"{n} select ieee", lambda: est_kernel.select_blocks(*sel_args, precise=True), r)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="benchmarks/results")
     ap.add_argument("--lengths", type=int, nargs="*", default=[32768, 131072])
+    ap.add_argument("--estimation", action="store_true", help="also time the estimation pieces")
+    ap.add_argument("--variants", nargs="*", default=list(ATTN))
     args = ap.parse_args()
     hq, hkv = 28, 4
     gen = torch.Generator(device="cuda").manual_seed(0)
@@ -60,34 +97,23 @@ def main():
         v = torch.randn(1, hkv, n, D, device="cuda", dtype=torch.bfloat16)
         big = dict(warmup=100, rep=1500) if n > 65536 else {}
         timed(f"{n} cudnn", sdpa_runner(q, k, v, "cudnn"), r, **big)
-        # --- estimation pieces
-        cfg = PrismConfig.video(min_sparse_len=0)
-        bands = RopeLayout(head_dim=D, theta=1e6, mrope_section=(16, 24, 24)).bands(*cfg.band_dims(D))
-        timed(f"{n} est total (default)", lambda: estimate(q, k, cfg, bands), r)
-        from prism_mm.selection import _band_tensors
-
-        hi_idx, lo_idx, hi_pos, lo_pos = _band_tensors(bands, D, q.device)
-        timed(f"{n} pool_bands q", lambda: pool_kernel.pool_bands(q, BS, hi_pos, lo_pos, 64, 96), r)
-        timed(f"{n} pool_bands k", lambda: pool_kernel.pool_bands(k, BS, hi_pos, lo_pos, 64, 96), r)
-        (qh, ql, qe), (kh, kl, ke) = (pool_kernel.pool_bands(x, BS, hi_pos, lo_pos, 64, 96) for x in (q, k))
-        sel_args = (qh, kh, ql, kl, qe, ke, D, 0.93, 0.93, n, n, BS)
-        timed(f"{n} select tf32", lambda: est_kernel.select_blocks(*sel_args), r)
-        timed(f"{n} select ieee", lambda: est_kernel.select_blocks(*sel_args, precise=True), r)
-        # --- attention kernel configurations
-        dense_first = n <= 65536
-        for density in (0.1, 1.0):
+        if args.estimation:
+            time_estimation(q, k, n, r)
+        # --- attention kernel configurations (registers / spills / shared memory of each compiled variant reported)
+        seen: set = set()
+        for density in (1.0, 0.1, 0.05):
             mask = realistic_mask(hq, n, density, gen)
             cnt, idx = ref.indices_from_block_mask(mask)
             out = torch.empty(1, n, hq, D, device="cuda", dtype=torch.bfloat16).transpose(1, 2)
             expected = None
-            names = list(ATTN)
-            if density == 1.0 and not dense_first:  # 128K dense: only the three best at 32K dense
-                prev = res.get(str(args.lengths[0]), {})
-                names = sorted(names, key=lambda nm: prev.get(f"{args.lengths[0]} attn {nm} d1.0") or 1e9)[:2]
-            for name in names:
+            for name in args.variants:
                 tiles = ATTN[name]
                 ms = timed(f"{n} attn {name} d{density}", lambda: block_sparse_attention(q, k, v, cnt, idx, BS, out=out, tiles=tiles),
                            r, **(big if density == 1.0 else {}))
+                info = compiled_info(seen)
+                if info:
+                    res.setdefault("compiled", {})[name] = info
+                    print(f"  {name}: {info}")
                 if ms is not None:
                     got = out[:, :, -256:].float().clone()
                     if expected is None:

@@ -17,23 +17,21 @@ import triton.language as tl
 
 
 @triton.jit
-def _attend_tile(
-    acc, m_i, l_i, q, k_src, v_src, start_n, offs_n, offs_d, offs_m_abs, kv_len,
-    stride_kl, stride_kd, stride_vl, stride_vd, qk_scale,
-    HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr, USE_TMA: tl.constexpr,
-):
-    cols = start_n + offs_n
-    # k_src / v_src: tensor descriptors (TMA; rows past kv_len read as zeros) or base pointers.
+def _kv_tile(src, start_n, offs_n, offs_d, kv_len, stride_l, stride_d,
+             HEAD_DIM: tl.constexpr, MASKED: tl.constexpr, USE_TMA: tl.constexpr):
+    """One [BLOCK_N, D] tile of K or V: a tensor descriptor (TMA; rows past kv_len read as zeros) or pointers."""
     if USE_TMA:
-        k = k_src.load([start_n, 0])
-    else:
-        kvmask = (offs_d < HEAD_DIM)[None, :]
-        if MASKED:
-            kvmask = kvmask & (cols < kv_len)[:, None]
-        k = tl.load(k_src + cols[:, None].to(tl.int64) * stride_kl + offs_d[None, :] * stride_kd, mask=kvmask, other=0.0)
-    s = tl.dot(q, tl.trans(k))
+        return src.load([start_n, 0])
+    cols = start_n + offs_n
+    mask = (offs_d < HEAD_DIM)[None, :]
     if MASKED:
-        s = tl.where(cols[None, :] <= offs_m_abs[:, None], s, float("-inf"))
+        mask = mask & (cols < kv_len)[:, None]
+    return tl.load(src + cols[:, None].to(tl.int64) * stride_l + offs_d[None, :] * stride_d, mask=mask, other=0.0)
+
+
+@triton.jit
+def _softmax_pv(acc, m_i, l_i, s, v, qk_scale, MASKED: tl.constexpr):
+    """Online-softmax update with the scores s of one key tile and its values v."""
     # Scale folded into one FMA per score: p = exp2(s * scale - m), m kept in scaled units.
     m_new = tl.maximum(m_i, tl.max(s, axis=1) * qk_scale)
     if MASKED:
@@ -41,12 +39,15 @@ def _attend_tile(
     alpha = tl.exp2(m_i - m_new)
     p = tl.exp2(s * qk_scale - m_new[:, None])
     l_i = l_i * alpha + tl.sum(p, axis=1)
-    if USE_TMA:
-        v = v_src.load([start_n, 0])
-    else:
-        v = tl.load(v_src + cols[:, None].to(tl.int64) * stride_vl + offs_d[None, :] * stride_vd, mask=kvmask, other=0.0)
-    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+    acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None])
     return acc, m_new, l_i
+
+
+@triton.jit
+def _tile_start(idx_ptr, j, SEL_BLOCK: tl.constexpr, BLOCK_N: tl.constexpr):
+    """First key position of the j-th key tile of a row's block list."""
+    SUBS: tl.constexpr = SEL_BLOCK // BLOCK_N
+    return tl.load(idx_ptr + j // SUBS) * SEL_BLOCK + (j % SUBS) * BLOCK_N
 
 
 @triton.jit
@@ -61,7 +62,7 @@ def _block_sparse_fwd(
     Hq, GROUP, q_len, kv_len,
     HEAD_DIM: tl.constexpr, D_P2: tl.constexpr, SEL_BLOCK: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_FASTEST: tl.constexpr, USE_TMA: tl.constexpr,
-    WARP_SPECIALIZE: tl.constexpr,
+    WARP_SPECIALIZE: tl.constexpr, PIPELINE_QK: tl.constexpr,
 ):
     n_m = tl.cdiv(q_len, BLOCK_M)
     pid = tl.program_id(0)
@@ -113,20 +114,39 @@ def _block_sparse_fwd(
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, D_P2], dtype=tl.float32)
-    for t in tl.range(0, n - n_tail, warp_specialize=WARP_SPECIALIZE):
-        kb = tl.load(idx_ptr + t)
-        for sub in tl.static_range(SEL_BLOCK // BLOCK_N):
-            acc, m_i, l_i = _attend_tile(
-                acc, m_i, l_i, q, k_src, v_src, kb * SEL_BLOCK + sub * BLOCK_N, offs_n, offs_d, offs_m_abs, kv_len,
-                stride_kl, stride_kd, stride_vl, stride_vd, qk_scale, HEAD_DIM, BLOCK_N, False, USE_TMA,
-            )
-    for t in range(n - n_tail, n):
-        kb = tl.load(idx_ptr + t)
-        for sub in tl.static_range(SEL_BLOCK // BLOCK_N):
-            acc, m_i, l_i = _attend_tile(
-                acc, m_i, l_i, q, k_src, v_src, kb * SEL_BLOCK + sub * BLOCK_N, offs_n, offs_d, offs_m_abs, kv_len,
-                stride_kl, stride_kd, stride_vl, stride_vd, qk_scale, HEAD_DIM, BLOCK_N, True, USE_TMA,
-            )
+    SUBS: tl.constexpr = SEL_BLOCK // BLOCK_N
+    n_free = (n - n_tail) * SUBS  # key tiles that need no causal mask
+    if PIPELINE_QK:
+        # Scores of tile j+1 are issued before the softmax of tile j, so the tensor cores work while
+        # the exponentials run (FA3's intra-warpgroup overlap, written as a software pipeline).
+        if n_free > 0:
+            s = tl.dot(q, tl.trans(_kv_tile(k_src, _tile_start(idx_ptr, 0, SEL_BLOCK, BLOCK_N), offs_n, offs_d, kv_len,
+                                            stride_kl, stride_kd, HEAD_DIM, False, USE_TMA)))
+            for j in tl.range(0, n_free - 1):
+                start_n = _tile_start(idx_ptr, j, SEL_BLOCK, BLOCK_N)
+                k_next = _kv_tile(k_src, _tile_start(idx_ptr, j + 1, SEL_BLOCK, BLOCK_N), offs_n, offs_d, kv_len,
+                                  stride_kl, stride_kd, HEAD_DIM, False, USE_TMA)
+                s_next = tl.dot(q, tl.trans(k_next))
+                v = _kv_tile(v_src, start_n, offs_n, offs_d, kv_len, stride_vl, stride_vd, HEAD_DIM, False, USE_TMA)
+                acc, m_i, l_i = _softmax_pv(acc, m_i, l_i, s, v, qk_scale, False)
+                s = s_next
+            v = _kv_tile(v_src, _tile_start(idx_ptr, n_free - 1, SEL_BLOCK, BLOCK_N), offs_n, offs_d, kv_len,
+                         stride_vl, stride_vd, HEAD_DIM, False, USE_TMA)
+            acc, m_i, l_i = _softmax_pv(acc, m_i, l_i, s, v, qk_scale, False)
+    else:
+        for j in tl.range(0, n_free, warp_specialize=WARP_SPECIALIZE):
+            start_n = _tile_start(idx_ptr, j, SEL_BLOCK, BLOCK_N)
+            k = _kv_tile(k_src, start_n, offs_n, offs_d, kv_len, stride_kl, stride_kd, HEAD_DIM, False, USE_TMA)
+            s = tl.dot(q, tl.trans(k))
+            v = _kv_tile(v_src, start_n, offs_n, offs_d, kv_len, stride_vl, stride_vd, HEAD_DIM, False, USE_TMA)
+            acc, m_i, l_i = _softmax_pv(acc, m_i, l_i, s, v, qk_scale, False)
+    for j in range(n_free, n * SUBS):
+        start_n = _tile_start(idx_ptr, j, SEL_BLOCK, BLOCK_N)
+        k = _kv_tile(k_src, start_n, offs_n, offs_d, kv_len, stride_kl, stride_kd, HEAD_DIM, True, USE_TMA)
+        s = tl.dot(q, tl.trans(k))
+        s = tl.where(start_n + offs_n[None, :] <= offs_m_abs[:, None], s, float("-inf"))
+        v = _kv_tile(v_src, start_n, offs_n, offs_d, kv_len, stride_vl, stride_vd, HEAD_DIM, True, USE_TMA)
+        acc, m_i, l_i = _softmax_pv(acc, m_i, l_i, s, v, qk_scale, True)
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
     out = acc / l_safe[:, None]
     o_base = O + b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh
@@ -157,7 +177,7 @@ def default_tiles(block_size: int, head_dim: int, use_tma: bool = False) -> dict
     block_n = min(block_size, 128 if wide else 64)
     return dict(BLOCK_M=block_m, BLOCK_N=block_n, num_warps=8 if block_m >= 128 else 4,
                 num_stages=2, GROUP_FASTEST=False, USE_TMA=use_tma,
-                WARP_SPECIALIZE=False)
+                WARP_SPECIALIZE=False, PIPELINE_QK=False)
 
 
 def block_sparse_attention(
