@@ -21,12 +21,14 @@ def _kv_tile(src, start_n, offs_n, offs_d, kv_len, stride_l, stride_d,
              HEAD_DIM: tl.constexpr, MASKED: tl.constexpr, USE_TMA: tl.constexpr):
     """One [BLOCK_N, D] tile of K or V: a tensor descriptor (TMA; rows past kv_len read as zeros) or pointers."""
     if USE_TMA:
-        return src.load([start_n, 0])
-    cols = start_n + offs_n
-    mask = (offs_d < HEAD_DIM)[None, :]
-    if MASKED:
-        mask = mask & (cols < kv_len)[:, None]
-    return tl.load(src + cols[:, None].to(tl.int64) * stride_l + offs_d[None, :] * stride_d, mask=mask, other=0.0)
+        tile = src.load([start_n, 0])
+    else:
+        cols = start_n + offs_n
+        mask = (offs_d < HEAD_DIM)[None, :]
+        if MASKED:
+            mask = mask & (cols < kv_len)[:, None]
+        tile = tl.load(src + cols[:, None].to(tl.int64) * stride_l + offs_d[None, :] * stride_d, mask=mask, other=0.0)
+    return tile
 
 
 @triton.jit
@@ -171,13 +173,18 @@ def tma_supported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
 
 
 def default_tiles(block_size: int, head_dim: int, use_tma: bool = False) -> dict:
-    """Launch configuration (tuned on an H100, see benchmarks/NOTES.md)."""
+    """Launch configuration (tuned on an H100, see benchmarks/NOTES.md).
+
+    With TMA the default is 128 x 64 tiles, 8 warps, 2 stages and a 128-register cap: two programs share
+    each SM (98 KB shared memory each), so one program's softmax overlaps the other's tensor-core work.
+    """
     block_m = min(block_size, 128)
-    wide = use_tma and head_dim <= 128 or head_dim <= 64
-    block_n = min(block_size, 128 if wide else 64)
-    return dict(BLOCK_M=block_m, BLOCK_N=block_n, num_warps=8 if block_m >= 128 else 4,
-                num_stages=2, GROUP_FASTEST=False, USE_TMA=use_tma,
-                WARP_SPECIALIZE=False, PIPELINE_QK=False)
+    block_n = min(block_size, 64)
+    tiles = dict(BLOCK_M=block_m, BLOCK_N=block_n, num_warps=8 if block_m >= 128 else 4, num_stages=2,
+                 GROUP_FASTEST=False, USE_TMA=use_tma, WARP_SPECIALIZE=False, PIPELINE_QK=False)
+    if use_tma and block_m == 128 and head_dim <= 128:
+        tiles["maxnreg"] = 128
+    return tiles
 
 
 def block_sparse_attention(
