@@ -202,7 +202,7 @@ def block_sparse_attention(
 
     kv_indices must list causally visible key blocks in ascending order. `out` (same shape as q, any
     strides) receives the result if given; e.g. a [B, Lq, Hq, D] buffer viewed as [B, Hq, Lq, D].
-    `tiles` overrides default_tiles() (BLOCK_M, BLOCK_N, num_warps, num_stages, GROUP_FASTEST).
+    `tiles` overrides default_tiles() (BLOCK_M, BLOCK_N, num_warps, num_stages, maxnreg, ...).
     """
     b, hq, q_len, d = q.shape
     hkv, kv_len = k.shape[1], k.shape[2]
@@ -216,7 +216,9 @@ def block_sparse_attention(
         raise ValueError("kv_num_blocks and kv_indices must be int32")
     out = torch.empty_like(q) if out is None else out
     scale = 1.0 / math.sqrt(d) if scale is None else scale
-    cfg = {**default_tiles(block_size, d, tma_supported(q, k, v)), **(tiles or {})}
+    cfg = default_tiles(block_size, d, tma_supported(q, k, v))
+    if tiles:  # an explicit tile shape gets no register cap unless it asks for one
+        cfg = {**{key: val for key, val in cfg.items() if key != "maxnreg"}, **tiles}
     if block_size % cfg["BLOCK_M"] or block_size % cfg["BLOCK_N"]:
         raise ValueError(f"tile sizes {cfg['BLOCK_M']}x{cfg['BLOCK_N']} must divide block_size {block_size}")
     if cfg["USE_TMA"]:
