@@ -22,13 +22,13 @@ from prism_mm.selection import estimate
 
 TMA = dict(USE_TMA=True)
 BEST = dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=2, maxnreg=128, **TMA)
-ATTN = {
+ATTN = {  # the variants of the last sweep; earlier ones and their times: benchmarks/NOTES.md
     "m128n128w8s2": dict(BLOCK_M=128, BLOCK_N=128, num_warps=8, num_stages=2, **TMA),
     "m128n64w8s2-r128": BEST,
     "m128n64w8s2-r128-group": {**BEST, "GROUP_FASTEST": True},
     "m128n64w8s2-r128-ptr": {**BEST, "USE_TMA": False},
+    "m128n64w8s2-r128-pipe": {**BEST, "PIPELINE_QK": True},
     "m64n64w4s2-r128": dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=2, maxnreg=128, **TMA),
-    "m64n64w4s3-r128": dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=3, maxnreg=128, **TMA),
 }
 
 
