@@ -4,7 +4,8 @@
     python -m benchmarks.kernels                 # full run, writes benchmarks/results/kernels-<device>.{json,md}
     python -m benchmarks.kernels --quick         # 32K and 128K, Qwen2.5-VL shape only
 
-Times are medians of triton.testing.do_bench (CUDA events) after warm-up. TFLOP/s count only the
+Times are medians of triton.testing.do_bench (CUDA events) after warm-up; sparse rows take the median over
+--masks random block masks per density (input sets). TFLOP/s count only the
 computed causal (query, key) pairs: 4 * head_dim * pairs * heads.
 """
 from __future__ import annotations
@@ -14,6 +15,7 @@ import json
 import math
 import os
 import platform
+import statistics
 import time
 from pathlib import Path
 
@@ -60,6 +62,22 @@ def computed_pairs(mask):
     return (mask.sum().item() - diag) * BS * BS + diag * BS * (BS + 1) // 2
 
 
+def time_mask(q, k, v, mask, with_flex: bool) -> dict:
+    """Prism's sparse kernel (and FlexAttention) on one block mask: ms, real density, computed pairs."""
+    hq, n = q.shape[1], q.shape[2]
+    cnt, idx = ref.indices_from_block_mask(mask)
+    res = {"density": mask.sum().item() / (hq * ref.causal_block_mask(n, n, BS).sum().item()),
+           "pairs": computed_pairs(mask)}
+    out = torch.empty(1, n, hq, D, device="cuda", dtype=torch.bfloat16).transpose(1, 2)
+    res["prism_ms"] = bench(lambda: block_sparse_attention(q, k, v, cnt, idx, BS, out=out))
+    if with_flex:
+        try:
+            res["flex_ms"] = bench(flex_runner(q, k, v, mask))
+        except Exception as e:  # noqa: BLE001 - report and continue
+            print(f"flex failed at {n}: {type(e).__name__}: {e}")
+    return res
+
+
 def bench(fn, warmup=25, rep=100):
     return triton.testing.do_bench(fn, warmup=warmup, rep=rep, return_mode="median")
 
@@ -102,6 +120,7 @@ def main():
     ap.add_argument("--lengths", type=int, nargs="*")
     ap.add_argument("--densities", type=float, nargs="*", default=[1.0, 0.5, 0.25, 0.1, 0.05])
     ap.add_argument("--no-flex", action="store_true")
+    ap.add_argument("--masks", type=int, default=3, help="random block masks (input sets) per density")
     ap.add_argument("--models", nargs="*", choices=list(SHAPES), default=list(SHAPES))
     ap.add_argument("--out", default="benchmarks/results")
     args = ap.parse_args()
@@ -113,7 +132,7 @@ def main():
     gen = torch.Generator(device="cuda").manual_seed(0)
     meta = {"device": dev, "torch": torch.__version__, "triton": triton.__version__, "python": platform.python_version(),
             "time": time.strftime("%Y-%m-%d %H:%M:%S"), "block_size": BS, "head_dim": D, "dtype": "bfloat16",
-            "suffix": "" if len(shapes) == len(SHAPES) else "-" + "-".join(shapes)}
+            "suffix": "" if len(shapes) == len(SHAPES) else "-" + "-".join(shapes), "masks": args.masks}
     rows = []
     jobs = [(name, hq, hkv, n) for name, (hq, hkv) in shapes.items() for n in lengths]
     for name, hq, hkv, n in tqdm(jobs, desc="shapes"):
@@ -141,24 +160,26 @@ def main():
         t_est = bench(lambda: estimate(q, k, cfg, bands))
         rows.append({**base, "method": "prism_estimation", "ms": t_est, "vs_cudnn_pct": 100 * t_est / cudnn})
         for density in args.densities:
-            mask = realistic_mask(hq, n, density, gen)
-            cnt, idx = ref.indices_from_block_mask(mask)
-            pairs = computed_pairs(mask)
-            real_density = mask.sum().item() / (hq * ref.causal_block_mask(n, n, BS).sum().item())
-            out = torch.empty(1, n, hq, D, device="cuda", dtype=torch.bfloat16).transpose(1, 2)
-            t = bench(lambda: block_sparse_attention(q, k, v, cnt, idx, BS, out=out))
-            rows.append({**base, "method": "prism_sparse", "density": real_density, "ms": t,
+            # Several masks (input sets) per density: the median over them is reported, each one is kept.
+            per_mask = []
+            for _ in range(args.masks):
+                mask = realistic_mask(hq, n, density, gen)
+                per_mask.append(time_mask(q, k, v, mask, not args.no_flex))
+                del mask
+            t = statistics.median(m["prism_ms"] for m in per_mask)
+            dens = statistics.mean(m["density"] for m in per_mask)
+            pairs = statistics.mean(m["pairs"] for m in per_mask)
+            rows.append({**base, "method": "prism_sparse", "density": dens, "ms": t,
                          "tflops": 4 * D * pairs / t / 1e9, "speedup_vs_cudnn": cudnn / t,
-                         "e2e_ms": t + t_est, "e2e_speedup_vs_cudnn": cudnn / (t + t_est)})
-            if not args.no_flex:
-                try:
-                    tf = bench(flex_runner(q, k, v, mask))
-                    rows.append({**base, "method": "flex", "density": real_density, "ms": tf,
-                                 "tflops": 4 * D * pairs / tf / 1e9, "speedup_vs_cudnn": cudnn / tf,
-                                 "prism_speedup_vs_flex": tf / t})
-                except Exception as e:  # noqa: BLE001 - report and continue
-                    print(f"flex failed at {n}, density {density}: {type(e).__name__}: {e}")
-            del mask, cnt, idx, out
+                         "e2e_ms": t + t_est, "e2e_speedup_vs_cudnn": cudnn / (t + t_est),
+                         "per_mask_ms": [m["prism_ms"] for m in per_mask]})
+            flex = [m["flex_ms"] for m in per_mask if m.get("flex_ms")]
+            if len(flex) == len(per_mask):
+                tf = statistics.median(flex)
+                rows.append({**base, "method": "flex", "density": dens, "ms": tf,
+                             "tflops": 4 * D * pairs / tf / 1e9, "speedup_vs_cudnn": cudnn / tf,
+                             "prism_speedup_vs_flex": tf / t, "per_mask_ms": flex,
+                             "per_mask_prism_speedup_vs_flex": [m["flex_ms"] / m["prism_ms"] for m in per_mask]})
         del q, k, v
         torch.cuda.empty_cache()
         write(rows, meta, Path(args.out), quiet=True)  # partial results survive a time-out
@@ -171,7 +192,8 @@ def write(rows, meta, out_dir: Path, quiet: bool = False):
     (out_dir / f"kernels-{tag}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     lines = [f"# Kernel benchmark on {meta['device']}", "",
              f"torch {meta['torch']}, triton {meta['triton']}, bf16, head_dim {meta['head_dim']}, block {meta['block_size']}, "
-             "batch 1. Median of do_bench. TFLOP/s over computed causal blocks.", "",
+             "batch 1. Median of do_bench; sparse rows: median over " + str(meta.get("masks", 1)) + " random masks per density "
+             "(per-mask times in the JSON). TFLOP/s over computed causal blocks.", "",
              "| model | tokens | method | density | ms | TFLOP/s | x cuDNN dense | x FlexAttention |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:

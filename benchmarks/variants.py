@@ -23,12 +23,9 @@ from prism_mm.selection import estimate
 TMA = dict(USE_TMA=True)
 BEST = dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=2, maxnreg=128, **TMA)
 ATTN = {  # the variants of the last sweep; earlier ones and their times: benchmarks/NOTES.md
-    "m128n128w8s2": dict(BLOCK_M=128, BLOCK_N=128, num_warps=8, num_stages=2, **TMA),
     "m128n64w8s2-r128": BEST,
-    "m128n64w8s2-r128-group": {**BEST, "GROUP_FASTEST": True},
-    "m128n64w8s2-r128-ptr": {**BEST, "USE_TMA": False},
-    "m128n64w8s2-r128-pipe": {**BEST, "PIPELINE_QK": True},
-    "m64n64w4s2-r128": dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=2, maxnreg=128, **TMA),
+    "m128n32w8s4-r128": {**BEST, "BLOCK_N": 32, "num_stages": 4},
+    "m128n32w8s3-r128": {**BEST, "BLOCK_N": 32, "num_stages": 3},
 }
 
 
@@ -82,6 +79,7 @@ def main():
     ap.add_argument("--lengths", type=int, nargs="*", default=[32768, 131072])
     ap.add_argument("--estimation", action="store_true", help="also time the estimation pieces")
     ap.add_argument("--variants", nargs="*", default=list(ATTN))
+    ap.add_argument("--densities", type=float, nargs="*", default=[1.0, 0.1, 0.05])
     args = ap.parse_args()
     hq, hkv = 28, 4
     gen = torch.Generator(device="cuda").manual_seed(0)
@@ -97,7 +95,7 @@ def main():
             time_estimation(q, k, n, r)
         # --- attention kernel configurations (registers / spills / shared memory of each compiled variant reported)
         seen: set = set()
-        for density in (1.0, 0.1, 0.05):
+        for density in args.densities:
             mask = realistic_mask(hq, n, density, gen)
             cnt, idx = ref.indices_from_block_mask(mask)
             out = torch.empty(1, n, hq, D, device="cuda", dtype=torch.bfloat16).transpose(1, 2)
