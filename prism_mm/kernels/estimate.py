@@ -7,7 +7,9 @@ and diagonal blocks, and writes the selected key-block indices (ascending) plus 
 Nothing of size heads x q_blocks x k_blocks in float32 goes through memory.
 
 Rows are launched in a "ladder": rows whose causal range fits in W key blocks run with a row width
-of W (64, 128, ..., next_pow2(NKB)), so the causal upper triangle is mostly not computed.
+of W (64, 128, ..., next_pow2(NKB)), so the causal upper triangle is mostly not computed. Up to
+LADDER_MIN_KBLOCKS key blocks a single full-width launch is used instead: there the work is small and
+each launch's fixed cost (host launch, one latency-bound wave) dominates.
 Twin: reference.select_blocks.
 """
 from __future__ import annotations
@@ -124,6 +126,9 @@ def _select_kernel(
     tl.store(CNT + out_rows, tl.sum(sel_i, axis=1), mask=row_ok)
 
 
+LADDER_MIN_KBLOCKS = 257  # 32K tokens at block 128 run as one launch
+
+
 def ladder(n_qblocks: int, n_kblocks: int, q_len: int, kv_len: int, block_size: int, min_width: int = 64):
     """[(row_start, row_end, width)]: consecutive row ranges whose causal key range fits in `width`."""
     offset = kv_len - q_len
@@ -156,12 +161,14 @@ def select_blocks(
     force_sink: bool = True,
     force_diagonal: bool = True,
     precise: bool = False,
+    ladder_min_kblocks: int = LADDER_MIN_KBLOCKS,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Launcher; same contract as reference.select_blocks. Returns (kv_num_blocks, kv_indices).
 
     precise=False scores with TF32 tensor-core dots on GPUs and stops the top-p search at a relative
     width of 2^-12 (a superset of the exact selection; boundary flips ~1e-5 of the blocks);
-    precise=True uses IEEE fp32 dots and the exact 31-step search.
+    precise=True uses IEEE fp32 dots and the exact 31-step search. Rows run in one full-width launch
+    below ladder_min_kblocks key blocks, in causal ladder steps from there on.
     """
     named = (("q_high", q_high), ("k_high", k_high), ("q_low", q_low), ("k_low", k_low),
              ("q_energy", q_energy), ("k_energy", k_energy))
@@ -177,7 +184,11 @@ def select_blocks(
         raise ValueError("pooled tensors do not match q_len / kv_len / block_size")
     counts = torch.empty(b, hq, nqb, device=q_high.device, dtype=torch.int32)
     indices = torch.empty(b, hq, nqb, nkb, device=q_high.device, dtype=torch.int32)
-    for start, end, width in ladder(nqb, nkb, q_len, kv_len, block_size):
+    if nkb >= ladder_min_kblocks:
+        steps = ladder(nqb, nkb, q_len, kv_len, block_size)
+    else:
+        steps = [(0, nqb, max(16, triton.next_power_of_2(nkb)))]
+    for start, end, width in steps:
         rows = 16
         warps = 4 if width <= 128 else 8 if width <= 512 else 16
         _select_kernel[(triton.cdiv(end - start, rows), b * hq)](
