@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from benchmarks.fidelity import capture_qkv, layer_metrics, load_smollm2, text_ids
+from benchmarks.probe.harness import record, with_sink_diag
 from prism_mm.kernels import reference as ref
 
 model, tok = load_smollm2()
@@ -19,14 +20,6 @@ cap = capture_qkv(model, ids)
 bs = 64
 THR = (0.8, 0.85, 0.9, 0.93, 0.95, 0.97)
 res = {}
-
-
-def finish(mask, valid, nb):
-    mask = mask.clone()
-    mask[..., 0] = True
-    i = torch.arange(nb)
-    mask[:, i, i] = True
-    return mask & valid
 
 
 def take_count(scores, counts, valid):
@@ -48,20 +41,20 @@ for L in [2, 8, 14, 20, 26]:
     base = qm @ km.transpose(-1, -2) / math.sqrt(d)
 
     def add(name, mask):
-        res.setdefault(name, []).append(((mask.sum() / valid.sum()).item(), (mass * mask).sum(-1).mean().item()))
+        record(res, name, mask, valid, mass)
 
     def probs(lg):
         return torch.softmax(lg.masked_fill(~valid, float("-inf")), -1)
 
     for thr in THR:
-        mp = finish(ref.top_p_mask(probs(base), valid, thr), valid, nb)
-        orc = finish(ref.top_p_mask(mass, valid, thr), valid, nb)
+        mp = with_sink_diag(ref.top_p_mask(probs(base), valid, thr), valid)
+        orc = with_sink_diag(ref.top_p_mask(mass, valid, thr), valid)
         add(f"mp@{thr}", mp)
         add(f"oracle@{thr}", orc)
-        add(f"mp_rank+oracle_count@{thr}", finish(take_count(base, orc.sum(-1), valid), valid, nb))
-        add(f"oracle_rank+mp_count@{thr}", finish(take_count(mass, mp.sum(-1), valid), valid, nb))
+        add(f"mp_rank+oracle_count@{thr}", with_sink_diag(take_count(base, orc.sum(-1), valid), valid))
+        add(f"oracle_rank+mp_count@{thr}", with_sink_diag(take_count(mass, mp.sum(-1), valid), valid))
         for t in (0.5, 0.75, 1.5, 2.0):
-            add(f"mpT{t}@{thr}", finish(ref.top_p_mask(probs(base * t), valid, thr), valid, nb))
+            add(f"mpT{t}@{thr}", with_sink_diag(ref.top_p_mask(probs(base * t), valid, thr), valid))
 
 curves = {}
 for name, vals in res.items():

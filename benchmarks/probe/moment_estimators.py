@@ -10,6 +10,7 @@ import math
 import torch
 
 from benchmarks.fidelity import capture_qkv, layer_metrics, load_smollm2, text_ids
+from benchmarks.probe.harness import record, topp_mask
 from prism_mm.kernels import reference as ref
 
 model, tok = load_smollm2()
@@ -37,12 +38,7 @@ for L in LAYERS:
 
     def add(name, logits, thr):
         probs = torch.softmax(logits.masked_fill(~valid, float("-inf")), -1)
-        mask = ref.top_p_mask(probs, valid.expand_as(probs), thr)
-        mask[..., 0] = True
-        i = torch.arange(nb)
-        mask[:, i, i] = True
-        mask &= valid
-        res.setdefault(name, []).append(((mask.sum() / (valid.sum() * hq)).item(), (mass * mask).sum(-1).mean().item()))
+        record(res, name, topp_mask(probs, valid, thr), valid, mass)
 
     for thr in (0.85, 0.9, 0.93, 0.95):
         add(f"mp@{thr}", base, thr)

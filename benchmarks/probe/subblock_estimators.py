@@ -11,6 +11,7 @@ import math
 import torch
 
 from benchmarks.fidelity import capture_qkv, layer_metrics, load_smollm2, text_ids
+from benchmarks.probe.harness import record, topp_mask
 from prism_mm.kernels import reference as ref
 
 model, tok = load_smollm2()
@@ -29,12 +30,7 @@ for L in [2, 8, 14, 20, 26]:
     sc = 1 / math.sqrt(d)
 
     def add(name, probs, thr):
-        mask = ref.top_p_mask(probs, valid.expand_as(probs), thr)
-        mask[..., 0] = True
-        i = torch.arange(nb)
-        mask[:, i, i] = True
-        mask &= valid
-        res.setdefault(name, []).append(((mask.sum() / (valid.sum() * hq)).item(), (mass * mask).sum(-1).mean().item()))
+        record(res, name, topp_mask(probs, valid, thr), valid, mass)
 
     def sm(lg):
         return torch.softmax(lg.masked_fill(~valid, float("-inf")), -1)
