@@ -64,7 +64,7 @@ def _block_sparse_fwd(
     Hq, GROUP, q_len, kv_len,
     HEAD_DIM: tl.constexpr, D_P2: tl.constexpr, SEL_BLOCK: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_FASTEST: tl.constexpr, USE_TMA: tl.constexpr,
-    WARP_SPECIALIZE: tl.constexpr, PIPELINE_QK: tl.constexpr,
+    WARP_SPECIALIZE: tl.constexpr,
 ):
     n_m = tl.cdiv(q_len, BLOCK_M)
     pid = tl.program_id(0)
@@ -118,30 +118,12 @@ def _block_sparse_fwd(
     acc = tl.zeros([BLOCK_M, D_P2], dtype=tl.float32)
     SUBS: tl.constexpr = SEL_BLOCK // BLOCK_N
     n_free = (n - n_tail) * SUBS  # key tiles that need no causal mask
-    if PIPELINE_QK:
-        # Scores of tile j+1 are issued before the softmax of tile j, so the tensor cores work while
-        # the exponentials run (FA3's intra-warpgroup overlap, written as a software pipeline).
-        if n_free > 0:
-            s = tl.dot(q, tl.trans(_kv_tile(k_src, _tile_start(idx_ptr, 0, SEL_BLOCK, BLOCK_N), offs_n, offs_d, kv_len,
-                                            stride_kl, stride_kd, HEAD_DIM, False, USE_TMA)))
-            for j in tl.range(0, n_free - 1):
-                start_n = _tile_start(idx_ptr, j, SEL_BLOCK, BLOCK_N)
-                k_next = _kv_tile(k_src, _tile_start(idx_ptr, j + 1, SEL_BLOCK, BLOCK_N), offs_n, offs_d, kv_len,
-                                  stride_kl, stride_kd, HEAD_DIM, False, USE_TMA)
-                s_next = tl.dot(q, tl.trans(k_next))
-                v = _kv_tile(v_src, start_n, offs_n, offs_d, kv_len, stride_vl, stride_vd, HEAD_DIM, False, USE_TMA)
-                acc, m_i, l_i = _softmax_pv(acc, m_i, l_i, s, v, qk_scale, False)
-                s = s_next
-            v = _kv_tile(v_src, _tile_start(idx_ptr, n_free - 1, SEL_BLOCK, BLOCK_N), offs_n, offs_d, kv_len,
-                         stride_vl, stride_vd, HEAD_DIM, False, USE_TMA)
-            acc, m_i, l_i = _softmax_pv(acc, m_i, l_i, s, v, qk_scale, False)
-    else:
-        for j in tl.range(0, n_free, warp_specialize=WARP_SPECIALIZE):
-            start_n = _tile_start(idx_ptr, j, SEL_BLOCK, BLOCK_N)
-            k = _kv_tile(k_src, start_n, offs_n, offs_d, kv_len, stride_kl, stride_kd, HEAD_DIM, False, USE_TMA)
-            s = tl.dot(q, tl.trans(k))
-            v = _kv_tile(v_src, start_n, offs_n, offs_d, kv_len, stride_vl, stride_vd, HEAD_DIM, False, USE_TMA)
-            acc, m_i, l_i = _softmax_pv(acc, m_i, l_i, s, v, qk_scale, False)
+    for j in tl.range(0, n_free, warp_specialize=WARP_SPECIALIZE):
+        start_n = _tile_start(idx_ptr, j, SEL_BLOCK, BLOCK_N)
+        k = _kv_tile(k_src, start_n, offs_n, offs_d, kv_len, stride_kl, stride_kd, HEAD_DIM, False, USE_TMA)
+        s = tl.dot(q, tl.trans(k))
+        v = _kv_tile(v_src, start_n, offs_n, offs_d, kv_len, stride_vl, stride_vd, HEAD_DIM, False, USE_TMA)
+        acc, m_i, l_i = _softmax_pv(acc, m_i, l_i, s, v, qk_scale, False)
     for j in range(n_free, n * SUBS):
         start_n = _tile_start(idx_ptr, j, SEL_BLOCK, BLOCK_N)
         k = _kv_tile(k_src, start_n, offs_n, offs_d, kv_len, stride_kl, stride_kd, HEAD_DIM, True, USE_TMA)
@@ -181,7 +163,7 @@ def default_tiles(block_size: int, head_dim: int, use_tma: bool = False) -> dict
     block_m = min(block_size, 128)
     block_n = min(block_size, 64)
     tiles = dict(BLOCK_M=block_m, BLOCK_N=block_n, num_warps=8 if block_m >= 128 else 4, num_stages=2,
-                 GROUP_FASTEST=False, USE_TMA=use_tma, WARP_SPECIALIZE=False, PIPELINE_QK=False)
+                 GROUP_FASTEST=False, USE_TMA=use_tma, WARP_SPECIALIZE=False)
     if use_tma and block_m == 128 and head_dim <= 128:
         tiles["maxnreg"] = 128
     return tiles
