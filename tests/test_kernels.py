@@ -1,4 +1,5 @@
 """Each Triton kernel against its plain-PyTorch twin on fresh random inputs (interpreter on CPU)."""
+import itertools
 import math
 
 import pytest
@@ -95,9 +96,10 @@ def test_select_matches_reference(b, hq, hkv, q_len, kv_len, bs, d, threshold, c
 
 
 def test_ladder_covers_every_row_once():
-    for q_len, kv_len, bs in [(1100, 1100, 16), (61, 200, 16), (128 * 1000, 128 * 1000, 128), (500, 9000, 64)]:
+    cases = [(1100, 1100, 16), (61, 200, 16), (128 * 1000, 128 * 1000, 128), (500, 9000, 64)]
+    for (q_len, kv_len, bs), min_kblocks in itertools.product(cases, (0, estimate.LADDER_MIN_KBLOCKS)):
         nqb, nkb = ref.num_blocks(q_len, bs), ref.num_blocks(kv_len, bs)
-        steps = estimate.ladder(nqb, nkb, q_len, kv_len, bs)
+        steps = estimate.ladder(nqb, nkb, q_len, kv_len, bs, min_kblocks=min_kblocks)
         rows = [r for start, end, _ in steps for r in range(start, end)]
         assert rows == list(range(nqb))
         _, last = ref.query_block_key_bounds(q_len, kv_len, bs)

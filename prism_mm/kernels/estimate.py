@@ -129,10 +129,14 @@ def _select_kernel(
 LADDER_MIN_KBLOCKS = 257  # 32K tokens at block 128 run as one launch
 
 
-def ladder(n_qblocks: int, n_kblocks: int, q_len: int, kv_len: int, block_size: int, min_width: int = 64):
-    """[(row_start, row_end, width)]: consecutive row ranges whose causal key range fits in `width`."""
+def ladder(n_qblocks: int, n_kblocks: int, q_len: int, kv_len: int, block_size: int, min_width: int = 64,
+           min_kblocks: int = LADDER_MIN_KBLOCKS):
+    """[(row_start, row_end, width)]: consecutive row ranges whose causal key range fits in `width`;
+    one full-width step below `min_kblocks` key blocks."""
     offset = kv_len - q_len
     full = max(16, triton.next_power_of_2(n_kblocks))
+    if n_kblocks < min_kblocks:
+        return [(0, n_qblocks, full)]
     steps, start, width = [], 0, min(min_width, full)
     while start < n_qblocks:
         # rows i with last key block (offset + (i+1)*bs - 1) // bs < width
@@ -184,11 +188,7 @@ def select_blocks(
         raise ValueError("pooled tensors do not match q_len / kv_len / block_size")
     counts = torch.empty(b, hq, nqb, device=q_high.device, dtype=torch.int32)
     indices = torch.empty(b, hq, nqb, nkb, device=q_high.device, dtype=torch.int32)
-    if nkb >= ladder_min_kblocks:
-        steps = ladder(nqb, nkb, q_len, kv_len, block_size)
-    else:
-        steps = [(0, nqb, max(16, triton.next_power_of_2(nkb)))]
-    for start, end, width in steps:
+    for start, end, width in ladder(nqb, nkb, q_len, kv_len, block_size, min_kblocks=ladder_min_kblocks):
         rows = 16
         warps = 4 if width <= 128 else 8 if width <= 512 else 16
         _select_kernel[(triton.cdiv(end - start, rows), b * hq)](
