@@ -133,6 +133,20 @@ def analysis_probs(q, k, bs) -> dict[str, torch.Tensor]:
     return {"tokq": tokq, "lsek": lsek, "both": 0.5 * (tokq + lsek)}
 
 
+def with_sink_diag(mask: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """[H, NQB, NKB] block mask plus key block 0 and the diagonal, restricted to the causal blocks."""
+    mask = mask.clone()
+    mask[..., 0] = True
+    i = torch.arange(mask.shape[-1])
+    mask[:, i, i] = True
+    return mask & valid
+
+
+def forced_top_p(probs: torch.Tensor, valid: torch.Tensor, thr: float) -> torch.Tensor:
+    """Top-p of block probabilities [H, NQB, NKB] with the sink and diagonal forced in (as Prism does)."""
+    return with_sink_diag(ref.top_p_mask(probs, valid.expand_as(probs), thr), valid)
+
+
 def selections_for(q, k, mass, layout, bs, thresholds=THRESHOLDS, windows=WINDOWS,
                    analysis: bool = False) -> dict[str, torch.Tensor]:
     """Every method's block mask at every knob value for one layer: {"method@knob": [H, NQB, NKB]}."""
@@ -146,17 +160,11 @@ def selections_for(q, k, mass, layout, bs, thresholds=THRESHOLDS, windows=WINDOW
         sels[f"prism@{thr}"] = estimate(q, k, cfg, layout.bands(*cfg.band_dims(d)), "torch").to_mask()[0]
         plain = PrismConfig(block_size=bs, min_sparse_len=0, calibrate=False).with_threshold(thr)
         sels[f"meanpool@{thr}"] = estimate(q, k, plain, all_dims, "torch").to_mask()[0]
-        oracle = ref.top_p_mask(mass, valid.expand_as(mass), thr)
-        oracle[..., 0] = True
-        oracle[:, torch.arange(nb), torch.arange(nb)] = True
-        sels[f"oracle@{thr}"] = oracle & valid
+        sels[f"oracle@{thr}"] = forced_top_p(mass, valid, thr)
     if analysis and n % bs == 0:
         for name, probs in analysis_probs(q, k, bs).items():
             for thr in thresholds:
-                m = ref.top_p_mask(probs, valid.expand_as(probs), thr)
-                m[..., 0] = True
-                m[:, torch.arange(nb), torch.arange(nb)] = True
-                sels[f"{name}@{thr}"] = m & valid
+                sels[f"{name}@{thr}"] = forced_top_p(probs, valid, thr)
     i = torch.arange(nb)
     for w in windows:
         win = (i[None, :] <= i[:, None]) & (i[None, :] > i[:, None] - w)

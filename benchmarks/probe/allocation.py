@@ -10,8 +10,8 @@ import math
 import numpy as np
 import torch
 
-from benchmarks.fidelity import capture_qkv, layer_metrics, load_smollm2, text_ids
-from benchmarks.probe.harness import record, with_sink_diag
+from benchmarks.fidelity import capture_qkv, forced_top_p, layer_metrics, load_smollm2, text_ids, with_sink_diag
+from benchmarks.probe.harness import record
 from prism_mm.kernels import reference as ref
 
 model, tok = load_smollm2()
@@ -47,14 +47,14 @@ for L in [2, 8, 14, 20, 26]:
         return torch.softmax(lg.masked_fill(~valid, float("-inf")), -1)
 
     for thr in THR:
-        mp = with_sink_diag(ref.top_p_mask(probs(base), valid, thr), valid)
-        orc = with_sink_diag(ref.top_p_mask(mass, valid, thr), valid)
+        mp = forced_top_p(probs(base), valid, thr)
+        orc = forced_top_p(mass, valid, thr)
         add(f"mp@{thr}", mp)
         add(f"oracle@{thr}", orc)
         add(f"mp_rank+oracle_count@{thr}", with_sink_diag(take_count(base, orc.sum(-1), valid), valid))
         add(f"oracle_rank+mp_count@{thr}", with_sink_diag(take_count(mass, mp.sum(-1), valid), valid))
         for t in (0.5, 0.75, 1.5, 2.0):
-            add(f"mpT{t}@{thr}", with_sink_diag(ref.top_p_mask(probs(base * t), valid, thr), valid))
+            add(f"mpT{t}@{thr}", forced_top_p(probs(base * t), valid, thr))
 
 curves = {}
 for name, vals in res.items():

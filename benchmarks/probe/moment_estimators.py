@@ -9,8 +9,8 @@ import math
 
 import torch
 
-from benchmarks.fidelity import capture_qkv, layer_metrics, load_smollm2, text_ids
-from benchmarks.probe.harness import record, topp_mask
+from benchmarks.fidelity import capture_qkv, forced_top_p, layer_metrics, load_smollm2, text_ids
+from benchmarks.probe.harness import record
 from prism_mm.kernels import reference as ref
 
 model, tok = load_smollm2()
@@ -38,7 +38,7 @@ for L in LAYERS:
 
     def add(name, logits, thr):
         probs = torch.softmax(logits.masked_fill(~valid, float("-inf")), -1)
-        record(res, name, topp_mask(probs, valid, thr), valid, mass)
+        record(res, name, forced_top_p(probs, valid, thr), valid, mass)
 
     for thr in (0.85, 0.9, 0.93, 0.95):
         add(f"mp@{thr}", base, thr)

@@ -10,8 +10,8 @@ import math
 
 import torch
 
-from benchmarks.fidelity import capture_qkv, layer_metrics, load_smollm2, text_ids
-from benchmarks.probe.harness import record, topp_mask
+from benchmarks.fidelity import capture_qkv, forced_top_p, layer_metrics, load_smollm2, text_ids
+from benchmarks.probe.harness import record
 from prism_mm.kernels import reference as ref
 
 model, tok = load_smollm2()
@@ -30,7 +30,7 @@ for L in [2, 8, 14, 20, 26]:
     sc = 1 / math.sqrt(d)
 
     def add(name, probs, thr):
-        record(res, name, topp_mask(probs, valid, thr), valid, mass)
+        record(res, name, forced_top_p(probs, valid, thr), valid, mass)
 
     def sm(lg):
         return torch.softmax(lg.masked_fill(~valid, float("-inf")), -1)
