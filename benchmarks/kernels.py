@@ -78,8 +78,17 @@ def time_mask(q, k, v, mask, with_flex: bool) -> dict:
     return res
 
 
-def bench(fn, warmup=25, rep=100):
-    return triton.testing.do_bench(fn, warmup=warmup, rep=rep, return_mode="median")
+def bench(fn, min_runs=10, max_ms=3000.0):
+    """Median of do_bench after warm-up, over at least `min_runs` timed runs (at least 3 for calls that
+    take longer than max_ms / min_runs; do_bench's default 100 ms budget would time a 128K call once)."""
+    fn()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    fn()
+    torch.cuda.synchronize()
+    est = 1000 * (time.perf_counter() - start)
+    rep = max(100.0, min(min_runs * est, max(max_ms, 3 * est)))
+    return triton.testing.do_bench(fn, warmup=max(25.0, 2 * est), rep=rep, return_mode="median")
 
 
 def flex_runner(q, k, v, mask):

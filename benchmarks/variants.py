@@ -20,12 +20,15 @@ from prism_mm.kernels import reference as ref
 from prism_mm.kernels.block_sparse import block_sparse_attention
 from prism_mm.selection import estimate
 
-TMA = dict(USE_TMA=True)
-BEST = dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=2, maxnreg=128, **TMA)
+BEST = dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=2, maxnreg=128, DESC=1)
 ATTN = {  # the variants of the last sweep; earlier ones and their times: benchmarks/NOTES.md
-    "m128n64w8s2-r128": BEST,
-    "m128n32w8s4-r128": {**BEST, "BLOCK_N": 32, "num_stages": 4},
-    "m128n32w8s3-r128": {**BEST, "BLOCK_N": 32, "num_stages": 3},
+    "base": BEST,
+    "single": {**BEST, "SINGLE_LOOP": 1},
+    "single-allmask": {**BEST, "SINGLE_LOOP": 2},
+    "host": {**BEST, "DESC": 2},
+    "host-single": {**BEST, "DESC": 2, "SINGLE_LOOP": 1},
+    "lazy": {**BEST, "LAZY_RESCALE": True},
+    "host-single-lazy": {**BEST, "DESC": 2, "SINGLE_LOOP": 1, "LAZY_RESCALE": True},
 }
 
 
@@ -44,11 +47,48 @@ def compiled_info(seen: set) -> dict | None:
     return None
 
 
-def timed(name, fn, results, **kw):
+def check_variants(names, results) -> None:
+    """Each variant against the PyTorch reference at small odd shapes (GQA, misaligned causal offset,
+    random and full selections, bf16): relative error, and every output element written."""
+    gen = torch.Generator(device="cuda").manual_seed(1)
+    shapes = [(1, 28, 4, 1000, 1000, 128, 128), (2, 8, 2, 777, 1300, 64, 64), (1, 7, 1, 300, 300, 128, 64)]
+    for name in names:
+        try:
+            worst = _check_variant(name, shapes, gen)
+        except Exception as e:  # noqa: BLE001 - a failing variant is a result too
+            print(f"check {name}: FAILED {type(e).__name__}: {str(e)[:200]}")
+            worst = None
+        results[name] = worst
+        if worst is not None:
+            print(f"check {name}: worst rel err {worst:.2e} {'OK' if worst < 2e-2 else 'FAILED'}", flush=True)
+
+
+def _check_variant(name, shapes, gen) -> float:
+    from prism_mm.kernels.reference import block_sparse_attention as reference
+
+    worst = 0.0
+    for b, hq, hkv, q_len, kv_len, d, bs in shapes:
+        q = torch.randn(b, hq, q_len, d, device="cuda", dtype=torch.bfloat16, generator=gen)
+        k, v = (torch.randn(b, hkv, kv_len, d, device="cuda", dtype=torch.bfloat16, generator=gen) for _ in range(2))
+        for density in (1.0, 0.3):
+            valid = ref.causal_block_mask(q_len, kv_len, bs, "cuda")
+            mask = (torch.rand(b, hq, *valid.shape, device="cuda", generator=gen) < density) & valid
+            first, last = ref.query_block_key_bounds(q_len, kv_len, bs, "cuda")
+            rows = torch.arange(first.numel(), device="cuda")
+            mask[..., rows, first] = True
+            mask[..., rows, last] = True
+            cnt, idx = ref.indices_from_block_mask(mask)
+            out = torch.full_like(q, float("nan"))
+            block_sparse_attention(q, k, v, cnt, idx, bs, out=out, tiles={**ATTN[name], "BLOCK_M": min(128, bs)})
+            expected = reference(q.float(), k.float(), v.float(), cnt, idx, bs)
+            err = ((out.float() - expected).norm() / expected.norm()).item() if torch.isfinite(out).all() else float("inf")
+            worst = max(worst, err)
+    return worst
+
+
+def timed(name, fn, results):
     try:
-        fn()
-        torch.cuda.synchronize()
-        ms = bench(fn, **kw)
+        ms = bench(fn)
     except Exception as e:  # noqa: BLE001 - a failing variant is a result too
         print(f"{name}: FAILED {type(e).__name__}: {str(e)[:200]}")
         results[name] = None
@@ -80,30 +120,34 @@ def main():
     ap.add_argument("--estimation", action="store_true", help="also time the estimation pieces")
     ap.add_argument("--variants", nargs="*", default=list(ATTN))
     ap.add_argument("--densities", type=float, nargs="*", default=[1.0, 0.1, 0.05])
+    ap.add_argument("--rounds", type=int, default=1, help="time cuDNN and every variant this many times (spread)")
+    ap.add_argument("--check", action="store_true", help="first check every variant against the reference")
     args = ap.parse_args()
     hq, hkv = 28, 4
     gen = torch.Generator(device="cuda").manual_seed(0)
     res: dict = {"device": torch.cuda.get_device_name(), "triton": triton.__version__, "torch": torch.__version__}
+    if args.check:
+        check_variants(args.variants, res.setdefault("check", {}))
     for n in args.lengths:
         r = res[str(n)] = {}
         q = torch.randn(1, hq, n, D, device="cuda", dtype=torch.bfloat16)
         k = torch.randn(1, hkv, n, D, device="cuda", dtype=torch.bfloat16)
         v = torch.randn(1, hkv, n, D, device="cuda", dtype=torch.bfloat16)
-        big = dict(warmup=100, rep=1500) if n > 65536 else {}
-        timed(f"{n} cudnn", sdpa_runner(q, k, v, "cudnn"), r, **big)
         if args.estimation:
             time_estimation(q, k, n, r)
+        masks = {density: realistic_mask(hq, n, density, gen) for density in args.densities}
         # --- attention kernel configurations (registers / spills / shared memory of each compiled variant reported)
         seen: set = set()
-        for density in args.densities:
-            mask = realistic_mask(hq, n, density, gen)
-            cnt, idx = ref.indices_from_block_mask(mask)
+        for rnd, density in [(rnd, density) for rnd in range(args.rounds) for density in args.densities]:
+            tag = f" r{rnd}" if args.rounds > 1 else ""
+            if density == args.densities[0]:
+                timed(f"{n} cudnn{tag}", sdpa_runner(q, k, v, "cudnn"), r)
+            cnt, idx = ref.indices_from_block_mask(masks[density])
             out = torch.empty(1, n, hq, D, device="cuda", dtype=torch.bfloat16).transpose(1, 2)
             expected = None
             for name in args.variants:
                 tiles = ATTN[name]
-                ms = timed(f"{n} attn {name} d{density}", lambda: block_sparse_attention(q, k, v, cnt, idx, BS, out=out, tiles=tiles),
-                           r, **(big if density == 1.0 else {}))
+                ms = timed(f"{n} attn {name} d{density}{tag}", lambda: block_sparse_attention(q, k, v, cnt, idx, BS, out=out, tiles=tiles), r)
                 info = compiled_info(seen)
                 if info:
                     res.setdefault("compiled", {})[name] = info
@@ -112,8 +156,9 @@ def main():
                     got = out[:, :, -256:].float().clone()
                     if expected is None:
                         expected = got
-                    r[f"{n} attn {name} d{density} diff"] = ((got - expected).norm() / expected.norm()).item()
-            del mask, cnt, idx, out
+                    r[f"{n} attn {name} d{density}{tag} diff"] = ((got - expected).norm() / expected.norm()).item()
+            del cnt, idx, out
+        del masks
         del q, k, v
         torch.cuda.empty_cache()
     out = Path(args.out)

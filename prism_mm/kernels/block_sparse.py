@@ -17,10 +17,17 @@ import triton.language as tl
 
 
 @triton.jit
-def _kv_tile(src, start_n, offs_n, offs_d, kv_len, stride_l, stride_d,
-             HEAD_DIM: tl.constexpr, MASKED: tl.constexpr, USE_TMA: tl.constexpr):
-    """One [BLOCK_N, D] tile of K or V: a tensor descriptor (TMA; rows past kv_len read as zeros) or pointers."""
-    if USE_TMA:
+def _kv_tile(src, b, kvh, start_n, offs_n, offs_d, kv_len, stride_l, stride_d,
+             HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr, DESC: tl.constexpr):
+    """One [BLOCK_N, D] tile of K or V at key start_n.
+
+    DESC 0: pointers (src already offset to the (batch, KV head)); 1: a 2-D tensor descriptor built on the
+    device for that (batch, KV head); 2: a 4-D [B, Hkv, L, D] tensor descriptor built on the host. With
+    descriptors (TMA) rows past kv_len read as zeros.
+    """
+    if DESC == 2:
+        tile = src.load([b, kvh, start_n, 0]).reshape([BLOCK_N, HEAD_DIM])
+    elif DESC == 1:
         tile = src.load([start_n, 0])
     else:
         cols = start_n + offs_n
@@ -32,17 +39,42 @@ def _kv_tile(src, start_n, offs_n, offs_d, kv_len, stride_l, stride_d,
 
 
 @triton.jit
-def _softmax_pv(acc, m_i, l_i, s, v, qk_scale, MASKED: tl.constexpr):
-    """Online-softmax update with the scores s of one key tile and its values v."""
-    # Scale folded into one FMA per score: p = exp2(s * scale - m), m kept in scaled units.
+def _softmax_pv(acc, m_i, l_i, s, v, qk_scale, MASKED: tl.constexpr, LAZY_RESCALE: tl.constexpr):
+    """Online-softmax update with the scores s of one key tile and its values v.
+
+    The scale is folded into one FMA per score: p = exp2(s * scale - m), m kept in scaled (log2) units.
+    In MASKED tiles m stays -inf for rows that have seen no visible key yet; their exponentials use 0.
+    LAZY_RESCALE: the reference max (and with it acc and l) moves only when some row's max grew by more
+    than 8 (log2 units), so p stays below 2^8 and most tiles skip rescaling acc.
+    """
     m_new = tl.maximum(m_i, tl.max(s, axis=1) * qk_scale)
-    if MASKED:
-        m_new = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing visible yet
-    alpha = tl.exp2(m_i - m_new)
-    p = tl.exp2(s * qk_scale - m_new[:, None])
-    l_i = l_i * alpha + tl.sum(p, axis=1)
-    acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None])
-    return acc, m_new, l_i
+    if LAZY_RESCALE:
+        grow = tl.where(m_new > m_i, m_new - m_i, 0.0)
+        if tl.max(grow, axis=0) > 8.0:
+            m_ref = m_new
+            if MASKED:
+                m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
+            alpha = tl.exp2(m_i - m_ref)
+            acc = acc * alpha[:, None]
+            l_i = l_i * alpha
+            m_i = m_new
+        m_use = m_i
+        if MASKED:
+            m_use = tl.where(m_i == float("-inf"), 0.0, m_i)
+        p = tl.exp2(s * qk_scale - m_use[:, None])
+        l_i = l_i + tl.sum(p, axis=1)
+        acc = tl.dot(p.to(v.dtype), v, acc)
+        m_out = m_i
+    else:
+        m_ref = m_new
+        if MASKED:
+            m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.exp2(m_i - m_ref)
+        p = tl.exp2(s * qk_scale - m_ref[:, None])
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None])
+        m_out = m_new
+    return acc, m_out, l_i
 
 
 @triton.jit
@@ -63,8 +95,8 @@ def _block_sparse_fwd(
     stride_ib, stride_ih, stride_im,
     Hq, GROUP, q_len, kv_len,
     HEAD_DIM: tl.constexpr, D_P2: tl.constexpr, SEL_BLOCK: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_FASTEST: tl.constexpr, USE_TMA: tl.constexpr,
-    WARP_SPECIALIZE: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_FASTEST: tl.constexpr, DESC: tl.constexpr,
+    WARP_SPECIALIZE: tl.constexpr, SINGLE_LOOP: tl.constexpr, LAZY_RESCALE: tl.constexpr,
 ):
     n_m = tl.cdiv(q_len, BLOCK_M)
     pid = tl.program_id(0)
@@ -95,42 +127,66 @@ def _block_sparse_fwd(
     q_base = Q + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh
     qmask = (offs_m < q_len)[:, None] & (offs_d < HEAD_DIM)[None, :]
     q = tl.load(q_base + offs_m[:, None].to(tl.int64) * stride_ql + offs_d[None, :] * stride_qd, mask=qmask, other=0.0)
-    k_src = K + b.to(tl.int64) * stride_kb + kvh.to(tl.int64) * stride_kh
-    v_src = V + b.to(tl.int64) * stride_vb + kvh.to(tl.int64) * stride_vh
-    if USE_TMA:
-        k_src = tl.make_tensor_descriptor(k_src, shape=[kv_len, HEAD_DIM], strides=[stride_kl, 1],
-                                          block_shape=[BLOCK_N, HEAD_DIM])
-        v_src = tl.make_tensor_descriptor(v_src, shape=[kv_len, HEAD_DIM], strides=[stride_vl, 1],
-                                          block_shape=[BLOCK_N, HEAD_DIM])
+    if DESC == 2:
+        k_src = K
+        v_src = V
+    else:
+        k_src = K + b.to(tl.int64) * stride_kb + kvh.to(tl.int64) * stride_kh
+        v_src = V + b.to(tl.int64) * stride_vb + kvh.to(tl.int64) * stride_vh
+        if DESC == 1:
+            k_src = tl.make_tensor_descriptor(k_src, shape=[kv_len, HEAD_DIM], strides=[stride_kl, 1],
+                                              block_shape=[BLOCK_N, HEAD_DIM])
+            v_src = tl.make_tensor_descriptor(v_src, shape=[kv_len, HEAD_DIM], strides=[stride_vl, 1],
+                                              block_shape=[BLOCK_N, HEAD_DIM])
     cnt_ptr = CNT + b.to(tl.int64) * stride_cb + h.to(tl.int64) * stride_ch + row * stride_cm
     idx_ptr = IDX + b.to(tl.int64) * stride_ib + h.to(tl.int64) * stride_ih + row.to(tl.int64) * stride_im
     n = tl.load(cnt_ptr)
-
-    # Key blocks below `first_masked` end before this tile's first query position: no mask needed.
     offs_m_abs = offset + offs_m
-    first_masked = (offset + q_start + 1) // SEL_BLOCK
-    last = tl.load(idx_ptr + n - 1, mask=n >= 1, other=-1)
-    second_last = tl.load(idx_ptr + n - 2, mask=n >= 2, other=-1)
-    n_tail = (last >= first_masked).to(tl.int32) + (second_last >= first_masked).to(tl.int32)
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, D_P2], dtype=tl.float32)
     SUBS: tl.constexpr = SEL_BLOCK // BLOCK_N
-    n_free = (n - n_tail) * SUBS  # key tiles that need no causal mask
-    for j in tl.range(0, n_free, warp_specialize=WARP_SPECIALIZE):
-        start_n = _tile_start(idx_ptr, j, SEL_BLOCK, BLOCK_N)
-        k = _kv_tile(k_src, start_n, offs_n, offs_d, kv_len, stride_kl, stride_kd, HEAD_DIM, False, USE_TMA)
-        s = tl.dot(q, tl.trans(k))
-        v = _kv_tile(v_src, start_n, offs_n, offs_d, kv_len, stride_vl, stride_vd, HEAD_DIM, False, USE_TMA)
-        acc, m_i, l_i = _softmax_pv(acc, m_i, l_i, s, v, qk_scale, False)
-    for j in range(n_free, n * SUBS):
-        start_n = _tile_start(idx_ptr, j, SEL_BLOCK, BLOCK_N)
-        k = _kv_tile(k_src, start_n, offs_n, offs_d, kv_len, stride_kl, stride_kd, HEAD_DIM, True, USE_TMA)
-        s = tl.dot(q, tl.trans(k))
-        s = tl.where(start_n + offs_n[None, :] <= offs_m_abs[:, None], s, float("-inf"))
-        v = _kv_tile(v_src, start_n, offs_n, offs_d, kv_len, stride_vl, stride_vd, HEAD_DIM, True, USE_TMA)
-        acc, m_i, l_i = _softmax_pv(acc, m_i, l_i, s, v, qk_scale, True)
+    if SINGLE_LOOP:
+        # One pipelined loop over every key tile; only tiles that reach past this query tile's first
+        # position get the causal mask (SINGLE_LOOP 2: every tile, for comparison).
+        first_q = offset + q_start
+        for j in tl.range(0, n * SUBS, warp_specialize=WARP_SPECIALIZE):
+            start_n = _tile_start(idx_ptr, j, SEL_BLOCK, BLOCK_N)
+            k = _kv_tile(k_src, b, kvh, start_n, offs_n, offs_d, kv_len, stride_kl, stride_kd,
+                         HEAD_DIM, BLOCK_N, True, DESC)
+            s = tl.dot(q, tl.trans(k))
+            if SINGLE_LOOP == 2:
+                s = tl.where(start_n + offs_n[None, :] <= offs_m_abs[:, None], s, float("-inf"))
+            elif start_n + BLOCK_N - 1 > first_q:
+                s = tl.where(start_n + offs_n[None, :] <= offs_m_abs[:, None], s, float("-inf"))
+            v = _kv_tile(v_src, b, kvh, start_n, offs_n, offs_d, kv_len, stride_vl, stride_vd,
+                         HEAD_DIM, BLOCK_N, True, DESC)
+            acc, m_i, l_i = _softmax_pv(acc, m_i, l_i, s, v, qk_scale, True, LAZY_RESCALE)
+    else:
+        # Key blocks below `first_masked` end before this tile's first query position: no mask needed.
+        first_masked = (offset + q_start + 1) // SEL_BLOCK
+        last = tl.load(idx_ptr + n - 1, mask=n >= 1, other=-1)
+        second_last = tl.load(idx_ptr + n - 2, mask=n >= 2, other=-1)
+        n_tail = (last >= first_masked).to(tl.int32) + (second_last >= first_masked).to(tl.int32)
+        n_free = (n - n_tail) * SUBS  # key tiles that need no causal mask
+        for j in tl.range(0, n_free, warp_specialize=WARP_SPECIALIZE):
+            start_n = _tile_start(idx_ptr, j, SEL_BLOCK, BLOCK_N)
+            k = _kv_tile(k_src, b, kvh, start_n, offs_n, offs_d, kv_len, stride_kl, stride_kd,
+                         HEAD_DIM, BLOCK_N, False, DESC)
+            s = tl.dot(q, tl.trans(k))
+            v = _kv_tile(v_src, b, kvh, start_n, offs_n, offs_d, kv_len, stride_vl, stride_vd,
+                         HEAD_DIM, BLOCK_N, False, DESC)
+            acc, m_i, l_i = _softmax_pv(acc, m_i, l_i, s, v, qk_scale, False, LAZY_RESCALE)
+        for j in range(n_free, n * SUBS):
+            start_n = _tile_start(idx_ptr, j, SEL_BLOCK, BLOCK_N)
+            k = _kv_tile(k_src, b, kvh, start_n, offs_n, offs_d, kv_len, stride_kl, stride_kd,
+                         HEAD_DIM, BLOCK_N, True, DESC)
+            s = tl.dot(q, tl.trans(k))
+            s = tl.where(start_n + offs_n[None, :] <= offs_m_abs[:, None], s, float("-inf"))
+            v = _kv_tile(v_src, b, kvh, start_n, offs_n, offs_d, kv_len, stride_vl, stride_vd,
+                         HEAD_DIM, BLOCK_N, True, DESC)
+            acc, m_i, l_i = _softmax_pv(acc, m_i, l_i, s, v, qk_scale, True, LAZY_RESCALE)
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
     out = acc / l_safe[:, None]
     o_base = O + b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh
@@ -163,7 +219,8 @@ def default_tiles(block_size: int, head_dim: int, use_tma: bool = False) -> dict
     block_m = min(block_size, 128)
     block_n = min(block_size, 64)
     tiles = dict(BLOCK_M=block_m, BLOCK_N=block_n, num_warps=8 if block_m >= 128 else 4, num_stages=2,
-                 GROUP_FASTEST=False, USE_TMA=use_tma, WARP_SPECIALIZE=False)
+                 GROUP_FASTEST=False, DESC=1 if use_tma else 0, WARP_SPECIALIZE=False, SINGLE_LOOP=0,
+                 LAZY_RESCALE=False)
     if use_tma and block_m == 128 and head_dim <= 128:
         tiles["maxnreg"] = 128
     return tiles
@@ -203,13 +260,19 @@ def block_sparse_attention(
         cfg = {**{key: val for key, val in cfg.items() if key != "maxnreg"}, **tiles}
     if block_size % cfg["BLOCK_M"] or block_size % cfg["BLOCK_N"]:
         raise ValueError(f"tile sizes {cfg['BLOCK_M']}x{cfg['BLOCK_N']} must divide block_size {block_size}")
-    if cfg["USE_TMA"]:
+    k_arg, v_arg = k, v
+    if cfg["DESC"]:
         if d & (d - 1) or k.stride(-1) != 1 or v.stride(-1) != 1:
-            raise ValueError("USE_TMA needs a power-of-two head_dim and contiguous last dims of k and v")
-        _ensure_tma_allocator()
+            raise ValueError("tensor descriptors (DESC) need a power-of-two head_dim and contiguous last dims of k and v")
+        if cfg["DESC"] == 2:
+            from triton.tools.tensor_descriptor import TensorDescriptor
+
+            k_arg, v_arg = (TensorDescriptor.from_tensor(t, [1, 1, cfg["BLOCK_N"], d]) for t in (k, v))
+        else:
+            _ensure_tma_allocator()
     grid = (triton.cdiv(q_len, cfg["BLOCK_M"]) * b * hq,)
     _block_sparse_fwd[grid](
-        q, k, v, out, kv_num_blocks, kv_indices, scale * 1.4426950408889634,
+        q, k_arg, v_arg, out, kv_num_blocks, kv_indices, scale * 1.4426950408889634,
         *q.stride(), *k.stride(), *v.stride(), *out.stride(),
         *kv_num_blocks.stride(), *kv_indices.stride()[:3],
         hq, hq // hkv, q_len, kv_len,
