@@ -29,6 +29,8 @@ ATTN = {  # the variants of the last sweep; earlier ones and their times: benchm
     "host-single": {**BEST, "DESC": 2, "SINGLE_LOOP": 1},
     "lazy": {**BEST, "LAZY_RESCALE": True},
     "host-single-lazy": {**BEST, "DESC": 2, "SINGLE_LOOP": 1, "LAZY_RESCALE": True},
+    "tail-s1": {**BEST, "TAIL_STAGES": 1},
+    "host-tail-s1": {**BEST, "DESC": 2, "TAIL_STAGES": 1},
 }
 
 

@@ -97,6 +97,7 @@ def _block_sparse_fwd(
     HEAD_DIM: tl.constexpr, D_P2: tl.constexpr, SEL_BLOCK: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_FASTEST: tl.constexpr, DESC: tl.constexpr,
     WARP_SPECIALIZE: tl.constexpr, SINGLE_LOOP: tl.constexpr, LAZY_RESCALE: tl.constexpr,
+    TAIL_STAGES: tl.constexpr,
 ):
     n_m = tl.cdiv(q_len, BLOCK_M)
     pid = tl.program_id(0)
@@ -178,7 +179,7 @@ def _block_sparse_fwd(
             v = _kv_tile(v_src, b, kvh, start_n, offs_n, offs_d, kv_len, stride_vl, stride_vd,
                          HEAD_DIM, BLOCK_N, False, DESC)
             acc, m_i, l_i = _softmax_pv(acc, m_i, l_i, s, v, qk_scale, False, LAZY_RESCALE)
-        for j in range(n_free, n * SUBS):
+        for j in tl.range(n_free, n * SUBS, num_stages=TAIL_STAGES):
             start_n = _tile_start(idx_ptr, j, SEL_BLOCK, BLOCK_N)
             k = _kv_tile(k_src, b, kvh, start_n, offs_n, offs_d, kv_len, stride_kl, stride_kd,
                          HEAD_DIM, BLOCK_N, True, DESC)
@@ -220,7 +221,7 @@ def default_tiles(block_size: int, head_dim: int, use_tma: bool = False) -> dict
     block_n = min(block_size, 64)
     tiles = dict(BLOCK_M=block_m, BLOCK_N=block_n, num_warps=8 if block_m >= 128 else 4, num_stages=2,
                  GROUP_FASTEST=False, DESC=1 if use_tma else 0, WARP_SPECIALIZE=False, SINGLE_LOOP=0,
-                 LAZY_RESCALE=False)
+                 LAZY_RESCALE=False, TAIL_STAGES=2)
     if use_tma and block_m == 128 and head_dim <= 128:
         tiles["maxnreg"] = 128
     return tiles
