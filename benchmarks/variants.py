@@ -31,6 +31,9 @@ ATTN = {  # the variants of the last sweep; earlier ones and their times: benchm
     "host-single-lazy": {**BEST, "DESC": 2, "SINGLE_LOOP": 1, "LAZY_RESCALE": True},
     "tail-s1": {**BEST, "TAIL_STAGES": 1},
     "host-tail-s1": {**BEST, "DESC": 2, "TAIL_STAGES": 1},
+    "rows": {**BEST, "DESC": 3},
+    "rows-q": {**BEST, "DESC": 3, "Q_DESC": True},
+    "rows-q-tail-s1": {**BEST, "DESC": 3, "Q_DESC": True, "TAIL_STAGES": 1},
 }
 
 
@@ -53,7 +56,8 @@ def check_variants(names, results) -> None:
     """Each variant against the PyTorch reference at small odd shapes (GQA, misaligned causal offset,
     random and full selections, bf16): relative error, and every output element written."""
     gen = torch.Generator(device="cuda").manual_seed(1)
-    shapes = [(1, 28, 4, 1000, 1000, 128, 128), (2, 8, 2, 777, 1300, 64, 64), (1, 7, 1, 300, 300, 128, 64)]
+    shapes = [(1, 28, 4, 1000, 1000, 128, 128), (2, 8, 2, 777, 1300, 64, 64), (1, 7, 1, 300, 300, 128, 64),
+              (2, 8, 2, -777, 1300, 128, 128)]  # negative q_len: q/k/v in transformers' [B, L, H, D] layout
     for name in names:
         try:
             worst = _check_variant(name, shapes, gen)
@@ -70,8 +74,14 @@ def _check_variant(name, shapes, gen) -> float:
 
     worst = 0.0
     for b, hq, hkv, q_len, kv_len, d, bs in shapes:
-        q = torch.randn(b, hq, q_len, d, device="cuda", dtype=torch.bfloat16, generator=gen)
-        k, v = (torch.randn(b, hkv, kv_len, d, device="cuda", dtype=torch.bfloat16, generator=gen) for _ in range(2))
+        blhd, q_len = q_len < 0, abs(q_len)
+
+        def rand(h, n):
+            shape = (b, n, h, d) if blhd else (b, h, n, d)
+            x = torch.randn(shape, device="cuda", dtype=torch.bfloat16, generator=gen)
+            return x.transpose(1, 2) if blhd else x
+
+        q, k, v = rand(hq, q_len), rand(hkv, kv_len), rand(hkv, kv_len)
         for density in (1.0, 0.3):
             valid = ref.causal_block_mask(q_len, kv_len, bs, "cuda")
             mask = (torch.rand(b, hq, *valid.shape, device="cuda", generator=gen) < density) & valid

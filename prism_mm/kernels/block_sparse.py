@@ -17,15 +17,19 @@ import triton.language as tl
 
 
 @triton.jit
-def _kv_tile(src, b, kvh, start_n, offs_n, offs_d, kv_len, stride_l, stride_d,
+def _kv_tile(src, b, kvh, row0, col0, start_n, offs_n, offs_d, kv_len, stride_l, stride_d,
              HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr, DESC: tl.constexpr):
     """One [BLOCK_N, D] tile of K or V at key start_n.
 
     DESC 0: pointers (src already offset to the (batch, KV head)); 1: a 2-D tensor descriptor built on the
-    device for that (batch, KV head); 2: a 4-D [B, Hkv, L, D] tensor descriptor built on the host. With
-    descriptors (TMA) rows past kv_len read as zeros.
+    device for that (batch, KV head); 2: a 4-D [B, Hkv, L, D] tensor descriptor built on the host;
+    3: a 2-D descriptor built on the host over the rows of the whole tensor, this (batch, KV head) starting
+    at (row0, col0). With descriptors 1 and 2 rows past kv_len read as zeros; with 3 they are the next
+    head's or batch's keys (or zeros past the tensor), which the causal mask removes.
     """
-    if DESC == 2:
+    if DESC == 3:
+        tile = src.load([row0 + start_n, col0])
+    elif DESC == 2:
         tile = src.load([b, kvh, start_n, 0]).reshape([BLOCK_N, HEAD_DIM])
     elif DESC == 1:
         tile = src.load([start_n, 0])
@@ -94,10 +98,11 @@ def _block_sparse_fwd(
     stride_cb, stride_ch, stride_cm,
     stride_ib, stride_ih, stride_im,
     Hq, GROUP, q_len, kv_len,
+    q_rb, q_rh, q_ch, k_rb, k_rh, k_ch, v_rb, v_rh, v_ch,
     HEAD_DIM: tl.constexpr, D_P2: tl.constexpr, SEL_BLOCK: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_FASTEST: tl.constexpr, DESC: tl.constexpr,
     WARP_SPECIALIZE: tl.constexpr, SINGLE_LOOP: tl.constexpr, LAZY_RESCALE: tl.constexpr,
-    TAIL_STAGES: tl.constexpr,
+    TAIL_STAGES: tl.constexpr, Q_DESC: tl.constexpr,
 ):
     n_m = tl.cdiv(q_len, BLOCK_M)
     pid = tl.program_id(0)
@@ -125,10 +130,17 @@ def _block_sparse_fwd(
     offs_m = q_start + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, D_P2)
-    q_base = Q + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh
     qmask = (offs_m < q_len)[:, None] & (offs_d < HEAD_DIM)[None, :]
-    q = tl.load(q_base + offs_m[:, None].to(tl.int64) * stride_ql + offs_d[None, :] * stride_qd, mask=qmask, other=0.0)
-    if DESC == 2:
+    if Q_DESC:  # 2-D host descriptor over Q's rows (rows past q_len: other queries, never stored)
+        q = Q.load([b * q_rb + h * q_rh + q_start, h * q_ch])
+    else:
+        q_base = Q + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh
+        q = tl.load(q_base + offs_m[:, None].to(tl.int64) * stride_ql + offs_d[None, :] * stride_qd, mask=qmask, other=0.0)
+    k_row0 = b * k_rb + kvh * k_rh
+    k_col0 = kvh * k_ch
+    v_row0 = b * v_rb + kvh * v_rh
+    v_col0 = kvh * v_ch
+    if DESC >= 2:
         k_src = K
         v_src = V
     else:
@@ -154,14 +166,14 @@ def _block_sparse_fwd(
         first_q = offset + q_start
         for j in tl.range(0, n * SUBS, warp_specialize=WARP_SPECIALIZE):
             start_n = _tile_start(idx_ptr, j, SEL_BLOCK, BLOCK_N)
-            k = _kv_tile(k_src, b, kvh, start_n, offs_n, offs_d, kv_len, stride_kl, stride_kd,
+            k = _kv_tile(k_src, b, kvh, k_row0, k_col0, start_n, offs_n, offs_d, kv_len, stride_kl, stride_kd,
                          HEAD_DIM, BLOCK_N, True, DESC)
             s = tl.dot(q, tl.trans(k))
             if SINGLE_LOOP == 2:
                 s = tl.where(start_n + offs_n[None, :] <= offs_m_abs[:, None], s, float("-inf"))
             elif start_n + BLOCK_N - 1 > first_q:
                 s = tl.where(start_n + offs_n[None, :] <= offs_m_abs[:, None], s, float("-inf"))
-            v = _kv_tile(v_src, b, kvh, start_n, offs_n, offs_d, kv_len, stride_vl, stride_vd,
+            v = _kv_tile(v_src, b, kvh, v_row0, v_col0, start_n, offs_n, offs_d, kv_len, stride_vl, stride_vd,
                          HEAD_DIM, BLOCK_N, True, DESC)
             acc, m_i, l_i = _softmax_pv(acc, m_i, l_i, s, v, qk_scale, True, LAZY_RESCALE)
     else:
@@ -173,19 +185,19 @@ def _block_sparse_fwd(
         n_free = (n - n_tail) * SUBS  # key tiles that need no causal mask
         for j in tl.range(0, n_free, warp_specialize=WARP_SPECIALIZE):
             start_n = _tile_start(idx_ptr, j, SEL_BLOCK, BLOCK_N)
-            k = _kv_tile(k_src, b, kvh, start_n, offs_n, offs_d, kv_len, stride_kl, stride_kd,
+            k = _kv_tile(k_src, b, kvh, k_row0, k_col0, start_n, offs_n, offs_d, kv_len, stride_kl, stride_kd,
                          HEAD_DIM, BLOCK_N, False, DESC)
             s = tl.dot(q, tl.trans(k))
-            v = _kv_tile(v_src, b, kvh, start_n, offs_n, offs_d, kv_len, stride_vl, stride_vd,
+            v = _kv_tile(v_src, b, kvh, v_row0, v_col0, start_n, offs_n, offs_d, kv_len, stride_vl, stride_vd,
                          HEAD_DIM, BLOCK_N, False, DESC)
             acc, m_i, l_i = _softmax_pv(acc, m_i, l_i, s, v, qk_scale, False, LAZY_RESCALE)
         for j in tl.range(n_free, n * SUBS, num_stages=TAIL_STAGES):
             start_n = _tile_start(idx_ptr, j, SEL_BLOCK, BLOCK_N)
-            k = _kv_tile(k_src, b, kvh, start_n, offs_n, offs_d, kv_len, stride_kl, stride_kd,
+            k = _kv_tile(k_src, b, kvh, k_row0, k_col0, start_n, offs_n, offs_d, kv_len, stride_kl, stride_kd,
                          HEAD_DIM, BLOCK_N, True, DESC)
             s = tl.dot(q, tl.trans(k))
             s = tl.where(start_n + offs_n[None, :] <= offs_m_abs[:, None], s, float("-inf"))
-            v = _kv_tile(v_src, b, kvh, start_n, offs_n, offs_d, kv_len, stride_vl, stride_vd,
+            v = _kv_tile(v_src, b, kvh, v_row0, v_col0, start_n, offs_n, offs_d, kv_len, stride_vl, stride_vd,
                          HEAD_DIM, BLOCK_N, True, DESC)
             acc, m_i, l_i = _softmax_pv(acc, m_i, l_i, s, v, qk_scale, True, LAZY_RESCALE)
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
@@ -211,6 +223,29 @@ def tma_supported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
     return all(t.stride(-1) == 1 and t.stride(-2) % 8 == 0 and t.data_ptr() % 16 == 0 for t in (k, v))
 
 
+def rows_view(t: torch.Tensor, block_rows: int):
+    """A 2-D TMA descriptor over the rows of t [B, H, L, D] and where each (batch, head) starts in it.
+
+    Two layouts qualify: [B, H, L, D] contiguous per head (head h of batch b starts at row (b*H + h)*L) and
+    [B, L, H, D] viewed as [B, H, L, D] (row b*L, column h*D), transformers' layout. Returns
+    (descriptor, rows per batch, rows per head, columns per head), or None for other layouts.
+    """
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    bsz, h, n, d = t.shape
+    sb, sh, sl, sd = t.stride()
+    if sd != 1 or sl % 8 or t.data_ptr() % 16:
+        return None
+    if sh == n * sl and (sb == h * sh or bsz == 1):
+        rows_b, rows_h, cols_h, width = h * n, n, 0, d
+    elif sh == d and sl == h * d and (sb == n * sl or bsz == 1):
+        rows_b, rows_h, cols_h, width = n, 0, d, h * d
+    else:
+        return None
+    view = t.as_strided((bsz * h * n if cols_h == 0 else bsz * n, width), (sl, 1))
+    return TensorDescriptor.from_tensor(view, [block_rows, d]), rows_b, rows_h, cols_h
+
+
 def default_tiles(block_size: int, head_dim: int, use_tma: bool = False) -> dict:
     """Launch configuration (tuned on an H100, see benchmarks/NOTES.md).
 
@@ -221,7 +256,7 @@ def default_tiles(block_size: int, head_dim: int, use_tma: bool = False) -> dict
     block_n = min(block_size, 64)
     tiles = dict(BLOCK_M=block_m, BLOCK_N=block_n, num_warps=8 if block_m >= 128 else 4, num_stages=2,
                  GROUP_FASTEST=False, DESC=1 if use_tma else 0, WARP_SPECIALIZE=False, SINGLE_LOOP=0,
-                 LAZY_RESCALE=False, TAIL_STAGES=2)
+                 LAZY_RESCALE=False, TAIL_STAGES=2, Q_DESC=False)
     if use_tma and block_m == 128 and head_dim <= 128:
         tiles["maxnreg"] = 128
     return tiles
@@ -262,21 +297,33 @@ def block_sparse_attention(
     if block_size % cfg["BLOCK_M"] or block_size % cfg["BLOCK_N"]:
         raise ValueError(f"tile sizes {cfg['BLOCK_M']}x{cfg['BLOCK_N']} must divide block_size {block_size}")
     k_arg, v_arg = k, v
+    q_rows = k_rows = v_rows = (0, 0, 0)
     if cfg["DESC"]:
         if d & (d - 1) or k.stride(-1) != 1 or v.stride(-1) != 1:
             raise ValueError("tensor descriptors (DESC) need a power-of-two head_dim and contiguous last dims of k and v")
-        if cfg["DESC"] == 2:
+        if cfg["DESC"] == 3:
+            views = [rows_view(t, cfg["BLOCK_N"]) for t in (k, v)]
+            if None in views:
+                raise ValueError("DESC 3 needs k and v in [B, H, L, D] or [B, L, H, D] memory layout")
+            (k_arg, *k_rows), (v_arg, *v_rows) = views
+        elif cfg["DESC"] == 2:
             from triton.tools.tensor_descriptor import TensorDescriptor
 
             k_arg, v_arg = (TensorDescriptor.from_tensor(t, [1, 1, cfg["BLOCK_N"], d]) for t in (k, v))
         else:
             _ensure_tma_allocator()
+    q_arg = q
+    if cfg["Q_DESC"]:
+        view = rows_view(q, cfg["BLOCK_M"])
+        if view is None:
+            raise ValueError("Q_DESC needs q in [B, H, L, D] or [B, L, H, D] memory layout")
+        q_arg, *q_rows = view
     grid = (triton.cdiv(q_len, cfg["BLOCK_M"]) * b * hq,)
     _block_sparse_fwd[grid](
-        q, k_arg, v_arg, out, kv_num_blocks, kv_indices, scale * 1.4426950408889634,
+        q_arg, k_arg, v_arg, out, kv_num_blocks, kv_indices, scale * 1.4426950408889634,
         *q.stride(), *k.stride(), *v.stride(), *out.stride(),
         *kv_num_blocks.stride(), *kv_indices.stride()[:3],
-        hq, hq // hkv, q_len, kv_len,
+        hq, hq // hkv, q_len, kv_len, *q_rows, *k_rows, *v_rows,
         HEAD_DIM=d, D_P2=triton.next_power_of_2(d), SEL_BLOCK=block_size, **cfg,
     )
     return out
