@@ -34,6 +34,8 @@ ATTN = {  # the variants of the last sweep; earlier ones and their times: benchm
     "rows": {**BEST, "DESC": 3},
     "rows-q": {**BEST, "DESC": 3, "Q_DESC": True},
     "rows-q-tail-s1": {**BEST, "DESC": 3, "Q_DESC": True, "TAIL_STAGES": 1},
+    "pf": {**BEST, "PREFETCH_Q": True},
+    "rows-pf": {**BEST, "DESC": 3, "PREFETCH_Q": True},
 }
 
 

@@ -82,6 +82,13 @@ def _softmax_pv(acc, m_i, l_i, s, v, qk_scale, MASKED: tl.constexpr, LAZY_RESCAL
 
 
 @triton.jit
+def _prefetch_l2(ptrs):
+    """Ask L2 to fetch the lines at ptrs (no registers, no wait)."""
+    tl.inline_asm_elementwise("prefetch.global.L2 [$1];\n mov.u32 $0, 0;", "=r,l", [ptrs], dtype=tl.int32,
+                              is_pure=False, pack=1)
+
+
+@triton.jit
 def _tile_start(idx_ptr, j, SEL_BLOCK: tl.constexpr, BLOCK_N: tl.constexpr):
     """First key position of the j-th key tile of a row's block list."""
     SUBS: tl.constexpr = SEL_BLOCK // BLOCK_N
@@ -98,11 +105,11 @@ def _block_sparse_fwd(
     stride_cb, stride_ch, stride_cm,
     stride_ib, stride_ih, stride_im,
     Hq, GROUP, q_len, kv_len,
-    q_rb, q_rh, q_ch, k_rb, k_rh, k_ch, v_rb, v_rh, v_ch,
+    q_rb, q_rh, q_ch, k_rb, k_rh, k_ch, v_rb, v_rh, v_ch, prefetch_next,
     HEAD_DIM: tl.constexpr, D_P2: tl.constexpr, SEL_BLOCK: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_FASTEST: tl.constexpr, DESC: tl.constexpr,
     WARP_SPECIALIZE: tl.constexpr, SINGLE_LOOP: tl.constexpr, LAZY_RESCALE: tl.constexpr,
-    TAIL_STAGES: tl.constexpr, Q_DESC: tl.constexpr,
+    TAIL_STAGES: tl.constexpr, Q_DESC: tl.constexpr, PREFETCH_Q: tl.constexpr,
 ):
     n_m = tl.cdiv(q_len, BLOCK_M)
     pid = tl.program_id(0)
@@ -123,6 +130,17 @@ def _block_sparse_fwd(
         b = pid_bh // Hq
         h = pid_bh % Hq
         kvh = h // GROUP
+    if PREFETCH_Q:
+        # The program `prefetch_next` ids later is the one that will take this slot next (programs
+        # start in id order): pull its query tile into L2 now, so its start does not wait on HBM.
+        nxt = pid + prefetch_next
+        if nxt < tl.num_programs(0):
+            rows2 = tl.minimum((n_m - 1 - nxt % n_m) * BLOCK_M + tl.arange(0, BLOCK_M), q_len - 1)
+            bh2 = nxt // n_m
+            LINE: tl.constexpr = 1024 // Q.dtype.element_ty.primitive_bitwidth  # elements per 128-byte line
+            lines = tl.arange(0, D_P2 // LINE) * LINE
+            _prefetch_l2(Q + (bh2 // Hq).to(tl.int64) * stride_qb + (bh2 % Hq).to(tl.int64) * stride_qh
+                         + rows2[:, None].to(tl.int64) * stride_ql + lines[None, :])
     q_start = m_tile * BLOCK_M
     row = q_start // SEL_BLOCK
     offset = kv_len - q_len
@@ -256,7 +274,7 @@ def default_tiles(block_size: int, head_dim: int, use_tma: bool = False) -> dict
     block_n = min(block_size, 64)
     tiles = dict(BLOCK_M=block_m, BLOCK_N=block_n, num_warps=8 if block_m >= 128 else 4, num_stages=2,
                  GROUP_FASTEST=False, DESC=1 if use_tma else 0, WARP_SPECIALIZE=False, SINGLE_LOOP=0,
-                 LAZY_RESCALE=False, TAIL_STAGES=2, Q_DESC=False)
+                 LAZY_RESCALE=False, TAIL_STAGES=2, Q_DESC=False, PREFETCH_Q=False)
     if use_tma and block_m == 128 and head_dim <= 128:
         tiles["maxnreg"] = 128
     return tiles
@@ -324,6 +342,7 @@ def block_sparse_attention(
         *q.stride(), *k.stride(), *v.stride(), *out.stride(),
         *kv_num_blocks.stride(), *kv_indices.stride()[:3],
         hq, hq // hkv, q_len, kv_len, *q_rows, *k_rows, *v_rows,
+        2 * torch.cuda.get_device_properties(q.device).multi_processor_count if cfg["PREFETCH_Q"] else 0,
         HEAD_DIM=d, D_P2=triton.next_power_of_2(d), SEL_BLOCK=block_size, **cfg,
     )
     return out
