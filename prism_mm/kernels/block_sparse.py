@@ -273,7 +273,7 @@ def default_tiles(block_size: int, head_dim: int, use_tma: bool = False) -> dict
     block_m = min(block_size, 128)
     block_n = min(block_size, 64)
     tiles = dict(BLOCK_M=block_m, BLOCK_N=block_n, num_warps=8 if block_m >= 128 else 4, num_stages=2,
-                 GROUP_FASTEST=False, DESC=1 if use_tma else 0, WARP_SPECIALIZE=False, SINGLE_LOOP=0,
+                 GROUP_FASTEST=False, DESC=3 if use_tma else 0, WARP_SPECIALIZE=False, SINGLE_LOOP=0,
                  LAZY_RESCALE=False, TAIL_STAGES=2, Q_DESC=False, PREFETCH_Q=False)
     if use_tma and block_m == 128 and head_dim <= 128:
         tiles["maxnreg"] = 128
@@ -321,15 +321,18 @@ def block_sparse_attention(
             raise ValueError("tensor descriptors (DESC) need a power-of-two head_dim and contiguous last dims of k and v")
         if cfg["DESC"] == 3:
             views = [rows_view(t, cfg["BLOCK_N"]) for t in (k, v)]
-            if None in views:
+            if None in views and tiles and tiles.get("DESC") == 3:
                 raise ValueError("DESC 3 needs k and v in [B, H, L, D] or [B, L, H, D] memory layout")
-            (k_arg, *k_rows), (v_arg, *v_rows) = views
+            if None in views:  # other layouts: descriptors built on the device per (batch, KV head)
+                cfg["DESC"] = 1
+            else:
+                (k_arg, *k_rows), (v_arg, *v_rows) = views
+        if cfg["DESC"] == 1:
+            _ensure_tma_allocator()
         elif cfg["DESC"] == 2:
             from triton.tools.tensor_descriptor import TensorDescriptor
 
             k_arg, v_arg = (TensorDescriptor.from_tensor(t, [1, 1, cfg["BLOCK_N"], d]) for t in (k, v))
-        else:
-            _ensure_tma_allocator()
     q_arg = q
     if cfg["Q_DESC"]:
         view = rows_view(q, cfg["BLOCK_M"])
