@@ -23,7 +23,7 @@ import torch
 from tqdm import tqdm
 
 from benchmarks.kernels import realistic_mask
-from prism_mm import PrismConfig, enable_prism
+from prism_mm import PrismConfig
 from prism_mm.kernels import reference as ref
 from prism_mm.models import load_model
 

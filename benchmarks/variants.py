@@ -20,22 +20,11 @@ from prism_mm.kernels import reference as ref
 from prism_mm.kernels.block_sparse import block_sparse_attention
 from prism_mm.selection import estimate
 
-BEST = dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=2, maxnreg=128, DESC=1)
-ATTN = {  # the variants of the last sweep; earlier ones and their times: benchmarks/NOTES.md
-    "base": BEST,
-    "single": {**BEST, "SINGLE_LOOP": 1},
-    "single-allmask": {**BEST, "SINGLE_LOOP": 2},
-    "host": {**BEST, "DESC": 2},
-    "host-single": {**BEST, "DESC": 2, "SINGLE_LOOP": 1},
-    "lazy": {**BEST, "LAZY_RESCALE": True},
-    "host-single-lazy": {**BEST, "DESC": 2, "SINGLE_LOOP": 1, "LAZY_RESCALE": True},
-    "tail-s1": {**BEST, "TAIL_STAGES": 1},
-    "host-tail-s1": {**BEST, "DESC": 2, "TAIL_STAGES": 1},
-    "rows": {**BEST, "DESC": 3},
-    "rows-q": {**BEST, "DESC": 3, "Q_DESC": True},
-    "rows-q-tail-s1": {**BEST, "DESC": 3, "Q_DESC": True, "TAIL_STAGES": 1},
-    "pf": {**BEST, "PREFETCH_Q": True},
-    "rows-pf": {**BEST, "DESC": 3, "PREFETCH_Q": True},
+BEST = dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=2, maxnreg=128, DESC=2)
+ATTN = {  # the kernel's remaining launch options; earlier variants, their code and times: benchmarks/NOTES.md
+    "host-desc": BEST,
+    "device-desc": {**BEST, "DESC": 1},
+    "pointers": {**BEST, "DESC": 0},
 }
 
 

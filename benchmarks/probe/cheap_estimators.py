@@ -1,6 +1,6 @@
 """Probe: cheaper stand-ins for the pooled-query x key-token LSE score (fidelity harness, 5 layers of SmolLM2, 4096 tokens,
 block 64). Run: PYTHONPATH=. python benchmarks/probe/cheap_estimators.py. Results: cheap_estimators.txt."""
-import torch, math, sys
+import torch, math
 from benchmarks.fidelity import *
 from prism_mm.kernels import reference as ref
 model, tok = load_smollm2()

@@ -4,8 +4,10 @@ Masks with exactly k key blocks per query block (k = 0 is every row empty: launc
 only), with the diagonal block ("diag": diagonal + k-1 random earlier blocks) or without it ("nodiag":
 k random earlier blocks, no causal masking at all), at 32K tokens, Qwen2.5-VL shape (28/4 heads, d 128,
 block 128). A linear fit time = a + b * key_tiles per variant separates the per-program cost from the
-per-tile cost. Run on a GPU: PYTHONPATH=. python benchmarks/probe/short_rows.py [variant ...]
-Result: short_rows-h100.txt.
+per-tile cost. Run on a GPU: PYTHONPATH=. python benchmarks/probe/short_rows.py [variant ...] (names: benchmarks.variants.ATTN)
+Result: short_rows-h100.txt, measured with variant names of that sweep: base = device-built descriptors
+(now "device-desc"), rows = host-built row descriptors (now "host-desc", the default), rows-q / pf / tail-s1 =
+options since removed (TMA query loads, L2 prefetch of the next query tile, unpipelined tail; NOTES.md).
 """
 import sys
 
@@ -66,4 +68,4 @@ def main(names):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:] or ["base"])
+    main(sys.argv[1:] or ["host-desc", "device-desc"])

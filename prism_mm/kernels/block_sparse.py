@@ -5,6 +5,7 @@ kv_indices list of its query block (selection blocks of SEL_BLOCK tokens, each p
 SEL_BLOCK / BLOCK_N key tiles) with an online softmax in fp32. Only the tail of a list (the at most
 two blocks that reach the query tile's own positions, which include the partial last key block)
 pays for causal masking. GQA: query head h reads KV head h // group; K/V are never expanded.
+On Hopper, K/V tiles arrive by TMA through tensor descriptors built once on the host.
 Twin: reference.block_sparse_attention.
 """
 from __future__ import annotations
@@ -17,20 +18,17 @@ import triton.language as tl
 
 
 @triton.jit
-def _kv_tile(src, b, kvh, row0, col0, start_n, offs_n, offs_d, kv_len, stride_l, stride_d,
-             HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr, DESC: tl.constexpr):
+def _kv_tile(src, row0, col0, start_n, offs_n, offs_d, kv_len, stride_l, stride_d,
+             HEAD_DIM: tl.constexpr, MASKED: tl.constexpr, DESC: tl.constexpr):
     """One [BLOCK_N, D] tile of K or V at key start_n.
 
-    DESC 0: pointers (src already offset to the (batch, KV head)); 1: a 2-D tensor descriptor built on the
-    device for that (batch, KV head); 2: a 4-D [B, Hkv, L, D] tensor descriptor built on the host;
-    3: a 2-D descriptor built on the host over the rows of the whole tensor, this (batch, KV head) starting
-    at (row0, col0). With descriptors 1 and 2 rows past kv_len read as zeros; with 3 they are the next
-    head's or batch's keys (or zeros past the tensor), which the causal mask removes.
+    DESC 0: pointers (src already offset to the (batch, KV head)). 1: a 2-D tensor descriptor built on the
+    device for that (batch, KV head); rows past kv_len read as zeros. 2: a 2-D descriptor built on the host
+    over the rows of the whole tensor, this (batch, KV head) starting at (row0, col0); rows past kv_len are
+    the next head's or batch's keys (zeros past the tensor), which the causal mask removes.
     """
-    if DESC == 3:
+    if DESC == 2:
         tile = src.load([row0 + start_n, col0])
-    elif DESC == 2:
-        tile = src.load([b, kvh, start_n, 0]).reshape([BLOCK_N, HEAD_DIM])
     elif DESC == 1:
         tile = src.load([start_n, 0])
     else:
@@ -43,49 +41,21 @@ def _kv_tile(src, b, kvh, row0, col0, start_n, offs_n, offs_d, kv_len, stride_l,
 
 
 @triton.jit
-def _softmax_pv(acc, m_i, l_i, s, v, qk_scale, MASKED: tl.constexpr, LAZY_RESCALE: tl.constexpr):
+def _softmax_pv(acc, m_i, l_i, s, v, qk_scale, MASKED: tl.constexpr):
     """Online-softmax update with the scores s of one key tile and its values v.
 
     The scale is folded into one FMA per score: p = exp2(s * scale - m), m kept in scaled (log2) units.
     In MASKED tiles m stays -inf for rows that have seen no visible key yet; their exponentials use 0.
-    LAZY_RESCALE: the reference max (and with it acc and l) moves only when some row's max grew by more
-    than 8 (log2 units), so p stays below 2^8 and most tiles skip rescaling acc.
     """
     m_new = tl.maximum(m_i, tl.max(s, axis=1) * qk_scale)
-    if LAZY_RESCALE:
-        grow = tl.where(m_new > m_i, m_new - m_i, 0.0)
-        if tl.max(grow, axis=0) > 8.0:
-            m_ref = m_new
-            if MASKED:
-                m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
-            alpha = tl.exp2(m_i - m_ref)
-            acc = acc * alpha[:, None]
-            l_i = l_i * alpha
-            m_i = m_new
-        m_use = m_i
-        if MASKED:
-            m_use = tl.where(m_i == float("-inf"), 0.0, m_i)
-        p = tl.exp2(s * qk_scale - m_use[:, None])
-        l_i = l_i + tl.sum(p, axis=1)
-        acc = tl.dot(p.to(v.dtype), v, acc)
-        m_out = m_i
-    else:
-        m_ref = m_new
-        if MASKED:
-            m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
-        alpha = tl.exp2(m_i - m_ref)
-        p = tl.exp2(s * qk_scale - m_ref[:, None])
-        l_i = l_i * alpha + tl.sum(p, axis=1)
-        acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None])
-        m_out = m_new
-    return acc, m_out, l_i
-
-
-@triton.jit
-def _prefetch_l2(ptrs):
-    """Ask L2 to fetch the lines at ptrs (no registers, no wait)."""
-    tl.inline_asm_elementwise("prefetch.global.L2 [$1];\n mov.u32 $0, 0;", "=r,l", [ptrs], dtype=tl.int32,
-                              is_pure=False, pack=1)
+    m_ref = m_new
+    if MASKED:
+        m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
+    alpha = tl.exp2(m_i - m_ref)
+    p = tl.exp2(s * qk_scale - m_ref[:, None])
+    l_i = l_i * alpha + tl.sum(p, axis=1)
+    acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None])
+    return acc, m_new, l_i
 
 
 @triton.jit
@@ -105,42 +75,18 @@ def _block_sparse_fwd(
     stride_cb, stride_ch, stride_cm,
     stride_ib, stride_ih, stride_im,
     Hq, GROUP, q_len, kv_len,
-    q_rb, q_rh, q_ch, k_rb, k_rh, k_ch, v_rb, v_rh, v_ch, prefetch_next,
+    k_rows_b, k_rows_h, k_cols_h, v_rows_b, v_rows_h, v_cols_h,
     HEAD_DIM: tl.constexpr, D_P2: tl.constexpr, SEL_BLOCK: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_FASTEST: tl.constexpr, DESC: tl.constexpr,
-    WARP_SPECIALIZE: tl.constexpr, SINGLE_LOOP: tl.constexpr, LAZY_RESCALE: tl.constexpr,
-    TAIL_STAGES: tl.constexpr, Q_DESC: tl.constexpr, PREFETCH_Q: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DESC: tl.constexpr,
 ):
+    # Heaviest (last) query tiles first; the query tiles of one head run side by side and share K/V in L2.
     n_m = tl.cdiv(q_len, BLOCK_M)
     pid = tl.program_id(0)
-    if GROUP_FASTEST:
-        # The query heads sharing one KV head run side by side on the same query tile: their K/V
-        # blocks are read from L2 instead of HBM. Heaviest (last) query tiles first.
-        g = pid % GROUP
-        rest = pid // GROUP
-        n_bkv = tl.num_programs(0) // (GROUP * n_m)
-        bkv = rest % n_bkv
-        m_tile = n_m - 1 - rest // n_bkv
-        b = bkv // (Hq // GROUP)
-        kvh = bkv % (Hq // GROUP)
-        h = kvh * GROUP + g
-    else:
-        m_tile = n_m - 1 - pid % n_m
-        pid_bh = pid // n_m
-        b = pid_bh // Hq
-        h = pid_bh % Hq
-        kvh = h // GROUP
-    if PREFETCH_Q:
-        # The program `prefetch_next` ids later is the one that will take this slot next (programs
-        # start in id order): pull its query tile into L2 now, so its start does not wait on HBM.
-        nxt = pid + prefetch_next
-        if nxt < tl.num_programs(0):
-            rows2 = tl.minimum((n_m - 1 - nxt % n_m) * BLOCK_M + tl.arange(0, BLOCK_M), q_len - 1)
-            bh2 = nxt // n_m
-            LINE: tl.constexpr = 1024 // Q.dtype.element_ty.primitive_bitwidth  # elements per 128-byte line
-            lines = tl.arange(0, D_P2 // LINE) * LINE
-            _prefetch_l2(Q + (bh2 // Hq).to(tl.int64) * stride_qb + (bh2 % Hq).to(tl.int64) * stride_qh
-                         + rows2[:, None].to(tl.int64) * stride_ql + lines[None, :])
+    m_tile = n_m - 1 - pid % n_m
+    pid_bh = pid // n_m
+    b = pid_bh // Hq
+    h = pid_bh % Hq
+    kvh = h // GROUP
     q_start = m_tile * BLOCK_M
     row = q_start // SEL_BLOCK
     offset = kv_len - q_len
@@ -148,17 +94,14 @@ def _block_sparse_fwd(
     offs_m = q_start + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, D_P2)
+    q_base = Q + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh
     qmask = (offs_m < q_len)[:, None] & (offs_d < HEAD_DIM)[None, :]
-    if Q_DESC:  # 2-D host descriptor over Q's rows (rows past q_len: other queries, never stored)
-        q = Q.load([b * q_rb + h * q_rh + q_start, h * q_ch])
-    else:
-        q_base = Q + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh
-        q = tl.load(q_base + offs_m[:, None].to(tl.int64) * stride_ql + offs_d[None, :] * stride_qd, mask=qmask, other=0.0)
-    k_row0 = b * k_rb + kvh * k_rh
-    k_col0 = kvh * k_ch
-    v_row0 = b * v_rb + kvh * v_rh
-    v_col0 = kvh * v_ch
-    if DESC >= 2:
+    q = tl.load(q_base + offs_m[:, None].to(tl.int64) * stride_ql + offs_d[None, :] * stride_qd, mask=qmask, other=0.0)
+    k_row0 = b * k_rows_b + kvh * k_rows_h
+    k_col0 = kvh * k_cols_h
+    v_row0 = b * v_rows_b + kvh * v_rows_h
+    v_col0 = kvh * v_cols_h
+    if DESC == 2:
         k_src = K
         v_src = V
     else:
@@ -172,52 +115,32 @@ def _block_sparse_fwd(
     cnt_ptr = CNT + b.to(tl.int64) * stride_cb + h.to(tl.int64) * stride_ch + row * stride_cm
     idx_ptr = IDX + b.to(tl.int64) * stride_ib + h.to(tl.int64) * stride_ih + row.to(tl.int64) * stride_im
     n = tl.load(cnt_ptr)
+
+    # Key blocks below `first_masked` end before this tile's first query position: no mask needed.
     offs_m_abs = offset + offs_m
+    first_masked = (offset + q_start + 1) // SEL_BLOCK
+    last = tl.load(idx_ptr + n - 1, mask=n >= 1, other=-1)
+    second_last = tl.load(idx_ptr + n - 2, mask=n >= 2, other=-1)
+    n_tail = (last >= first_masked).to(tl.int32) + (second_last >= first_masked).to(tl.int32)
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, D_P2], dtype=tl.float32)
     SUBS: tl.constexpr = SEL_BLOCK // BLOCK_N
-    if SINGLE_LOOP:
-        # One pipelined loop over every key tile; only tiles that reach past this query tile's first
-        # position get the causal mask (SINGLE_LOOP 2: every tile, for comparison).
-        first_q = offset + q_start
-        for j in tl.range(0, n * SUBS, warp_specialize=WARP_SPECIALIZE):
-            start_n = _tile_start(idx_ptr, j, SEL_BLOCK, BLOCK_N)
-            k = _kv_tile(k_src, b, kvh, k_row0, k_col0, start_n, offs_n, offs_d, kv_len, stride_kl, stride_kd,
-                         HEAD_DIM, BLOCK_N, True, DESC)
-            s = tl.dot(q, tl.trans(k))
-            if SINGLE_LOOP == 2:
-                s = tl.where(start_n + offs_n[None, :] <= offs_m_abs[:, None], s, float("-inf"))
-            elif start_n + BLOCK_N - 1 > first_q:
-                s = tl.where(start_n + offs_n[None, :] <= offs_m_abs[:, None], s, float("-inf"))
-            v = _kv_tile(v_src, b, kvh, v_row0, v_col0, start_n, offs_n, offs_d, kv_len, stride_vl, stride_vd,
-                         HEAD_DIM, BLOCK_N, True, DESC)
-            acc, m_i, l_i = _softmax_pv(acc, m_i, l_i, s, v, qk_scale, True, LAZY_RESCALE)
-    else:
-        # Key blocks below `first_masked` end before this tile's first query position: no mask needed.
-        first_masked = (offset + q_start + 1) // SEL_BLOCK
-        last = tl.load(idx_ptr + n - 1, mask=n >= 1, other=-1)
-        second_last = tl.load(idx_ptr + n - 2, mask=n >= 2, other=-1)
-        n_tail = (last >= first_masked).to(tl.int32) + (second_last >= first_masked).to(tl.int32)
-        n_free = (n - n_tail) * SUBS  # key tiles that need no causal mask
-        for j in tl.range(0, n_free, warp_specialize=WARP_SPECIALIZE):
-            start_n = _tile_start(idx_ptr, j, SEL_BLOCK, BLOCK_N)
-            k = _kv_tile(k_src, b, kvh, k_row0, k_col0, start_n, offs_n, offs_d, kv_len, stride_kl, stride_kd,
-                         HEAD_DIM, BLOCK_N, False, DESC)
-            s = tl.dot(q, tl.trans(k))
-            v = _kv_tile(v_src, b, kvh, v_row0, v_col0, start_n, offs_n, offs_d, kv_len, stride_vl, stride_vd,
-                         HEAD_DIM, BLOCK_N, False, DESC)
-            acc, m_i, l_i = _softmax_pv(acc, m_i, l_i, s, v, qk_scale, False, LAZY_RESCALE)
-        for j in tl.range(n_free, n * SUBS, num_stages=TAIL_STAGES):
-            start_n = _tile_start(idx_ptr, j, SEL_BLOCK, BLOCK_N)
-            k = _kv_tile(k_src, b, kvh, k_row0, k_col0, start_n, offs_n, offs_d, kv_len, stride_kl, stride_kd,
-                         HEAD_DIM, BLOCK_N, True, DESC)
-            s = tl.dot(q, tl.trans(k))
-            s = tl.where(start_n + offs_n[None, :] <= offs_m_abs[:, None], s, float("-inf"))
-            v = _kv_tile(v_src, b, kvh, v_row0, v_col0, start_n, offs_n, offs_d, kv_len, stride_vl, stride_vd,
-                         HEAD_DIM, BLOCK_N, True, DESC)
-            acc, m_i, l_i = _softmax_pv(acc, m_i, l_i, s, v, qk_scale, True, LAZY_RESCALE)
+    n_free = (n - n_tail) * SUBS  # key tiles that need no causal mask
+    for j in tl.range(0, n_free):
+        start_n = _tile_start(idx_ptr, j, SEL_BLOCK, BLOCK_N)
+        k = _kv_tile(k_src, k_row0, k_col0, start_n, offs_n, offs_d, kv_len, stride_kl, stride_kd, HEAD_DIM, False, DESC)
+        s = tl.dot(q, tl.trans(k))
+        v = _kv_tile(v_src, v_row0, v_col0, start_n, offs_n, offs_d, kv_len, stride_vl, stride_vd, HEAD_DIM, False, DESC)
+        acc, m_i, l_i = _softmax_pv(acc, m_i, l_i, s, v, qk_scale, False)
+    for j in tl.range(n_free, n * SUBS):
+        start_n = _tile_start(idx_ptr, j, SEL_BLOCK, BLOCK_N)
+        k = _kv_tile(k_src, k_row0, k_col0, start_n, offs_n, offs_d, kv_len, stride_kl, stride_kd, HEAD_DIM, True, DESC)
+        s = tl.dot(q, tl.trans(k))
+        s = tl.where(start_n + offs_n[None, :] <= offs_m_abs[:, None], s, float("-inf"))
+        v = _kv_tile(v_src, v_row0, v_col0, start_n, offs_n, offs_d, kv_len, stride_vl, stride_vd, HEAD_DIM, True, DESC)
+        acc, m_i, l_i = _softmax_pv(acc, m_i, l_i, s, v, qk_scale, True)
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
     out = acc / l_safe[:, None]
     o_base = O + b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh
@@ -241,11 +164,11 @@ def tma_supported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
     return all(t.stride(-1) == 1 and t.stride(-2) % 8 == 0 and t.data_ptr() % 16 == 0 for t in (k, v))
 
 
-def rows_view(t: torch.Tensor, block_rows: int):
-    """A 2-D TMA descriptor over the rows of t [B, H, L, D] and where each (batch, head) starts in it.
+def rows_descriptor(t: torch.Tensor, block_rows: int):
+    """A 2-D TMA descriptor over the rows of t [B, H, L, D], and where each (batch, head) starts in it.
 
-    Two layouts qualify: [B, H, L, D] contiguous per head (head h of batch b starts at row (b*H + h)*L) and
-    [B, L, H, D] viewed as [B, H, L, D] (row b*L, column h*D), transformers' layout. Returns
+    Two layouts qualify: [B, H, L, D] contiguous per head (head h of batch b starts at row (b*H + h)*L)
+    and [B, L, H, D] viewed as [B, H, L, D] (row b*L, column h*D), transformers' layout. Returns
     (descriptor, rows per batch, rows per head, columns per head), or None for other layouts.
     """
     from triton.tools.tensor_descriptor import TensorDescriptor
@@ -255,13 +178,12 @@ def rows_view(t: torch.Tensor, block_rows: int):
     if sd != 1 or sl % 8 or t.data_ptr() % 16:
         return None
     if sh == n * sl and (sb == h * sh or bsz == 1):
-        rows_b, rows_h, cols_h, width = h * n, n, 0, d
+        rows_b, rows_h, cols_h, shape = h * n, n, 0, (bsz * h * n, d)
     elif sh == d and sl == h * d and (sb == n * sl or bsz == 1):
-        rows_b, rows_h, cols_h, width = n, 0, d, h * d
+        rows_b, rows_h, cols_h, shape = n, 0, d, (bsz * n, h * d)
     else:
         return None
-    view = t.as_strided((bsz * h * n if cols_h == 0 else bsz * n, width), (sl, 1))
-    return TensorDescriptor.from_tensor(view, [block_rows, d]), rows_b, rows_h, cols_h
+    return TensorDescriptor.from_tensor(t.as_strided(shape, (sl, 1)), [block_rows, d]), rows_b, rows_h, cols_h
 
 
 def default_tiles(block_size: int, head_dim: int, use_tma: bool = False) -> dict:
@@ -269,12 +191,12 @@ def default_tiles(block_size: int, head_dim: int, use_tma: bool = False) -> dict
 
     With TMA the default is 128 x 64 tiles, 8 warps, 2 stages and a 128-register cap: two programs share
     each SM (98 KB shared memory each), so one program's softmax overlaps the other's tensor-core work.
+    K/V descriptors are built on the host (DESC 2) where the layout allows, else on the device (DESC 1).
     """
     block_m = min(block_size, 128)
     block_n = min(block_size, 64)
     tiles = dict(BLOCK_M=block_m, BLOCK_N=block_n, num_warps=8 if block_m >= 128 else 4, num_stages=2,
-                 GROUP_FASTEST=False, DESC=3 if use_tma else 0, WARP_SPECIALIZE=False, SINGLE_LOOP=0,
-                 LAZY_RESCALE=False, TAIL_STAGES=2, Q_DESC=False, PREFETCH_Q=False)
+                 DESC=2 if use_tma else 0)
     if use_tma and block_m == 128 and head_dim <= 128:
         tiles["maxnreg"] = 128
     return tiles
@@ -295,7 +217,7 @@ def block_sparse_attention(
 
     kv_indices must list causally visible key blocks in ascending order. `out` (same shape as q, any
     strides) receives the result if given; e.g. a [B, Lq, Hq, D] buffer viewed as [B, Hq, Lq, D].
-    `tiles` overrides default_tiles() (BLOCK_M, BLOCK_N, num_warps, num_stages, maxnreg, ...).
+    `tiles` overrides default_tiles() (BLOCK_M, BLOCK_N, num_warps, num_stages, maxnreg, DESC).
     """
     b, hq, q_len, d = q.shape
     hkv, kv_len = k.shape[1], k.shape[2]
@@ -314,38 +236,26 @@ def block_sparse_attention(
         cfg = {**{key: val for key, val in cfg.items() if key != "maxnreg"}, **tiles}
     if block_size % cfg["BLOCK_M"] or block_size % cfg["BLOCK_N"]:
         raise ValueError(f"tile sizes {cfg['BLOCK_M']}x{cfg['BLOCK_N']} must divide block_size {block_size}")
-    k_arg, v_arg = k, v
-    q_rows = k_rows = v_rows = (0, 0, 0)
+    k_arg, v_arg, k_rows, v_rows = k, v, (0, 0, 0), (0, 0, 0)
     if cfg["DESC"]:
         if d & (d - 1) or k.stride(-1) != 1 or v.stride(-1) != 1:
             raise ValueError("tensor descriptors (DESC) need a power-of-two head_dim and contiguous last dims of k and v")
-        if cfg["DESC"] == 3:
-            views = [rows_view(t, cfg["BLOCK_N"]) for t in (k, v)]
-            if None in views and tiles and tiles.get("DESC") == 3:
-                raise ValueError("DESC 3 needs k and v in [B, H, L, D] or [B, L, H, D] memory layout")
-            if None in views:  # other layouts: descriptors built on the device per (batch, KV head)
-                cfg["DESC"] = 1
-            else:
-                (k_arg, *k_rows), (v_arg, *v_rows) = views
-        if cfg["DESC"] == 1:
-            _ensure_tma_allocator()
-        elif cfg["DESC"] == 2:
-            from triton.tools.tensor_descriptor import TensorDescriptor
-
-            k_arg, v_arg = (TensorDescriptor.from_tensor(t, [1, 1, cfg["BLOCK_N"], d]) for t in (k, v))
-    q_arg = q
-    if cfg["Q_DESC"]:
-        view = rows_view(q, cfg["BLOCK_M"])
-        if view is None:
-            raise ValueError("Q_DESC needs q in [B, H, L, D] or [B, L, H, D] memory layout")
-        q_arg, *q_rows = view
+    if cfg["DESC"] == 2:
+        views = [rows_descriptor(t, cfg["BLOCK_N"]) for t in (k, v)]
+        if None not in views:
+            (k_arg, *k_rows), (v_arg, *v_rows) = views
+        elif tiles and tiles.get("DESC") == 2:
+            raise ValueError("DESC 2 needs k and v in [B, H, L, D] or [B, L, H, D] memory layout")
+        else:  # other layouts: descriptors built on the device per (batch, KV head)
+            cfg["DESC"] = 1
+    if cfg["DESC"] == 1:
+        _ensure_tma_allocator()
     grid = (triton.cdiv(q_len, cfg["BLOCK_M"]) * b * hq,)
     _block_sparse_fwd[grid](
-        q_arg, k_arg, v_arg, out, kv_num_blocks, kv_indices, scale * 1.4426950408889634,
+        q, k_arg, v_arg, out, kv_num_blocks, kv_indices, scale * 1.4426950408889634,
         *q.stride(), *k.stride(), *v.stride(), *out.stride(),
         *kv_num_blocks.stride(), *kv_indices.stride()[:3],
-        hq, hq // hkv, q_len, kv_len, *q_rows, *k_rows, *v_rows,
-        2 * torch.cuda.get_device_properties(q.device).multi_processor_count if cfg["PREFETCH_Q"] else 0,
+        hq, hq // hkv, q_len, kv_len, *k_rows, *v_rows,
         HEAD_DIM=d, D_P2=triton.next_power_of_2(d), SEL_BLOCK=block_size, **cfg,
     )
     return out
