@@ -152,6 +152,49 @@ def test_sparse_random_mask_matches_reference(b, hq, hkv, q_len, kv_len, d, bs, 
     assert rel_err(out, expected) < TOL[dtype]
 
 
+@pytest.mark.parametrize("layout", ["bhld", "blhd"])
+@pytest.mark.parametrize(
+    "b,hq,hkv,q_len,kv_len,d,bs,density",
+    [
+        (2, 4, 2, 100, 300, 32, 32, 0.5),  # batch 2, GQA, misaligned causal offset: rows past kv_len are other keys
+        (1, 2, 1, 200, 200, 64, 128, 1.0),  # two key tiles per block, partial last block
+    ],
+)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+def test_host_row_descriptors_match_reference(layout, b, hq, hkv, q_len, kv_len, d, bs, density, dtype):
+    """The Hopper default (DESC 2: 2-D descriptors built on the host over the rows of K/V) in both memory
+    layouts it accepts; keys read past kv_len belong to the next head or batch and must be masked out."""
+    def rand(h, n):
+        if layout == "bhld":
+            return torch.randn(b, h, n, d, device=DEVICE, dtype=dtype)
+        return torch.randn(b, n, h, d, device=DEVICE, dtype=dtype).transpose(1, 2)
+
+    q, k, v = rand(hq, q_len), rand(hkv, kv_len), rand(hkv, kv_len)
+    cnt, idx = random_selection(b, hq, q_len, kv_len, bs, density, DEVICE)
+    out = torch.full_like(q, float("nan"))
+    tiles = {**block_sparse.default_tiles(bs, d), "DESC": 2}
+    block_sparse.block_sparse_attention(q, k, v, cnt, idx, bs, out=out, tiles=tiles)
+    assert torch.isfinite(out).all(), "some output elements were not written"
+    expected = ref.block_sparse_attention(q.float(), k.float(), v.float(), cnt, idx, bs)
+    assert rel_err(out, expected) < TOL[dtype]
+
+
+def test_rows_descriptor_layouts():
+    """Where each (batch, head) starts in the 2-D row view, for the two accepted layouts; None otherwise,
+    and an explicit DESC 2 request with such a layout is refused."""
+    b, h, n, d = 2, 3, 40, 16
+    bhld = torch.randn(b, h, n, d, device=DEVICE)
+    blhd = torch.randn(b, n, h, d, device=DEVICE).transpose(1, 2)
+    assert block_sparse.rows_descriptor(bhld, 16)[1:] == (h * n, n, 0)
+    assert block_sparse.rows_descriptor(blhd, 16)[1:] == (n, 0, d)
+    assert block_sparse.rows_descriptor(torch.randn(b, h, 2 * n, d, device=DEVICE)[:, :, ::2], 16)[1:] == (h * n, n, 0)
+    strided = torch.randn(b, h + 1, n, d, device=DEVICE)[:, :h]  # batches further apart than H * L rows
+    assert block_sparse.rows_descriptor(strided, 16) is None
+    cnt, idx = random_selection(b, h, n, n, 16, 0.5, DEVICE)
+    with pytest.raises(ValueError, match="DESC 2 needs"):
+        block_sparse.block_sparse_attention(bhld, strided, strided, cnt, idx, 16, tiles={"DESC": 2})
+
+
 def test_sparse_empty_rows_are_zero():
     """A query block with an empty list yields zeros (never NaN); the other rows are unaffected."""
     bs, n = 16, 64
