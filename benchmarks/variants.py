@@ -74,13 +74,7 @@ def _check_variant(name, shapes, gen) -> float:
 
         q, k, v = rand(hq, q_len), rand(hkv, kv_len), rand(hkv, kv_len)
         for density in (1.0, 0.3):
-            valid = ref.causal_block_mask(q_len, kv_len, bs, "cuda")
-            mask = (torch.rand(b, hq, *valid.shape, device="cuda", generator=gen) < density) & valid
-            first, last = ref.query_block_key_bounds(q_len, kv_len, bs, "cuda")
-            rows = torch.arange(first.numel(), device="cuda")
-            mask[..., rows, first] = True
-            mask[..., rows, last] = True
-            cnt, idx = ref.indices_from_block_mask(mask)
+            cnt, idx = ref.random_selection(b, hq, q_len, kv_len, bs, density, "cuda", generator=gen)
             out = torch.full_like(q, float("nan"))
             block_sparse_attention(q, k, v, cnt, idx, bs, out=out, tiles={**ATTN[name], "BLOCK_M": min(128, bs)})
             expected = reference(q.float(), k.float(), v.float(), cnt, idx, bs)

@@ -60,17 +60,11 @@ def test_sparse_kernel_real_sizes(hq, hkv, q_len, kv_len, d, dtype, density):
     q = torch.randn(1, hq, q_len, d, device="cuda", dtype=dtype)
     k = torch.randn(1, hkv, kv_len, d, device="cuda", dtype=dtype)
     v = torch.randn(1, hkv, kv_len, d, device="cuda", dtype=dtype)
-    valid = ref.causal_block_mask(q_len, kv_len, bs, "cuda")
-    mask = (torch.rand(1, hq, *valid.shape, device="cuda") < density) & valid
-    first, last = ref.query_block_key_bounds(q_len, kv_len, bs, "cuda")
-    rows = torch.arange(first.numel(), device="cuda")
-    mask[..., rows, first] = True
-    mask[..., rows, last] = True
-    cnt, idx = ref.indices_from_block_mask(mask)
+    cnt, idx = ref.random_selection(1, hq, q_len, kv_len, bs, density, "cuda")
     out = torch.full_like(q, float("nan"))
     block_sparse_attention(q, k, v, cnt, idx, bs, out=out)
     assert torch.isfinite(out).all(), "unwritten output elements"
-    sample = sampled_rows(first.numel())
+    sample = sampled_rows(cnt.shape[-1])
     expected = sampled_reference(q, k, v, cnt, idx, bs, sample)
     got = torch.cat([out[:, :, r * bs:min((r + 1) * bs, q_len)] for r in sample], dim=2)
     assert rel_err(got, expected) < TOL[dtype]

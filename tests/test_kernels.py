@@ -1,6 +1,5 @@
 """Each Triton kernel against its plain-PyTorch twin on fresh random inputs (interpreter on CPU)."""
 import itertools
-import math
 
 import pytest
 import torch
@@ -13,17 +12,6 @@ ON_GPU = DEVICE == "cuda"
 FLOAT_DTYPES = [torch.float32, torch.float16] + ([torch.bfloat16] if ON_GPU else [])
 # bf16 operands: error up to ~1e-2; fp16 ~1e-3; fp32 (tf32 dots on GPU) ~1e-3.
 TOL = {torch.float32: 2e-3, torch.float16: 5e-3, torch.bfloat16: 2e-2}
-
-
-def random_selection(b, hq, q_len, kv_len, bs, density, device, diagonal=True):
-    valid = ref.causal_block_mask(q_len, kv_len, bs, device)
-    mask = (torch.rand(b, hq, *valid.shape, device=device) < density) & valid
-    if diagonal:
-        first, last = ref.query_block_key_bounds(q_len, kv_len, bs, device)
-        rows = torch.arange(first.numel(), device=device)
-        mask[..., rows, first] = True
-        mask[..., rows, last] = True
-    return ref.indices_from_block_mask(mask)
 
 
 def band_dims(d):
@@ -111,7 +99,7 @@ def _run_sparse(b, hq, hkv, q_len, kv_len, d, bs, dtype, density):
     q = torch.randn(b, hq, q_len, d, device=DEVICE, dtype=dtype)
     k = torch.randn(b, hkv, kv_len, d, device=DEVICE, dtype=dtype)
     v = torch.randn(b, hkv, kv_len, d, device=DEVICE, dtype=dtype)
-    cnt, idx = random_selection(b, hq, q_len, kv_len, bs, density, DEVICE)
+    cnt, idx = ref.random_selection(b, hq, q_len, kv_len, bs, density, DEVICE)
     out = torch.full_like(q, float("nan"))  # poisoned: every element must be written
     block_sparse.block_sparse_attention(q, k, v, cnt, idx, bs, out=out)
     assert torch.isfinite(out).all(), "some output elements were not written"
@@ -170,7 +158,7 @@ def test_host_row_descriptors_match_reference(layout, b, hq, hkv, q_len, kv_len,
         return torch.randn(b, n, h, d, device=DEVICE, dtype=dtype).transpose(1, 2)
 
     q, k, v = rand(hq, q_len), rand(hkv, kv_len), rand(hkv, kv_len)
-    cnt, idx = random_selection(b, hq, q_len, kv_len, bs, density, DEVICE)
+    cnt, idx = ref.random_selection(b, hq, q_len, kv_len, bs, density, DEVICE)
     out = torch.full_like(q, float("nan"))
     tiles = {**block_sparse.default_tiles(bs, d), "DESC": 2}
     block_sparse.block_sparse_attention(q, k, v, cnt, idx, bs, out=out, tiles=tiles)
@@ -190,7 +178,7 @@ def test_rows_descriptor_layouts():
     assert block_sparse.rows_descriptor(torch.randn(b, h, 2 * n, d, device=DEVICE)[:, :, ::2], 16)[1:] == (h * n, n, 0)
     strided = torch.randn(b, h + 1, n, d, device=DEVICE)[:, :h]  # batches further apart than H * L rows
     assert block_sparse.rows_descriptor(strided, 16) is None
-    cnt, idx = random_selection(b, h, n, n, 16, 0.5, DEVICE)
+    cnt, idx = ref.random_selection(b, h, n, n, 16, 0.5, DEVICE)
     with pytest.raises(ValueError, match="DESC 2 needs"):
         block_sparse.block_sparse_attention(bhld, strided, strided, cnt, idx, 16, tiles={"DESC": 2})
 
@@ -214,7 +202,7 @@ def test_output_into_transposed_buffer():
     """The launcher writes into any strided `out`, e.g. the [B, L, H, D] layout transformers wants."""
     b, h, n, d, bs = 1, 3, 80, 64, 16
     q, k, v = (torch.randn(b, h, n, d, device=DEVICE) for _ in range(3))
-    cnt, idx = random_selection(b, h, n, n, bs, 0.5, DEVICE)
+    cnt, idx = ref.random_selection(b, h, n, n, bs, 0.5, DEVICE)
     buf = torch.full((b, n, h, d), float("nan"), device=DEVICE)
     block_sparse.block_sparse_attention(q, k, v, cnt, idx, bs, out=buf.transpose(1, 2))
     assert torch.isfinite(buf).all()

@@ -146,6 +146,21 @@ def select_blocks(
     return indices_from_block_mask(mask)
 
 
+def random_selection(b: int, hq: int, q_len: int, kv_len: int, block_size: int, density: float, device=None,
+                     generator: torch.Generator | None = None, diagonal: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """A random causal block selection (for tests and benchmarks): each visible key block with probability
+    `density`, plus (diagonal=True) the first and last key blocks holding each query block's own positions.
+    Returns (kv_num_blocks, kv_indices)."""
+    valid = causal_block_mask(q_len, kv_len, block_size, device)
+    mask = (torch.rand(b, hq, *valid.shape, device=device, generator=generator) < density) & valid
+    if diagonal:
+        first, last = query_block_key_bounds(q_len, kv_len, block_size, device)
+        rows = torch.arange(first.numel(), device=device)
+        mask[..., rows, first] = True
+        mask[..., rows, last] = True
+    return indices_from_block_mask(mask)
+
+
 def indices_from_block_mask(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """[B, H, NQB, NKB] bool -> (kv_num_blocks int32, kv_indices int32 ascending, padded with -1)."""
     nkb = mask.shape[-1]
