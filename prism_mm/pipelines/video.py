@@ -145,6 +145,11 @@ def build_inputs(processor, model_config, video_path: str, question: str, opts: 
     text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     meta = {"fps": float(metadata["fps"]), "frames_indices": list(metadata["frames_indices"]),
             "total_num_frames": int(metadata["total_num_frames"])}
+    video_processor = getattr(processor, "video_processor", None)
+    if getattr(video_processor, "cap_pixels_per_frame", False) is None:
+        # The frames come sized by qwen-vl-utils, which applies the per-frame pixel cap (the reference behaviour);
+        # with do_resize=False the flag changes nothing here, and setting it silences newer transformers' warning.
+        video_processor.cap_pixels_per_frame = True
     inputs = processor(text=[text], videos=[frames], video_metadata=[meta], do_resize=False, do_sample_frames=False,
                        return_tensors="pt")
     video_token = getattr(model_config, "video_token_id", None)
