@@ -130,7 +130,12 @@ def main():
     ap.add_argument("--masks", type=int, default=3, help="random block masks (input sets) per density")
     ap.add_argument("--models", nargs="*", choices=list(SHAPES), default=list(SHAPES))
     ap.add_argument("--out", default="benchmarks/results")
+    ap.add_argument("--plot-only", type=Path, metavar="JSON", help="redraw the plot of a results JSON and exit")
     args = ap.parse_args()
+    if args.plot_only:
+        data = json.loads(args.plot_only.read_text())
+        plot(data["rows"], data["meta"], args.plot_only.with_suffix(".png"))
+        return
     if not torch.cuda.is_available():
         raise SystemExit("benchmarks.kernels needs a CUDA GPU")
     dev = torch.cuda.get_device_name()
@@ -214,8 +219,52 @@ def write(rows, meta, out_dir: Path, quiet: bool = False):
         tfl = f"{r['tflops']:.0f}" if "tflops" in r else ""
         lines.append(f"| {r['model']} | {r['n'] // 1024}K | {r['method']} | {dens} | {r['ms']:.3f} | {tfl} | {ratio_s} | {flex} |")
     (out_dir / f"kernels-{tag}.md").write_text("\n".join(lines) + "\n")
+    plot(rows, meta, out_dir / f"kernels-{tag}.png")
     if not quiet:
         print("\n".join(lines))
+
+
+def plot(rows, meta, path: Path) -> None:
+    """Per model, against density, one line per length: Prism's speed-up over cuDNN dense (kernel, and with the
+    estimation), its speed-up over FlexAttention on the same masks, and its time over density x its own
+    density-1.0 time (issue #3's "time follows density" bound: 1.25)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = sorted({r["model"] for r in rows})
+    fig, axes = plt.subplots(len(models), 3, figsize=(15, 4 * len(models)), squeeze=False)
+    for (ax_dense, ax_flex, ax_follow), model in zip(axes, models):
+        for i, n in enumerate(sorted({r["n"] for r in rows if r["model"] == model})):
+            mine = sorted((r["density"], r) for r in rows if r["model"] == model and r["n"] == n and r["method"] == "prism_sparse")
+            flex = sorted((r["density"], r["prism_speedup_vs_flex"]) for r in rows
+                          if r["model"] == model and r["n"] == n and r["method"] == "flex")
+            if not mine:
+                continue
+            style, label = dict(color=f"C{i}"), f"{n // 1024}K"
+            dens = [d for d, _ in mine]
+            ax_dense.plot(dens, [r["speedup_vs_cudnn"] for _, r in mine], "o-", label=label, **style)
+            ax_dense.plot(dens, [r["e2e_speedup_vs_cudnn"] for _, r in mine], ":", **style)
+            if flex:
+                ax_flex.plot([d for d, _ in flex], [x for _, x in flex], "o-", label=label, **style)
+            one = [r["ms"] for d, r in mine if d > 0.99]
+            if one:
+                ax_follow.plot(dens[:-1], [r["ms"] / (d * one[0]) for d, r in mine[:-1]], "o-", label=label, **style)
+        ax_dense.axhline(1, color="gray", lw=0.8)
+        ax_dense.set(xscale="log", yscale="log", xlabel="block density", ylabel="x SDPA cuDNN dense",
+                     title=f"{model}: kernel (o-), with estimation (:)")
+        ax_flex.axhline(1.2, color="red", lw=0.8, ls="--", label="1.2")
+        ax_flex.set(xscale="log", xlabel="block density", ylabel="x FlexAttention, same masks", title=f"{model}: vs FlexAttention")
+        ax_follow.axhline(1.25, color="red", lw=0.8, ls="--", label="bound 1.25")
+        ax_follow.set(xscale="log", xlabel="block density", ylabel="time / (density x time at density 1.0)",
+                      title=f"{model}: does time follow density?")
+        for ax in (ax_dense, ax_flex, ax_follow):
+            ax.legend(fontsize=7)
+    fig.suptitle(f"{meta['device']}, bf16, head_dim {meta['head_dim']}, block {meta['block_size']}, batch 1", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 if __name__ == "__main__":
