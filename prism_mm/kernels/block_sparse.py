@@ -25,7 +25,8 @@ def _kv_tile(src, row0, col0, start_n, offs_n, offs_d, kv_len, stride_l, stride_
     DESC 0: pointers (src already offset to the (batch, KV head)). 1: a 2-D tensor descriptor built on the
     device for that (batch, KV head); rows past kv_len read as zeros. 2: a 2-D descriptor built on the host
     over the rows of the whole tensor, this (batch, KV head) starting at (row0, col0); rows past kv_len are
-    the next head's or batch's keys (zeros past the tensor), which the causal mask removes.
+    the next head's or batch's keys (zeros past the tensor), which the causal mask removes (their values get
+    weight exactly 0, so they only need to be finite, as any real K/V tensor is).
     """
     if DESC == 2:
         tile = src.load([row0 + start_n, col0])
