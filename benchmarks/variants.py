@@ -61,8 +61,6 @@ def check_variants(names, results) -> None:
 
 
 def _check_variant(name, shapes, gen) -> float:
-    from prism_mm.kernels.reference import block_sparse_attention as reference
-
     worst = 0.0
     for b, hq, hkv, q_len, kv_len, d, bs in shapes:
         blhd, q_len = q_len < 0, abs(q_len)
@@ -77,7 +75,7 @@ def _check_variant(name, shapes, gen) -> float:
             cnt, idx = ref.random_selection(b, hq, q_len, kv_len, bs, density, "cuda", generator=gen)
             out = torch.full_like(q, float("nan"))
             block_sparse_attention(q, k, v, cnt, idx, bs, out=out, tiles={**ATTN[name], "BLOCK_M": min(128, bs)})
-            expected = reference(q.float(), k.float(), v.float(), cnt, idx, bs)
+            expected = ref.block_sparse_attention(q.float(), k.float(), v.float(), cnt, idx, bs)
             err = ((out.float() - expected).norm() / expected.norm()).item() if torch.isfinite(out).all() else float("inf")
             worst = max(worst, err)
     return worst

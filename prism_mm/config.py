@@ -36,9 +36,9 @@ class PrismConfig:
         force_diagonal: always keep the key block(s) holding the query block's own positions.
         min_sparse_len: query lengths below this use dense attention.
         max_density: when the selection keeps more than this fraction of the causal blocks (mean over
-            batch and heads), run dense SDPA instead: at density 1.0 the sparse kernel runs at 0.92-0.98x
-            of cuDNN's dense throughput on an H100 (32K-128K), so a nearly dense selection is faster dense. 1.0 disables this (and
-            the one host sync per layer it costs).
+            batch and heads), run dense SDPA instead: at density 1.0 the sparse kernel runs at 0.92-0.97x
+            of cuDNN's dense throughput on an H100 (32K-128K), so a nearly dense selection is faster dense.
+            1.0 disables this (and the one host sync per layer it costs).
         method: the block-selection algorithm ("prism": dual-band calibrated top-p of the paper).
     """
 

@@ -95,13 +95,17 @@ def test_ladder_covers_every_row_once():
             assert int(last[start:end].max()) < width  # every causal key block fits in the row width
 
 
-def _run_sparse(b, hq, hkv, q_len, kv_len, d, bs, dtype, density):
-    q = torch.randn(b, hq, q_len, d, device=DEVICE, dtype=dtype)
-    k = torch.randn(b, hkv, kv_len, d, device=DEVICE, dtype=dtype)
-    v = torch.randn(b, hkv, kv_len, d, device=DEVICE, dtype=dtype)
+def _run_sparse(b, hq, hkv, q_len, kv_len, d, bs, dtype, density, layout="bhld", tiles=None):
+    """q/k/v in [B, H, L, D] memory ("bhld") or transformers' [B, L, H, D] viewed as [B, H, L, D] ("blhd")."""
+    def rand(h, n):
+        if layout == "bhld":
+            return torch.randn(b, h, n, d, device=DEVICE, dtype=dtype)
+        return torch.randn(b, n, h, d, device=DEVICE, dtype=dtype).transpose(1, 2)
+
+    q, k, v = rand(hq, q_len), rand(hkv, kv_len), rand(hkv, kv_len)
     cnt, idx = ref.random_selection(b, hq, q_len, kv_len, bs, density, DEVICE)
     out = torch.full_like(q, float("nan"))  # poisoned: every element must be written
-    block_sparse.block_sparse_attention(q, k, v, cnt, idx, bs, out=out)
+    block_sparse.block_sparse_attention(q, k, v, cnt, idx, bs, out=out, tiles=tiles)
     assert torch.isfinite(out).all(), "some output elements were not written"
     expected = ref.block_sparse_attention(q.float(), k.float(), v.float(), cnt, idx, bs)
     return out, expected, (q, k, v)
@@ -152,18 +156,8 @@ def test_sparse_random_mask_matches_reference(b, hq, hkv, q_len, kv_len, d, bs, 
 def test_host_row_descriptors_match_reference(layout, b, hq, hkv, q_len, kv_len, d, bs, density, dtype):
     """The Hopper default (DESC 2: 2-D descriptors built on the host over the rows of K/V) in both memory
     layouts it accepts; keys read past kv_len belong to the next head or batch and must be masked out."""
-    def rand(h, n):
-        if layout == "bhld":
-            return torch.randn(b, h, n, d, device=DEVICE, dtype=dtype)
-        return torch.randn(b, n, h, d, device=DEVICE, dtype=dtype).transpose(1, 2)
-
-    q, k, v = rand(hq, q_len), rand(hkv, kv_len), rand(hkv, kv_len)
-    cnt, idx = ref.random_selection(b, hq, q_len, kv_len, bs, density, DEVICE)
-    out = torch.full_like(q, float("nan"))
     tiles = {**block_sparse.default_tiles(bs, d), "DESC": 2}
-    block_sparse.block_sparse_attention(q, k, v, cnt, idx, bs, out=out, tiles=tiles)
-    assert torch.isfinite(out).all(), "some output elements were not written"
-    expected = ref.block_sparse_attention(q.float(), k.float(), v.float(), cnt, idx, bs)
+    out, expected, _ = _run_sparse(b, hq, hkv, q_len, kv_len, d, bs, dtype, density, layout, tiles)
     assert rel_err(out, expected) < TOL[dtype]
 
 

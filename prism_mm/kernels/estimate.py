@@ -14,7 +14,6 @@ Twin: reference.select_blocks.
 """
 from __future__ import annotations
 
-
 import torch
 import triton
 import triton.language as tl
