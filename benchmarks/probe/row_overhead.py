@@ -1,16 +1,17 @@
 """Probe: where the fixed per-query-tile cost of the sparse kernel goes, on the benchmark's realistic masks.
 
-A copy of the kernel's program body (prism_mm.kernels.block_sparse, host row descriptors) with switches:
-  TAIL_HOST  the number of key blocks that need the causal mask comes from the host (1 when the causal
-             offset is a multiple of the block size, else 2) instead of loading the last two list entries
-  CNT_FIRST  the list length is loaded before the query tile (its latency overlaps the Q load)
-  IDX_EARLY  (with CNT_FIRST) the first list entry is loaded there too
-  MASK_FIRST the masked tail tiles run before the unmasked ones
-  PERSIST    a persistent grid (two programs per SM) walking the query tiles in the launch order
-and two diagnostic switches that give wrong results on purpose, to bound what a fix can save:
-  NO_MASK    no causal masking on the tail tiles;  NO_QO  no Q load (zeros) and no O store.
+A copy of the kernel's program body (prism_mm.kernels.block_sparse with host row descriptors, batch 1), with switches
+around the query-tile read and the output write, each timed against the product kernel on the same masks:
+  Q_EVICT / O_EVICT  the Q load / O store with an evict-first L2 policy (both are touched once; K/V are reused)
+  Q_TMA / O_TMA      the Q tile read / O tile written by TMA through host descriptors
+and diagnostic switches that give wrong results on purpose, to bound what a fix could save: NO_Q (no Q load),
+NO_O (no O store), Q_HOT (every program reads the same few query tiles, so its Q load always hits L2).
+Results (NVIDIA H100, triton 3.6): row_overhead-h100.txt (round 1), row_overhead2-h100.txt (round 2),
+row_overhead3-h100.txt (round 3, this code). Round 1 (commit 3b37e5b) switched the tail-block count to the host,
+loaded the list length / first entry before Q, ran masked tiles first, tried a persistent grid and dropped the
+causal mask: all within noise except the persistent grid (16-27% slower). Round 2 added the eviction policies and
+the TMA store (no effect); O_EVICT alone and O_TMA alone are not in VARIANTS any more. Summary: benchmarks/NOTES.md.
 Run on a GPU: PYTHONPATH=. python benchmarks/probe/row_overhead.py [LENGTH ...] [--densities D ...]
-(output: row_overhead-h100.txt)
 """
 import statistics
 import sys
@@ -21,15 +22,22 @@ import triton.language as tl
 
 from benchmarks.kernels import BS, D, bench, realistic_mask
 from prism_mm.kernels import reference as ref
-from prism_mm.kernels.block_sparse import _kv_tile, _softmax_pv, _tile_start, block_sparse_attention, rows_descriptor
+from prism_mm.kernels.block_sparse import (
+    _kv_tile,
+    _softmax_pv,
+    _tile_start,
+    block_sparse_attention,
+    rows_descriptor,
+)
 
 
 @triton.jit
-def _row(Q, K, V, O, CNT, IDX, qk_scale, t, s_qh, s_ql, s_oh, s_ol, s_ch, s_cm, s_ih, s_im, GROUP, q_len, kv_len, kv_rows,
-         HEAD_DIM: tl.constexpr, SEL_BLOCK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-         TAIL_HOST: tl.constexpr, TAIL: tl.constexpr, CNT_FIRST: tl.constexpr, MASK_FIRST: tl.constexpr,
-         NO_MASK: tl.constexpr, NO_QO: tl.constexpr, IDX_EARLY: tl.constexpr):
+def _probe_fwd(Q, QD, K, V, O, CNT, IDX, qk_scale, s_qh, s_ql, s_oh, s_ol, s_ch, s_cm, s_ih, s_im, GROUP, q_len, kv_len,
+               kv_rows, HEAD_DIM: tl.constexpr, SEL_BLOCK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+               Q_EVICT: tl.constexpr, O_EVICT: tl.constexpr, O_TMA: tl.constexpr, NO_Q: tl.constexpr,
+               NO_O: tl.constexpr, Q_TMA: tl.constexpr, Q_HOT: tl.constexpr):
     n_m = tl.cdiv(q_len, BLOCK_M)
+    t = tl.program_id(0)
     m_tile = n_m - 1 - t % n_m
     h = t // n_m  # batch 1
     kvh = h // GROUP
@@ -41,93 +49,69 @@ def _row(Q, K, V, O, CNT, IDX, qk_scale, t, s_qh, s_ql, s_oh, s_ol, s_ch, s_cm, 
     offs_d = tl.arange(0, HEAD_DIM)
     cnt_ptr = CNT + h * s_ch + row * s_cm
     idx_ptr = IDX + h.to(tl.int64) * s_ih + row.to(tl.int64) * s_im
-    if CNT_FIRST:
-        n = tl.load(cnt_ptr)
-        if IDX_EARLY:  # the first list entry in flight with the Q load (list entries are >= -1: n is unchanged)
-            n = tl.where(tl.load(idx_ptr) < -1, 0, n)
     q_ptrs = Q + h.to(tl.int64) * s_qh + offs_m[:, None].to(tl.int64) * s_ql + offs_d[None, :]
     qmask = (offs_m < q_len)[:, None]
-    if NO_QO:
+    if NO_Q:
         q = tl.full([BLOCK_M, HEAD_DIM], 0.01, dtype=Q.dtype.element_ty)
+    elif Q_TMA:  # Q: a host descriptor over the rows of [1, H, L, D]
+        q = QD.load([h * q_len + q_start, 0])
+    elif Q_HOT:  # every program reads the first query tile of its head's first KV group: an L2 hit
+        q = tl.load(Q + (kvh * GROUP).to(tl.int64) * s_qh + tl.arange(0, BLOCK_M)[:, None] * s_ql + offs_d[None, :])
+    elif Q_EVICT:
+        q = tl.load(q_ptrs, mask=qmask, other=0.0, eviction_policy="evict_first")
     else:
         q = tl.load(q_ptrs, mask=qmask, other=0.0)
-    if not CNT_FIRST:
-        n = tl.load(cnt_ptr)
+    n = tl.load(cnt_ptr)
     row0 = kvh * kv_rows
     offs_m_abs = offset + offs_m
-    if TAIL_HOST:
-        n_tail = tl.minimum(n, TAIL)
-    else:
-        first_masked = (offset + q_start + 1) // SEL_BLOCK
-        last = tl.load(idx_ptr + n - 1, mask=n >= 1, other=-1)
-        second_last = tl.load(idx_ptr + n - 2, mask=n >= 2, other=-1)
-        n_tail = (last >= first_masked).to(tl.int32) + (second_last >= first_masked).to(tl.int32)
+    first_masked = (offset + q_start + 1) // SEL_BLOCK
+    last = tl.load(idx_ptr + n - 1, mask=n >= 1, other=-1)
+    second_last = tl.load(idx_ptr + n - 2, mask=n >= 2, other=-1)
+    n_tail = (last >= first_masked).to(tl.int32) + (second_last >= first_masked).to(tl.int32)
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
     SUBS: tl.constexpr = SEL_BLOCK // BLOCK_N
     n_free = (n - n_tail) * SUBS
-    if MASK_FIRST:
-        for j in tl.range(n_free, n * SUBS):
-            start_n = _tile_start(idx_ptr, j, SEL_BLOCK, BLOCK_N)
-            k = _kv_tile(K, row0, 0, start_n, offs_n, offs_d, kv_len, 0, 0, HEAD_DIM, True, 2)
-            s = tl.dot(q, tl.trans(k))
-            if not NO_MASK:
-                s = tl.where(start_n + offs_n[None, :] <= offs_m_abs[:, None], s, float("-inf"))
-            v = _kv_tile(V, row0, 0, start_n, offs_n, offs_d, kv_len, 0, 0, HEAD_DIM, True, 2)
-            acc, m_i, l_i = _softmax_pv(acc, m_i, l_i, s, v, qk_scale, not NO_MASK)
     for j in tl.range(0, n_free):
         start_n = _tile_start(idx_ptr, j, SEL_BLOCK, BLOCK_N)
         k = _kv_tile(K, row0, 0, start_n, offs_n, offs_d, kv_len, 0, 0, HEAD_DIM, False, 2)
         s = tl.dot(q, tl.trans(k))
         v = _kv_tile(V, row0, 0, start_n, offs_n, offs_d, kv_len, 0, 0, HEAD_DIM, False, 2)
-        acc, m_i, l_i = _softmax_pv(acc, m_i, l_i, s, v, qk_scale, False)  # visible keys: m stays finite
-    if not MASK_FIRST:
-        for j in tl.range(n_free, n * SUBS):
-            start_n = _tile_start(idx_ptr, j, SEL_BLOCK, BLOCK_N)
-            k = _kv_tile(K, row0, 0, start_n, offs_n, offs_d, kv_len, 0, 0, HEAD_DIM, True, 2)
-            s = tl.dot(q, tl.trans(k))
-            if not NO_MASK:
-                s = tl.where(start_n + offs_n[None, :] <= offs_m_abs[:, None], s, float("-inf"))
-            v = _kv_tile(V, row0, 0, start_n, offs_n, offs_d, kv_len, 0, 0, HEAD_DIM, True, 2)
-            acc, m_i, l_i = _softmax_pv(acc, m_i, l_i, s, v, qk_scale, not NO_MASK)
+        acc, m_i, l_i = _softmax_pv(acc, m_i, l_i, s, v, qk_scale, False)
+    for j in tl.range(n_free, n * SUBS):
+        start_n = _tile_start(idx_ptr, j, SEL_BLOCK, BLOCK_N)
+        k = _kv_tile(K, row0, 0, start_n, offs_n, offs_d, kv_len, 0, 0, HEAD_DIM, True, 2)
+        s = tl.dot(q, tl.trans(k))
+        s = tl.where(start_n + offs_n[None, :] <= offs_m_abs[:, None], s, float("-inf"))
+        v = _kv_tile(V, row0, 0, start_n, offs_n, offs_d, kv_len, 0, 0, HEAD_DIM, True, 2)
+        acc, m_i, l_i = _softmax_pv(acc, m_i, l_i, s, v, qk_scale, True)
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
-    out = (acc / l_safe[:, None]).to(O.dtype.element_ty)
-    o_ptrs = O + h.to(tl.int64) * s_oh + offs_m[:, None].to(tl.int64) * s_ol + offs_d[None, :]
-    if NO_QO:
-        tl.store(o_ptrs, out, mask=qmask & (l_i < 0.0)[:, None])  # never true: keeps the work, skips the write
+    out = (acc / l_safe[:, None]).to(Q.dtype.element_ty)
+    if O_TMA:  # O: a host descriptor over the rows of a [1, L, H, D] buffer (q_len a multiple of BLOCK_M)
+        O.store([q_start, h * HEAD_DIM], out)
     else:
-        tl.store(o_ptrs, out, mask=qmask)
-
-
-@triton.jit
-def _probe_fwd(Q, K, V, O, CNT, IDX, qk_scale, s_qh, s_ql, s_oh, s_ol, s_ch, s_cm, s_ih, s_im,
-               GROUP, q_len, kv_len, kv_rows, total,
-               HEAD_DIM: tl.constexpr, SEL_BLOCK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-               TAIL_HOST: tl.constexpr, TAIL: tl.constexpr, CNT_FIRST: tl.constexpr, MASK_FIRST: tl.constexpr,
-               PERSIST: tl.constexpr, NO_MASK: tl.constexpr, NO_QO: tl.constexpr, IDX_EARLY: tl.constexpr):
-    if PERSIST:
-        for t in range(tl.program_id(0), total, tl.num_programs(0)):
-            _row(Q, K, V, O, CNT, IDX, qk_scale, t, s_qh, s_ql, s_oh, s_ol, s_ch, s_cm, s_ih, s_im, GROUP, q_len, kv_len,
-                 kv_rows, HEAD_DIM, SEL_BLOCK, BLOCK_M, BLOCK_N, TAIL_HOST, TAIL, CNT_FIRST, MASK_FIRST, NO_MASK, NO_QO, IDX_EARLY)
-    else:
-        _row(Q, K, V, O, CNT, IDX, qk_scale, tl.program_id(0), s_qh, s_ql, s_oh, s_ol, s_ch, s_cm, s_ih, s_im, GROUP,
-             q_len, kv_len, kv_rows, HEAD_DIM, SEL_BLOCK, BLOCK_M, BLOCK_N, TAIL_HOST, TAIL, CNT_FIRST, MASK_FIRST,
-             NO_MASK, NO_QO, IDX_EARLY)
+        o_ptrs = O + h.to(tl.int64) * s_oh + offs_m[:, None].to(tl.int64) * s_ol + offs_d[None, :]
+        if NO_O:
+            tl.store(o_ptrs, out, mask=qmask & (l_i < 0.0)[:, None])  # never true: keeps the work, skips the write
+        elif O_EVICT:
+            tl.store(o_ptrs, out, mask=qmask, eviction_policy="evict_first")
+        else:
+            tl.store(o_ptrs, out, mask=qmask)
 
 
 VARIANTS = {
     "base": {},
-    "tail-host": dict(TAIL_HOST=1),
-    "tail-host+cnt-first": dict(TAIL_HOST=1, CNT_FIRST=1),
-    "tail-host+cnt-first+idx-early": dict(TAIL_HOST=1, CNT_FIRST=1, IDX_EARLY=1),
-    "tail-host+mask-first": dict(TAIL_HOST=1, MASK_FIRST=1),
-    "persist": dict(PERSIST=1),
-    "persist+tail-host+cnt-first": dict(PERSIST=1, TAIL_HOST=1, CNT_FIRST=1),
-    "persist+tail-host+cnt-first+idx-early": dict(PERSIST=1, TAIL_HOST=1, CNT_FIRST=1, IDX_EARLY=1),
-    "diag:no-mask": dict(TAIL_HOST=1, NO_MASK=1),
-    "diag:no-qo": dict(TAIL_HOST=1, NO_QO=1),
+    "q-evict-first": dict(Q_EVICT=1),
+    "o-tma+q-evict-first": dict(O_TMA=1, Q_EVICT=1),
+    "q-tma": dict(Q_TMA=1),
+    "diag:no-q": dict(NO_Q=1),
+    "diag:q-hot": dict(Q_HOT=1),
+    "diag:no-o": dict(NO_O=1),
 }
+
+
+KERNELS = {}  # compiled kernel per switch set (registers, spills)
 
 
 def probe(q, k, v, cnt, idx, out, **sw):
@@ -135,15 +119,14 @@ def probe(q, k, v, cnt, idx, out, **sw):
     hq, q_len, hkv, kv_len = q.shape[1], q.shape[2], k.shape[1], k.shape[2]
     kd, _, kv_rows, _ = rows_descriptor(k, 64)
     vd, *_ = rows_descriptor(v, 64)
-    total = triton.cdiv(q_len, 128) * hq
-    persist = sw.get("PERSIST", 0)
-    slots = 2 * torch.cuda.get_device_properties(0).multi_processor_count if q.is_cuda else 3
-    grid = (min(total, slots) if persist else total,)
-    flags = {**dict(TAIL_HOST=0, CNT_FIRST=0, MASK_FIRST=0, PERSIST=0, NO_MASK=0, NO_QO=0, IDX_EARLY=0), **sw}
-    _probe_fwd[grid](q, kd, vd, out, cnt, idx, q.shape[-1] ** -0.5 * 1.4426950408889634, q.stride(1), q.stride(2),
-                     out.stride(1), out.stride(2), cnt.stride(1), cnt.stride(2), idx.stride(1), idx.stride(2),
-                     hq // hkv, q_len, kv_len, kv_rows, total, HEAD_DIM=D, SEL_BLOCK=BS, BLOCK_M=128, BLOCK_N=64,
-                     TAIL=1 if (kv_len - q_len) % BS == 0 else 2, num_warps=8, num_stages=2, maxnreg=128, **flags)
+    o = rows_descriptor(out, 128)[0] if sw.get("O_TMA") else out
+    qd = rows_descriptor(q, 128)[0] if sw.get("Q_TMA") else q
+    flags = {**dict(Q_EVICT=0, O_EVICT=0, O_TMA=0, NO_Q=0, NO_O=0, Q_TMA=0, Q_HOT=0), **sw}
+    KERNELS[",".join(f"{k}={v}" for k, v in sw.items()) or "base"] = _probe_fwd[(triton.cdiv(q_len, 128) * hq,)](
+        q, qd, kd, vd, o, cnt, idx, q.shape[-1] ** -0.5 * 1.4426950408889634, q.stride(1), q.stride(2),
+        out.stride(1), out.stride(2), cnt.stride(1), cnt.stride(2), idx.stride(1), idx.stride(2),
+        hq // hkv, q_len, kv_len, kv_rows, HEAD_DIM=D, SEL_BLOCK=BS, BLOCK_M=128, BLOCK_N=64,
+        num_warps=8, num_stages=2, maxnreg=128, **flags)
     return out
 
 
@@ -168,6 +151,9 @@ def main(lengths, densities, masks=3, hq=28, hkv=4):
                     if not name.startswith("diag") and not err < 1e-2:
                         print(f"  {name}: WRONG, rel err {err:.2e}")
                     times[name].append(bench(lambda: probe(q, k, v, cnt, idx, out, **sw)))
+            if density == densities[0] and n == lengths[0]:
+                print("  compiled: " + "  ".join(f"{k}: regs {getattr(c, 'n_regs', '?')} spills {getattr(c, 'n_spills', '?')}"
+                                                 for k, c in KERNELS.items()))
             base = statistics.median(times["product"])
             line = "  ".join(f"{name} {statistics.median(t):.3f} ({statistics.median(t) / base:.3f})" for name, t in times.items())
             print(f"{n // 1024}K density {density}: {line}", flush=True)
