@@ -10,7 +10,7 @@ pytest.importorskip("decord")
 pytest.importorskip("qwen_vl_utils")
 
 from prism_mm.pipelines.demo import make_demo_video  # noqa: E402
-from prism_mm.pipelines.video import VideoError, VideoOptions, build_inputs, probe, sample_frames  # noqa: E402
+from prism_mm.pipelines.video import VideoOptions, build_inputs, probe, sample_frames  # noqa: E402
 from prism_mm.pipelines.video_qa import VideoQA, main  # noqa: E402
 from prism_mm.tiny import save_tiny  # noqa: E402
 
