@@ -1,7 +1,7 @@
 """Probe: where the fixed per-query-tile cost of the sparse kernel goes, on the benchmark's realistic masks.
 
-A copy of the kernel's program body (prism_mm.kernels.block_sparse with host row descriptors, batch 1), with switches
-around the query-tile read and the output write, each timed against the product kernel on the same masks:
+The kernel's per-tile work (prism_mm.kernels.block_sparse._attend_row, host row descriptors, batch 1) inside a program
+with switches around the query-tile read and the output write, each timed against the product kernel on the same masks:
   Q_EVICT / O_EVICT  the Q load / O store with an evict-first L2 policy (both are touched once; K/V are reused)
   Q_TMA / O_TMA      the Q tile read / O tile written by TMA through host descriptors
 and diagnostic switches that give wrong results on purpose, to bound what a fix could save: NO_Q (no Q load),
@@ -22,27 +22,15 @@ import triton.language as tl
 
 from benchmarks.kernels import BS, D, bench, realistic_mask
 from prism_mm.kernels import reference as ref
-from prism_mm.kernels.block_sparse import (
-    _kv_tile,
-    _softmax_pv,
-    _tile_start,
-    block_sparse_attention,
-    rows_descriptor,
-)
+from prism_mm.kernels.block_sparse import _attend_row, _program_tile, block_sparse_attention, rows_descriptor
 
 
 @triton.jit
-def _probe_fwd(Q, QD, K, V, O, CNT, IDX, qk_scale, s_qh, s_ql, s_oh, s_ol, s_ch, s_cm, s_ih, s_im, GROUP, q_len, kv_len,
+def _probe_fwd(Q, QD, K, V, O, CNT, IDX, qk_scale, s_qh, s_ql, s_oh, s_ol, s_ch, s_cm, s_ih, s_im, Hq, GROUP, q_len, kv_len,
                kv_rows, HEAD_DIM: tl.constexpr, SEL_BLOCK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                Q_EVICT: tl.constexpr, O_EVICT: tl.constexpr, O_TMA: tl.constexpr, NO_Q: tl.constexpr,
                NO_O: tl.constexpr, Q_TMA: tl.constexpr, Q_HOT: tl.constexpr):
-    n_m = tl.cdiv(q_len, BLOCK_M)
-    t = tl.program_id(0)
-    m_tile = n_m - 1 - t % n_m
-    h = t // n_m  # batch 1
-    kvh = h // GROUP
-    q_start = m_tile * BLOCK_M
-    row = q_start // SEL_BLOCK
+    _, h, kvh, q_start, row = _program_tile(tl.program_id(0), q_len, Hq, GROUP, BLOCK_M, SEL_BLOCK)  # batch 1
     offset = kv_len - q_len
     offs_m = q_start + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
@@ -63,37 +51,15 @@ def _probe_fwd(Q, QD, K, V, O, CNT, IDX, qk_scale, s_qh, s_ql, s_oh, s_ol, s_ch,
         q = tl.load(q_ptrs, mask=qmask, other=0.0)
     n = tl.load(cnt_ptr)
     row0 = kvh * kv_rows
-    offs_m_abs = offset + offs_m
-    first_masked = (offset + q_start + 1) // SEL_BLOCK
-    last = tl.load(idx_ptr + n - 1, mask=n >= 1, other=-1)
-    second_last = tl.load(idx_ptr + n - 2, mask=n >= 2, other=-1)
-    n_tail = (last >= first_masked).to(tl.int32) + (second_last >= first_masked).to(tl.int32)
-    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
-    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-    acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
-    SUBS: tl.constexpr = SEL_BLOCK // BLOCK_N
-    n_free = (n - n_tail) * SUBS
-    for j in tl.range(0, n_free):
-        start_n = _tile_start(idx_ptr, j, SEL_BLOCK, BLOCK_N)
-        k = _kv_tile(K, row0, 0, start_n, offs_n, offs_d, kv_len, 0, 0, HEAD_DIM, False, 2)
-        s = tl.dot(q, tl.trans(k))
-        v = _kv_tile(V, row0, 0, start_n, offs_n, offs_d, kv_len, 0, 0, HEAD_DIM, False, 2)
-        acc, m_i, l_i = _softmax_pv(acc, m_i, l_i, s, v, qk_scale, False)
-    for j in tl.range(n_free, n * SUBS):
-        start_n = _tile_start(idx_ptr, j, SEL_BLOCK, BLOCK_N)
-        k = _kv_tile(K, row0, 0, start_n, offs_n, offs_d, kv_len, 0, 0, HEAD_DIM, True, 2)
-        s = tl.dot(q, tl.trans(k))
-        s = tl.where(start_n + offs_n[None, :] <= offs_m_abs[:, None], s, float("-inf"))
-        v = _kv_tile(V, row0, 0, start_n, offs_n, offs_d, kv_len, 0, 0, HEAD_DIM, True, 2)
-        acc, m_i, l_i = _softmax_pv(acc, m_i, l_i, s, v, qk_scale, True)
-    l_safe = tl.where(l_i == 0.0, 1.0, l_i)
-    out = (acc / l_safe[:, None]).to(Q.dtype.element_ty)
+    out = _attend_row(q, qk_scale, idx_ptr, n, offset, q_start, offs_m, offs_n, offs_d, kv_len,
+                      K, row0, 0, 0, 0, V, row0, 0, 0, 0, HEAD_DIM, HEAD_DIM, SEL_BLOCK, BLOCK_M, BLOCK_N, 2)
+    out = out.to(Q.dtype.element_ty)
     if O_TMA:  # O: a host descriptor over the rows of a [1, L, H, D] buffer (q_len a multiple of BLOCK_M)
         O.store([q_start, h * HEAD_DIM], out)
     else:
         o_ptrs = O + h.to(tl.int64) * s_oh + offs_m[:, None].to(tl.int64) * s_ol + offs_d[None, :]
         if NO_O:
-            tl.store(o_ptrs, out, mask=qmask & (l_i < 0.0)[:, None])  # never true: keeps the work, skips the write
+            tl.store(o_ptrs, out, mask=qmask & (out != out))  # never true (no NaN): keeps the work, skips the write
         elif O_EVICT:
             tl.store(o_ptrs, out, mask=qmask, eviction_policy="evict_first")
         else:
@@ -125,7 +91,7 @@ def probe(q, k, v, cnt, idx, out, **sw):
     KERNELS[",".join(f"{k}={v}" for k, v in sw.items()) or "base"] = _probe_fwd[(triton.cdiv(q_len, 128) * hq,)](
         q, qd, kd, vd, o, cnt, idx, q.shape[-1] ** -0.5 * 1.4426950408889634, q.stride(1), q.stride(2),
         out.stride(1), out.stride(2), cnt.stride(1), cnt.stride(2), idx.stride(1), idx.stride(2),
-        hq // hkv, q_len, kv_len, kv_rows, HEAD_DIM=D, SEL_BLOCK=BS, BLOCK_M=128, BLOCK_N=64,
+        hq, hq // hkv, q_len, kv_len, kv_rows, HEAD_DIM=D, SEL_BLOCK=BS, BLOCK_M=128, BLOCK_N=64,
         num_warps=8, num_stages=2, maxnreg=128, **flags)
     return out
 

@@ -67,6 +67,67 @@ def _tile_start(idx_ptr, j, SEL_BLOCK: tl.constexpr, BLOCK_N: tl.constexpr):
 
 
 @triton.jit
+def _attend_tiles(acc, m_i, l_i, q, qk_scale, idx_ptr, j_lo, j_hi, offs_m_abs, offs_n, offs_d, kv_len,
+                  k_src, k_row0, k_col0, stride_kl, stride_kd, v_src, v_row0, v_col0, stride_vl, stride_vd,
+                  HEAD_DIM: tl.constexpr, SEL_BLOCK: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr,
+                  DESC: tl.constexpr):
+    """The software-pipelined loop over key tiles j_lo..j_hi-1 of a row's list; MASKED applies the causal mask."""
+    for j in tl.range(j_lo, j_hi):
+        start_n = _tile_start(idx_ptr, j, SEL_BLOCK, BLOCK_N)
+        k = _kv_tile(k_src, k_row0, k_col0, start_n, offs_n, offs_d, kv_len, stride_kl, stride_kd, HEAD_DIM, MASKED, DESC)
+        s = tl.dot(q, tl.trans(k))
+        if MASKED:
+            s = tl.where(start_n + offs_n[None, :] <= offs_m_abs[:, None], s, float("-inf"))
+        v = _kv_tile(v_src, v_row0, v_col0, start_n, offs_n, offs_d, kv_len, stride_vl, stride_vd, HEAD_DIM, MASKED, DESC)
+        acc, m_i, l_i = _softmax_pv(acc, m_i, l_i, s, v, qk_scale, MASKED)
+    return acc, m_i, l_i
+
+
+@triton.jit
+def _program_tile(pid, q_len, Hq, GROUP, BLOCK_M: tl.constexpr, SEL_BLOCK: tl.constexpr):
+    """(batch, query head, KV head, first query position, query block) of program pid.
+
+    Heaviest (last) query tiles first; the query tiles of one head run side by side and share K/V in L2.
+    """
+    n_m = tl.cdiv(q_len, BLOCK_M)
+    m_tile = n_m - 1 - pid % n_m
+    pid_bh = pid // n_m
+    h = pid_bh % Hq
+    q_start = m_tile * BLOCK_M
+    return pid_bh // Hq, h, h // GROUP, q_start, q_start // SEL_BLOCK
+
+
+@triton.jit
+def _attend_row(q, qk_scale, idx_ptr, n, offset, q_start, offs_m, offs_n, offs_d, kv_len,
+                k_src, k_row0, k_col0, stride_kl, stride_kd, v_src, v_row0, v_col0, stride_vl, stride_vd,
+                HEAD_DIM: tl.constexpr, D_P2: tl.constexpr, SEL_BLOCK: tl.constexpr, BLOCK_M: tl.constexpr,
+                BLOCK_N: tl.constexpr, DESC: tl.constexpr):
+    """Attention of one query tile over the n key blocks of its list: the normalized output, fp32 [BLOCK_M, D_P2].
+
+    Key blocks below `first_masked` end before the tile's first query position and need no mask; the list is
+    ascending, so only its last two entries can reach the tile's own positions.
+    """
+    offs_m_abs = offset + offs_m
+    first_masked = (offset + q_start + 1) // SEL_BLOCK
+    last = tl.load(idx_ptr + n - 1, mask=n >= 1, other=-1)
+    second_last = tl.load(idx_ptr + n - 2, mask=n >= 2, other=-1)
+    n_tail = (last >= first_masked).to(tl.int32) + (second_last >= first_masked).to(tl.int32)
+
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, D_P2], dtype=tl.float32)
+    SUBS: tl.constexpr = SEL_BLOCK // BLOCK_N
+    n_free = (n - n_tail) * SUBS  # key tiles that need no causal mask
+    kv = (k_src, k_row0, k_col0, stride_kl, stride_kd, v_src, v_row0, v_col0, stride_vl, stride_vd)
+    acc, m_i, l_i = _attend_tiles(acc, m_i, l_i, q, qk_scale, idx_ptr, 0, n_free, offs_m_abs, offs_n, offs_d, kv_len,
+                                  *kv, HEAD_DIM, SEL_BLOCK, BLOCK_N, False, DESC)
+    acc, m_i, l_i = _attend_tiles(acc, m_i, l_i, q, qk_scale, idx_ptr, n_free, n * SUBS, offs_m_abs, offs_n, offs_d,
+                                  kv_len, *kv, HEAD_DIM, SEL_BLOCK, BLOCK_N, True, DESC)
+    l_safe = tl.where(l_i == 0.0, 1.0, l_i)  # rows with no visible key (empty list) write zeros
+    return acc / l_safe[:, None]
+
+
+@triton.jit
 def _block_sparse_fwd(
     Q, K, V, O, CNT, IDX, qk_scale,
     stride_qb, stride_qh, stride_ql, stride_qd,
@@ -80,16 +141,7 @@ def _block_sparse_fwd(
     HEAD_DIM: tl.constexpr, D_P2: tl.constexpr, SEL_BLOCK: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DESC: tl.constexpr,
 ):
-    # Heaviest (last) query tiles first; the query tiles of one head run side by side and share K/V in L2.
-    n_m = tl.cdiv(q_len, BLOCK_M)
-    pid = tl.program_id(0)
-    m_tile = n_m - 1 - pid % n_m
-    pid_bh = pid // n_m
-    b = pid_bh // Hq
-    h = pid_bh % Hq
-    kvh = h // GROUP
-    q_start = m_tile * BLOCK_M
-    row = q_start // SEL_BLOCK
+    b, h, kvh, q_start, row = _program_tile(tl.program_id(0), q_len, Hq, GROUP, BLOCK_M, SEL_BLOCK)
     offset = kv_len - q_len
 
     offs_m = q_start + tl.arange(0, BLOCK_M)
@@ -116,34 +168,9 @@ def _block_sparse_fwd(
     cnt_ptr = CNT + b.to(tl.int64) * stride_cb + h.to(tl.int64) * stride_ch + row * stride_cm
     idx_ptr = IDX + b.to(tl.int64) * stride_ib + h.to(tl.int64) * stride_ih + row.to(tl.int64) * stride_im
     n = tl.load(cnt_ptr)
-
-    # Key blocks below `first_masked` end before this tile's first query position: no mask needed.
-    offs_m_abs = offset + offs_m
-    first_masked = (offset + q_start + 1) // SEL_BLOCK
-    last = tl.load(idx_ptr + n - 1, mask=n >= 1, other=-1)
-    second_last = tl.load(idx_ptr + n - 2, mask=n >= 2, other=-1)
-    n_tail = (last >= first_masked).to(tl.int32) + (second_last >= first_masked).to(tl.int32)
-
-    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
-    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-    acc = tl.zeros([BLOCK_M, D_P2], dtype=tl.float32)
-    SUBS: tl.constexpr = SEL_BLOCK // BLOCK_N
-    n_free = (n - n_tail) * SUBS  # key tiles that need no causal mask
-    for j in tl.range(0, n_free):
-        start_n = _tile_start(idx_ptr, j, SEL_BLOCK, BLOCK_N)
-        k = _kv_tile(k_src, k_row0, k_col0, start_n, offs_n, offs_d, kv_len, stride_kl, stride_kd, HEAD_DIM, False, DESC)
-        s = tl.dot(q, tl.trans(k))
-        v = _kv_tile(v_src, v_row0, v_col0, start_n, offs_n, offs_d, kv_len, stride_vl, stride_vd, HEAD_DIM, False, DESC)
-        acc, m_i, l_i = _softmax_pv(acc, m_i, l_i, s, v, qk_scale, False)
-    for j in tl.range(n_free, n * SUBS):
-        start_n = _tile_start(idx_ptr, j, SEL_BLOCK, BLOCK_N)
-        k = _kv_tile(k_src, k_row0, k_col0, start_n, offs_n, offs_d, kv_len, stride_kl, stride_kd, HEAD_DIM, True, DESC)
-        s = tl.dot(q, tl.trans(k))
-        s = tl.where(start_n + offs_n[None, :] <= offs_m_abs[:, None], s, float("-inf"))
-        v = _kv_tile(v_src, v_row0, v_col0, start_n, offs_n, offs_d, kv_len, stride_vl, stride_vd, HEAD_DIM, True, DESC)
-        acc, m_i, l_i = _softmax_pv(acc, m_i, l_i, s, v, qk_scale, True)
-    l_safe = tl.where(l_i == 0.0, 1.0, l_i)
-    out = acc / l_safe[:, None]
+    kv = (k_src, k_row0, k_col0, stride_kl, stride_kd, v_src, v_row0, v_col0, stride_vl, stride_vd)
+    out = _attend_row(q, qk_scale, idx_ptr, n, offset, q_start, offs_m, offs_n, offs_d, kv_len, *kv,
+                      HEAD_DIM, D_P2, SEL_BLOCK, BLOCK_M, BLOCK_N, DESC)
     o_base = O + b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh
     tl.store(o_base + offs_m[:, None].to(tl.int64) * stride_ol + offs_d[None, :] * stride_od,
              out.to(O.dtype.element_ty), mask=qmask)
