@@ -7,7 +7,8 @@ with switches around the query-tile read and the output write, each timed agains
 and diagnostic switches that give wrong results on purpose, to bound what a fix could save: NO_Q (no Q load),
 NO_O (no O store), Q_HOT (every program reads the same few query tiles, so its Q load always hits L2).
 Results (NVIDIA H100, triton 3.6): row_overhead-h100.txt (round 1), row_overhead2-h100.txt (round 2),
-row_overhead3-h100.txt (round 3, this code). Round 1 (commit 3b37e5b) switched the tail-block count to the host,
+row_overhead3-h100.txt (round 3, this switch set; its last lines: a rerun after the kernel's row code became
+the helper this probe calls). Round 1 (commit 3b37e5b) switched the tail-block count to the host,
 loaded the list length / first entry before Q, ran masked tiles first, tried a persistent grid and dropped the
 causal mask: all within noise except the persistent grid (16-27% slower). Round 2 added the eviction policies and
 the TMA store (no effect); O_EVICT alone and O_TMA alone are not in VARIANTS any more. Summary: benchmarks/NOTES.md.
@@ -88,7 +89,7 @@ def probe(q, k, v, cnt, idx, out, **sw):
     o = rows_descriptor(out, 128)[0] if sw.get("O_TMA") else out
     qd = rows_descriptor(q, 128)[0] if sw.get("Q_TMA") else q
     flags = {**dict(Q_EVICT=0, O_EVICT=0, O_TMA=0, NO_Q=0, NO_O=0, Q_TMA=0, Q_HOT=0), **sw}
-    KERNELS[",".join(f"{k}={v}" for k, v in sw.items()) or "base"] = _probe_fwd[(triton.cdiv(q_len, 128) * hq,)](
+    KERNELS[",".join(f"{flag}={val}" for flag, val in sw.items()) or "base"] = _probe_fwd[(triton.cdiv(q_len, 128) * hq,)](
         q, qd, kd, vd, o, cnt, idx, q.shape[-1] ** -0.5 * 1.4426950408889634, q.stride(1), q.stride(2),
         out.stride(1), out.stride(2), cnt.stride(1), cnt.stride(2), idx.stride(1), idx.stride(2),
         hq, hq // hkv, q_len, kv_len, kv_rows, HEAD_DIM=D, SEL_BLOCK=BS, BLOCK_M=128, BLOCK_N=64,
