@@ -1,13 +1,13 @@
 """prism_mm: Prism spectral-aware block-sparse attention for long-video Qwen-VL prefill."""
-from .attention import PrismStats, dense_attention, prism_attention
+from .attention import dense_attention, prism_attention
 from .config import PrismConfig
 from .selection import BlockSelection, estimate
 from .spectral import RopeLayout, SpectralBands, rope_layout_from_config
-from .stats import PrismRunStats
+from .stats import PrismRunStats, PrismStats
 
 
 def __getattr__(name):  # transformers is imported only when the model helpers are used
-    if name in ("load_model", "enable_prism", "ModelNotAvailableError", "SUPPORTED_MODEL_TYPES"):
+    if name in ("load_model", "enable_prism", "set_attention", "ModelNotAvailableError", "SUPPORTED_MODEL_TYPES"):
         from . import models
 
         return getattr(models, name)
@@ -21,6 +21,7 @@ __all__ = [
     "ModelNotAvailableError",
     "SUPPORTED_MODEL_TYPES",
     "enable_prism",
+    "set_attention",
     "load_model",
     "RopeLayout",
     "SpectralBands",

@@ -1,33 +1,21 @@
 """prism_attention: estimate the block selection, then run causal block-sparse attention over it."""
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
 from .config import PrismConfig
-from .kernels import reference as ref
-from .selection import BlockSelection, estimate, resolve_backend
+from .kernels import ops as kernel_ops
+from .selection import estimate
 from .spectral import RopeLayout, SpectralBands
-
-if TYPE_CHECKING:
-    from .stats import PrismRunStats
+from .stats import PrismRunStats, PrismStats
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 SUPPORTED_HEAD_DIMS = (32, 64, 80, 96, 128, 256)
-
-
-@dataclass
-class PrismStats:
-    """What one prism_attention call did. `selection` is None when it fell back to dense."""
-
-    density: torch.Tensor  # [B, Hq] fraction of causal blocks computed (1.0 for dense)
-    sparse: bool
-    selection: BlockSelection | None = None
-    reason: str = ""  # why it ran dense
 
 
 def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
@@ -54,15 +42,65 @@ def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
         raise ValueError(f"q_len ({q_len}) exceeds kv_len ({k.shape[2]}): queries must be the last kv positions")
 
 
-def dense_attention(q, k, v, scale: float | None = None) -> torch.Tensor:
-    """Dense causal SDPA with queries aligned to the end of the keys (GQA without repeat_kv)."""
+def dense_attention(q, k, v, scale: float | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Dense SDPA, causal with the queries aligned to the end of the keys, or under `mask` when given
+    (a transformers mask [B, 1|H, q, >=kv], bool or additive). GQA without repeating K/V unless masked."""
     q_len, kv_len = q.shape[2], k.shape[2]
     gqa = q.shape[1] != k.shape[1]
-    if q_len == kv_len:
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=gqa)
+    if mask is not None:
+        if gqa:  # SDPA's fused kernels take GQA only without a mask; expand as transformers does
+            group = q.shape[1] // k.shape[1]
+            k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask[..., :kv_len], scale=scale)
+    if q_len == kv_len or q_len == 1:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=q_len > 1, scale=scale, enable_gqa=gqa)
     qpos = torch.arange(q_len, device=q.device)[:, None] + (kv_len - q_len)
-    mask = torch.arange(kv_len, device=q.device)[None, :] <= qpos
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=gqa)
+    causal = torch.arange(kv_len, device=q.device)[None, :] <= qpos
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=causal, scale=scale, enable_gqa=gqa)
+
+
+def fallback_reason(config: PrismConfig, q_len: int, kv_len: int, attention_mask: torch.Tensor | None = None,
+                    sliding_window: int | None = None, dropout: float = 0.0) -> str:
+    """Why a call must run dense before any selection is made ("" when Prism may run). The one place
+    this is decided, for prism_attention and the transformers entry alike."""
+    if q_len < max(config.min_sparse_len, 2):
+        return "decoding" if q_len == 1 else "shorter than min_sparse_len"
+    if sliding_window is not None:
+        return "sliding-window layer"
+    if dropout > 0.0:
+        return "attention dropout (training)"
+    if attention_mask is not None and not _is_aligned_causal(attention_mask, q_len, kv_len):
+        return "padding or static-cache mask"
+    return ""
+
+
+def _attend(q, k, v, config: PrismConfig, bands: SpectralBands, scale: float, ops, reason: str,
+            mask: torch.Tensor | None = None) -> tuple[torch.Tensor, PrismStats]:
+    """Selection + sparse attention, or the one dense path when `reason` (or a too dense selection) says so.
+    Returns the output [B, Hq, Lq, D] (a view of a [B, Lq, Hq, D] buffer when sparse) and its PrismStats."""
+    b, hq, q_len, d = q.shape
+    selection = None
+    if not reason:
+        selection = estimate(q, k, config, bands, ops)
+        density = selection.density()
+        if config.max_density < 1.0 and float(density.mean()) > config.max_density:
+            reason = "selection denser than max_density"
+    if reason:
+        out = dense_attention(q, k, v, scale, mask)
+        ones = torch.ones(b, hq, device=q.device)
+        return out, PrismStats(ones, False, q_len, k.shape[2], reason, selection)
+    out = torch.empty(b, q_len, hq, d, device=q.device, dtype=q.dtype).transpose(1, 2)
+    ops.block_sparse_attention(q, k, v, selection, scale, out)
+    return out, PrismStats(density, True, q_len, k.shape[2], "", selection)
+
+
+def _bands_for(config: PrismConfig, head_dim: int, bands: SpectralBands | None, rope: RopeLayout | None) -> SpectralBands:
+    if bands is not None:
+        return bands
+    rope = rope or RopeLayout(head_dim=head_dim)
+    if rope.head_dim != head_dim:
+        raise ValueError(f"rope.head_dim={rope.head_dim} does not match the inputs' head_dim={head_dim}")
+    return rope.bands(*config.band_dims(head_dim))
 
 
 def prism_attention(
@@ -81,41 +119,16 @@ def prism_attention(
 
     The band dims come from `bands`, else from `rope` (the model's RoPE layout), else from plain
     RoPE over all of head_dim. Query lengths under config.min_sparse_len run dense SDPA.
-    Returns the output [B, Hq, Lq, D] (a view of a [B, Lq, Hq, D] buffer on the Triton path), and
+    Returns the output [B, Hq, Lq, D] (a view of a [B, Lq, Hq, D] buffer when sparse), and
     a PrismStats when return_stats.
     """
     config = config or PrismConfig()
     check_qkv(q, k, v)
-    backend = resolve_backend(backend, q.device)
-    b, hq, q_len, d = q.shape
-    scale = 1.0 / math.sqrt(d) if scale is None else scale
-
-    def dense(reason: str, selection: BlockSelection | None = None):
-        out = dense_attention(q, k, v, scale)
-        stats = PrismStats(torch.ones(b, hq, device=q.device), sparse=False, selection=selection, reason=reason)
-        return (out, stats) if return_stats else out
-
-    if q_len < max(config.min_sparse_len, 2):
-        return dense("shorter than min_sparse_len")
-    if bands is None:
-        rope = rope or RopeLayout(head_dim=d)
-        if rope.head_dim != d:
-            raise ValueError(f"rope.head_dim={rope.head_dim} does not match the inputs' head_dim={d}")
-        bands = rope.bands(*config.band_dims(d))
-    selection = estimate(q, k, config, bands, backend)
-    density = selection.density()
-    if config.max_density < 1.0 and float(density.mean()) > config.max_density:
-        return dense("selection denser than max_density", selection)
-    if backend == "triton":
-        from .kernels.block_sparse import block_sparse_attention
-
-        out = torch.empty(b, q_len, hq, d, device=q.device, dtype=q.dtype).transpose(1, 2)
-        block_sparse_attention(q, k, v, selection.kv_num_blocks, selection.kv_indices, config.block_size, scale, out=out)
-    else:
-        out = ref.block_sparse_attention(q, k, v, selection.kv_num_blocks, selection.kv_indices, config.block_size, scale)
-    if not return_stats:
-        return out
-    return out, PrismStats(density, sparse=True, selection=selection)
+    ops = kernel_ops(backend, q.device)
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    bands = _bands_for(config, q.shape[-1], bands, rope)
+    out, stats = _attend(q, k, v, config, bands, scale, ops, fallback_reason(config, q.shape[2], k.shape[2]))
+    return (out, stats) if return_stats else out
 
 
 # --------------------------------------------------------------------------------------------
@@ -130,7 +143,7 @@ class PrismLayer:
 
     config: PrismConfig
     bands: SpectralBands
-    stats: "PrismRunStats"
+    stats: PrismRunStats
     backend: str = "auto"
 
 
@@ -156,15 +169,11 @@ def prism_attention_forward(
     scaling: float | None = None,
     **kwargs,
 ):
-    """AttentionInterface function: Prism for long causal prefill, transformers' SDPA otherwise.
+    """AttentionInterface function: Prism for long causal prefill, dense SDPA otherwise.
 
     Receives query [B, Hq, q, D] after (M)RoPE and key/value [B, Hkv, kv, D] after the cache
     update; returns ([B, q, Hq, D], None) like every transformers attention function.
     """
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
-    from .stats import LayerRecord
-
     layer: PrismLayer | None = getattr(module, "prism", None)
     if layer is None:
         raise RuntimeError(
@@ -172,25 +181,15 @@ def prism_attention_forward(
             "call prism_mm.enable_prism(model, PrismConfig(...)) or load with prism_mm.load_model(..., attn='prism')"
         )
     q_len, kv_len = query.shape[2], key.shape[2]
-    reason = ""
-    if q_len < max(layer.config.min_sparse_len, 2):
-        reason = "decoding" if q_len == 1 else "shorter than min_sparse_len"
-    elif kwargs.get("sliding_window") is not None:
-        reason = "sliding-window layer"
-    elif dropout > 0.0:
-        reason = "attention dropout (training)"
-    elif attention_mask is not None and not _is_aligned_causal(attention_mask, q_len, kv_len):
-        reason = "padding or static-cache mask"
-    if reason:
-        out, _ = sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
-        ones = torch.ones(query.shape[0], query.shape[1], device=query.device)
-        layer.stats.record(module.layer_idx, LayerRecord(ones, False, q_len, kv_len, reason))
-        return out, None
-    out, stats = prism_attention(
-        query, key, value, layer.config, bands=layer.bands, scale=scaling, backend=layer.backend, return_stats=True
-    )
-    kept = stats.selection if layer.stats.keep_selections else None
-    layer.stats.record(module.layer_idx, LayerRecord(stats.density, stats.sparse, q_len, kv_len, stats.reason, kept))
+    reason = fallback_reason(layer.config, q_len, kv_len, attention_mask, kwargs.get("sliding_window"), dropout)
+    if not reason:
+        check_qkv(query, key, value)
+    scale = 1.0 / math.sqrt(query.shape[-1]) if scaling is None else scaling
+    ops = kernel_ops(layer.backend, query.device)
+    out, stats = _attend(query, key, value, layer.config, layer.bands, scale, ops, reason, attention_mask)
+    if stats.selection is not None and not layer.stats.keep_selections:
+        stats = dataclasses.replace(stats, selection=None)
+    layer.stats.record(module.layer_idx, stats)
     return out.transpose(1, 2), None
 
 

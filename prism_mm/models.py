@@ -7,7 +7,6 @@ implementation becomes "prism" and each decoder attention module carries its Pri
 from __future__ import annotations
 
 import json
-import time
 import warnings
 from importlib import resources
 
@@ -71,16 +70,15 @@ def attach_stats(model) -> PrismRunStats:
             torch.cuda.synchronize()
 
     def pre(module, args, kwargs):
-        stats._t0 = None
+        stats.prefill_started = None
         if seq_len(args, kwargs) > 1:
             sync()
-            stats._t0 = time.perf_counter()
+            stats.start_prefill()
 
     def post(module, args, kwargs, output):
-        if getattr(stats, "_t0", None) is not None:
+        if stats.prefill_started is not None:
             sync()
-            stats.prefill_seconds = time.perf_counter() - stats._t0
-            stats._t0 = None
+            stats.end_prefill()
 
     model.register_forward_pre_hook(pre, with_kwargs=True)
     model.register_forward_hook(post, with_kwargs=True)
@@ -113,6 +111,19 @@ def enable_prism(model, config: PrismConfig | None = None, *, layer_configs: dic
     return model
 
 
+ATTENTIONS = ("prism", "dense")
+
+
+def set_attention(model, attn: str) -> None:
+    """Switch the text decoder of a model set up by enable_prism between "prism" and "dense" (SDPA)."""
+    if attn not in ATTENTIONS:
+        raise ValueError(f"attn must be one of {ATTENTIONS}, got {attn!r}")
+    if attn == "prism" and not any(hasattr(m, "prism") for m in model.modules()):
+        raise ValueError("this model has no Prism settings: call prism_mm.enable_prism(model, config) first")
+    name = ATTN_NAME if attn == "prism" else "sdpa"
+    model.set_attn_implementation({"text_config": name} if model.config.model_type in VL_MODEL_TYPES else name)
+
+
 def _model_class(config):
     from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
 
@@ -142,10 +153,13 @@ def load_model(
     Returns (model, processor); processor is None for random_weights=True, whose answers are
     meaningless (use it for speed measurements only). The model carries model.prism_stats.
     """
-    if attn not in ("prism", "dense"):
-        raise ValueError(f"attn must be 'prism' or 'dense', got {attn!r}")
+    if attn not in ATTENTIONS:
+        raise ValueError(f"attn must be one of {ATTENTIONS}, got {attn!r}")
     dtype = _resolve_dtype(dtype)
     if random_weights:
+        if from_pretrained_kwargs:
+            raise ValueError(f"random_weights=True builds the model from its config; these from_pretrained arguments "
+                             f"would be ignored: {sorted(from_pretrained_kwargs)}")
         config = shipped_config(name_or_path) if name_or_path in SHIPPED_CONFIGS else _load_config(name_or_path)
         _check_supported(config, name_or_path)
         warnings.warn(f"{name_or_path}: random weights (architecture only) - its answers are meaningless; "

@@ -1,41 +1,57 @@
-"""Per-model selection statistics of the last forward pass (no global collector).
+"""What Prism did: one record per attention call (PrismStats) and one summary per model run (PrismRunStats).
 
-enable_prism() attaches one PrismRunStats to the model as `model.prism_stats`; every prism layer
-records into it. Densities stay on the device until read, so recording costs no synchronisation.
+prism_attention(..., return_stats=True) returns a PrismStats; enable_prism() attaches one PrismRunStats
+to the model as `model.prism_stats`, into which every decoder layer records its PrismStats. Densities
+stay on the device until read, so recording costs no synchronisation.
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import torch
 
+from .kernels.layout import BlockSelection
+
 
 @dataclass
-class LayerRecord:
-    density: torch.Tensor  # [B, Hq] fraction of causal blocks computed
-    sparse: bool  # False: the layer ran dense (short input, decoding, padding mask, ...)
+class PrismStats:
+    """What one attention call did. `selection` is None when no selection was made (or it was not kept)."""
+
+    density: torch.Tensor  # [B, Hq] fraction of the causal blocks computed (1.0 where it ran dense)
+    sparse: bool  # False: ran dense SDPA (short input, decoding, padding mask, dense selection, ...)
     q_len: int
     kv_len: int
     reason: str = ""  # why it ran dense
-    selection: object = None  # the BlockSelection, kept only when PrismRunStats.keep_selections
+    selection: BlockSelection | None = None
 
 
 @dataclass
 class PrismRunStats:
-    """What prism did in the most recent prefill of a model (one record per decoder layer)."""
+    """The most recent prefill of a model: one PrismStats per decoder layer, and its wall time."""
 
-    layers: dict[int, LayerRecord] = field(default_factory=dict)
+    layers: dict[int, PrismStats] = field(default_factory=dict)
     prefill_seconds: float | None = None  # wall time of the last forward with more than one query token
     keep_selections: bool = False  # keep each layer's block selection (for inspection and plots)
+    prefill_started: float | None = field(default=None, repr=False)  # perf_counter() of the running prefill
 
     def reset(self) -> None:
         self.layers.clear()
         self.prefill_seconds = None
+        self.prefill_started = None
 
-    def record(self, layer_idx: int, rec: LayerRecord) -> None:
-        if rec.q_len == 1 and layer_idx in self.layers:
+    def start_prefill(self) -> None:
+        self.prefill_started = time.perf_counter()
+
+    def end_prefill(self) -> None:
+        if self.prefill_started is not None:
+            self.prefill_seconds = time.perf_counter() - self.prefill_started
+            self.prefill_started = None
+
+    def record(self, layer_idx: int, stats: PrismStats) -> None:
+        if stats.q_len == 1 and layer_idx in self.layers:
             return  # decoding steps do not overwrite the prefill record
-        self.layers[layer_idx] = rec
+        self.layers[layer_idx] = stats
 
     def per_layer_density(self) -> dict[int, float]:
         """Mean density over batch and heads, per layer (1.0 where the layer ran dense)."""

@@ -2,9 +2,10 @@
 import pytest
 import torch
 from conftest import DEVICE, rel_err
+from generators import dense_causal_attention
 
 from prism_mm import PrismConfig, RopeLayout, dense_attention, prism_attention
-from prism_mm.kernels import reference as ref
+from prism_mm.kernels import torch_ops
 
 
 def qkv(b=1, hq=4, hkv=2, q_len=200, kv_len=200, d=64, dtype=torch.float32):
@@ -25,7 +26,7 @@ def test_backends_agree_and_match_reference_on_their_selection(q_len, kv_len):
     assert stats_t.sparse and stats_k.sparse
     assert stats_t.density.shape == (1, 4) and (stats_t.density > 0).all() and (stats_t.density <= 1).all()
     sel = stats_k.selection
-    expected = ref.block_sparse_attention(q, k, v, sel.kv_num_blocks, sel.kv_indices, 32)
+    expected = torch_ops.block_sparse_attention(q, k, v, sel)
     assert rel_err(out_k, expected) < 2e-3
     # Same selection up to boundary flips -> nearly the same output.
     assert (stats_t.selection.to_mask() != sel.to_mask()).float().mean() < 0.01
@@ -44,10 +45,10 @@ def test_short_inputs_fall_back_to_dense():
     q, k, v = qkv(q_len=1, kv_len=300)  # a decoding step
     out, stats = prism_attention(q, k, v, PrismConfig(min_sparse_len=0), return_stats=True)
     assert not stats.sparse and stats.selection is None
-    assert rel_err(out, ref.dense_causal_attention(q, k, v)) < 1e-5
+    assert rel_err(out, dense_causal_attention(q, k, v)) < 1e-5
     q, k, v = qkv(q_len=100, kv_len=100)
     out = prism_attention(q, k, v, PrismConfig(min_sparse_len=4096))
-    assert rel_err(out, ref.dense_causal_attention(q, k, v)) < 1e-5
+    assert rel_err(out, dense_causal_attention(q, k, v)) < 1e-5
 
 
 def test_rope_layout_drives_the_bands():
@@ -91,6 +92,16 @@ def test_dense_selection_falls_back_to_dense_sdpa():
     cfg = PrismConfig(block_size=32, min_sparse_len=0, max_density=0.5).with_threshold(1.0)
     out, stats = prism_attention(q, k, v, cfg, backend="torch", return_stats=True)
     assert not stats.sparse and "max_density" in stats.reason and stats.selection is not None
-    assert rel_err(out, ref.dense_causal_attention(q, k, v)) < 1e-5
+    assert rel_err(out, dense_causal_attention(q, k, v)) < 1e-5
     with pytest.raises(ValueError, match="max_density"):
         PrismConfig(max_density=0.0)
+
+
+def test_every_configurable_method_has_an_estimator():
+    """PrismConfig.method is read by estimate(): each accepted value has a selection method behind it."""
+    from prism_mm.config import SELECTION_METHODS
+    from prism_mm.selection import METHODS
+
+    assert set(METHODS) == set(SELECTION_METHODS)
+    with pytest.raises(ValueError, match="method"):
+        PrismConfig(method="oracle")

@@ -4,9 +4,12 @@ import itertools
 import pytest
 import torch
 from conftest import DEVICE, rel_err
+from generators import block_structured as _block_structured
+from generators import random_selection
 
-from prism_mm.kernels import block_sparse, estimate, pool
-from prism_mm.kernels import reference as ref
+from prism_mm.kernels import block_sparse, estimate, pool, torch_ops
+from prism_mm.kernels import layout as lay
+from prism_mm.kernels.layout import BandIndex, BlockSelection, SelectSpec
 
 ON_GPU = DEVICE == "cuda"
 FLOAT_DTYPES = [torch.float32, torch.float16] + ([torch.bfloat16] if ON_GPU else [])
@@ -14,31 +17,24 @@ FLOAT_DTYPES = [torch.float32, torch.float16] + ([torch.bfloat16] if ON_GPU else
 TOL = {torch.float32: 2e-3, torch.float16: 5e-3, torch.bfloat16: 2e-2}
 
 
-def band_dims(d):
+def band_index(d):
     from prism_mm import PrismConfig, RopeLayout
 
     bands = RopeLayout(head_dim=d).bands(*PrismConfig().band_dims(d))
-    hi = torch.tensor(bands.high, device=DEVICE)
-    lo = torch.tensor(bands.low, device=DEVICE)
-    pos = lambda idx: torch.full((d,), -1, dtype=torch.int32, device=DEVICE).index_put_(  # noqa: E731
-        (idx,), torch.arange(idx.numel(), dtype=torch.int32, device=DEVICE))
-    return hi, lo, pos(hi), pos(lo)
+    return BandIndex.build(bands.high, bands.low, d, DEVICE)
 
 
 def block_structured(b, h, n, d, bs, dtype=torch.float32, gain=1.0):
-    """Tokens = a random vector per block (+ noise): pooled scores are far from flat."""
-    nb = ref.num_blocks(n, bs)
-    x = torch.randn(b, h, nb, 1, d, device=DEVICE).expand(b, h, nb, bs, d).reshape(b, h, nb * bs, d)[:, :, :n]
-    return (gain * x + 0.3 * torch.randn(b, h, n, d, device=DEVICE)).to(dtype)
+    return _block_structured(b, h, n, d, bs, dtype, gain, DEVICE)
 
 
 @pytest.mark.parametrize("length,bs,d", [(77, 16, 64), (130, 32, 80), (64, 64, 128)])
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
 def test_pool_bands_matches_reference(length, bs, d, dtype):
-    hi, lo, hi_pos, lo_pos = band_dims(d)
+    bands = band_index(d)
     x = torch.randn(2, 3, length, d, device=DEVICE, dtype=dtype)
-    got = pool.pool_bands(x, bs, hi_pos, lo_pos, hi.numel(), lo.numel())
-    expected = ref.pool_bands(x, bs, hi, lo)
+    got = pool.pool_bands(x, bs, bands)
+    expected = torch_ops.pool_bands(x, bs, bands)
     for g, e in zip(got, expected):
         assert g.shape == e.shape and torch.isfinite(g).all()
         assert rel_err(g, e) < 1e-5
@@ -56,25 +52,26 @@ def test_pool_bands_matches_reference(length, bs, d, dtype):
 @pytest.mark.parametrize("threshold", [0.5, 0.9, 1.0])
 @pytest.mark.parametrize("calibrate", [True, False])
 def test_select_matches_reference(b, hq, hkv, q_len, kv_len, bs, d, threshold, calibrate):
-    hi, lo, _, _ = band_dims(d)
+    bands = band_index(d)
     q = block_structured(b, hq, q_len, d, bs, gain=2.0)
     k = block_structured(b, hkv, kv_len, d, bs)
-    pooled_q, pooled_k = ref.pool_bands(q, bs, hi, lo), ref.pool_bands(k, bs, hi, lo)
-    (qh, ql, qe), (kh, kl, ke) = pooled_q, pooled_k
-    args = (qh, kh, ql, kl, qe, ke, d, threshold, 0.8 * threshold, q_len, kv_len, bs)
+    pooled_q, pooled_k = torch_ops.pool_bands(q, bs, bands), torch_ops.pool_bands(k, bs, bands)
+    spec = SelectSpec(d, bs, threshold, 0.8 * threshold, calibrate=calibrate, precise=True)
     ladder_from = 2 if q_len > 1000 else estimate.LADDER_MIN_KBLOCKS  # the long case runs the causal ladder
-    cnt, idx = estimate.select_blocks(*args, calibrate=calibrate, precise=True, ladder_min_kblocks=ladder_from)
-    ref_cnt, ref_idx = ref.select_blocks(*args, calibrate=calibrate)
-    nkb = ref.num_blocks(kv_len, bs)
+    sel = estimate._select(pooled_q, pooled_k, spec, q_len, kv_len, ladder_from)
+    ref_sel = torch_ops.select_blocks(pooled_q, pooled_k, spec, q_len, kv_len)
+    cnt, idx = sel.kv_num_blocks, sel.kv_indices
+    nkb = lay.num_blocks(kv_len, bs)
+    assert (sel.q_len, sel.kv_len, sel.block_size) == (q_len, kv_len, bs)
     # Every listed entry is a causal block, strictly ascending, and counts are in range.
-    valid = ref.causal_block_mask(q_len, kv_len, bs, DEVICE)
+    valid = lay.causal_block_mask(q_len, kv_len, bs, DEVICE)
     assert (cnt >= 1).all() and (cnt <= nkb).all()
-    got = ref.block_mask_from_indices(cnt, idx, nkb)
+    got = sel.to_mask()
     assert (got.sum(-1) == cnt).all(), "index list has duplicates or out-of-range entries"
     listed = torch.arange(nkb, device=DEVICE) < cnt[..., None]
     assert (idx[..., 1:].long() > idx[..., :-1].long())[listed[..., 1:]].all(), "index list not ascending"
     assert not (got & ~valid).any(), "a non-causal block was selected"
-    expected = ref.block_mask_from_indices(ref_cnt, ref_idx, nkb)
+    expected = ref_sel.to_mask()
     assert 0 < expected.sum() < valid.sum() * b * hq or threshold == 1.0  # a real selection
     # Float summation order may flip a block sitting exactly on the top-p boundary; allow 0.5%.
     mismatches = (got != expected).sum().item()
@@ -86,11 +83,11 @@ def test_select_matches_reference(b, hq, hkv, q_len, kv_len, bs, d, threshold, c
 def test_ladder_covers_every_row_once():
     cases = [(1100, 1100, 16), (61, 200, 16), (128 * 1000, 128 * 1000, 128), (500, 9000, 64)]
     for (q_len, kv_len, bs), min_kblocks in itertools.product(cases, (0, estimate.LADDER_MIN_KBLOCKS)):
-        nqb, nkb = ref.num_blocks(q_len, bs), ref.num_blocks(kv_len, bs)
+        nqb, nkb = lay.num_blocks(q_len, bs), lay.num_blocks(kv_len, bs)
         steps = estimate.ladder(nqb, nkb, q_len, kv_len, bs, min_kblocks=min_kblocks)
         rows = [r for start, end, _ in steps for r in range(start, end)]
         assert rows == list(range(nqb))
-        _, last = ref.query_block_key_bounds(q_len, kv_len, bs)
+        _, last = lay.query_block_key_bounds(q_len, kv_len, bs)
         for start, end, width in steps:
             assert int(last[start:end].max()) < width  # every causal key block fits in the row width
 
@@ -103,11 +100,11 @@ def _run_sparse(b, hq, hkv, q_len, kv_len, d, bs, dtype, density, layout="bhld",
         return torch.randn(b, n, h, d, device=DEVICE, dtype=dtype).transpose(1, 2)
 
     q, k, v = rand(hq, q_len), rand(hkv, kv_len), rand(hkv, kv_len)
-    cnt, idx = ref.random_selection(b, hq, q_len, kv_len, bs, density, DEVICE)
+    sel = random_selection(b, hq, q_len, kv_len, bs, density, DEVICE)
     out = torch.full_like(q, float("nan"))  # poisoned: every element must be written
-    block_sparse.block_sparse_attention(q, k, v, cnt, idx, bs, out=out, tiles=tiles)
+    block_sparse.launch(q, k, v, sel, out=out, tiles=tiles)
     assert torch.isfinite(out).all(), "some output elements were not written"
-    expected = ref.block_sparse_attention(q.float(), k.float(), v.float(), cnt, idx, bs)
+    expected = torch_ops.block_sparse_attention(q.float(), k.float(), v.float(), sel)
     return out, expected, (q, k, v)
 
 
@@ -172,21 +169,21 @@ def test_rows_descriptor_layouts():
     assert block_sparse.rows_descriptor(torch.randn(b, h, 2 * n, d, device=DEVICE)[:, :, ::2], 16)[1:] == (h * n, n, 0)
     strided = torch.randn(b, h + 1, n, d, device=DEVICE)[:, :h]  # batches further apart than H * L rows
     assert block_sparse.rows_descriptor(strided, 16) is None
-    cnt, idx = ref.random_selection(b, h, n, n, 16, 0.5, DEVICE)
+    sel = random_selection(b, h, n, n, 16, 0.5, DEVICE)
     with pytest.raises(ValueError, match="DESC 2 needs"):
-        block_sparse.block_sparse_attention(bhld, strided, strided, cnt, idx, 16, tiles={"DESC": 2})
+        block_sparse.launch(bhld, strided, strided, sel, tiles={"DESC": 2})
 
 
 def test_sparse_empty_rows_are_zero():
     """A query block with an empty list yields zeros (never NaN); the other rows are unaffected."""
     bs, n = 16, 64
     q, k, v = (torch.randn(1, 1, n, 64, device=DEVICE) for _ in range(3))
-    mask = ref.causal_block_mask(n, n, bs, DEVICE)[None, None].clone()
+    mask = lay.causal_block_mask(n, n, bs, DEVICE)[None, None].clone()
     mask[..., 2, :] = False
-    cnt, idx = ref.indices_from_block_mask(mask)
-    assert cnt[0, 0, 2] == 0
-    out = block_sparse.block_sparse_attention(q, k, v, cnt, idx, bs)
-    expected = ref.block_sparse_attention(q, k, v, cnt, idx, bs)
+    sel = BlockSelection.from_mask(mask, bs, n, n)
+    assert sel.kv_num_blocks[0, 0, 2] == 0
+    out = block_sparse.block_sparse_attention(q, k, v, sel)
+    expected = torch_ops.block_sparse_attention(q, k, v, sel)
     assert torch.isfinite(out).all()
     assert (out[..., 2 * bs:3 * bs, :] == 0).all()
     assert rel_err(out, expected) < TOL[torch.float32]
@@ -196,23 +193,66 @@ def test_output_into_transposed_buffer():
     """The launcher writes into any strided `out`, e.g. the [B, L, H, D] layout transformers wants."""
     b, h, n, d, bs = 1, 3, 80, 64, 16
     q, k, v = (torch.randn(b, h, n, d, device=DEVICE) for _ in range(3))
-    cnt, idx = ref.random_selection(b, h, n, n, bs, 0.5, DEVICE)
+    sel = random_selection(b, h, n, n, bs, 0.5, DEVICE)
     buf = torch.full((b, n, h, d), float("nan"), device=DEVICE)
-    block_sparse.block_sparse_attention(q, k, v, cnt, idx, bs, out=buf.transpose(1, 2))
+    block_sparse.block_sparse_attention(q, k, v, sel, out=buf.transpose(1, 2))
     assert torch.isfinite(buf).all()
-    assert rel_err(buf.transpose(1, 2), ref.block_sparse_attention(q, k, v, cnt, idx, bs)) < TOL[torch.float32]
+    assert rel_err(buf.transpose(1, 2), torch_ops.block_sparse_attention(q, k, v, sel)) < TOL[torch.float32]
 
 
 def test_fast_select_is_a_superset_close_to_exact():
     """precise=False (the GPU default: TF32 scoring, 16-step top-p search) keeps at least the exact
     selection's mass and differs from it only at the top-p boundary."""
     bs, n, d = 16, 700, 64
-    hi, lo, _, _ = band_dims(d)
+    bands = band_index(d)
     q, k = block_structured(1, 4, n, d, bs, gain=2.0), block_structured(1, 2, n, d, bs)
-    (qh, ql, qe), (kh, kl, ke) = ref.pool_bands(q, bs, hi, lo), ref.pool_bands(k, bs, hi, lo)
-    args = (qh, kh, ql, kl, qe, ke, d, 0.9, 0.9, n, n, bs)
-    nkb = ref.num_blocks(n, bs)
-    fast = ref.block_mask_from_indices(*estimate.select_blocks(*args, precise=False), nkb)
-    exact = ref.block_mask_from_indices(*estimate.select_blocks(*args, precise=True), nkb)
+    pq, pk = torch_ops.pool_bands(q, bs, bands), torch_ops.pool_bands(k, bs, bands)
+    fast = estimate.select_blocks(pq, pk, SelectSpec(d, bs, 0.9, 0.9, precise=False), n, n).to_mask()
+    exact = estimate.select_blocks(pq, pk, SelectSpec(d, bs, 0.9, 0.9, precise=True), n, n).to_mask()
     assert (fast != exact).float().mean() < 0.005
     assert fast.sum() >= exact.sum() - 0.005 * exact.numel()
+
+
+def test_each_op_has_one_signature_across_backends():
+    """The Triton launchers and their torch twins take the same parameters, so callers never branch on backend."""
+    import inspect
+
+    from prism_mm.kernels import OP_NAMES, ops
+
+    triton_ops, torch_set = ops("triton", "cuda"), ops("torch", "cpu")
+    assert (triton_ops.name, torch_set.name) == ("triton", "torch")
+    for name in OP_NAMES:
+        a, b = getattr(triton_ops, name), getattr(torch_set, name)
+        assert a is not b, name
+        assert list(inspect.signature(a).parameters) == list(inspect.signature(b).parameters), name
+
+
+def test_torch_attention_twin_chunks_queries_without_changing_the_result(monkeypatch):
+    """The CPU path processes query chunks (bounded memory); forcing many small chunks gives the same output
+    as one chunk, and both match an independent masked-softmax computation."""
+    b, hq, hkv, q_len, kv_len, d, bs = 2, 4, 2, 150, 230, 64, 16
+    q = torch.randn(b, hq, q_len, d)
+    k, v = torch.randn(b, hkv, kv_len, d), torch.randn(b, hkv, kv_len, d)
+    sel = random_selection(b, hq, q_len, kv_len, bs, 0.4)
+    one_chunk = torch_ops.block_sparse_attention(q, k, v, sel)
+    monkeypatch.setattr(torch_ops, "ATTENTION_CHUNK_ELEMENTS", 1)  # one query block per chunk
+    many_chunks = torch_ops.block_sparse_attention(q, k, v, sel)
+    assert rel_err(many_chunks, one_chunk) < 1e-6  # only the matmul's key range differs
+    # Independent: expand the block mask to tokens, intersect with causality, softmax over all keys at once.
+    tokens = sel.to_mask().repeat_interleave(bs, -2)[..., :q_len, :].repeat_interleave(bs, -1)[..., :kv_len]
+    qpos = torch.arange(q_len)[:, None] + kv_len - q_len
+    tokens = tokens & (torch.arange(kv_len)[None, :] <= qpos)
+    scores = q @ k.repeat_interleave(hq // hkv, 1).transpose(-1, -2) / d ** 0.5
+    expected = scores.masked_fill(~tokens, float("-inf")).softmax(-1) @ v.repeat_interleave(hq // hkv, 1)
+    assert rel_err(many_chunks, expected) < 1e-5
+
+
+def test_selection_that_does_not_fit_the_inputs_is_refused():
+    q = torch.randn(1, 2, 64, 64, device=DEVICE)
+    sel = random_selection(1, 2, 64, 64, 16, 0.5, DEVICE)
+    for attention in (torch_ops.block_sparse_attention, block_sparse.block_sparse_attention):
+        with pytest.raises(ValueError, match="q_len=64, kv_len=64"):
+            attention(q[:, :, :48], q[:, :, :48], q[:, :, :48], sel)
+        with pytest.raises(ValueError, match="do not match"):
+            attention(q[:, :1], q, q, sel)
+

@@ -1,5 +1,51 @@
-"""Triton kernels and their plain-PyTorch twins (reference.py). Imports nothing from the rest of prism_mm.
+"""The ops layer: three ops, each with a Triton kernel and a plain-PyTorch twin of the same signature.
 
-The Triton modules are imported lazily by callers (prism_mm.selection) so that the package works
+    pool_bands(x, block_size, bands: BandIndex) -> Pooled
+    select_blocks(q: Pooled, k: Pooled, spec: SelectSpec, q_len, kv_len) -> BlockSelection
+    block_sparse_attention(q, k, v, selection: BlockSelection, scale=None, out=None) -> out
+
+`ops(backend, device)` resolves a backend once and returns the matching set. The block convention and
+the types the ops exchange live in layout.py. This package imports nothing from the rest of prism_mm;
+the Triton modules are imported only when the Triton backend is asked for, so the torch path works
 where Triton is absent.
 """
+from __future__ import annotations
+
+import functools
+import os
+from types import SimpleNamespace
+
+import torch
+
+BACKENDS = ("auto", "triton", "torch")
+OP_NAMES = ("pool_bands", "select_blocks", "block_sparse_attention")
+
+
+def resolve_backend(backend: str, device: torch.device | str) -> str:
+    """'auto' -> 'triton' on CUDA, 'torch' elsewhere. Validates an explicit choice."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    device_type = torch.device(device).type
+    if backend == "auto":
+        return "triton" if device_type == "cuda" else "torch"
+    if backend == "triton" and device_type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise ValueError("backend='triton' needs CUDA tensors (or TRITON_INTERPRET=1 set before import); "
+                         "use backend='torch' on CPU")
+    return backend
+
+
+def ops(backend: str = "auto", device: torch.device | str = "cpu") -> SimpleNamespace:
+    """The three ops of one backend (resolved for `device`), as attributes; `.name` says which backend."""
+    return _ops(resolve_backend(backend, device))
+
+
+@functools.lru_cache(maxsize=None)
+def _ops(name: str) -> SimpleNamespace:
+    if name == "triton":
+        from .block_sparse import block_sparse_attention
+        from .estimate import select_blocks
+        from .pool import pool_bands
+    else:
+        from .torch_ops import block_sparse_attention, pool_bands, select_blocks
+    return SimpleNamespace(name=name, pool_bands=pool_bands, select_blocks=select_blocks,
+                           block_sparse_attention=block_sparse_attention)

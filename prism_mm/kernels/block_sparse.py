@@ -6,7 +6,7 @@ SEL_BLOCK / BLOCK_N key tiles) with an online softmax in fp32. Only the tail of 
 two blocks that reach the query tile's own positions, which include the partial last key block)
 pays for causal masking. GQA: query head h reads KV head h // group; K/V are never expanded.
 On Hopper, K/V tiles arrive by TMA through tensor descriptors built once on the host.
-Twin: reference.block_sparse_attention.
+Twin: torch_ops.block_sparse_attention.
 """
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ import math
 import torch
 import triton
 import triton.language as tl
+
+from .layout import BlockSelection
 
 
 @triton.jit
@@ -232,33 +234,25 @@ def default_tiles(block_size: int, head_dim: int, use_tma: bool = False) -> dict
     return tiles
 
 
-def block_sparse_attention(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    kv_num_blocks: torch.Tensor,
-    kv_indices: torch.Tensor,
-    block_size: int,
-    scale: float | None = None,
-    out: torch.Tensor | None = None,
-    tiles: dict | None = None,
-) -> torch.Tensor:
-    """Causal block-sparse attention. q [B, Hq, Lq, D], k/v [B, Hkv, Lk, D] (any strides), Lq <= Lk.
+def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, selection: BlockSelection,
+                           scale: float | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Causal attention of q [B, Hq, Lq, D] over the selected key blocks of k/v [B, Hkv, Lk, D] (any strides).
 
-    kv_indices must list causally visible key blocks in ascending order. `out` (same shape as q, any
-    strides) receives the result if given; e.g. a [B, Lq, Hq, D] buffer viewed as [B, Hq, Lq, D].
-    `tiles` overrides default_tiles() (BLOCK_M, BLOCK_N, num_warps, num_stages, maxnreg, DESC).
+    `out` (same shape as q, any strides) receives the result if given; e.g. a [B, Lq, Hq, D] buffer viewed
+    as [B, Hq, Lq, D]. Twin: torch_ops.block_sparse_attention.
     """
+    return launch(q, k, v, selection, scale, out)
+
+
+def launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, selection: BlockSelection, scale: float | None = None,
+           out: torch.Tensor | None = None, tiles: dict | None = None) -> torch.Tensor:
+    """block_sparse_attention with a launch configuration: `tiles` overrides default_tiles()
+    (BLOCK_M, BLOCK_N, num_warps, num_stages, maxnreg, DESC); for benchmarks and tests of the variants."""
     b, hq, q_len, d = q.shape
     hkv, kv_len = k.shape[1], k.shape[2]
-    nqb = triton.cdiv(q_len, block_size)
-    if kv_num_blocks.shape != (b, hq, nqb) or kv_indices.shape[:3] != (b, hq, nqb):
-        raise ValueError(
-            f"selection shapes {tuple(kv_num_blocks.shape)} / {tuple(kv_indices.shape)} do not match "
-            f"(batch, query heads, query blocks) = {(b, hq, nqb)}"
-        )
-    if kv_num_blocks.dtype != torch.int32 or kv_indices.dtype != torch.int32:
-        raise ValueError("kv_num_blocks and kv_indices must be int32")
+    selection.check(b, hq, q_len, kv_len)
+    block_size = selection.block_size
+    kv_num_blocks, kv_indices = selection.kv_num_blocks, selection.kv_indices
     out = torch.empty_like(q) if out is None else out
     scale = 1.0 / math.sqrt(d) if scale is None else scale
     cfg = default_tiles(block_size, d, tma_supported(q, k, v))

@@ -10,13 +10,15 @@ Rows are launched in a "ladder": rows whose causal range fits in W key blocks ru
 of W (64, 128, ..., next_pow2(NKB)), so the causal upper triangle is mostly not computed. Up to
 LADDER_MIN_KBLOCKS key blocks a single full-width launch is used instead: there the work is small and
 each launch's fixed cost (host launch, one latency-bound wave) dominates.
-Twin: reference.select_blocks.
+Twin: torch_ops.select_blocks.
 """
 from __future__ import annotations
 
 import torch
 import triton
 import triton.language as tl
+
+from .layout import BlockSelection, Pooled, SelectSpec
 
 
 @triton.jit
@@ -146,54 +148,40 @@ def ladder(n_qblocks: int, n_kblocks: int, q_len: int, kv_len: int, block_size: 
     return steps
 
 
-def select_blocks(
-    q_high: torch.Tensor,
-    k_high: torch.Tensor,
-    q_low: torch.Tensor,
-    k_low: torch.Tensor,
-    q_energy: torch.Tensor,
-    k_energy: torch.Tensor,
-    head_dim: int,
-    threshold_high: float,
-    threshold_low: float,
-    q_len: int,
-    kv_len: int,
-    block_size: int,
-    calibrate: bool = True,
-    force_sink: bool = True,
-    force_diagonal: bool = True,
-    precise: bool = False,
-    ladder_min_kblocks: int = LADDER_MIN_KBLOCKS,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Launcher; same contract as reference.select_blocks. Returns (kv_num_blocks, kv_indices).
+def select_blocks(q: Pooled, k: Pooled, spec: SelectSpec, q_len: int, kv_len: int) -> BlockSelection:
+    """Dual-band top-p block selection from pooled Q and K (see SelectSpec); twin of torch_ops.select_blocks.
 
-    precise=False scores with TF32 tensor-core dots on GPUs and stops the top-p search at a relative
-    width of 2^-12 (a superset of the exact selection; boundary flips ~1e-5 of the blocks);
-    precise=True uses IEEE fp32 dots and the exact 31-step search. Rows run in one full-width launch
-    below ladder_min_kblocks key blocks, in causal ladder steps from there on.
+    spec.precise=False scores with TF32 tensor-core dots on GPUs and stops the top-p search at a relative
+    width of 2^-12 (a superset of the exact selection; boundary flips ~1e-5 of the blocks); precise=True
+    uses IEEE fp32 dots and the exact 31-step search. Rows run in one full-width launch below
+    LADDER_MIN_KBLOCKS key blocks, in causal ladder steps from there on.
     """
-    named = (("q_high", q_high), ("k_high", k_high), ("q_low", q_low), ("k_low", k_low),
-             ("q_energy", q_energy), ("k_energy", k_energy))
-    for name, t in named:
+    return _select(q, k, spec, q_len, kv_len, LADDER_MIN_KBLOCKS)
+
+
+def _select(q: Pooled, k: Pooled, spec: SelectSpec, q_len: int, kv_len: int, ladder_min_kblocks: int) -> BlockSelection:
+    """select_blocks with the ladder's switch-over point as a parameter (the tests force the ladder at small sizes)."""
+    for name, t in zip(("q.high", "q.low", "q.energy", "k.high", "k.low", "k.energy"), (*q, *k)):
         if t.dim() != 4 or t.dtype != torch.float32 or not t.is_contiguous():
             raise ValueError(f"{name} must be a contiguous float32 [B, H, blocks, dims] tensor")
-    b, hq, nqb, dh = q_high.shape
-    hkv, nkb = k_high.shape[1], k_high.shape[2]
-    dl = q_low.shape[-1]
-    if hq % hkv or k_low.shape[:3] != k_high.shape[:3] or q_low.shape[:3] != q_high.shape[:3]:
+    block_size = spec.block_size
+    b, hq, nqb, dh = q.high.shape
+    hkv, nkb = k.high.shape[1], k.high.shape[2]
+    dl = q.low.shape[-1]
+    if hq % hkv or k.low.shape[:3] != k.high.shape[:3] or q.low.shape[:3] != q.high.shape[:3]:
         raise ValueError("band tensors disagree on batch / heads / blocks")
     if nqb != triton.cdiv(q_len, block_size) or nkb != triton.cdiv(kv_len, block_size):
         raise ValueError("pooled tensors do not match q_len / kv_len / block_size")
-    counts = torch.empty(b, hq, nqb, device=q_high.device, dtype=torch.int32)
-    indices = torch.empty(b, hq, nqb, nkb, device=q_high.device, dtype=torch.int32)
+    counts = torch.empty(b, hq, nqb, device=q.high.device, dtype=torch.int32)
+    indices = torch.empty(b, hq, nqb, nkb, device=q.high.device, dtype=torch.int32)
     for start, end, width in ladder(nqb, nkb, q_len, kv_len, block_size, min_kblocks=ladder_min_kblocks):
         rows = 16
         warps = 4 if width <= 128 else 8 if width <= 512 else 16
         _select_kernel[(triton.cdiv(end - start, rows), b * hq)](
-            q_high, k_high, q_low, k_low, q_energy, k_energy, counts, indices,
-            float(threshold_high), float(threshold_low), start, end, nqb, nkb, q_len, kv_len, hq, hkv, hq // hkv,
-            D=head_dim, DH=dh, DL=dl, DC=16, R=rows, W=width, BLOCK_SIZE=block_size,
-            CALIBRATE=calibrate, FORCE_SINK=force_sink, FORCE_DIAG=force_diagonal,
-            PRECISION="ieee" if precise else "tf32", ITERS=31 if precise else 16, num_warps=warps,
+            q.high, k.high, q.low, k.low, q.energy, k.energy, counts, indices,
+            float(spec.threshold_high), float(spec.threshold_low), start, end, nqb, nkb, q_len, kv_len, hq, hkv, hq // hkv,
+            D=spec.head_dim, DH=dh, DL=dl, DC=16, R=rows, W=width, BLOCK_SIZE=block_size,
+            CALIBRATE=spec.calibrate, FORCE_SINK=spec.force_sink, FORCE_DIAG=spec.force_diagonal,
+            PRECISION="ieee" if spec.precise else "tf32", ITERS=31 if spec.precise else 16, num_warps=warps,
         )
-    return counts, indices
+    return BlockSelection(counts, indices, block_size, q_len, kv_len)

@@ -3,13 +3,15 @@
 Per block it writes the pooled high-band and low-band vectors (fp32, band dims in ascending order)
 and the energies sum(pooled^2) over all dims / the high band / the low band, which the selection
 kernel turns into the calibration temperatures. One read of Q (or K), nothing else.
-Twin: reference.pool_bands.
+Twin: torch_ops.pool_bands.
 """
 from __future__ import annotations
 
 import torch
 import triton
 import triton.language as tl
+
+from .layout import BandIndex, Pooled
 
 
 @triton.jit
@@ -44,15 +46,14 @@ def _pool_bands_kernel(
     tl.store(E + row * 3 + 2, tl.sum(tl.where(lo_pos >= 0, sq, 0.0), axis=0))
 
 
-def pool_bands(x: torch.Tensor, block_size: int, hi_pos: torch.Tensor, lo_pos: torch.Tensor, dh: int, dl: int):
-    """x [B, H, L, D] -> (high [B,H,NB,dh], low [B,H,NB,dl], energy [B,H,NB,3]) float32.
-
-    hi_pos / lo_pos: for each head dim, its position inside the high / low band, or -1 (int32 [D] on x's device) with dh / dl
-    dims each (passed in to avoid a device sync).
-    """
+def pool_bands(x: torch.Tensor, block_size: int, bands: BandIndex) -> Pooled:
+    """Block-mean-pool x [B, H, L, D] and split it into the two bands, with per-block energies (layout.Pooled)."""
     if x.dim() != 4:
         raise ValueError(f"pool_bands expects [batch, heads, tokens, head_dim], got shape {tuple(x.shape)}")
     b, h, n, d = x.shape
+    if bands.head_dim != d:
+        raise ValueError(f"bands were built for head_dim {bands.head_dim}, x has head_dim {d}")
+    hi_pos, lo_pos, dh, dl = bands.high_pos, bands.low_pos, bands.high_idx.numel(), bands.low_idx.numel()
     nb = triton.cdiv(n, block_size)
     hi = torch.empty(b, h, nb, dh, device=x.device, dtype=torch.float32)
     lo = torch.empty(b, h, nb, dl, device=x.device, dtype=torch.float32)
@@ -63,4 +64,4 @@ def pool_bands(x: torch.Tensor, block_size: int, hi_pos: torch.Tensor, lo_pos: t
         x, hi, lo, energy, hi_pos, lo_pos, n, nb, h, *x.stride(),
         D=d, D_P2=d_p2, DH=dh, DL=dl, BLOCK=block_size, CHUNK=chunk, num_warps=8 if chunk * d_p2 >= 8192 else 4,
     )
-    return hi, lo, energy
+    return Pooled(hi, lo, energy)

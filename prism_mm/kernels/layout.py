@@ -1,0 +1,179 @@
+"""The block convention every op shares: tensors, blocks, causality, and the types that cross the ops.
+
+- Tensors are [batch, heads, tokens, head_dim]; K/V may have fewer heads than Q (GQA: query head h
+  reads KV head h // (Hq // Hkv)).
+- Queries are the last q_len positions of the kv_len keys: query i sits at absolute position
+  kv_len - q_len + i. Key block j covers keys [j*bs, (j+1)*bs); query block i covers queries
+  [i*bs, (i+1)*bs). A query attends to keys at positions <= its own.
+- A block selection (BlockSelection) is a compact list per (batch, query head, query block), as
+  FlexAttention's BlockMask: kv_num_blocks [B, Hq, NQB] int32 and kv_indices [B, Hq, NQB, NKB] int32
+  whose first kv_num_blocks entries are the selected key blocks in ascending order (the rest is
+  unspecified). Ascending order carries FlexAttention's full/partial split implicitly: only a row's
+  last two entries can reach its own positions (the "partial" blocks that need the causal mask,
+  see query_block_key_bounds), every earlier entry is a full block.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+
+
+def num_blocks(n: int, block_size: int) -> int:
+    return (n + block_size - 1) // block_size
+
+
+def query_block_key_bounds(q_len: int, kv_len: int, block_size: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per query block: (first, last) key block holding its own positions ("diagonal" blocks).
+
+    `last` is also the last key block the query block may see causally.
+    """
+    offset = kv_len - q_len
+    i = torch.arange(num_blocks(q_len, block_size), device=device)
+    first_pos = offset + i * block_size
+    last_pos = torch.clamp(offset + (i + 1) * block_size, max=kv_len) - 1
+    return first_pos // block_size, last_pos // block_size
+
+
+def causal_block_mask(q_len: int, kv_len: int, block_size: int, device=None) -> torch.Tensor:
+    """[NQB, NKB] bool: key blocks a query block can see at all."""
+    _, last = query_block_key_bounds(q_len, kv_len, block_size, device)
+    j = torch.arange(num_blocks(kv_len, block_size), device=device)
+    return j[None, :] <= last[:, None]
+
+
+def indices_from_block_mask(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """[B, H, NQB, NKB] bool -> (kv_num_blocks int32, kv_indices int32 ascending, padded with -1)."""
+    nkb = mask.shape[-1]
+    counts = mask.sum(dim=-1, dtype=torch.int32)
+    j = torch.arange(nkb, device=mask.device, dtype=torch.int32).expand(mask.shape)
+    # Selected indices first (stable sort keeps ascending order), unselected ones after.
+    keys = torch.where(mask, j, j + nkb)
+    indices = torch.sort(keys, dim=-1, stable=True).values
+    indices = torch.where(indices < nkb, indices, torch.full_like(indices, -1))
+    return counts, indices.to(torch.int32)
+
+
+def block_mask_from_indices(kv_num_blocks: torch.Tensor, kv_indices: torch.Tensor, num_key_blocks: int) -> torch.Tensor:
+    """Inverse of indices_from_block_mask: [B, H, NQB, NKB] bool."""
+    pos = torch.arange(kv_indices.shape[-1], device=kv_indices.device)
+    used = pos < kv_num_blocks[..., None].long()
+    # Unused entries scatter into a spare column that is dropped afterwards.
+    idx = torch.where(used, kv_indices.long(), torch.full_like(kv_indices, num_key_blocks, dtype=torch.long))
+    mask = torch.zeros(*kv_indices.shape[:-1], num_key_blocks + 1, dtype=torch.bool, device=kv_indices.device)
+    mask.scatter_(-1, idx, True)
+    return mask[..., :num_key_blocks]
+
+
+@dataclass
+class BlockSelection:
+    """Selected key blocks per (batch, query head, query block), FlexAttention-style compact lists.
+
+    Passed whole to the attention ops; see the module docstring for the convention.
+    """
+
+    kv_num_blocks: torch.Tensor  # [B, Hq, NQB] int32
+    kv_indices: torch.Tensor  # [B, Hq, NQB, NKB] int32; first kv_num_blocks entries valid, ascending
+    block_size: int
+    q_len: int
+    kv_len: int
+
+    @classmethod
+    def from_mask(cls, mask: torch.Tensor, block_size: int, q_len: int, kv_len: int) -> "BlockSelection":
+        """From a [B, H, NQB, NKB] bool block mask (entries outside causality must be False)."""
+        counts, indices = indices_from_block_mask(mask)
+        return cls(counts, indices, block_size, q_len, kv_len)
+
+    @property
+    def num_key_blocks(self) -> int:
+        return self.kv_indices.shape[-1]
+
+    @property
+    def num_query_blocks(self) -> int:
+        return self.kv_num_blocks.shape[-1]
+
+    def causal_blocks(self) -> int:
+        """Number of (query block, key block) pairs a dense causal pass computes."""
+        return int(causal_block_mask(self.q_len, self.kv_len, self.block_size).sum())
+
+    def density(self) -> torch.Tensor:
+        """[B, Hq] fraction of the causal blocks that were selected (stays on the device)."""
+        return self.kv_num_blocks.sum(dim=-1).float() / self.causal_blocks()
+
+    def to_mask(self) -> torch.Tensor:
+        """[B, Hq, NQB, NKB] bool block mask (for inspection and plots)."""
+        return block_mask_from_indices(self.kv_num_blocks, self.kv_indices, self.num_key_blocks)
+
+    def check(self, batch: int, q_heads: int, q_len: int, kv_len: int) -> None:
+        """Raise ValueError unless this selection fits queries [batch, q_heads, q_len] over kv_len keys."""
+        nqb, nkb = num_blocks(q_len, self.block_size), num_blocks(kv_len, self.block_size)
+        if (self.q_len, self.kv_len) != (q_len, kv_len):
+            raise ValueError(f"selection was made for q_len={self.q_len}, kv_len={self.kv_len}; "
+                             f"the inputs have q_len={q_len}, kv_len={kv_len}")
+        if tuple(self.kv_num_blocks.shape) != (batch, q_heads, nqb) or tuple(self.kv_indices.shape) != (batch, q_heads, nqb, nkb):
+            raise ValueError(f"selection shapes {tuple(self.kv_num_blocks.shape)} / {tuple(self.kv_indices.shape)} do not "
+                             f"match (batch, query heads, query blocks, key blocks) = {(batch, q_heads, nqb, nkb)}")
+        if self.kv_num_blocks.dtype != torch.int32 or self.kv_indices.dtype != torch.int32:
+            raise ValueError("kv_num_blocks and kv_indices must be int32")
+
+
+class Pooled(NamedTuple):
+    """Block-pooled band vectors of Q or K (fp32): high [B,H,NB,DH], low [B,H,NB,DL], and per-block energies
+    [B,H,NB,3] = sum(pooled^2) over all dims, over the high band and over the low band."""
+
+    high: torch.Tensor
+    low: torch.Tensor
+    energy: torch.Tensor
+
+
+@dataclass(frozen=True)
+class BandIndex:
+    """The two RoPE bands as device tensors, in both encodings the ops use (built once per layer and device).
+
+    high_idx / low_idx: the band's head dims, ascending (int64); high_pos / low_pos: for each head dim, its
+    position inside the band or -1 (int32 [D]).
+    """
+
+    high_idx: torch.Tensor
+    low_idx: torch.Tensor
+    high_pos: torch.Tensor
+    low_pos: torch.Tensor
+
+    @classmethod
+    def build(cls, high: tuple[int, ...], low: tuple[int, ...], head_dim: int, device) -> "BandIndex":
+        if not high or not low or max(high + low) >= head_dim or min(high + low) < 0:
+            raise ValueError(f"band dims must be non-empty and within head_dim {head_dim}, got high={high}, low={low}")
+        hi = torch.tensor(high, dtype=torch.long, device=device)
+        lo = torch.tensor(low, dtype=torch.long, device=device)
+
+        def positions(idx):
+            pos = torch.full((head_dim,), -1, dtype=torch.int32, device=device)
+            pos[idx] = torch.arange(idx.numel(), dtype=torch.int32, device=device)
+            return pos
+
+        return cls(hi, lo, positions(hi), positions(lo))
+
+    @property
+    def head_dim(self) -> int:
+        return self.high_pos.numel()
+
+
+@dataclass(frozen=True)
+class SelectSpec:
+    """The scalar parameters of dual-band top-p selection (everything select_blocks needs besides the pooled bands).
+
+    Band logits are q_band . k_band / (sqrt(d_band) * t_band), t_band the RMS-energy temperature when
+    `calibrate` (1 otherwise); causal softmax per row; top-p per band; union; sink and diagonal blocks.
+    `precise` concerns the Triton op only (IEEE fp32 dots and the exact top-p search instead of TF32 and a
+    16-step search); the torch op is always exact.
+    """
+
+    head_dim: int
+    block_size: int
+    threshold_high: float
+    threshold_low: float
+    calibrate: bool = True
+    force_sink: bool = True
+    force_diagonal: bool = True
+    precise: bool = False
