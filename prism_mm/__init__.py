@@ -6,12 +6,19 @@ from .spectral import RopeLayout, SpectralBands, rope_layout_from_config
 from .stats import PrismRunStats, PrismStats
 
 
+_MODEL_HELPERS = ("load_model", "enable_prism", "set_attention", "ModelNotAvailableError", "SUPPORTED_MODEL_TYPES")
+
+
 def __getattr__(name):  # transformers is imported only when the model helpers are used
-    if name in ("load_model", "enable_prism", "set_attention", "ModelNotAvailableError", "SUPPORTED_MODEL_TYPES"):
+    if name in _MODEL_HELPERS:
         from . import models
 
         return getattr(models, name)
     raise AttributeError(f"module 'prism_mm' has no attribute {name!r}")
+
+
+def __dir__():  # dir() and help() list the lazily imported model helpers too
+    return sorted(set(globals()) | set(_MODEL_HELPERS))
 
 __all__ = [
     "BlockSelection",

@@ -105,3 +105,15 @@ def test_every_configurable_method_has_an_estimator():
     assert set(METHODS) == set(SELECTION_METHODS)
     with pytest.raises(ValueError, match="method"):
         PrismConfig(method="oracle")
+
+
+def test_model_helpers_are_listed_by_dir_and_help():
+    """The lazily imported model helpers show up where users look for the API."""
+    import pydoc
+
+    import prism_mm
+
+    for name in ("load_model", "enable_prism", "set_attention"):
+        assert name in dir(prism_mm) and name in prism_mm.__all__
+    text = pydoc.render_doc(prism_mm, renderer=pydoc.plaintext)
+    assert "load_model(" in text and "enable_prism(" in text
