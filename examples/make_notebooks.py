@@ -14,9 +14,9 @@ QUICKSTART = [
              "VIDEO = None                  # None: a generated demo clip; or a path to your .mp4"),
     ("code", "import tempfile\nfrom pathlib import Path\n\n"
              "from prism_mm import PrismConfig\n"
-             "from prism_mm.pipelines.demo import make_demo_video\n"
+             "from prism_mm.testing.clips import make_demo_video\n"
              "from prism_mm.pipelines.video import VideoOptions\n"
-             "from prism_mm.pipelines.video_qa import VideoQA, format_report\n\n"
+             "from prism_mm.pipelines.session import VideoQA, format_report\n\n"
              "video = VIDEO or str(make_demo_video(Path(tempfile.mkdtemp()) / \"demo.mp4\", seconds=6))\n"
              "tiny = MODEL.startswith(\"tiny\")\n"
              "# The toy prompt is short: use small blocks and no dense cut-off so that Prism really runs.\n"
@@ -41,10 +41,10 @@ SELECTION = [
     ("code", "MODEL = \"tiny-qwen2.5-vl\"\nDEVICE = None\nLAYER, HEAD = 0, 0"),
     ("code", "import tempfile\nfrom pathlib import Path\n\nimport matplotlib.pyplot as plt\nimport torch\n\n"
              "from prism_mm import PrismConfig, SpectralBands, enable_prism, estimate, load_model, rope_layout_from_config\n"
-             "from prism_mm.pipelines.demo import make_demo_video\n"
+             "from prism_mm.testing.clips import make_demo_video\n"
              "from prism_mm.pipelines.video import VideoOptions, build_inputs\n"
-             "from prism_mm.pipelines.video_qa import resolve_model\n"
-             "from benchmarks.fidelity import capture_qkv\n\n"
+             "from prism_mm.pipelines.session import resolve_model\n"
+             "from prism_mm.testing.capture import capture_qkv\n\n"
              "device = DEVICE or (\"cuda\" if torch.cuda.is_available() else \"cpu\")\n"
              "tiny = MODEL.startswith(\"tiny\")\n"
              "cfg = PrismConfig.video(block_size=32, min_sparse_len=0) if tiny else PrismConfig.video()\n"
@@ -87,10 +87,12 @@ KERNELS = [
            "(`benchmarks/results/kernels-*.json`): speed-up over dense cuDNN attention vs sequence length and "
            "vs density, Prism against FlexAttention on the same block masks."),
     ("code", "import json\nfrom pathlib import Path\n\nimport matplotlib.pyplot as plt\n\n"
-             "results = sorted(Path(\"benchmarks/results\").glob(\"kernels-*-qwen*.json\"))\n"
+             "SHAPE = \"qwen2.5-vl-7b\"  # or \"qwen3-vl-8b\": kernels-<device>.json holds both attention shapes\n"
+             "results = sorted(Path(\"benchmarks/results\").glob(\"kernels-*.json\"))\n"
              "assert results, \"no kernel results: run python -m benchmarks.kernels on a GPU\"\n"
-             "data = json.loads(results[0].read_text())\nrows, meta = data[\"rows\"], data[\"meta\"]\n"
-             "print(results[0].name, meta[\"device\"], len(rows), \"rows\")"),
+             "data = json.loads(results[0].read_text())\nmeta = data[\"meta\"]\n"
+             "rows = [r for r in data[\"rows\"] if r[\"model\"] == SHAPE]\n"
+             "print(results[0].name, meta[\"device\"], SHAPE, len(rows), \"rows\")"),
     ("code", "def speedups(method, density):\n"
              "    pts = [(r[\"n\"], r[\"speedup_vs_cudnn\"]) for r in rows\n"
              "           if r[\"method\"] == method and abs(r[\"density\"] - density) < 0.03]\n"

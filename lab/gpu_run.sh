@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# One device call: GPU correctness tests at real sizes, then the kernel benchmark. Logs under $OUT.
+# One call on a lent GPU machine (from the repo root; $OUT is the folder that comes back): GPU correctness tests at
+# real sizes, then the kernel benchmark with the given arguments, e.g. bash lab/gpu_run.sh --lengths 32768 131072.
+# Logs and kernels-<device>.{json,md,png} under $OUT. SKIP_TESTS=1 runs the benchmark only.
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 pip install -q --no-deps --no-build-isolation -e . >/dev/null 2>&1 || export PYTHONPATH=$PWD

@@ -4,6 +4,7 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,8 @@ pytest.importorskip("lmms_eval")
 pytest.importorskip("decord")
 
 from prism_mm.eval.smoke import write_smoke_task  # noqa: E402
-from prism_mm.tiny import save_tiny  # noqa: E402
+from prism_mm.pipelines.session import RunRecord  # noqa: E402
+from prism_mm.testing.tiny import save_tiny  # noqa: E402
 
 
 def test_lmms_eval_cli_prism_and_dense(tmp_path):
@@ -35,7 +37,8 @@ def test_lmms_eval_cli_prism_and_dense(tmp_path):
         assert 0.0 <= acc <= 1.0
         samples = [json.loads(line) for line in (stats / f"samples-{attn}-rank0.jsonl").read_text().splitlines()]
         assert len(samples) == 4  # 1 clip x 4 questions
-        for s in samples:
+        for s in samples:  # one RunRecord per sample (plus task, doc_id, total_s)
+            assert set(s) >= {f.name for f in fields(RunRecord)} | {"task", "doc_id", "total_s"} and s["attn"] == attn
             assert s["visual_tokens"] > 0 and s["prefill_s"] > 0 and 0 < s["mean_density"] <= 1
             assert (s["sparse_layers"] > 0) == (attn == "prism")
     summary = json.loads((stats / "summary-prism-rank0.json").read_text())

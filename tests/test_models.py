@@ -6,7 +6,7 @@ import torch
 from conftest import DEVICE, rel_err
 
 from prism_mm import ModelNotAvailableError, PrismConfig, enable_prism, load_model
-from prism_mm.tiny import TINY_MODEL_TYPES, build_tiny_model, video_inputs
+from prism_mm.testing.tiny import TINY_MODEL_TYPES, build_tiny_model, video_inputs
 
 transformers = pytest.importorskip("transformers")
 from transformers import AutoModelForImageTextToText  # noqa: E402
@@ -96,6 +96,23 @@ def test_module_without_prism_settings_gives_a_clear_error(tiny_dir):
     with pytest.raises(RuntimeError, match="enable_prism"):
         with torch.no_grad():
             model(**video_inputs(model.config, frames=2, grid=8))
+
+
+def test_set_attention_switches_the_text_decoder_and_rejects_unknown_names(tiny_dir):
+    from prism_mm.models import set_attention
+
+    dense = load(tiny_dir)
+    with pytest.raises(ValueError, match="enable_prism"):
+        set_attention(dense, "prism")  # no Prism settings to switch to
+    model = load(tiny_dir, ALL_BLOCKS)
+    text, vision = model.config.get_text_config(), model.config.vision_config
+    vision_attn = vision._attn_implementation
+    for attn, expected in (("dense", "sdpa"), ("prism", "prism")):
+        set_attention(model, attn)
+        assert text._attn_implementation == expected and vision._attn_implementation == vision_attn
+    for bad in ("sparse", "sdpa", "Prism"):
+        with pytest.raises(ValueError, match="attn must be one of"):
+            set_attention(model, bad)
 
 
 def test_load_model_errors(tmp_path):

@@ -9,10 +9,11 @@ import torch
 pytest.importorskip("decord")
 pytest.importorskip("qwen_vl_utils")
 
-from prism_mm.pipelines.demo import make_demo_video  # noqa: E402
+from prism_mm.pipelines.session import RunRecord, VideoSession  # noqa: E402
 from prism_mm.pipelines.video import VideoOptions, build_inputs, probe, sample_frames  # noqa: E402
 from prism_mm.pipelines.video_qa import VideoQA, main  # noqa: E402
-from prism_mm.tiny import save_tiny  # noqa: E402
+from prism_mm.testing.clips import make_demo_video  # noqa: E402
+from prism_mm.testing.tiny import save_tiny  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -71,6 +72,41 @@ def test_python_api_compare(clip, tiny):
     assert result["answers_agree"]  # every block selected -> same greedy answer
     assert result["runs"]["prism"]["sparse_layers"] == 2 and result["runs"]["prism"]["mean_density"] == 1.0
     assert result["runs"]["prism"]["prefill_s"] > 0 and result["prefill_speedup"] > 0
+
+
+def test_session_runs_into_one_record(clip, tiny):
+    from prism_mm import PrismConfig
+
+    cfg = PrismConfig.video(block_size=16, min_sparse_len=0, max_density=1.0).with_threshold(1.0)
+    session = VideoSession(tiny, cfg, device="cpu", attn="dense")
+    prepared = session.prepare(clip, "What moves?", VideoOptions(fps=2.0, max_frames=4))
+    dense, prism = session.run(prepared, "dense", 3), session.run(prepared, "prism", 3)
+    assert isinstance(prism, RunRecord) and session.attn == "prism"
+    assert (prism.frames, prism.visual_tokens, prism.total_tokens) == (4, prepared.visual_tokens, prepared.total_tokens)
+    assert prism.sparse_layers == prism.layers == 2 and prism.mean_density == 1.0 and prism.prefill_s > 0
+    assert dense.mean_density == 1.0 and dense.sparse_layers == 0 and dense.answer == prism.answer
+    assert prism.new_tokens == 3 and prism.total_s == pytest.approx(prism.prefill_s + prism.decode_s)
+    bare = session.run(prepared.inputs, max_new_tokens=2)  # a plain inputs dict: no video fields
+    assert bare.attn == "prism" and bare.frames is None and "frames" not in bare.to_dict(video=False)
+    assert json.loads(json.dumps(prism.to_dict()))["visual_tokens"] == prepared.visual_tokens
+    with pytest.raises(ValueError, match="attn"):
+        session.run(prepared, "sparse", 1)
+
+
+def test_front_ends_import_no_cli_module():
+    """The session and the lmms-eval model are imported by front ends; none of them imports a CLI module."""
+    import ast
+    from pathlib import Path
+
+    import prism_mm
+
+    root = Path(prism_mm.__file__).parent
+    clis = {"video_qa", "demo"}
+    for path in [root / "pipelines" / "session.py", root / "pipelines" / "video.py", *(root / "eval").glob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([node.module or ""] + [a.name for a in node.names] if isinstance(node, ast.ImportFrom)
+                     else [a.name for a in node.names] if isinstance(node, ast.Import) else [])
+            assert not {part for n in names for part in n.split(".")} & clis, f"{path.name} imports a CLI module"
 
 
 @pytest.mark.parametrize("attn", ["prism", "dense", "compare"])

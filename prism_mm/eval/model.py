@@ -5,12 +5,13 @@ device_map, batch_size, max_pixels, min_pixels, max_num_frames, fps) plus attn=p
 the PrismConfig fields (block_size, threshold, threshold_high, threshold_low, min_sparse_len,
 max_density, calibrate), total_pixels, dtype, random_weights, and stats_dir: where per-sample
 records (prefill time, visual tokens, density) and a summary are written (default ./prism_mm_stats).
-Video preparation is prism_mm.pipelines.video (decord + qwen-vl-utils), shared with the CLI.
+Loading, attention switching and the timed run are prism_mm.pipelines.session (shared with the CLI);
+each sample's RunRecord goes, as a dict, into stats_dir/samples-<attn>-rank<r>.jsonl.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
-import time
 from pathlib import Path
 
 import torch
@@ -18,8 +19,8 @@ from lmms_eval.api.model import lmms
 from tqdm import tqdm
 
 from ..config import PrismConfig
-from ..pipelines.video import VideoOptions, build_inputs
-from ..pipelines.video_qa import load_video_model, set_attention
+from ..pipelines.session import VideoSession
+from ..pipelines.video import VideoOptions
 
 
 def _bool(value) -> bool:
@@ -56,9 +57,9 @@ class PrismQwenVL(lmms):
         if attn not in ("prism", "dense"):
             raise ValueError(f"attn must be prism or dense, got {attn!r}")
         self.attn = attn
-        self.model, self.processor = load_video_model(pretrained, self.prism_config, device, dtype,
-                                                      _bool(random_weights), device_map)
-        set_attention(self.model, attn)
+        self.session = VideoSession(pretrained, self.prism_config, device, dtype, _bool(random_weights), device_map,
+                                    attn=attn)
+        self.model, self.processor = self.session.model, self.session.processor
         self.video_options = VideoOptions(fps=float(fps) if fps else 2.0, max_frames=int(max_num_frames),
                                           min_pixels=min_pixels and int(min_pixels), max_pixels=max_pixels and int(max_pixels),
                                           total_pixels=total_pixels and int(total_pixels))
@@ -93,23 +94,13 @@ class PrismQwenVL(lmms):
         videos = [v for v in (visuals or []) if isinstance(v, str)]
         if len(videos) != 1:
             raise ValueError(f"prism_qwen_vl expects one video per question, got {len(videos)} visuals")
-        prepared = build_inputs(self.processor, self.model.config, videos[0], context, self.video_options)
-        inputs = {k: v.to(self._device) if isinstance(v, torch.Tensor) else v for k, v in prepared.inputs.items()}
-        stats = self.model.prism_stats
-        stats.reset()
-        max_new = int(gen_kwargs.get("max_new_tokens", 128))
-        t0 = time.perf_counter()
-        with torch.no_grad():
-            out = self.model.generate(**inputs, max_new_tokens=max_new, do_sample=False)
-        total = time.perf_counter() - t0
-        text = self.processor.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)[0]
+        prepared = self.session.prepare(videos[0], context, self.video_options)
+        record = self.session.run(prepared, self.attn, int(gen_kwargs.get("max_new_tokens", 128)))
+        text = record.answer
         for stop in [u for u in gen_kwargs.get("until", []) or [] if u]:
             text = text.split(stop)[0]
-        record = {"prefill_s": stats.prefill_seconds, "total_s": total, "visual_tokens": prepared.visual_tokens,
-                  "total_tokens": prepared.total_tokens, "frames": prepared.frames_used,
-                  "mean_density": stats.mean_density if self.attn == "prism" else 1.0,
-                  "sparse_layers": stats.sparse_layers if self.attn == "prism" else 0}
-        return text.strip(), record
+        record = dataclasses.replace(record, answer=text.strip())
+        return record.answer, {**record.to_dict(), "total_s": record.total_s}
 
     def generate_until(self, requests) -> list[str]:
         answers = []
@@ -117,7 +108,7 @@ class PrismQwenVL(lmms):
             context, gen_kwargs, doc_to_visual, doc_id, task, split = req.args
             visuals = doc_to_visual(self.task_dict[task][split][doc_id])
             text, record = self._answer(context, visuals, dict(gen_kwargs))
-            self.records.append({"task": task, "doc_id": doc_id, "attn": self.attn, **record})
+            self.records.append({"task": task, "doc_id": doc_id, **record})
             answers.append(text)
         self.write_stats()
         return answers

@@ -222,7 +222,7 @@ def default_tiles(block_size: int, head_dim: int, use_tma: bool = False) -> dict
     With TMA the default is 128 x 64 tiles, 8 warps, 2 stages and a 128-register cap: two programs share
     each SM (98 KB shared memory each), so one program's softmax overlaps the other's tensor-core work.
     At head_dim <= 64 the key tiles are 128 wide (H100, 32K: 1.02x cuDNN dense instead of 0.85x with 64;
-    benchmarks/probe/head_dims-h100.txt). K/V descriptors are built on the host (DESC 2) where the layout
+    lab/logs/probe/head_dims-h100.txt). K/V descriptors are built on the host (DESC 2) where the layout
     allows, else on the device (DESC 1).
     """
     block_m = min(block_size, 128)

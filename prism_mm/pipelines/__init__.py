@@ -1,1 +1,1 @@
-"""Video decoding and the video-QA CLI (python -m prism_mm.pipelines.video_qa)."""
+"""Video decoding, the video-QA session shared by every front end, and the CLIs (video_qa, demo)."""

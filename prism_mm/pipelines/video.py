@@ -8,7 +8,7 @@ VideoError whose message names the fix.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -63,7 +63,6 @@ class PreparedVideo:
     frame_size: tuple[int, int]  # (height, width) after resizing
     visual_tokens: int
     total_tokens: int
-    extra: dict = field(default_factory=dict)
 
 
 def probe(path: str) -> VideoInfo:

@@ -1,6 +1,7 @@
 """Tiny random-weight Qwen-VL models (real architectures, toy sizes) for tests, notebooks and demos.
 
-They run on a CPU in seconds. Their answers are meaningless; their attention is real.
+They run on a CPU in seconds. Their answers are meaningless; their attention is real. The names in
+TINY_MODELS (`tiny-qwen2.5-vl`, ...) are what the video-QA CLI and the notebooks accept as a model.
 """
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-# Special token ids shared by the tiny models and the tiny tokenizer (prism_mm.pipelines.tiny_processor).
+# Special token ids shared by the tiny models and the tiny tokenizer (build_tiny_tokenizer below).
 VOCAB_SIZE = 384
 SPECIAL_TOKENS = {
     "<|endoftext|>": 256, "<|im_start|>": 257, "<|im_end|>": 258, "<|vision_start|>": 259,
@@ -19,6 +20,8 @@ TOKEN_IDS = dict(
     vision_token_id=261, image_token_id=262, video_token_id=263,
 )
 TINY_MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
+# Model names users may pass (CLI --model, notebooks) -> the architecture of the tiny model built for them.
+TINY_MODELS = {"tiny-qwen2-vl": "qwen2_vl", "tiny-qwen2.5-vl": "qwen2_5_vl", "tiny-qwen3-vl": "qwen3_vl"}
 # The special-token ids of the real Qwen2-VL / Qwen2.5-VL / Qwen3-VL vocabularies.
 QWEN_SPECIAL_TOKENS = {
     "<|endoftext|>": 151643, "<|im_start|>": 151644, "<|im_end|>": 151645, "<|vision_start|>": 151652,
@@ -141,8 +144,14 @@ def build_tiny_processor(model_type: str = "qwen2_5_vl", real_vocab: bool = Fals
 
     real_vocab=True places the special tokens at the real Qwen ids, for the shipped architectures.
     """
-    from transformers import (Qwen2_5_VLProcessor, Qwen2VLImageProcessor, Qwen2VLProcessor, Qwen2VLVideoProcessor,
-                              Qwen3VLProcessor, Qwen3VLVideoProcessor)
+    from transformers import (
+        Qwen2_5_VLProcessor,
+        Qwen2VLImageProcessor,
+        Qwen2VLProcessor,
+        Qwen2VLVideoProcessor,
+        Qwen3VLProcessor,
+        Qwen3VLVideoProcessor,
+    )
 
     tok = build_tiny_tokenizer(QWEN_SPECIAL_TOKENS if real_vocab else None)
     patch = 16 if model_type == "qwen3_vl" else 14
@@ -160,4 +169,17 @@ def save_tiny(model_type: str, path: str | Path, seed: int = 0, layers: int = 2)
     path = Path(path)
     build_tiny_model(model_type, path, seed=seed, layers=layers)
     build_tiny_processor(model_type).save_pretrained(path)
+    return path
+
+
+def tiny_model_dir(name: str, cache: str | Path | None = None) -> Path:
+    """The local directory of the tiny model called `name` (a TINY_MODELS key), built there on first use.
+
+    cache defaults to ~/.cache/prism_mm.
+    """
+    if name not in TINY_MODELS:
+        raise ValueError(f"no tiny model called {name!r}; tiny models: {', '.join(TINY_MODELS)}")
+    path = Path(cache or Path.home() / ".cache" / "prism_mm") / name
+    if not (path / "config.json").exists() or not any(path.glob("*processor*")):
+        save_tiny(TINY_MODELS[name], path)
     return path

@@ -1,0 +1,240 @@
+"""One video-QA session under every front end (the CLI, the lmms-eval model, notebooks).
+
+A VideoSession loads a Qwen-VL model with Prism set up on its text decoder, switches its attention
+between "prism" and "dense", prepares a video + question, and runs one timed greedy generation into a
+RunRecord: the answer, prefill / decode seconds and what Prism did.
+
+    session = VideoSession("tiny-qwen2.5-vl", PrismConfig.video())
+    prepared = session.prepare("clip.mp4", "What happens?", VideoOptions(max_frames=16))
+    record = session.run(prepared, "prism", max_new_tokens=32)
+
+VideoQA is the one-call form the CLI (python -m prism_mm.pipelines.video_qa) and the notebooks use:
+VideoQA(model, attn="compare")(video, question) -> a result dict, which format_report() prints.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+from tqdm import tqdm
+
+from ..config import PrismConfig
+from ..models import VL_MODEL_TYPES, enable_prism, load_model, set_attention
+from ..testing.tiny import TINY_MODELS, build_tiny_processor, tiny_model_dir
+from .video import PreparedVideo, VideoOptions, build_inputs
+
+DEFAULT_MODEL = "Qwen/Qwen2.5-VL-7B-Instruct"
+VIDEO_FIELDS = ("frames", "visual_tokens", "total_tokens")
+
+
+def resolve_model(name: str) -> str:
+    """Tiny model names (testing.tiny.TINY_MODELS) -> a local directory, built on first use; anything else unchanged."""
+    return str(tiny_model_dir(name)) if name in TINY_MODELS else name
+
+
+@dataclass
+class RunRecord:
+    """One timed generation. mean_density is 1.0 and sparse_layers 0 for dense attention; the video
+    fields are set when the run was given a PreparedVideo."""
+
+    attn: str
+    answer: str
+    prefill_s: float  # the prefill forward (vision tower + decoder), as model.prism_stats timed it
+    decode_s: float  # the rest of generate()
+    new_tokens: int
+    mean_density: float | None
+    sparse_layers: int
+    layers: int = 0  # decoder layers that recorded what they did
+    dense_reasons: list[str] = field(default_factory=list)  # why Prism layers ran dense
+    frames: int | None = None
+    visual_tokens: int | None = None
+    total_tokens: int | None = None
+
+    @property
+    def total_s(self) -> float:
+        return self.prefill_s + self.decode_s
+
+    def to_dict(self, video: bool = True) -> dict:
+        """The record as a JSON-ready dict; video=False leaves out the video fields (shared by a comparison's runs)."""
+        d = asdict(self)
+        return d if video else {k: v for k, v in d.items() if k not in VIDEO_FIELDS}
+
+
+class _TokenProgress:
+    """A transformers streamer that advances a tqdm bar per generated token."""
+
+    def __init__(self, bar: tqdm):
+        self.bar, self.first = bar, True
+
+    def put(self, value):
+        if self.first:  # the prompt
+            self.first = False
+            return
+        self.bar.update(1)
+
+    def end(self):
+        self.bar.close()
+
+
+def load_video_model(model: str, prism: PrismConfig, device: str, dtype: str = "auto", random_weights: bool = False,
+                     device_map=None):
+    """(model, processor) for video QA: tiny names resolved, Prism set up on the text decoder (its
+    attention is then switched with prism_mm.models.set_attention), a stand-in processor for
+    random-weight architectures."""
+    if dtype == "auto":
+        dtype = "bfloat16" if device.startswith("cuda") else "float32"
+    vl_model, processor = load_model(resolve_model(model), attn="dense", dtype=dtype, device_map=device_map or device,
+                                     random_weights=random_weights)
+    if vl_model.config.model_type not in VL_MODEL_TYPES:
+        raise ValueError(f"{model!r} is a {vl_model.config.model_type} model; video QA needs Qwen2-VL, "
+                         "Qwen2.5-VL or Qwen3-VL")
+    if processor is None:
+        # Shipped configs carry no tokenizer: a character-level stand-in builds the prompt.
+        processor = build_tiny_processor(vl_model.config.model_type, real_vocab=True)
+    enable_prism(vl_model, prism)
+    return vl_model, processor
+
+
+class VideoSession:
+    """A loaded Qwen-VL model with Prism set up, its processor, and timed runs.
+
+    model: hub id, local directory, or a tiny model name (tiny-qwen2.5-vl, ...); random_weights builds
+    a shipped architecture with random weights (speed runs). attn is the attention it starts with.
+    """
+
+    def __init__(self, model: str = DEFAULT_MODEL, prism: PrismConfig | None = None, device: str | None = None,
+                 dtype: str = "auto", random_weights: bool = False, device_map=None, attn: str = "prism",
+                 progress: bool = False):
+        self.model_name = model
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.prism_config = prism or PrismConfig.video()
+        self.progress = progress
+        self.model, self.processor = load_video_model(model, self.prism_config, self.device, dtype, random_weights,
+                                                      device_map)
+        self.attn = None
+        self.set_attention(attn)
+
+    @property
+    def random_weights(self) -> bool:
+        """True when the answers are meaningless (a tiny model or random weights)."""
+        return bool(getattr(self.model, "prism_random_weights", False)) or self.model_name in TINY_MODELS
+
+    @property
+    def device_name(self) -> str:
+        return torch.cuda.get_device_name(self.device) if self.device.startswith("cuda") else "cpu"
+
+    def set_attention(self, attn: str) -> None:
+        """Switch the text decoder to "prism" or "dense" (ValueError for anything else)."""
+        if attn != self.attn:
+            set_attention(self.model, attn)
+            self.attn = attn
+
+    def prepare(self, video: str, question: str, options: VideoOptions | None = None) -> PreparedVideo:
+        """Decode and sample the video, build the chat prompt and the processor tensors (on the CPU)."""
+        with tqdm(total=1, desc="decoding video", disable=not self.progress, leave=False) as bar:
+            prepared = build_inputs(self.processor, self.model.config, video, question, options or VideoOptions())
+            bar.update(1)
+        return prepared
+
+    def run(self, prepared_or_inputs: PreparedVideo | dict, attn: str | None = None, max_new_tokens: int = 128,
+            warmup: bool = False) -> RunRecord:
+        """Greedy generation with `attn` ("prism" | "dense"; None: the current one), timed into a RunRecord.
+
+        warmup=True first generates one token untimed (kernel compiles and allocations stay out of the timing).
+        """
+        prepared = prepared_or_inputs if isinstance(prepared_or_inputs, PreparedVideo) else None
+        inputs = prepared.inputs if prepared is not None else prepared_or_inputs
+        inputs = {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+        if attn is not None:
+            self.set_attention(attn)
+        if warmup:
+            self._generate(inputs, 1)
+        record = self._generate(inputs, max_new_tokens)
+        if prepared is not None:
+            record.frames, record.visual_tokens = prepared.frames_used, prepared.visual_tokens
+            record.total_tokens = prepared.total_tokens
+        return record
+
+    def _generate(self, inputs: dict, max_new_tokens: int) -> RunRecord:
+        attn, stats = self.attn, self.model.prism_stats
+        stats.reset()
+        bar = tqdm(total=max_new_tokens, desc=f"generating ({attn})", disable=not self.progress, leave=False)
+        cuda = self.device.startswith("cuda")
+        if cuda:
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            out = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
+                                      streamer=_TokenProgress(bar))
+        if cuda:
+            torch.cuda.synchronize()
+        total = time.perf_counter() - t0
+        new = out[0, inputs["input_ids"].shape[1]:]
+        answer = self.processor.batch_decode(new[None], skip_special_tokens=True)[0].strip()
+        prefill = stats.prefill_seconds or 0.0
+        summary = stats.summary()
+        prism = attn == "prism"
+        return RunRecord(attn, answer, prefill, total - prefill, int(new.numel()),
+                         stats.mean_density if prism else 1.0, stats.sparse_layers if prism else 0,
+                         summary["layers"], summary["dense_reasons"] if prism else [])
+
+
+class VideoQA:
+    """Python API mirroring the CLI: VideoQA(model=..., attn=...)(video, question) -> dict."""
+
+    def __init__(self, model: str = DEFAULT_MODEL, attn: str = "prism", prism: PrismConfig | None = None,
+                 video: VideoOptions | None = None, max_new_tokens: int = 128, device: str | None = None,
+                 dtype: str = "auto", random_weights: bool = False, progress: bool = True):
+        if attn not in ("prism", "dense", "compare"):
+            raise ValueError(f"attn must be prism, dense or compare, got {attn!r}")
+        self.attn, self.video_opts, self.max_new_tokens = attn, video or VideoOptions(), max_new_tokens
+        self.session = VideoSession(model, prism, device, dtype, random_weights,
+                                    attn="dense" if attn == "dense" else "prism", progress=progress)
+        self.model, self.processor, self.device = self.session.model, self.session.processor, self.session.device
+        self.model_name, self.prism_config = model, self.session.prism_config
+
+    def prepare(self, video: str, question: str) -> PreparedVideo:
+        return self.session.prepare(video, question, self.video_opts)
+
+    def __call__(self, video: str, question: str, warmup: bool | None = None) -> dict:
+        prepared = self.prepare(video, question)
+        modes = ["dense", "prism"] if self.attn == "compare" else [self.attn]
+        if warmup is None:  # one-time costs (kernel compiles, allocations) stay out of the timings
+            warmup = self.device.startswith("cuda") or len(modes) > 1
+        runs = {mode: self.session.run(prepared, mode, self.max_new_tokens, warmup=warmup) for mode in modes}
+        result = {
+            "video": video, "question": question, "model": self.model_name,
+            "random_weights": self.session.random_weights, "device": self.session.device_name,
+            "frames": prepared.frames_used, "frame_size": list(prepared.frame_size),
+            "visual_tokens": prepared.visual_tokens, "total_tokens": prepared.total_tokens,
+            "video_seconds": round(prepared.info.duration, 3),
+            "runs": {m: r.to_dict(video=False) for m, r in runs.items()},
+        }
+        main = runs.get("prism") or runs["dense"]
+        result["answer"] = main.answer
+        if len(runs) == 2:
+            result["prefill_speedup"] = runs["dense"].prefill_s / max(runs["prism"].prefill_s, 1e-9)
+            result["answers_agree"] = runs["dense"].answer == runs["prism"].answer
+        return result
+
+
+def format_report(r: dict) -> str:
+    """A VideoQA result as the CLI's text report."""
+    lines = []
+    if r["random_weights"]:
+        lines.append("NOTE: random weights - the answer is meaningless; timings are real.")
+    lines.append(f"answer: {r['answer']}")
+    lines.append(f"frames: {r['frames']} at {r['frame_size'][0]}x{r['frame_size'][1]}  "
+                 f"visual tokens: {r['visual_tokens']}  total tokens: {r['total_tokens']}  device: {r['device']}")
+    for mode, run in r["runs"].items():
+        dens = ""
+        if mode == "prism" and run["mean_density"] is not None:
+            dens = f"  mean density {run['mean_density']:.3f}, sparse in {run['sparse_layers']}/{run['layers']} layers"
+            if run["dense_reasons"]:
+                dens += f" (dense: {'; '.join(run['dense_reasons'])})"
+        lines.append(f"{mode:>6}: prefill {run['prefill_s'] * 1e3:.1f} ms  decode {run['decode_s'] * 1e3:.1f} ms "
+                     f"({run['new_tokens']} tokens){dens}")
+    if "prefill_speedup" in r:
+        lines.append(f"prefill speed-up: {r['prefill_speedup']:.2f}x  answers agree: {r['answers_agree']}")
+    return "\n".join(lines)
