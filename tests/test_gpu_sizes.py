@@ -83,7 +83,8 @@ def test_prism_attention_end_to_end_bf16():
     cfg = PrismConfig.video(min_sparse_len=0, max_density=1.0)
     out, stats = prism_attention(q, k, v, cfg, rope=layout, return_stats=True)
     assert torch.isfinite(out).all() and stats.sparse
-    expected = torch_ops.block_sparse_attention(q.float(), k.float(), v.float(), stats.selection)
+    sel = stats.selection
+    expected = torch_ops.block_sparse_attention(q.float(), k.float(), v.float(), sel)
     assert rel_err(out, expected) < TOL[torch.bfloat16]
     # The torch path on the same GPU tensors selects (nearly) the same blocks.
     from prism_mm import estimate

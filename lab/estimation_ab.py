@@ -1,0 +1,43 @@
+"""A/B of the estimation time (pool + select) between two checkouts of prism_mm, interleaved in one GPU session.
+
+    python lab/estimation_ab.py            # runs rounds of: python lab/estimation_ab.py --one <pkg-parent-dir>
+Each round times prism_mm.selection.estimate at 32K and 128K for the Qwen2.5-VL / Qwen3-VL attention shapes
+(median of triton.testing.do_bench) in a fresh process for the old and the new package.
+"""
+import json
+import subprocess
+import sys
+
+import torch
+
+
+def one():
+    import triton
+
+    from prism_mm import PrismConfig, RopeLayout
+    from prism_mm.selection import estimate
+
+    cfg = PrismConfig.video(min_sparse_len=0)
+    bands = RopeLayout(head_dim=128, theta=1e6, mrope_section=(16, 24, 24)).bands(64, 96)
+    res = {}
+    for hq, hkv in ((28, 4), (32, 8)):
+        for n in (32768, 131072):
+            g = torch.Generator(device="cuda").manual_seed(0)
+            q = torch.randn(1, hq, n, 128, device="cuda", dtype=torch.bfloat16, generator=g)
+            k = torch.randn(1, hkv, n, 128, device="cuda", dtype=torch.bfloat16, generator=g)
+            fn = lambda: estimate(q, k, cfg, bands)  # noqa: E731
+            res[f"{hq}/{hkv} {n // 1024}K"] = triton.testing.do_bench(fn, warmup=100, rep=500, return_mode="median")
+    print(json.dumps(res))
+
+
+if __name__ == "__main__":
+    if "--one" in sys.argv:
+        sys.path.insert(0, sys.argv[-1])
+        one()
+        sys.exit()
+    rows = []
+    for r in range(3):
+        for name, path in (("old 07a73b6", "lab/ab"), ("new", ".")):
+            out = subprocess.run([sys.executable, __file__, "--one", path], capture_output=True, text=True, check=True)
+            rows.append((r, name, json.loads(out.stdout.strip().splitlines()[-1])))
+            print(r, name, rows[-1][2], flush=True)
