@@ -1,5 +1,5 @@
 """prism_mm: Prism spectral-aware block-sparse attention for long-video Qwen-VL prefill."""
-from .attention import dense_attention, prism_attention
+from .attention import PrismFallbackWarning, dense_attention, prism_attention
 from .config import PrismConfig
 from .selection import BlockSelection, estimate
 from .spectral import RopeLayout, SpectralBands, rope_layout_from_config
@@ -23,6 +23,7 @@ def __dir__():  # dir() and help() list the lazily imported model helpers too
 __all__ = [
     "BlockSelection",
     "PrismConfig",
+    "PrismFallbackWarning",
     "PrismRunStats",
     "PrismStats",
     "ModelNotAvailableError",

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -74,6 +75,35 @@ def fallback_reason(config: PrismConfig, q_len: int, kv_len: int, attention_mask
     return ""
 
 
+class PrismFallbackWarning(UserWarning):
+    """Prism ran dense SDPA instead of sparse attention (issued once per reason and process)."""
+
+
+# What a user can change when Prism falls back to dense, per reason (decoding is expected and stays silent).
+FALLBACK_FIXES = {
+    "shorter than min_sparse_len": "inputs shorter than PrismConfig.min_sparse_len run dense; lower min_sparse_len "
+                                   "to run Prism on them",
+    "selection denser than max_density": "the selection kept more than PrismConfig.max_density of the causal blocks, "
+                                         "where dense SDPA is faster; raise max_density (1.0 never falls back) or "
+                                         "lower the thresholds",
+    "sliding-window layer": "sliding-window layers always run dense",
+    "attention dropout (training)": "attention dropout (training mode) runs dense; call model.eval()",
+    "padding or static-cache mask": "padded batches and static caches run dense; use batch size 1 without padding "
+                                    "and the default dynamic cache",
+}
+_warned: set[str] = set()
+
+
+def _warn_fallback(reason: str, q_len: int) -> None:
+    """Tell the user once per reason (and process) that Prism ran dense, and which knob changes that."""
+    if reason in _warned or reason not in FALLBACK_FIXES:
+        return
+    _warned.add(reason)
+    warnings.warn(f"prism_mm ran dense attention ({reason}, {q_len} query tokens): {FALLBACK_FIXES[reason]}. "
+                  "Shown once; model.prism_stats / return_stats=True record every call.",
+                  PrismFallbackWarning, stacklevel=3)
+
+
 def _attend(q, k, v, config: PrismConfig, bands: SpectralBands, scale: float, ops, reason: str,
             mask: torch.Tensor | None = None) -> tuple[torch.Tensor, PrismStats]:
     """Selection + sparse attention, or the one dense path when `reason` (or a too dense selection) says so.
@@ -86,6 +116,7 @@ def _attend(q, k, v, config: PrismConfig, bands: SpectralBands, scale: float, op
         if config.max_density < 1.0 and float(density.mean()) > config.max_density:
             reason = "selection denser than max_density"
     if reason:
+        _warn_fallback(reason, q_len)
         out = dense_attention(q, k, v, scale, mask)
         ones = torch.ones(b, hq, device=q.device)
         return out, PrismStats(ones, False, q_len, k.shape[2], reason, selection)

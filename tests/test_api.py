@@ -117,3 +117,24 @@ def test_model_helpers_are_listed_by_dir_and_help():
         assert name in dir(prism_mm) and name in prism_mm.__all__
     text = pydoc.render_doc(prism_mm, renderer=pydoc.plaintext)
     assert "load_model(" in text and "enable_prism(" in text
+
+
+def test_fallback_to_dense_is_announced_once_per_reason(monkeypatch):
+    """A silent dense fallback would hide that Prism never ran: the first one per reason warns, naming the knob."""
+    import warnings
+
+    from prism_mm import attention
+
+    monkeypatch.setattr(attention, "_warned", set())
+    q, k, v = qkv(q_len=300, kv_len=300)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(3):  # e.g. three decoder layers
+            prism_attention(q, k, v, PrismConfig(min_sparse_len=4096))
+        prism_attention(q[:, :, -1:], k, v, PrismConfig(min_sparse_len=0))  # decoding: expected, silent
+        dense_cfg = PrismConfig(block_size=32, min_sparse_len=0, max_density=0.5).with_threshold(1.0)
+        prism_attention(q, k, v, dense_cfg, backend="torch")
+    messages = [str(w.message) for w in caught if issubclass(w.category, attention.PrismFallbackWarning)]
+    assert len(messages) == 2, messages
+    assert "min_sparse_len" in messages[0] and "300 query tokens" in messages[0]
+    assert "max_density" in messages[1]
