@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from .config import PrismConfig
 from .kernels import ops as kernel_ops
+from .kernels.layout import causal_block_count
 from .selection import estimate
 from .spectral import RopeLayout, SpectralBands
 from .stats import PrismRunStats, PrismStats
@@ -115,14 +116,21 @@ def _attend(q, k, v, config: PrismConfig, bands: SpectralBands, scale: float, op
         density = selection.density()
         if config.max_density < 1.0 and float(density.mean()) > config.max_density:
             reason = "selection denser than max_density"
+    causal = causal_block_count(q_len, k.shape[2], config.block_size)
     if reason:
         _warn_fallback(reason, q_len)
         out = dense_attention(q, k, v, scale, mask)
         ones = torch.ones(b, hq, device=q.device)
-        return out, PrismStats(ones, False, q_len, k.shape[2], reason, selection)
+        return out, PrismStats(ones, False, q_len, k.shape[2], reason, selection, causal)
     out = torch.empty(b, q_len, hq, d, device=q.device, dtype=q.dtype).transpose(1, 2)
     ops.block_sparse_attention(q, k, v, selection, scale, out)
-    return out, PrismStats(density, True, q_len, k.shape[2], "", selection)
+    return out, PrismStats(density, True, q_len, k.shape[2], "", selection, causal)
+
+
+def dense_rel_err(out: torch.Tensor, q, k, v, scale: float, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """||out - dense|| / ||dense|| in fp32 (a device scalar): how far the sparse output is from dense attention."""
+    ref = dense_attention(q, k, v, scale, mask).float()
+    return (out.float() - ref).norm() / ref.norm().clamp_min(1e-30)
 
 
 def _bands_for(config: PrismConfig, head_dim: int, bands: SpectralBands | None, rope: RopeLayout | None) -> SpectralBands:
@@ -218,6 +226,8 @@ def prism_attention_forward(
     scale = 1.0 / math.sqrt(query.shape[-1]) if scaling is None else scaling
     ops = kernel_ops(layer.backend, query.device)
     out, stats = _attend(query, key, value, layer.config, layer.bands, scale, ops, reason, attention_mask)
+    if stats.sparse and layer.stats.check_against_dense:
+        stats = dataclasses.replace(stats, dense_rel_err=dense_rel_err(out, query, key, value, scale, attention_mask))
     if stats.selection is not None and not layer.stats.keep_selections:
         stats = dataclasses.replace(stats, selection=None)
     layer.stats.record(module.layer_idx, stats)

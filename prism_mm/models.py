@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import warnings
 from importlib import resources
+from pathlib import Path
 
 import torch
 
@@ -196,9 +197,24 @@ def _load_offline_aware(loader, name_or_path: str, what: str, fix: str, **kwargs
         ) from None
 
 
+def check_model_path(name_or_path: str) -> None:
+    """A local path that cannot be a model directory gets a ValueError saying what to pass instead (hub ids pass)."""
+    path = Path(name_or_path).expanduser()
+    if path.is_file():
+        raise ValueError(f"model {name_or_path!r} is a file, not a model directory: pass the directory that holds "
+                         "config.json and the weights, or a hub id such as Qwen/Qwen2.5-VL-7B-Instruct")
+    if path.is_dir() and not (path / "config.json").exists() and not any(path.glob("*.gguf")):
+        raise ValueError(f"model directory {name_or_path!r} has no config.json: pass the directory that holds "
+                         "config.json and the weights (save_pretrained writes both)")
+    looks_local = name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1
+    if looks_local and not path.exists():
+        raise ValueError(f"model directory {name_or_path!r} does not exist")
+
+
 def _load_config(name_or_path: str, **kwargs):
     from transformers import AutoConfig
 
+    check_model_path(name_or_path)
     fix = ("pass a local directory that holds its config and weights, or enable Hugging Face Hub access "
            "(unset HF_HUB_OFFLINE and log in) to download it")
     return _load_offline_aware(AutoConfig, name_or_path, "model", fix, **kwargs)

@@ -24,6 +24,16 @@ class PrismStats:
     kv_len: int
     reason: str = ""  # why it ran dense
     selection: BlockSelection | None = None
+    causal_blocks: int = 0  # (query block, key block) pairs of one head's dense causal pass
+    dense_rel_err: torch.Tensor | None = None  # ||out - dense|| / ||dense|| (scalar, on the device), when checked
+
+    def kept_blocks(self) -> int:
+        """Blocks computed over all batch rows and heads (every causal block where it ran dense)."""
+        return round(float(self.density.float().sum()) * self.causal_blocks)
+
+    def total_blocks(self) -> int:
+        """Causal blocks over all batch rows and heads: what dense attention computes."""
+        return self.density.numel() * self.causal_blocks
 
 
 @dataclass
@@ -33,6 +43,7 @@ class PrismRunStats:
     layers: dict[int, PrismStats] = field(default_factory=dict)
     prefill_seconds: float | None = None  # wall time of the last forward with more than one query token
     keep_selections: bool = False  # keep each layer's block selection (for inspection and plots)
+    check_against_dense: bool = False  # also run dense attention in sparse layers and record the output error
     prefill_started: float | None = field(default=None, repr=False)  # perf_counter() of the running prefill
 
     def reset(self) -> None:
@@ -70,6 +81,17 @@ class PrismRunStats:
     @property
     def sparse_layers(self) -> int:
         return sum(r.sparse for r in self.layers.values())
+
+    def layer_report(self) -> list[dict]:
+        """Per decoder layer: blocks kept of the causal total, density, sparse or why dense, and the output's
+        relative error against dense attention when check_against_dense was on (None otherwise)."""
+        rows = []
+        for i, r in sorted(self.layers.items()):
+            err = None if r.dense_rel_err is None else float(r.dense_rel_err)
+            rows.append({"layer": i, "kept_blocks": r.kept_blocks(), "total_blocks": r.total_blocks(),
+                         "density": float(r.density.float().mean()), "sparse": r.sparse, "reason": r.reason,
+                         "dense_rel_err": err})
+        return rows
 
     def summary(self) -> dict:
         return {

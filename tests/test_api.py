@@ -4,7 +4,7 @@ import torch
 from conftest import DEVICE, rel_err
 from generators import dense_causal_attention
 
-from prism_mm import PrismConfig, RopeLayout, dense_attention, prism_attention
+from prism_mm import PrismConfig, RopeLayout, dense_attention, estimate, prism_attention
 from prism_mm.kernels import torch_ops
 
 
@@ -51,11 +51,26 @@ def test_short_inputs_fall_back_to_dense():
     assert rel_err(out, dense_causal_attention(q, k, v)) < 1e-5
 
 
+class ReversedRope(RopeLayout):
+    """A layout whose pair frequencies rise with the pair index (no real model has this): its bands are the
+    opposite ends of plain RoPE's, so any code path that ignored the layout would select differently."""
+
+    def pair_frequencies(self):
+        return super().pair_frequencies().flip(0)
+
+
 def test_rope_layout_drives_the_bands():
-    q, k, v = qkv(d=128, q_len=128, kv_len=128)
-    cfg = PrismConfig(block_size=32, min_sparse_len=0)
-    out = prism_attention(q, k, v, cfg, rope=RopeLayout(head_dim=128, mrope_section=(16, 24, 24)), backend="torch")
-    assert torch.isfinite(out).all()
+    """prism_attention(rope=...) scores the bands that layout's frequencies give, not plain RoPE's."""
+    q, k, v = qkv(d=128, q_len=256, kv_len=256)
+    cfg = PrismConfig(block_size=32, min_sparse_len=0, max_density=1.0).with_threshold(0.6)
+    layout, plain = ReversedRope(head_dim=128), RopeLayout(head_dim=128)
+    dims = cfg.band_dims(128)
+    assert set(layout.bands(*dims).high).isdisjoint(plain.bands(*dims).high)
+    _, stats = prism_attention(q, k, v, cfg, rope=layout, backend="torch", return_stats=True)
+    own = estimate(q, k, cfg, layout.bands(*dims), backend="torch")
+    other = estimate(q, k, cfg, plain.bands(*dims), backend="torch")
+    assert torch.equal(stats.selection.to_mask(), own.to_mask())
+    assert not torch.equal(own.to_mask(), other.to_mask())
     with pytest.raises(ValueError, match="head_dim"):
         prism_attention(q, k, v, cfg, rope=RopeLayout(head_dim=64))
 

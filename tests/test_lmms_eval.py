@@ -13,6 +13,7 @@ pytest.importorskip("lmms_eval")
 pytest.importorskip("decord")
 
 from prism_mm.eval.smoke import write_smoke_task  # noqa: E402
+from prism_mm.eval.smoke_template.utils import parse_letter  # noqa: E402
 from prism_mm.pipelines.session import RunRecord  # noqa: E402
 from prism_mm.testing.tiny import save_tiny  # noqa: E402
 
@@ -34,12 +35,18 @@ def test_lmms_eval_cli_prism_and_dense(tmp_path):
         results = [json.loads(p.read_text()) for p in (out / attn).rglob("*_results.json")]
         assert results, "lmms-eval wrote no results file"
         acc = results[0]["results"]["prism_smoke"]["accuracy,none"]
-        assert 0.0 <= acc <= 1.0
         samples = [json.loads(line) for line in (stats / f"samples-{attn}-rank0.jsonl").read_text().splitlines()]
         assert len(samples) == 4  # 1 clip x 4 questions
+        # lmms-eval's accuracy is the task's scoring of the answers our model returned (the records hold them)
+        docs = {d["id"]: d for d in json.loads((task_dir / "smoke.json").read_text())}
+        targets = [d["answer"] for d in docs.values()]
+        expected = sum(parse_letter(s["answer"]) == targets[s["doc_id"]] for s in samples) / len(samples)
+        assert acc == pytest.approx(expected)
         for s in samples:  # one RunRecord per sample (plus task, doc_id, total_s)
             assert set(s) >= {f.name for f in fields(RunRecord)} | {"task", "doc_id", "total_s"} and s["attn"] == attn
             assert s["visual_tokens"] > 0 and s["prefill_s"] > 0 and 0 < s["mean_density"] <= 1
             assert (s["sparse_layers"] > 0) == (attn == "prism")
     summary = json.loads((stats / "summary-prism-rank0.json").read_text())
-    assert summary["samples"] == 4 and summary["prefill_speedup_prism_vs_dense"] > 0
+    dense = json.loads((stats / "summary-dense-rank0.json").read_text())
+    assert summary["samples"] == 4 and summary["total_prefill_s"] > 0
+    assert summary["prefill_speedup_prism_vs_dense"] == pytest.approx(dense["total_prefill_s"] / summary["total_prefill_s"])

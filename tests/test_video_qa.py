@@ -1,7 +1,9 @@
 """Video pipeline and CLI on a generated clip with tiny random-weight Qwen-VL models."""
 import json
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -58,6 +60,9 @@ def test_inputs_count_visual_tokens(clip, tiny):
     prepared = build_inputs(AutoProcessor.from_pretrained(tiny), AutoConfig.from_pretrained(tiny), clip, "What moves?",
                             VideoOptions(fps=2.0, max_frames=4))
     assert prepared.frames_used == 4 and prepared.visual_tokens > 0
+    thw = prepared.inputs["video_grid_thw"][0].tolist()  # patches: (time, height, width)
+    patch = AutoConfig.from_pretrained(tiny).vision_config.patch_size
+    assert prepared.frame_size == (thw[2] * patch, thw[1] * patch)  # width x height, as tools print it
     assert prepared.total_tokens == prepared.inputs["input_ids"].shape[1] > prepared.visual_tokens
 
 
@@ -71,7 +76,12 @@ def test_python_api_compare(clip, tiny):
     assert set(result["runs"]) == {"dense", "prism"}
     assert result["answers_agree"]  # every block selected -> same greedy answer
     assert result["runs"]["prism"]["sparse_layers"] == 2 and result["runs"]["prism"]["mean_density"] == 1.0
-    assert result["runs"]["prism"]["prefill_s"] > 0 and result["prefill_speedup"] > 0
+    dense_s, prism_s = result["runs"]["dense"]["prefill_s"], result["runs"]["prism"]["prefill_s"]
+    assert prism_s > 0 and result["prefill_speedup"] == pytest.approx(dense_s / prism_s)
+    layers = result["layers_vs_dense"]  # the untimed check pass: every block kept -> dense output
+    assert [row["layer"] for row in layers] == [0, 1]
+    assert all(row["sparse"] and row["kept_blocks"] == row["total_blocks"] > 0 for row in layers)
+    assert all(row["dense_rel_err"] < 1e-5 for row in layers)
 
 
 def test_session_runs_into_one_record(clip, tiny):
@@ -119,15 +129,51 @@ def test_cli_json(clip, tiny, attn, capsys):
     assert set(result["runs"]) == ({"dense", "prism"} if attn == "compare" else {attn})
 
 
-def test_cli_subprocess_end_to_end(clip, tmp_path):
-    proc = subprocess.run(
-        [sys.executable, "-m", "prism_mm.pipelines.video_qa", "--video", clip, "--question", "What moves?",
-         "--model", "tiny-qwen2.5-vl", "--attn", "compare", "--max-frames", "4", "--max-new-tokens", "3",
-         "--min-sparse-len", "0", "--block-size", "32"],
-        capture_output=True, text=True, timeout=600,
-    )
+def readme_main_job() -> list[str]:
+    """The video_qa arguments of README.md's first command (the main job), as a list."""
+    import shlex
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    line = next(ln for ln in readme.splitlines() if "prism_mm.pipelines.video_qa" in ln and "setup.sh" in ln)
+    return shlex.split(line.split("-m prism_mm.pipelines.video_qa", 1)[1])
+
+
+def test_readme_main_job_shows_prism_running_sparse(clip):
+    """README command 1, as written there (on the test clip): Prism selects and runs sparse on the CPU, the report
+    gives kept blocks and the output error against dense per layer, and claims no CPU speed-up."""
+    args = readme_main_job()
+    args[args.index("--video") + 1] = clip
+    proc = subprocess.run([sys.executable, "-m", "prism_mm.pipelines.video_qa", *args, "--max-new-tokens", "3"],
+                          capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "prefill speed-up" in proc.stdout and "answer:" in proc.stdout
+    out = proc.stdout
+    sparse, layers = map(int, re.search(r"sparse in (\d+)/(\d+) layers", out).groups())
+    assert sparse == layers == 2
+    kept = [tuple(map(int, m)) for m in re.findall(r"kept (\d+)/(\d+) blocks", out)]
+    assert len(kept) == 2 and all(0 < k < total for k, total in kept)  # really selecting: not every block
+    errors = [float(e) for e in re.findall(r"rel\. error vs dense ([0-9.e+-]+)", out)]
+    assert len(errors) == 2 and all(0 < e < 1 for e in errors)
+    assert "prefill speed-up" not in out and "not a speed measure" in out
+
+
+def test_cli_quiet_output_has_no_library_chatter(clip):
+    """--no-progress leaves stderr free of qwen-vl-utils' backend line and progress bars."""
+    proc = subprocess.run([sys.executable, "-m", "prism_mm.pipelines.video_qa", "--video", clip, "--question", "q",
+                           "--model", "tiny-qwen2.5-vl", "--attn", "dense", "--max-frames", "4", "--max-new-tokens", "2",
+                           "--no-progress"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "qwen-vl-utils using" not in proc.stderr and "Loading weights" not in proc.stderr
+
+
+def test_report_escapes_control_characters():
+    """A random-weight answer such as 'J' + 127 x '\\x1c' is printed as escapes, not raw control bytes."""
+    from prism_mm.pipelines.session import format_report, printable
+
+    assert printable("J" + "\x1c" * 3 + "\nok\x1b[2J") == "J\\x1c\\x1c\\x1c\nok\\x1b[2J"
+    report = format_report({"random_weights": True, "answer": "J" + "\x1c" * 127, "frames": 4, "frame_size": [56, 28],
+                            "visual_tokens": 8, "total_tokens": 20, "device": "cpu", "runs": {}})
+    assert not any(ord(c) < 32 and c != "\n" for c in report) and "J\\x1c" in report
 
 
 def _bad_inputs(tmp_path, clip):
@@ -144,16 +190,35 @@ def _bad_inputs(tmp_path, clip):
         "empty": ([str(empty)], "empty"),
         "time range": ([clip, "--start", "30"], "past the end"),
         "bad range": ([clip, "--start", "3", "--end", "2"], "before end"),
-        "threshold": ([clip, "--threshold", "1.5"], r"threshold_\w+ must be in \(0, 1\]"),
+        "threshold": ([clip, "--threshold", "1.5"], r"--threshold must be in \(0, 1\], got 1.5"),
+        "max density": ([clip, "--max-density", "0"], r"--max-density must be in \(0, 1\]"),
+        "block size": ([clip, "--block-size", "48"], r"--block-size must be one of"),
+        "max new tokens": ([clip, "--max-new-tokens", "0"], r"--max-new-tokens must be >= 1"),
+        "device name": ([clip, "--device", "gpu"], r"--device 'gpu' is not one prism_mm runs on"),
+        "device index": ([clip, "--device", "cuda:99"], r"--device 'cuda:99': this machine has"),
+        "model file": ([clip, "--model", "README.md"], r"is a file, not a model directory"),
+        "model dir": ([clip, "--model", "./no/such/dir"], r"does not exist"),
     }
 
 
-@pytest.mark.parametrize("case", ["missing", "not a video", "truncated", "empty", "time range", "bad range", "threshold"])
-def test_cli_bad_video_inputs(case, clip, tmp_path, capsys):
+BAD_INPUTS = ["missing", "not a video", "truncated", "empty", "time range", "bad range", "threshold", "max density",
+              "block size", "max new tokens", "device name", "device index", "model file", "model dir"]
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS)
+def test_cli_bad_inputs_get_one_line_and_exit_2(case, clip, tmp_path, capsys, monkeypatch):
     import re
 
+    from prism_mm.pipelines import session
+
+    def no_loading(*a, **k):
+        raise AssertionError("the model was loaded before the inputs were checked")
+
+    monkeypatch.chdir(Path(__file__).resolve().parent.parent)  # README.md is a file here
+    monkeypatch.setattr(session, "load_video_model", no_loading)
     args, pattern = _bad_inputs(tmp_path, clip)[case]
-    code = main(["--video", *args, "--question", "q", "--model", "tiny-qwen2.5-vl", "--no-progress"])
+    model = [] if "--model" in args else ["--model", "tiny-qwen2.5-vl"]
+    code = main(["--video", *args, "--question", "q", *model, "--no-progress"])
     err = capsys.readouterr().err.strip()
     assert code == 2
     assert err.startswith("error: ") and len(err.splitlines()) == 1 and "Traceback" not in err
@@ -172,3 +237,14 @@ def test_cli_bad_models(clip, tmp_path, capsys):
                  "--no-progress"])
     err = capsys.readouterr().err
     assert code == 2 and "Qwen2-VL" in err
+
+
+@pytest.mark.parametrize("case", ["not a video", "truncated"])
+def test_cli_corrupt_video_prints_only_our_line(case, clip, tmp_path):
+    """decord / ffmpeg log to file descriptor 2 from native code; none of that precedes our one-line error."""
+    args, pattern = _bad_inputs(tmp_path, clip)[case]
+    proc = subprocess.run([sys.executable, "-m", "prism_mm.pipelines.video_qa", "--video", *args, "--question", "q",
+                           "--model", "tiny-qwen2.5-vl", "--no-progress"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and re.search(pattern, lines[0]), proc.stderr

@@ -14,6 +14,7 @@
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -41,6 +42,13 @@ def causal_block_mask(q_len: int, kv_len: int, block_size: int, device=None) -> 
     _, last = query_block_key_bounds(q_len, kv_len, block_size, device)
     j = torch.arange(num_blocks(kv_len, block_size), device=device)
     return j[None, :] <= last[:, None]
+
+
+@functools.lru_cache(maxsize=256)
+def causal_block_count(q_len: int, kv_len: int, block_size: int) -> int:
+    """Number of (query block, key block) pairs a dense causal pass computes (the sum of causal_block_mask)."""
+    _, last = query_block_key_bounds(q_len, kv_len, block_size)
+    return int((last + 1).sum())
 
 
 def indices_from_block_mask(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -95,7 +103,7 @@ class BlockSelection:
 
     def causal_blocks(self) -> int:
         """Number of (query block, key block) pairs a dense causal pass computes."""
-        return int(causal_block_mask(self.q_len, self.kv_len, self.block_size).sum())
+        return causal_block_count(self.q_len, self.kv_len, self.block_size)
 
     def density(self) -> torch.Tensor:
         """[B, Hq] fraction of the causal blocks that were selected (stays on the device)."""

@@ -28,6 +28,27 @@ DEFAULT_MODEL = "Qwen/Qwen2.5-VL-7B-Instruct"
 VIDEO_FIELDS = ("frames", "visual_tokens", "total_tokens")
 
 
+def check_device(device: str | None) -> str:
+    """The torch device string to run on ("cuda" when available and none is given); ValueError naming the fix for
+    a device this machine does not have. Checked before any model is loaded."""
+    if device is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError):
+        parsed = None
+    if parsed is None or parsed.type not in ("cpu", "cuda"):
+        raise ValueError(f"device {device!r} is not one prism_mm runs on; use cpu, cuda or cuda:N")
+    if parsed.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(f"device {device!r}: this machine has no CUDA GPU visible to torch; use cpu "
+                             f"(torch {torch.__version__}, CUDA build: {torch.version.cuda is not None})")
+        if parsed.index is not None and parsed.index >= count:
+            raise ValueError(f"device {device!r}: this machine has {count} CUDA GPU(s), cuda:0..cuda:{count - 1}")
+    return device
+
+
 def resolve_model(name: str) -> str:
     """Tiny model names (testing.tiny.TINY_MODELS) -> a local directory, built on first use; anything else unchanged."""
     return str(tiny_model_dir(name)) if name in TINY_MODELS else name
@@ -47,6 +68,7 @@ class RunRecord:
     sparse_layers: int
     layers: int = 0  # decoder layers that recorded what they did
     dense_reasons: list[str] = field(default_factory=list)  # why Prism layers ran dense
+    layer_report: list[dict] = field(default_factory=list)  # PrismRunStats.layer_report() of a prism run
     frames: int | None = None
     visual_tokens: int | None = None
     total_tokens: int | None = None
@@ -107,7 +129,7 @@ class VideoSession:
                  dtype: str = "auto", random_weights: bool = False, device_map=None, attn: str = "prism",
                  progress: bool = False):
         self.model_name = model
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = check_device(device)
         self.prism_config = prism or PrismConfig.video()
         self.progress = progress
         self.model, self.processor = load_video_model(model, self.prism_config, self.device, dtype, random_weights,
@@ -177,7 +199,25 @@ class VideoSession:
         prism = attn == "prism"
         return RunRecord(attn, answer, prefill, total - prefill, int(new.numel()),
                          stats.mean_density if prism else 1.0, stats.sparse_layers if prism else 0,
-                         summary["layers"], summary["dense_reasons"] if prism else [])
+                         summary["layers"], summary["dense_reasons"] if prism else [],
+                         stats.layer_report() if prism else [])
+
+    def check_against_dense(self, prepared_or_inputs: PreparedVideo | dict) -> list[dict]:
+        """One untimed Prism prefill in which every sparse layer also runs dense attention on the same inputs:
+        PrismRunStats.layer_report() with each layer's kept blocks and output error against dense."""
+        inputs = prepared_or_inputs.inputs if isinstance(prepared_or_inputs, PreparedVideo) else prepared_or_inputs
+        inputs = {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+        previous, stats = self.attn, self.model.prism_stats
+        self.set_attention("prism")
+        stats.reset()
+        stats.check_against_dense = True
+        try:
+            with torch.no_grad():
+                self.model(**inputs)
+            return stats.layer_report()
+        finally:
+            stats.check_against_dense = False
+            self.set_attention(previous)
 
 
 class VideoQA:
@@ -188,6 +228,8 @@ class VideoQA:
                  dtype: str = "auto", random_weights: bool = False, progress: bool = True):
         if attn not in ("prism", "dense", "compare"):
             raise ValueError(f"attn must be prism, dense or compare, got {attn!r}")
+        if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
         self.attn, self.video_opts, self.max_new_tokens = attn, video or VideoOptions(), max_new_tokens
         self.session = VideoSession(model, prism, device, dtype, random_weights,
                                     attn="dense" if attn == "dense" else "prism", progress=progress)
@@ -216,16 +258,26 @@ class VideoQA:
         if len(runs) == 2:
             result["prefill_speedup"] = runs["dense"].prefill_s / max(runs["prism"].prefill_s, 1e-9)
             result["answers_agree"] = runs["dense"].answer == runs["prism"].answer
+            result["layers_vs_dense"] = self.session.check_against_dense(prepared)
         return result
+
+
+def printable(text: str) -> str:
+    """Text safe for a terminal: control and other non-printing characters as escapes (\\x1c), newlines kept."""
+    return "".join(c if c.isprintable() or c == "\n" else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
+CPU_TIMING_NOTE = ("timings on a CPU are not a speed measure: the Triton kernels run in the interpreter or as torch "
+                   "twins here; GPU speed-ups are in benchmarks/results/*.md")
 
 
 def format_report(r: dict) -> str:
     """A VideoQA result as the CLI's text report."""
     lines = []
     if r["random_weights"]:
-        lines.append("NOTE: random weights - the answer is meaningless; timings are real.")
-    lines.append(f"answer: {r['answer']}")
-    lines.append(f"frames: {r['frames']} at {r['frame_size'][0]}x{r['frame_size'][1]}  "
+        lines.append("NOTE: random weights - the answer is meaningless (the attention and its timings are real).")
+    lines.append(f"answer: {printable(r['answer'])}")
+    lines.append(f"frames: {r['frames']} at {r['frame_size'][0]}x{r['frame_size'][1]} (width x height)  "
                  f"visual tokens: {r['visual_tokens']}  total tokens: {r['total_tokens']}  device: {r['device']}")
     for mode, run in r["runs"].items():
         dens = ""
@@ -235,6 +287,20 @@ def format_report(r: dict) -> str:
                 dens += f" (dense: {'; '.join(run['dense_reasons'])})"
         lines.append(f"{mode:>6}: prefill {run['prefill_s'] * 1e3:.1f} ms  decode {run['decode_s'] * 1e3:.1f} ms "
                      f"({run['new_tokens']} tokens){dens}")
+    if r.get("layers_vs_dense"):
+        lines.append("per decoder layer, Prism against dense attention on the same inputs:")
+        for row in r["layers_vs_dense"]:
+            what = (f"attention output rel. error vs dense {row['dense_rel_err']:.2e}" if row["sparse"]
+                    else f"ran dense ({row['reason']})")
+            lines.append(f"  layer {row['layer']:>2}: kept {row['kept_blocks']}/{row['total_blocks']} blocks "
+                         f"({row['density']:.1%}), {what}")
+        if r["random_weights"]:
+            lines.append("  (random weights spread attention evenly, so every dropped block costs accuracy; on real "
+                         "weights see benchmarks/results/fidelity.md)")
     if "prefill_speedup" in r:
-        lines.append(f"prefill speed-up: {r['prefill_speedup']:.2f}x  answers agree: {r['answers_agree']}")
+        if r["device"] == "cpu":
+            lines.append(CPU_TIMING_NOTE)
+        else:
+            lines.append(f"prefill speed-up on {r['device']}: {r['prefill_speedup']:.2f}x")
+        lines.append(f"answers agree: {r['answers_agree']}")
     return "\n".join(lines)

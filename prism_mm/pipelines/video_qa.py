@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 
 from ..config import PrismConfig
-from .session import DEFAULT_MODEL, VideoQA, format_report
+from ..models import check_model_path
+from ..testing.tiny import TINY_MODELS
+from .session import DEFAULT_MODEL, VideoQA, check_device, format_report
 from .video import VideoError, VideoOptions
 
 
@@ -36,6 +39,8 @@ def parse_args(argv=None):
     ap.add_argument("--block-size", type=int, default=128)
     ap.add_argument("--threshold", type=float, default=0.93, help="top-p mass kept per band, in (0, 1]")
     ap.add_argument("--min-sparse-len", type=int, default=4096, help="shorter prompts run dense")
+    ap.add_argument("--max-density", type=float, default=0.8,
+                    help="a layer whose selection keeps more than this fraction of the blocks runs dense; 1.0: never")
     ap.add_argument("--max-new-tokens", type=int, default=128)
     ap.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda if available)")
     ap.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"])
@@ -45,12 +50,34 @@ def parse_args(argv=None):
     return ap.parse_args(argv)
 
 
+# PrismConfig fields -> the flag that sets them, so that an error names what the user typed.
+FLAGS = {"threshold_high": "--threshold", "threshold_low": "--threshold", "block_size": "--block-size",
+         "min_sparse_len": "--min-sparse-len", "max_density": "--max-density"}
+
+
+def prism_config(args) -> PrismConfig:
+    """The PrismConfig of the flags; ValueError naming the flag for values out of range."""
+    try:
+        return PrismConfig.video(block_size=args.block_size, min_sparse_len=args.min_sparse_len,
+                                 max_density=args.max_density).with_threshold(args.threshold)
+    except ValueError as e:
+        raise ValueError(re.sub(r"PrismConfig\.(\w+)", lambda m: FLAGS.get(m.group(1), m.group(0)), str(e))) from None
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
+        if args.max_new_tokens < 1:
+            raise ValueError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+        try:
+            device = check_device(args.device)
+        except ValueError as e:
+            raise ValueError(f"--{e}") from None  # "--device 'gpu': ..."
         opts = VideoOptions(fps=args.fps, max_frames=args.max_frames, min_pixels=args.min_pixels,
                             max_pixels=args.max_pixels, total_pixels=args.total_pixels, start=args.start, end=args.end)
-        prism = PrismConfig.video(block_size=args.block_size, min_sparse_len=args.min_sparse_len).with_threshold(args.threshold)
+        prism = prism_config(args)
+        if args.model not in TINY_MODELS and not args.random_weights:
+            check_model_path(args.model)
         from .video import check_range, probe
 
         check_range(probe(args.video), opts)  # fail fast on a bad video, before loading a model
@@ -58,7 +85,7 @@ def main(argv=None) -> int:
             from transformers.utils import logging as hf_logging
 
             hf_logging.disable_progress_bar()
-        qa = VideoQA(args.model, args.attn, prism, opts, args.max_new_tokens, args.device, args.dtype,
+        qa = VideoQA(args.model, args.attn, prism, opts, args.max_new_tokens, device, args.dtype,
                      args.random_weights, progress=not args.no_progress)
         result = qa(args.video, args.question)
     except (VideoError, ValueError, OSError) as e:  # ModelNotAvailableError is an OSError
