@@ -15,7 +15,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from prism_mm.kernels.layout import causal_block_mask, indices_from_block_mask
+from prism_mm.kernels import ops as kernel_ops
+from prism_mm.kernels.layout import BlockSelection, causal_block_mask, indices_from_block_mask
 
 RESULTS = Path("benchmarks/results")
 
@@ -57,6 +58,37 @@ def realistic_mask(hq, n, density, gen, block_size=128, device="cuda", stripes=4
     if density >= 1.0:
         mask = valid.expand_as(mask).clone()
     return mask[None]
+
+
+def fixed_density_selection(heads: int, n: int, density: float, gen, block_size: int = 128, device="cuda"):
+    """A realistic_mask selection of `density` for n causal tokens (any n), as a BlockSelection."""
+    nb = (n + block_size - 1) // block_size
+    mask = realistic_mask(heads, nb * block_size, density, gen, block_size, device)
+    mask = mask[..., :nb, :nb] & causal_block_mask(n, n, block_size, device)
+    return BlockSelection.from_mask(mask, block_size, n, n)
+
+
+def register_benchmark_attentions(selections: dict) -> None:
+    """transformers attention entries for the decoder benchmarks: 'prism_fixed' (the Prism sparse kernel on the
+    fixed-density selection selections[(query heads, tokens)], i.e. what that density costs inside the model)
+    and 'no_attention' (a copy of V: the cost of everything but attention)."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    def fixed(module, query, key, value, attention_mask, scaling=None, **kw):
+        b, h, n, d = query.shape
+        out = torch.empty(b, n, h, d, device=query.device, dtype=query.dtype)
+        kernel_ops("auto", query.device).block_sparse_attention(query, key, value, selections[(h, n)], scaling,
+                                                                out.transpose(1, 2))
+        return out, None
+
+    def none(module, query, key, value, attention_mask, **kw):
+        group = query.shape[1] // value.shape[1]
+        return value.repeat_interleave(group, 1).transpose(1, 2), None
+
+    for name, fn in (("prism_fixed", fixed), ("no_attention", none)):
+        AttentionInterface.register(name, fn)
+        AttentionMaskInterface.register(name, sdpa_mask)
 
 
 def sdpa_runner(q, k, v, backend):

@@ -28,14 +28,13 @@ from tqdm import tqdm
 from benchmarks.common import (
     Results,
     describe_runs,
+    fixed_density_selection,
     pyplot,
-    realistic_mask,
+    register_benchmark_attentions,
     run_info,
     save_figure,
 )
 from prism_mm import PrismConfig
-from prism_mm.kernels.block_sparse import block_sparse_attention
-from prism_mm.kernels.layout import BlockSelection, causal_block_mask
 from prism_mm.models import load_model
 
 MODELS = ["Qwen/Qwen2.5-VL-7B-Instruct", "Qwen/Qwen3-VL-8B-Instruct"]
@@ -65,27 +64,6 @@ def video_prompt(config, visual_tokens: int, device):
         pos = torch.cat([torch.arange(n)[None, None], pos], 0)
     embeds = torch.randn(1, n, tcfg.hidden_size, device=device, dtype=torch.bfloat16) * 0.02
     return embeds, pos.to(device), n_vis
-
-
-def register_benchmark_attentions(selections: dict):
-    """'prism_fixed' (the Prism kernel on the fixed-density selection in selections[(heads, tokens)]) and
-    'no_attention' (a copy of V)."""
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
-
-    def fixed(module, query, key, value, attention_mask, scaling=None, **kw):
-        b, h, n, d = query.shape
-        out = torch.empty(b, n, h, d, device=query.device, dtype=query.dtype)
-        block_sparse_attention(query, key, value, selections[(h, n)], scaling, out=out.transpose(1, 2))
-        return out, None
-
-    def none(module, query, key, value, attention_mask, **kw):
-        group = query.shape[1] // value.shape[1]
-        return value.repeat_interleave(group, 1).transpose(1, 2), None
-
-    for name, fn in (("prism_fixed", fixed), ("no_attention", none)):
-        AttentionInterface.register(name, fn)
-        AttentionMaskInterface.register(name, sdpa_mask)
 
 
 def timed_forward(lm, embeds, pos, reps: int = 3):
@@ -135,10 +113,7 @@ def measure(name: str, tokens: list[int], selections: dict) -> list[dict]:
         rest = run("no-attention", "no_attention")
         run("prism@0.93", "prism")
         for density in (0.1, 0.25):
-            nb = (n + BS - 1) // BS
-            mask = realistic_mask(heads, nb * BS, density, gen, BS)
-            mask = mask[..., :nb, :nb] & causal_block_mask(n, n, BS, "cuda")
-            selections[(heads, n)] = BlockSelection.from_mask(mask, BS, n, n)
+            selections[(heads, n)] = fixed_density_selection(heads, n, density, gen, BS)
             run(f"density {density}", "prism_fixed")
         for r in rows:
             if r["tokens"] == n:

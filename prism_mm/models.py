@@ -2,17 +2,20 @@
 
 Prism is attached through transformers' AttentionInterface: the text config's attention
 implementation becomes "prism" and each decoder attention module carries its PrismLayer settings
-(module.prism). The vision tower keeps its own attention; forward methods are never replaced.
+(module.prism). The vision tower of Qwen-VL models gets prism_mm.vision's batched varlen attention the same way
+(enable_prism(..., vision="sdpa") keeps transformers' own); forward methods are never replaced.
 """
 from __future__ import annotations
 
 import json
+import time
 import warnings
 from importlib import resources
 from pathlib import Path
 
 import torch
 
+from . import vision as vision_attention
 from .attention import ATTN_NAME, PrismLayer, register_with_transformers
 from .config import PrismConfig
 from .spectral import rope_layout_from_config, text_config
@@ -51,6 +54,12 @@ def _check_supported(config, name: str) -> None:
         )
 
 
+def vision_tower(model):
+    """The vision tower module of a Qwen-VL model (model.model.visual), or None."""
+    inner = getattr(model, "model", model)
+    return getattr(inner, "visual", None)
+
+
 def attach_stats(model) -> PrismRunStats:
     """Give the model a PrismRunStats (model.prism_stats) and time each prefill forward into it."""
     existing = getattr(model, "prism_stats", None)
@@ -74,6 +83,7 @@ def attach_stats(model) -> PrismRunStats:
         stats.prefill_started = None
         if seq_len(args, kwargs) > 1:
             sync()
+            stats.vision_seconds = None
             stats.start_prefill()
 
     def post(module, args, kwargs, output):
@@ -83,16 +93,34 @@ def attach_stats(model) -> PrismRunStats:
 
     model.register_forward_pre_hook(pre, with_kwargs=True)
     model.register_forward_hook(post, with_kwargs=True)
+    tower = vision_tower(model)
+    if tower is not None:  # the vision tower's share of the prefill (one sync before and after it)
+        started = []
+
+        def vision_pre(module, args):
+            sync()
+            started[:] = [time.perf_counter()]
+
+        def vision_post(module, args, output):
+            sync()
+            stats.vision_seconds = (stats.vision_seconds or 0.0) + time.perf_counter() - started[0]
+
+        tower.register_forward_pre_hook(vision_pre)
+        tower.register_forward_hook(vision_post)
     return stats
 
 
 def enable_prism(model, config: PrismConfig | None = None, *, layer_configs: dict[int, PrismConfig] | None = None,
-                 backend: str = "auto"):
+                 backend: str = "auto", vision: str = "varlen"):
     """Switch the text decoder of a loaded transformers model to Prism attention. Returns the model.
 
     config applies to every decoder layer unless layer_configs overrides it for a layer index.
     The RoPE band layout comes from the model's config (plain, sectioned or interleaved MRoPE).
+    vision (Qwen-VL models): "varlen" runs the vision tower's attention in a few batched launches per layer
+    (prism_mm.vision), "sdpa" leaves transformers' one SDPA call per window / frame.
     """
+    if vision not in VISION_ATTENTIONS:
+        raise ValueError(f"vision must be one of {VISION_ATTENTIONS}, got {vision!r}")
     _check_supported(model.config, type(model).__name__)
     is_vl = model.config.model_type in VL_MODEL_TYPES
     config = config or (PrismConfig.video() if is_vl else PrismConfig())
@@ -108,21 +136,32 @@ def enable_prism(model, config: PrismConfig | None = None, *, layer_configs: dic
             layers += 1
     if layers == 0:
         raise ValueError(f"found no decoder attention layers in {type(model).__name__}: is it a supported model?")
-    model.set_attn_implementation({"text_config": ATTN_NAME} if is_vl else ATTN_NAME)
+    set_attention(model, "prism", vision if is_vl else None)
     return model
 
 
 ATTENTIONS = ("prism", "dense")
+VISION_ATTENTIONS = ("varlen", "sdpa")
 
 
-def set_attention(model, attn: str) -> None:
-    """Switch the text decoder of a model set up by enable_prism between "prism" and "dense" (SDPA)."""
+def set_attention(model, attn: str, vision: str | None = None) -> None:
+    """Switch the text decoder of a model set up by enable_prism between "prism" and "dense" (SDPA), and, for
+    Qwen-VL models, the vision tower between "varlen" (prism_mm.vision) and "sdpa" (None: leave it as it is)."""
     if attn not in ATTENTIONS:
         raise ValueError(f"attn must be one of {ATTENTIONS}, got {attn!r}")
+    if vision is not None and vision not in VISION_ATTENTIONS:
+        raise ValueError(f"vision must be one of {VISION_ATTENTIONS} or None, got {vision!r}")
     if attn == "prism" and not any(hasattr(m, "prism") for m in model.modules()):
         raise ValueError("this model has no Prism settings: call prism_mm.enable_prism(model, config) first")
     name = ATTN_NAME if attn == "prism" else "sdpa"
-    model.set_attn_implementation({"text_config": name} if model.config.model_type in VL_MODEL_TYPES else name)
+    if model.config.model_type not in VL_MODEL_TYPES:
+        model.set_attn_implementation(name)
+        return
+    choice = {"text_config": name}
+    if vision is not None:
+        vision_attention.register_with_transformers()
+        choice["vision_config"] = vision_attention.VISION_ATTN_NAME if vision == "varlen" else "sdpa"
+    model.set_attn_implementation(choice)
 
 
 def _model_class(config):
@@ -208,7 +247,8 @@ def check_model_path(name_or_path: str) -> None:
                          "config.json and the weights (save_pretrained writes both)")
     looks_local = name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1
     if looks_local and not path.exists():
-        raise ValueError(f"model directory {name_or_path!r} does not exist")
+        raise ModelNotAvailableError(f"model directory {name_or_path!r} does not exist: pass an existing directory "
+                                     "that holds config.json and the weights, or a hub id")
 
 
 def _load_config(name_or_path: str, **kwargs):

@@ -42,6 +42,7 @@ class PrismRunStats:
 
     layers: dict[int, PrismStats] = field(default_factory=dict)
     prefill_seconds: float | None = None  # wall time of the last forward with more than one query token
+    vision_seconds: float | None = None  # of which the vision tower (Qwen-VL models with visual input)
     keep_selections: bool = False  # keep each layer's block selection (for inspection and plots)
     check_against_dense: bool = False  # also run dense attention in sparse layers and record the output error
     prefill_started: float | None = field(default=None, repr=False)  # perf_counter() of the running prefill
@@ -49,6 +50,7 @@ class PrismRunStats:
     def reset(self) -> None:
         self.layers.clear()
         self.prefill_seconds = None
+        self.vision_seconds = None
         self.prefill_started = None
 
     def start_prefill(self) -> None:
@@ -99,5 +101,6 @@ class PrismRunStats:
             "sparse_layers": self.sparse_layers,
             "layers": len(self.layers),
             "prefill_seconds": self.prefill_seconds,
+            "vision_seconds": self.vision_seconds,
             "dense_reasons": sorted({r.reason for r in self.layers.values() if not r.sparse and r.reason}),
         }

@@ -91,3 +91,56 @@ def test_prism_attention_end_to_end_bf16():
 
     sel_t = estimate(q, k, cfg, layout.bands(*cfg.band_dims(d)), backend="torch")
     assert (sel_t.to_mask() != sel.to_mask()).float().mean() < 2e-3
+
+
+@pytest.mark.parametrize("name", ["Qwen/Qwen2.5-VL-7B-Instruct", "Qwen/Qwen3-VL-8B-Instruct"])
+def test_vision_tower_varlen_equals_sdpa_at_real_size(name):
+    """The real vision towers (shipped configs, random weights, bf16) on 6 temporal patches of 32 x 56 patches:
+    prism_mm.vision's batched attention against transformers' per-window / per-frame SDPA."""
+    from transformers import AutoModelForImageTextToText
+
+    from prism_mm.models import set_attention, shipped_config
+    from prism_mm.testing.tiny import video_inputs
+
+    config = shipped_config(name)
+    config._attn_implementation = "sdpa"
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        model = AutoModelForImageTextToText.from_config(config, dtype=torch.bfloat16).eval()
+    model.model.language_model.layers = model.model.language_model.layers[:1]  # the decoder is not under test
+    inputs = video_inputs(model.config, frames=12, grid=32, grid_w=56)
+    pixels = inputs["pixel_values_videos"].to("cuda", torch.bfloat16)
+    thw = inputs["video_grid_thw"].to("cuda")
+    tower = model.model.visual
+    with torch.no_grad():
+        ref = tower(pixels, grid_thw=thw).pooler_output
+        set_attention(model, "dense", "varlen")
+        out = tower(pixels, grid_thw=thw).pooler_output
+    assert model.config.vision_config._attn_implementation == "prism_flash_varlen"
+    assert torch.isfinite(out).all() and rel_err(out, ref) < TOL[torch.bfloat16]
+
+
+def test_prism_layer_makes_no_host_sync():
+    """A Prism decoder call at 16K tokens (selection + sparse kernel, max_density 1.0) never waits for the GPU."""
+    q = torch.randn(1, 28, 16384, 128, device="cuda", dtype=torch.bfloat16)
+    k, v = (torch.randn(1, 4, 16384, 128, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    cfg = PrismConfig.video(min_sparse_len=0)
+    prism_attention(q, k, v, cfg)  # compiles outside the check
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        out = prism_attention(q, k, v, cfg)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs")
+def test_prism_attention_on_second_gpu_while_first_is_current():
+    """Triton launches follow their inputs' device: tensors on cuda:1 with cuda:0 current give dense's answer."""
+    torch.cuda.set_device(0)
+    q = torch.randn(1, 28, 8192, 128, device="cuda:1", dtype=torch.bfloat16)
+    k, v = (torch.randn(1, 4, 8192, 128, device="cuda:1", dtype=torch.bfloat16) for _ in range(2))
+    out, stats = prism_attention(q, k, v, PrismConfig(min_sparse_len=0).with_threshold(1.0), return_stats=True)
+    assert out.device == q.device and stats.sparse and torch.cuda.current_device() == 0
+    assert rel_err(out, dense_attention(q, k, v)) < TOL[torch.bfloat16]

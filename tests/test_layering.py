@@ -10,10 +10,10 @@ ROOT = Path(prism_mm.__file__).parent
 # Layer of each module (dotted name below prism_mm); a module may import only from strictly lower layers, except
 # inside its own package (kernels/*, testing/*, pipelines/video <- pipelines/session).
 LAYERS = [
-    {"kernels"},
+    {"kernels", "_optional"},
     {"config", "spectral"},
     {"selection", "stats"},
-    {"attention"},
+    {"attention", "vision"},
     {"models", "testing"},
     {"pipelines.video"},
     {"pipelines.session"},

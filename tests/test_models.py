@@ -36,9 +36,11 @@ def test_all_blocks_matches_dense_logits_and_generation(tiny_dir):
     assert stats.sparse_layers == dense.config.get_text_config().num_hidden_layers  # prism really ran
     assert stats.mean_density == pytest.approx(1.0)
     assert stats.prefill_seconds is not None and stats.prefill_seconds > 0
-    # Vision tower untouched, text decoder switched.
+    assert 0 < stats.vision_seconds < stats.prefill_seconds
+    # Text decoder on Prism, vision tower on the batched varlen entry (the dense model keeps SDPA in both).
     assert prism.config.get_text_config()._attn_implementation == "prism"
-    assert prism.config.vision_config._attn_implementation == "sdpa"
+    assert prism.config.vision_config._attn_implementation == "prism_flash_varlen"
+    assert dense.config.vision_config._attn_implementation == "sdpa"
     g_dense = dense.generate(**inputs, max_new_tokens=6, do_sample=False)
     g_prism = prism.generate(**inputs, max_new_tokens=6, do_sample=False)
     assert torch.equal(g_dense, g_prism)
@@ -118,8 +120,10 @@ def test_set_attention_switches_the_text_decoder_and_rejects_unknown_names(tiny_
 def test_load_model_errors(tmp_path):
     with pytest.raises(ValueError, match="attn"):
         load_model("whatever", attn="sparse")
-    with pytest.raises(ModelNotAvailableError, match="not available offline"):
+    with pytest.raises(ModelNotAvailableError, match="does not exist"):
         load_model(str(tmp_path / "missing-model"))
+    with pytest.raises(ValueError, match="is a file, not a model directory"):
+        load_model(__file__)
     with pytest.raises(ModelNotAvailableError, match="local directory"):
         load_model("no-such-org/no-such-model-xyz")
     from transformers import BertConfig

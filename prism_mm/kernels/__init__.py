@@ -39,12 +39,31 @@ def ops(backend: str = "auto", device: torch.device | str = "cpu") -> SimpleName
     return _ops(resolve_backend(backend, device))
 
 
+def on_input_device(op, device_of):
+    """`op` launched with its input's CUDA device current (Triton launches on the current device, and the
+    launchers' buffers land there): a tensor on cuda:1 is computed on cuda:1 even while cuda:0 is current."""
+
+    @functools.wraps(op)
+    def run(first, *args, **kwargs):
+        device = device_of(first)
+        if device.type != "cuda" or device.index is None or device.index == torch.cuda.current_device():
+            return op(first, *args, **kwargs)
+        with torch.cuda.device(device):
+            return op(first, *args, **kwargs)
+
+    return run
+
+
 @functools.lru_cache(maxsize=None)
 def _ops(name: str) -> SimpleNamespace:
     if name == "triton":
         from .block_sparse import block_sparse_attention
         from .estimate import select_blocks
         from .pool import pool_bands
+
+        pool_bands = on_input_device(pool_bands, lambda x: x.device)
+        select_blocks = on_input_device(select_blocks, lambda pooled: pooled.high.device)
+        block_sparse_attention = on_input_device(block_sparse_attention, lambda q: q.device)
     else:
         from .torch_ops import block_sparse_attention, pool_bands, select_blocks
     return SimpleNamespace(name=name, pool_bands=pool_bands, select_blocks=select_blocks,

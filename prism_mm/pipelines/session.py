@@ -20,12 +20,12 @@ import torch
 from tqdm import tqdm
 
 from ..config import PrismConfig
-from ..models import VL_MODEL_TYPES, enable_prism, load_model, set_attention
+from ..models import VISION_ATTENTIONS, VL_MODEL_TYPES, enable_prism, load_model, set_attention
 from ..testing.tiny import TINY_MODELS, build_tiny_processor, tiny_model_dir
 from .video import PreparedVideo, VideoOptions, build_inputs
 
 DEFAULT_MODEL = "Qwen/Qwen2.5-VL-7B-Instruct"
-VIDEO_FIELDS = ("frames", "visual_tokens", "total_tokens")
+VIDEO_FIELDS = ("frames", "visual_tokens", "total_tokens", "video_s")
 
 
 def check_device(device: str | None) -> str:
@@ -62,6 +62,7 @@ class RunRecord:
     attn: str
     answer: str
     prefill_s: float  # the prefill forward (vision tower + decoder), as model.prism_stats timed it
+    vision_s: float | None  # of which the vision tower (None without visual input)
     decode_s: float  # the rest of generate()
     new_tokens: int
     mean_density: float | None
@@ -72,10 +73,16 @@ class RunRecord:
     frames: int | None = None
     visual_tokens: int | None = None
     total_tokens: int | None = None
+    video_s: float | None = None  # decoding + sampling + processor of the PreparedVideo it ran on
 
     @property
     def total_s(self) -> float:
         return self.prefill_s + self.decode_s
+
+    @property
+    def first_token_s(self) -> float:
+        """From the video file (when run on a PreparedVideo) to the first answer token."""
+        return (self.video_s or 0.0) + self.prefill_s
 
     def to_dict(self, video: bool = True) -> dict:
         """The record as a JSON-ready dict; video=False leaves out the video fields (shared by a comparison's runs)."""
@@ -127,8 +134,10 @@ class VideoSession:
 
     def __init__(self, model: str = DEFAULT_MODEL, prism: PrismConfig | None = None, device: str | None = None,
                  dtype: str = "auto", random_weights: bool = False, device_map=None, attn: str = "prism",
-                 progress: bool = False):
-        self.model_name = model
+                 progress: bool = False, vision: str = "varlen"):
+        if vision not in VISION_ATTENTIONS:
+            raise ValueError(f"vision must be one of {VISION_ATTENTIONS}, got {vision!r}")
+        self.model_name, self.vision = model, vision
         self.device = check_device(device)
         self.prism_config = prism or PrismConfig.video()
         self.progress = progress
@@ -147,16 +156,19 @@ class VideoSession:
         return torch.cuda.get_device_name(self.device) if self.device.startswith("cuda") else "cpu"
 
     def set_attention(self, attn: str) -> None:
-        """Switch the text decoder to "prism" or "dense" (ValueError for anything else)."""
+        """"prism": Prism on the text decoder and the session's vision attention (`vision`, default the batched
+        varlen entry); "dense": transformers as shipped (SDPA in both). ValueError for anything else."""
         if attn != self.attn:
-            set_attention(self.model, attn)
+            set_attention(self.model, attn, self.vision if attn == "prism" else "sdpa")
             self.attn = attn
 
     def prepare(self, video: str, question: str, options: VideoOptions | None = None) -> PreparedVideo:
         """Decode and sample the video, build the chat prompt and the processor tensors (on the CPU)."""
+        t0 = time.perf_counter()
         with tqdm(total=1, desc="decoding video", disable=not self.progress, leave=False) as bar:
             prepared = build_inputs(self.processor, self.model.config, video, question, options or VideoOptions())
             bar.update(1)
+        prepared.seconds = time.perf_counter() - t0
         return prepared
 
     def run(self, prepared_or_inputs: PreparedVideo | dict, attn: str | None = None, max_new_tokens: int = 128,
@@ -175,7 +187,7 @@ class VideoSession:
         record = self._generate(inputs, max_new_tokens)
         if prepared is not None:
             record.frames, record.visual_tokens = prepared.frames_used, prepared.visual_tokens
-            record.total_tokens = prepared.total_tokens
+            record.total_tokens, record.video_s = prepared.total_tokens, prepared.seconds
         return record
 
     def _generate(self, inputs: dict, max_new_tokens: int) -> RunRecord:
@@ -197,7 +209,7 @@ class VideoSession:
         prefill = stats.prefill_seconds or 0.0
         summary = stats.summary()
         prism = attn == "prism"
-        return RunRecord(attn, answer, prefill, total - prefill, int(new.numel()),
+        return RunRecord(attn, answer, prefill, stats.vision_seconds, total - prefill, int(new.numel()),
                          stats.mean_density if prism else 1.0, stats.sparse_layers if prism else 0,
                          summary["layers"], summary["dense_reasons"] if prism else [],
                          stats.layer_report() if prism else [])
@@ -225,14 +237,14 @@ class VideoQA:
 
     def __init__(self, model: str = DEFAULT_MODEL, attn: str = "prism", prism: PrismConfig | None = None,
                  video: VideoOptions | None = None, max_new_tokens: int = 128, device: str | None = None,
-                 dtype: str = "auto", random_weights: bool = False, progress: bool = True):
+                 dtype: str = "auto", random_weights: bool = False, progress: bool = True, vision: str = "varlen"):
         if attn not in ("prism", "dense", "compare"):
             raise ValueError(f"attn must be prism, dense or compare, got {attn!r}")
         if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
         self.attn, self.video_opts, self.max_new_tokens = attn, video or VideoOptions(), max_new_tokens
         self.session = VideoSession(model, prism, device, dtype, random_weights,
-                                    attn="dense" if attn == "dense" else "prism", progress=progress)
+                                    attn="dense" if attn == "dense" else "prism", progress=progress, vision=vision)
         self.model, self.processor, self.device = self.session.model, self.session.processor, self.session.device
         self.model_name, self.prism_config = model, self.session.prism_config
 
@@ -250,7 +262,8 @@ class VideoQA:
             "random_weights": self.session.random_weights, "device": self.session.device_name,
             "frames": prepared.frames_used, "frame_size": list(prepared.frame_size),
             "visual_tokens": prepared.visual_tokens, "total_tokens": prepared.total_tokens,
-            "video_seconds": round(prepared.info.duration, 3),
+            "video_seconds": round(prepared.info.duration, 3), "video_s": prepared.seconds,
+            "vision_attention": self.session.vision,
             "runs": {m: r.to_dict(video=False) for m, r in runs.items()},
         }
         main = runs.get("prism") or runs["dense"]
@@ -285,8 +298,10 @@ def format_report(r: dict) -> str:
             dens = f"  mean density {run['mean_density']:.3f}, sparse in {run['sparse_layers']}/{run['layers']} layers"
             if run["dense_reasons"]:
                 dens += f" (dense: {'; '.join(run['dense_reasons'])})"
-        lines.append(f"{mode:>6}: prefill {run['prefill_s'] * 1e3:.1f} ms  decode {run['decode_s'] * 1e3:.1f} ms "
-                     f"({run['new_tokens']} tokens){dens}")
+        vision = run["vision_s"] or 0.0
+        lines.append(f"{mode:>6}: video {r['video_s']:.2f} s + vision tower {vision:.2f} s + decoder prefill "
+                     f"{run['prefill_s'] - vision:.2f} s = first token at {r['video_s'] + run['prefill_s']:.2f} s; "
+                     f"decode {run['decode_s']:.2f} s ({run['new_tokens']} tokens){dens}")
     if r.get("layers_vs_dense"):
         lines.append("per decoder layer, Prism against dense attention on the same inputs:")
         for row in r["layers_vs_dense"]:
@@ -301,6 +316,7 @@ def format_report(r: dict) -> str:
         if r["device"] == "cpu":
             lines.append(CPU_TIMING_NOTE)
         else:
-            lines.append(f"prefill speed-up on {r['device']}: {r['prefill_speedup']:.2f}x")
+            lines.append(f"prefill speed-up on {r['device']}: {r['prefill_speedup']:.2f}x (dense = transformers' SDPA in "
+                         f"the vision tower and the decoder; prism = {r['vision_attention']} vision attention + Prism)")
         lines.append(f"answers agree: {r['answers_agree']}")
     return "\n".join(lines)

@@ -39,8 +39,11 @@ def parse_args(argv=None):
     ap.add_argument("--block-size", type=int, default=128)
     ap.add_argument("--threshold", type=float, default=0.93, help="top-p mass kept per band, in (0, 1]")
     ap.add_argument("--min-sparse-len", type=int, default=4096, help="shorter prompts run dense")
-    ap.add_argument("--max-density", type=float, default=0.8,
-                    help="a layer whose selection keeps more than this fraction of the blocks runs dense; 1.0: never")
+    ap.add_argument("--max-density", type=float, default=1.0,
+                    help="a layer whose selection keeps more than this fraction of the blocks runs dense (costs one "
+                         "GPU sync per layer); 1.0: never")
+    ap.add_argument("--vision-attn", choices=["varlen", "sdpa"], default="varlen",
+                    help="Prism runs' vision-tower attention: batched varlen (default) or transformers' SDPA per window")
     ap.add_argument("--max-new-tokens", type=int, default=128)
     ap.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda if available)")
     ap.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"])
@@ -86,7 +89,7 @@ def main(argv=None) -> int:
 
             hf_logging.disable_progress_bar()
         qa = VideoQA(args.model, args.attn, prism, opts, args.max_new_tokens, device, args.dtype,
-                     args.random_weights, progress=not args.no_progress)
+                     args.random_weights, progress=not args.no_progress, vision=args.vision_attn)
         result = qa(args.video, args.question)
     except (VideoError, ValueError, OSError) as e:  # ModelNotAvailableError is an OSError
         print(f"error: {e}", file=sys.stderr)

@@ -68,16 +68,17 @@ def build_tiny_model(model_type: str = "qwen2_5_vl", path: str | Path | None = N
     return model
 
 
-def video_inputs(config, frames: int = 4, grid: int = 8, text_before: int = 40, text_after: int = 20, seed: int = 0):
+def video_inputs(config, frames: int = 4, grid: int = 8, text_before: int = 40, text_after: int = 20, seed: int = 0,
+                 grid_w: int | None = None):
     """Model inputs for one synthetic video (random pixels) between random text tokens.
 
-    frames must be even (temporal patch 2); grid x grid patches per frame; the video contributes
-    frames/2 * grid^2 / 4 tokens.
+    frames must be even (temporal patch 2); grid x grid_w (default grid) patches per frame; the video
+    contributes frames/2 * grid * grid_w / 4 tokens.
     """
     g = torch.Generator().manual_seed(seed)
     vcfg = config.vision_config
     patch = vcfg.patch_size
-    t, h, w = frames // vcfg.temporal_patch_size, grid, grid
+    t, h, w = frames // vcfg.temporal_patch_size, grid, grid_w or grid
     n_video = t * h * w // vcfg.spatial_merge_size**2
     text = lambda n: torch.randint(0, 256, (n,), generator=g)  # noqa: E731
 

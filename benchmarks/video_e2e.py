@@ -1,0 +1,289 @@
+"""Time to the first answer token on a long video, per stage: Qwen2.5-VL-7B and Qwen3-VL-8B (shipped configs,
+random weights, bf16) on a CUDA GPU.
+
+For each number of visual tokens, a synthetic video (random frames of 32 x 56 patches: 448 visual tokens per
+temporal patch) goes through
+- the processor: the model's real video processor and a chat prompt (the frames are already decoded and sized,
+  as qwen-vl-utils hands them over; file decoding is not timed here),
+- one prefill forward of the whole model (model(**inputs), last-position logits, KV cache on, as generate's
+  first step), timed as vision tower (sync hooks around it) and the rest (decoder prefill + first-token logits).
+Rows:
+- transformers (sdpa): the model as users run it today (SDPA per window / frame in the tower, SDPA decoder)
+- varlen vision + dense: prism_mm.vision's batched attention in the tower, SDPA decoder
+- varlen vision + Prism 0.25 / 0.1: the decoder on the Prism sparse kernel at a fixed density (sink, diagonal,
+  stripes and random blocks in every layer: random weights give flat attention, which selects nearly dense)
+Each point: one warm-up forward per row at the first size, then the mean of --reps forwards; peak GPU memory.
+A second table gives the host time per decoder layer (the time the host needs to enqueue a decoder forward,
+no synchronisation inside) for dense SDPA and Prism's real selection path with max_density 1.0 (no sync) and
+0.8 (one sync per layer, the former default).
+
+    python -m benchmarks.video_e2e                        # both models: benchmarks/results/video_e2e-<device>.*
+    python -m benchmarks.video_e2e --models Qwen/Qwen3-VL-8B-Instruct --merge
+    python -m benchmarks.video_e2e --smoke --out /tmp/e2e # tiny models on the CPU: checks the code path only
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import math
+import time
+from pathlib import Path
+
+import torch
+import transformers
+from tqdm import tqdm
+
+from benchmarks.common import Results, describe_runs, fixed_density_selection, pyplot, register_benchmark_attentions, \
+    run_info, save_figure
+from prism_mm import PrismConfig
+from prism_mm.models import load_model, set_attention, vision_tower
+from prism_mm.testing.tiny import build_tiny_model, build_tiny_processor
+
+MODELS = ["Qwen/Qwen2.5-VL-7B-Instruct", "Qwen/Qwen3-VL-8B-Instruct"]
+FRAME_PATCHES = (32, 56)  # patches per frame (height, width)
+ROWS = [("transformers (sdpa)", "sdpa", None), ("varlen vision + dense", "varlen", None),
+        ("varlen vision + Prism 0.25", "varlen", 0.25), ("varlen vision + Prism 0.1", "varlen", 0.1)]
+BS = 128
+
+
+def synthetic_frames(vision_config, visual_tokens: int, frame_patches=FRAME_PATCHES, seed: int = 0) -> torch.Tensor:
+    """uint8 frames [T, 3, H, W] whose video gives about `visual_tokens` tokens (a whole number of temporal patches)."""
+    merge, temporal, patch = vision_config.spatial_merge_size, vision_config.temporal_patch_size, vision_config.patch_size
+    per_t = frame_patches[0] * frame_patches[1] // merge**2
+    t = max(1, math.ceil(visual_tokens / per_t))
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (t * temporal, 3, frame_patches[0] * patch, frame_patches[1] * patch), generator=g,
+                         dtype=torch.uint8)
+
+
+def process(processor, frames: torch.Tensor, question: str = "What happens in this video?") -> tuple[dict, float]:
+    """The processor call of prism_mm.pipelines.video.build_inputs on decoded frames: (inputs, seconds)."""
+    t0 = time.perf_counter()
+    messages = [{"role": "user", "content": [{"type": "video", "video": "clip"}, {"type": "text", "text": question}]}]
+    text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    n = frames.shape[0]
+    meta = {"fps": 2.0, "frames_indices": list(range(n)), "total_num_frames": n}
+    inputs = processor(text=[text], videos=[frames], video_metadata=[meta], do_resize=False, do_sample_frames=False,
+                       return_tensors="pt")
+    return dict(inputs), time.perf_counter() - t0
+
+
+def sync(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed_prefill(model, inputs: dict, reps: int) -> dict:
+    """Mean over `reps` prefill forwards: whole forward, vision tower (model.prism_stats hooks); peak memory."""
+    device = next(model.parameters()).device
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    totals, visions = [], []
+    for _ in range(reps):
+        sync(device)
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            model(**inputs, use_cache=True, logits_to_keep=1)
+        sync(device)
+        totals.append(time.perf_counter() - t0)
+        visions.append(model.prism_stats.vision_seconds or 0.0)
+    return {"prefill_s": sum(totals) / reps, "vision_s": sum(visions) / reps, "reps": reps, "prefill_runs": totals,
+            "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None}
+
+
+def use_row(model, vision: str, density: float | None) -> None:
+    """Switch the model to one row's attention: the tower's, and the decoder's (SDPA or the fixed-density kernel)."""
+    set_attention(model, "dense", vision)
+    if density is not None:
+        model.set_attn_implementation({"text_config": "prism_fixed"})
+
+
+def host_time(model, inputs: dict, reps: int = 3) -> list[dict]:
+    """Host seconds per decoder layer to enqueue one decoder prefill (no sync inside), and the GPU-synced total,
+    for dense SDPA and Prism's real selection with max_density 1.0 and 0.8."""
+    device = next(model.parameters()).device
+    lm = model.model.language_model
+    with torch.no_grad():
+        embeds = model.get_input_embeddings()(inputs["input_ids"])
+    n = embeds.shape[1]
+    pos = torch.arange(n, device=device)[None].expand(3, 1, n)
+    if model.config.model_type == "qwen3_vl":
+        pos = torch.cat([torch.arange(n, device=device)[None, None], pos], 0)
+    layers = model.config.get_text_config().num_hidden_layers
+    rows = []
+    for mode, max_density in (("dense sdpa", None), ("prism, max_density 1.0", 1.0), ("prism, max_density 0.8", 0.8)):
+        if max_density is None:
+            set_attention(model, "dense")
+        else:
+            for m in model.modules():
+                if hasattr(m, "prism"):
+                    m.prism.config = PrismConfig.video(max_density=max_density, min_sparse_len=0)
+            set_attention(model, "prism")
+        hosts, totals = [], []
+        for i in range(reps + 1):
+            sync(device)
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                lm(inputs_embeds=embeds, position_ids=pos, use_cache=False)
+            t1 = time.perf_counter()
+            sync(device)
+            if i:  # the first run is the warm-up
+                hosts.append(t1 - t0)
+                totals.append(time.perf_counter() - t0)
+        rows.append({"mode": mode, "tokens": n, "host_ms_per_layer": 1e3 * sorted(hosts)[reps // 2] / layers,
+                     "total_s": sorted(totals)[reps // 2], "mean_density": model.prism_stats.mean_density
+                     if max_density is not None else 1.0})
+        print(rows[-1], flush=True)
+    return rows
+
+
+def measure(model, processor, name: str, tokens: list[int], reps: int, device, gen, frame_patches=FRAME_PATCHES,
+            block_size: int = BS) -> tuple[list[dict], list[dict]]:
+    """Every row at every size for one loaded model; then the host-time rows at the first size."""
+    heads = model.config.get_text_config().num_attention_heads
+    selections: dict = {}
+    register_benchmark_attentions(selections)
+    rows, warm, host = [], set(), []
+    for target in tokens:
+        frames = synthetic_frames(model.config.vision_config, target, frame_patches)
+        inputs, processor_s = process(processor, frames)
+        inputs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+        inputs["pixel_values_videos"] = inputs["pixel_values_videos"].to(model.dtype)
+        n = inputs["input_ids"].shape[1]
+        visual = int((inputs["input_ids"] == model.config.video_token_id).sum())
+        for label, vision, density in tqdm(ROWS, desc=f"{name.split('/')[-1]} {visual} visual tokens", leave=False):
+            if density is not None:
+                selections[(heads, n)] = fixed_density_selection(heads, n, density, gen, block_size, device)
+            use_row(model, vision, density)
+            if label not in warm:  # compiles, allocator growth and cuDNN plans stay out of the timings
+                timed_prefill(model, inputs, 1)
+                warm.add(label)
+            row = {"model": name, "visual_tokens": visual, "tokens": n, "row": label, "vision_attention": vision,
+                   "decoder_density": density if density is not None else 1.0, "processor_s": processor_s,
+                   "frames": frames.shape[0], "frame_size": [frames.shape[-1], frames.shape[-2]],
+                   **timed_prefill(model, inputs, reps)}
+            row["decoder_s"] = row["prefill_s"] - row["vision_s"]
+            row["first_token_s"] = row["processor_s"] + row["prefill_s"]
+            rows.append(row)
+            print({k: v for k, v in row.items() if k != "prefill_runs"}, flush=True)
+        base = next(r for r in rows if r["visual_tokens"] == visual and r["row"] == ROWS[0][0])
+        ours_dense = next(r for r in rows if r["visual_tokens"] == visual and r["row"] == ROWS[1][0])
+        for r in rows:
+            if r["visual_tokens"] == visual:
+                r["speedup_vs_transformers"] = base["first_token_s"] / r["first_token_s"]
+                r["prefill_speedup_vs_transformers"] = base["prefill_s"] / r["prefill_s"]
+                r["prefill_speedup_vs_varlen_dense"] = ours_dense["prefill_s"] / r["prefill_s"]
+                r["vision_speedup_vs_transformers"] = base["vision_s"] / max(r["vision_s"], 1e-9)
+        if not host:
+            host = [{"model": name, **h} for h in host_time(model, inputs)]
+        del inputs
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return rows, host
+
+
+def load(name: str, device, smoke: bool):
+    """(model with Prism set up and stats hooks, its processor): random weights of a shipped config, or tiny."""
+    if smoke:
+        model_type = {"Qwen/Qwen2.5-VL-7B-Instruct": "qwen2_5_vl", "Qwen/Qwen3-VL-8B-Instruct": "qwen3_vl"}[name]
+        model = build_tiny_model(model_type, layers=2)
+        from prism_mm.models import enable_prism
+
+        enable_prism(model, PrismConfig.video(min_sparse_len=0, block_size=16))
+        return model, build_tiny_processor(model_type)
+    model, _ = load_model(name, attn="prism", prism=PrismConfig.video(), dtype="bfloat16", device_map=str(device),
+                          random_weights=True)
+    return model, build_tiny_processor(model.config.model_type, real_vocab=True)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", nargs="+", default=MODELS, help="shipped model names (random weights from their config)")
+    ap.add_argument("--tokens", type=int, nargs="+", default=[32768, 65536, 131072], help="visual tokens")
+    ap.add_argument("--reps", type=int, default=2, help="timed forwards per point (after one warm-up per row)")
+    ap.add_argument("--smoke", action="store_true", help="tiny random models on the CPU, small sizes (a code check)")
+    if "--smoke" in __import__("sys").argv:
+        RESULTS_FILES.add_arguments(ap)
+        args = ap.parse_args()
+        device, dev, base = torch.device("cpu"), None, None
+        args.tokens = [t for t in args.tokens if t <= 1024] or [128, 256]
+    else:
+        started = RESULTS_FILES.parse_gpu_run(ap)
+        if started is None:
+            return
+        args, dev, base = started
+        device = torch.device("cuda")
+    run = run_info(transformers=transformers.__version__)
+    rows, host = [], []
+    for name in args.models:
+        gen = torch.Generator(device=device).manual_seed(0)
+        model, processor = load(name, device, args.smoke)
+        shape = dict(frame_patches=(8, 12), block_size=16) if args.smoke else {}
+        got, got_host = measure(model, processor, name, args.tokens, args.reps, device, gen, **shape)
+        rows, host = rows + got, host + got_host
+        del model
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        RESULTS_FILES.save({"device": dev or "cpu", "host_time": host}, run, rows, args.out, dev, base, quiet=True)
+    RESULTS_FILES.save({"device": dev or "cpu", "host_time": host}, run, rows, args.out, dev, base)
+
+
+def table(data: dict) -> list[str]:
+    meta = data["meta"]
+    lines = [f"# Time to the first token on long videos (random weights, bf16) on {meta['device']}", "",
+             ("Processor (decoded frames -> patches + prompt), then one prefill forward of the whole model (vision "
+              "tower timed by sync hooks; the rest is the decoder prefill and the first token's logits). "
+              "Each point: mean of the listed forwards after one warm-up per row. Runs:"), "",
+             *describe_runs(meta), "",
+             "| model | visual tokens | row | processor s | vision s | decoder s | first token s | vs transformers "
+             "| prefill vs transformers | prefill vs varlen+dense | vision vs transformers | peak GiB |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in data["rows"]:
+        peak = f"{r['peak_gib']:.1f}" if r.get("peak_gib") is not None else ""
+        lines.append(f"| {r['model'].split('/')[-1]} | {r['visual_tokens']} | {r['row']} | {r['processor_s']:.2f} | "
+                     f"{r['vision_s']:.2f} | {r['decoder_s']:.2f} | {r['first_token_s']:.2f} | "
+                     f"{r['speedup_vs_transformers']:.2f}x | {r['prefill_speedup_vs_transformers']:.2f}x | "
+                     f"{r['prefill_speedup_vs_varlen_dense']:.2f}x | {r['vision_speedup_vs_transformers']:.1f}x | "
+                     f"{peak} |")
+    if meta.get("host_time"):
+        lines += ["", "Host time per decoder layer to enqueue a decoder prefill (median of 3 after a warm-up; "
+                  "Prism's real selection path, random weights):", "",
+                  "| model | tokens | mode | host ms / layer | synced total s | mean density |", "|---|---|---|---|---|---|"]
+        for h in meta["host_time"]:
+            lines.append(f"| {h['model'].split('/')[-1]} | {h['tokens']} | {h['mode']} | {h['host_ms_per_layer']:.3f} | "
+                         f"{h['total_s']:.3f} | {h['mean_density']:.3f} |")
+    return lines
+
+
+def plot(data: dict, path: Path) -> None:
+    """Per model, a stacked bar per (visual tokens, row): processor, vision tower, decoder + first token."""
+    plt = pyplot()
+    rows = data["rows"]
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    fig, axes = plt.subplots(1, len(models), figsize=(7 * len(models), 4.5), squeeze=False)
+    stages = (("processor_s", "processor", "tab:gray"), ("vision_s", "vision tower", "tab:orange"),
+              ("decoder_s", "decoder prefill + first token", "tab:blue"))
+    for ax, model in zip(axes[0], models):
+        mine = [r for r in rows if r["model"] == model]
+        labels, bottom = [], None
+        xs = range(len(mine))
+        for key, label, color in stages:
+            vals = [r[key] for r in mine]
+            ax.bar(xs, vals, bottom=bottom, color=color, label=label)
+            bottom = vals if bottom is None else [a + b for a, b in zip(bottom, vals)]
+        for x, r in zip(xs, mine):
+            labels.append(f"{r['visual_tokens'] // 1024}K\n{r['row'].replace('varlen vision + ', 'varlen+')}")
+            ax.text(x, r["first_token_s"], f"{r['speedup_vs_transformers']:.2f}x", ha="center", va="bottom", fontsize=7)
+        ax.set_xticks(list(xs), labels, fontsize=6, rotation=90)
+        ax.set(ylabel="seconds to the first token", title=f"{model.split('/')[-1]} on {data['meta']['device']}")
+        ax.legend(fontsize=8)
+    save_figure(fig, path, dpi=120)
+
+
+RESULTS_FILES = Results("video_e2e", key=lambda r: (r["model"], r["row"], r["visual_tokens"]), table=table, plot=plot)
+
+if __name__ == "__main__":
+    main()
