@@ -15,12 +15,14 @@ import json
 from pathlib import Path
 
 import torch
-from lmms_eval.api.model import lmms
 from tqdm import tqdm
 
+from .._optional import require
 from ..config import PrismConfig
 from ..pipelines.session import VideoSession
 from ..pipelines.video import VideoOptions
+
+lmms = require("lmms_eval.api.model", "eval", "the lmms-eval model prism_qwen_vl").lmms
 
 
 def _bool(value) -> bool:
@@ -33,7 +35,7 @@ class PrismQwenVL(lmms):
                  min_pixels: int | None = None, total_pixels: int | None = None, max_num_frames: int = 32,
                  fps: float | None = None, block_size: int = 128, threshold: float | None = None,
                  threshold_high: float = 0.93, threshold_low: float = 0.93, min_sparse_len: int = 4096,
-                 max_density: float = 0.8, calibrate=True, dtype: str = "auto", random_weights=False,
+                 max_density: float = 1.0, calibrate=True, dtype: str = "auto", random_weights=False,
                  stats_dir: str = "prism_mm_stats", **kwargs):
         super().__init__()
         if kwargs:

@@ -7,10 +7,16 @@ VideoError whose message names the fix.
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import os
+import sys
+import tempfile
 from dataclasses import dataclass
 
 import torch
+
+from .._optional import require
 
 MODEL_PATCH = {"qwen2_vl": 14, "qwen2_5_vl": 14, "qwen3_vl": 16}
 
@@ -60,9 +66,41 @@ class PreparedVideo:
     inputs: dict  # processor output: tensors for model.generate / model(...)
     info: VideoInfo
     frames_used: int
-    frame_size: tuple[int, int]  # (height, width) after resizing
+    frame_size: tuple[int, int]  # (width, height) after resizing
     visual_tokens: int
     total_tokens: int
+    seconds: float = 0.0  # decoding, sampling and the processor (set by VideoSession.prepare)
+
+
+@contextlib.contextmanager
+def native_stderr_captured():
+    """Capture what native code (ffmpeg's av_log, decord's logger) writes to file descriptor 2, so that it does
+    not precede our one-line error. Yields a list that receives the captured lines on exit."""
+    lines: list[str] = []
+    try:
+        fd = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # no real stderr (some notebook front ends): nothing to capture
+        fd = 2
+    with tempfile.TemporaryFile() as sink:
+        sys.stderr.flush()
+        saved = os.dup(fd)
+        os.dup2(sink.fileno(), fd)
+        try:
+            yield lines
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, fd)
+            os.close(saved)
+            sink.seek(0)
+            lines.extend(line.strip() for line in sink.read().decode(errors="replace").splitlines() if line.strip())
+
+
+def _native_reason(lines: list[str], fallback: str) -> str:
+    """The most telling native log line ("moov atom not found"), without its "[decoder @ 0x...]" prefix."""
+    for line in lines:
+        if line.startswith("[") and "@" in line.split("]", 1)[0]:
+            return line.split("]", 1)[1].strip()[:120]
+    return fallback
 
 
 def probe(path: str) -> VideoInfo:
@@ -76,28 +114,35 @@ def probe(path: str) -> VideoInfo:
     try:
         import decord
 
-        try:
-            vr = decord.VideoReader(path, num_threads=1)
-            frames, fps = len(vr), float(vr.get_avg_fps())
-            h, w = vr[0].shape[:2] if frames else (0, 0)
-            if frames > 1:
-                vr[frames - 1]  # a truncated file fails here rather than mid-sampling
-        except Exception as e:  # noqa: BLE001 - decord raises its own error types
-            msg = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
-            raise VideoError(f"cannot decode {path}: not a video or corrupt ({msg}); "
-                             "re-encode it, e.g. ffmpeg -i in.mp4 -c:v libx264 out.mp4") from None
+        error, native = None, []
+        with native_stderr_captured() as native:
+            try:
+                vr = decord.VideoReader(path, num_threads=1)
+                frames, fps = len(vr), float(vr.get_avg_fps())
+                h, w = vr[0].shape[:2] if frames else (0, 0)
+                if frames > 1:
+                    vr[frames - 1]  # a truncated file fails here rather than mid-sampling
+            except Exception as e:  # noqa: BLE001 - decord raises its own error types
+                error = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
+        if error is not None:
+            raise VideoError(f"cannot decode {path}: not a video or corrupt ({_native_reason(native, error)}); "
+                             "re-encode it, e.g. ffmpeg -i in.mp4 -c:v libx264 out.mp4")
         backend = "decord"
-    except ImportError:
-        import av
+    except ImportError:  # no decord: PyAV reads the file
+        av = require("av", "video", "video input (decord is not installed either)")
 
-        try:
-            with av.open(path) as container:
-                stream = container.streams.video[0]
-                fps = float(stream.average_rate or 0)
-                frames = sum(1 for _ in container.decode(video=0))
-                h, w = stream.codec_context.height, stream.codec_context.width
-        except (av.FFmpegError, IndexError) as e:
-            raise VideoError(f"cannot decode {path}: not a video or corrupt ({e}); re-encode it with ffmpeg") from None
+        error = None
+        with native_stderr_captured():
+            try:
+                with av.open(path) as container:
+                    stream = container.streams.video[0]
+                    fps = float(stream.average_rate or 0)
+                    frames = sum(1 for _ in container.decode(video=0))
+                    h, w = stream.codec_context.height, stream.codec_context.width
+            except (av.FFmpegError, IndexError) as e:
+                error = str(e)
+        if error is not None:
+            raise VideoError(f"cannot decode {path}: not a video or corrupt ({error}); re-encode it with ffmpeg")
         backend = "pyav"
     if frames == 0 or fps <= 0:
         raise VideoError(f"{path} has no decodable frames; re-encode it or pass another file")
@@ -113,10 +158,20 @@ def check_range(info: VideoInfo, opts: VideoOptions) -> None:
         raise VideoError(f"start must be >= 0, got {opts.start}")
 
 
+def _quiet_backend_choice(fetch_video) -> None:
+    """qwen-vl-utils prints "qwen-vl-utils using decord to read video." to stderr the first time it picks its
+    reader (a cached function): make that first call here, with the line swallowed."""
+    choose = getattr(sys.modules.get(fetch_video.__module__), "get_video_reader_backend", None)
+    if choose is not None:
+        with contextlib.redirect_stderr(io.StringIO()):
+            choose()
+
+
 def sample_frames(path: str, opts: VideoOptions, model_type: str):
     """Decode, sample and resize with qwen-vl-utils. Returns (frames uint8 [T,3,H,W], metadata, info)."""
-    from qwen_vl_utils import fetch_video
+    fetch_video = require("qwen_vl_utils", "video", "sampling video frames").fetch_video
 
+    _quiet_backend_choice(fetch_video)
     info = probe(path)
     check_range(info, opts)
     ele = {"video": path, "fps": opts.fps}
@@ -153,5 +208,5 @@ def build_inputs(processor, model_config, video_path: str, question: str, opts: 
                        return_tensors="pt")
     video_token = getattr(model_config, "video_token_id", None)
     visual = int((inputs["input_ids"] == video_token).sum()) if video_token is not None else 0
-    return PreparedVideo(dict(inputs), info, frames.shape[0], tuple(frames.shape[-2:]), visual,
+    return PreparedVideo(dict(inputs), info, frames.shape[0], (frames.shape[-1], frames.shape[-2]), visual,
                          int(inputs["input_ids"].shape[1]))

