@@ -65,8 +65,10 @@ def fallback_reason(config: PrismConfig, q_len: int, kv_len: int, attention_mask
                     sliding_window: int | None = None, dropout: float = 0.0) -> str:
     """Why a call must run dense before any selection is made ("" when Prism may run). The one place
     this is decided, for prism_attention and the transformers entry alike."""
-    if q_len < max(config.min_sparse_len, 2):
-        return "decoding" if q_len == 1 else "shorter than min_sparse_len"
+    if q_len == 1:
+        return "decoding"
+    if kv_len < config.min_sparse_len:
+        return "shorter than min_sparse_len"
     if sliding_window is not None:
         return "sliding-window layer"
     if dropout > 0.0:
@@ -157,7 +159,7 @@ def prism_attention(
     """Prism causal attention. q [B, Hq, Lq, D] (after RoPE), k/v [B, Hkv, Lk, D], Lq <= Lk.
 
     The band dims come from `bands`, else from `rope` (the model's RoPE layout), else from plain
-    RoPE over all of head_dim. Query lengths under config.min_sparse_len run dense SDPA.
+    RoPE over all of head_dim. Key lengths under config.min_sparse_len run dense SDPA.
     Returns the output [B, Hq, Lq, D] (a view of a [B, Lq, Hq, D] buffer when sparse), and
     a PrismStats when return_stats.
     """
@@ -237,11 +239,28 @@ def prism_attention_forward(
 def register_with_transformers() -> None:
     """Register "prism" with transformers' attention and mask interfaces (idempotent).
 
-    The mask function is SDPA's: it returns None for plain causal inputs, and a real mask when
-    there is padding, which prism_attention_forward then hands to dense SDPA.
+    The mask function is SDPA's (see prism_mask_function): None for plain causal inputs, and a real mask when there is
+    padding, which prism_attention_forward then hands to dense SDPA.
     """
     from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+    from transformers.masking_utils import AttentionMaskInterface
 
     AttentionInterface.register(ATTN_NAME, prism_attention_forward)
-    AttentionMaskInterface.register(ATTN_NAME, sdpa_mask)
+    AttentionMaskInterface.register(ATTN_NAME, prism_mask_function())
+
+
+def prism_mask_function():
+    """transformers' SDPA mask function, except that an unpadded causal mask is not built at all: prism_attention
+    aligns the queries to the end of the keys itself, so a chunk of a chunked prefill (q < kv) needs no
+    [q, kv] tensor. Padding (a 2-D attention_mask with zeros), local windows or other mask functions get SDPA's."""
+    from transformers.masking_utils import causal_mask_function, sdpa_mask
+
+    def mask(*args, **kwargs):
+        padding = kwargs.get("attention_mask")
+        plain = (kwargs.get("mask_function", causal_mask_function) is causal_mask_function
+                 and kwargs.get("local_size") is None and kwargs.get("allow_is_causal_skip", True))
+        if plain and (padding is None or (padding.dim() == 2 and bool(padding.all()))):
+            return None
+        return sdpa_mask(*args, **kwargs)
+
+    return mask

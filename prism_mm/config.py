@@ -34,7 +34,7 @@ class PrismConfig:
         calibrate: rescale each band's logits by its RMS-energy temperature.
         force_sink: always keep key block 0.
         force_diagonal: always keep the key block(s) holding the query block's own positions.
-        min_sparse_len: query lengths below this use dense attention.
+        min_sparse_len: prompts (key lengths) below this use dense attention; decoding (one query) is always dense.
         max_density: when the selection keeps more than this fraction of the causal blocks (mean over
             batch and heads), run dense SDPA instead. 1.0 (the default) never falls back and never waits for the
             GPU: deciding costs one host synchronisation per layer, which stalls the host's run-ahead (measured:

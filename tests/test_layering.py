@@ -15,7 +15,7 @@ LAYERS = [
     {"selection", "stats"},
     {"attention", "vision"},
     {"models", "testing"},
-    {"pipelines.video"},
+    {"pipelines.video", "pipelines.prefill"},
     {"pipelines.session"},
     {"pipelines.video_qa", "pipelines.demo", "eval"},  # front ends: none imports another
 ]

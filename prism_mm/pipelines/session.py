@@ -22,6 +22,7 @@ from tqdm import tqdm
 from ..config import PrismConfig
 from ..models import VISION_ATTENTIONS, VL_MODEL_TYPES, enable_prism, load_model, set_attention
 from ..testing.tiny import TINY_MODELS, build_tiny_processor, tiny_model_dir
+from .prefill import ChunkConfig, chunked_prefill, greedy_decode
 from .video import PreparedVideo, VideoOptions, build_inputs
 
 DEFAULT_MODEL = "Qwen/Qwen2.5-VL-7B-Instruct"
@@ -134,7 +135,9 @@ class VideoSession:
 
     def __init__(self, model: str = DEFAULT_MODEL, prism: PrismConfig | None = None, device: str | None = None,
                  dtype: str = "auto", random_weights: bool = False, device_map=None, attn: str = "prism",
-                 progress: bool = False, vision: str = "varlen"):
+                 progress: bool = False, vision: str = "varlen", chunks: ChunkConfig | None = None):
+        """chunks: prefill in decoder / vision-tower chunks (bounded memory for very long videos); None: one pass."""
+        self.chunks = chunks
         if vision not in VISION_ATTENTIONS:
             raise ValueError(f"vision must be one of {VISION_ATTENTIONS}, got {vision!r}")
         self.model_name, self.vision = model, vision
@@ -198,13 +201,22 @@ class VideoSession:
         if cuda:
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        with torch.no_grad():
-            out = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
-                                      streamer=_TokenProgress(bar))
+        if self.chunks is None:
+            with torch.no_grad():
+                out = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
+                                          streamer=_TokenProgress(bar))
+            new = out[0, inputs["input_ids"].shape[1]:]
+        else:
+            state = chunked_prefill(self.model, inputs, self.chunks)
+            if cuda:
+                torch.cuda.synchronize()
+            stats.prefill_seconds = time.perf_counter() - t0
+            new = greedy_decode(self.model, state, max_new_tokens)[0]
+            bar.update(new.numel())
+            bar.close()
         if cuda:
             torch.cuda.synchronize()
         total = time.perf_counter() - t0
-        new = out[0, inputs["input_ids"].shape[1]:]
         answer = self.processor.batch_decode(new[None], skip_special_tokens=True)[0].strip()
         prefill = stats.prefill_seconds or 0.0
         summary = stats.summary()
@@ -237,14 +249,16 @@ class VideoQA:
 
     def __init__(self, model: str = DEFAULT_MODEL, attn: str = "prism", prism: PrismConfig | None = None,
                  video: VideoOptions | None = None, max_new_tokens: int = 128, device: str | None = None,
-                 dtype: str = "auto", random_weights: bool = False, progress: bool = True, vision: str = "varlen"):
+                 dtype: str = "auto", random_weights: bool = False, progress: bool = True, vision: str = "varlen",
+                 chunks: ChunkConfig | None = None):
         if attn not in ("prism", "dense", "compare"):
             raise ValueError(f"attn must be prism, dense or compare, got {attn!r}")
         if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
         self.attn, self.video_opts, self.max_new_tokens = attn, video or VideoOptions(), max_new_tokens
         self.session = VideoSession(model, prism, device, dtype, random_weights,
-                                    attn="dense" if attn == "dense" else "prism", progress=progress, vision=vision)
+                                    attn="dense" if attn == "dense" else "prism", progress=progress, vision=vision,
+                                    chunks=chunks)
         self.model, self.processor, self.device = self.session.model, self.session.processor, self.session.device
         self.model_name, self.prism_config = model, self.session.prism_config
 

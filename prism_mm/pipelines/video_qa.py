@@ -18,6 +18,7 @@ import sys
 from ..config import PrismConfig
 from ..models import check_model_path
 from ..testing.tiny import TINY_MODELS
+from .prefill import ChunkConfig
 from .session import DEFAULT_MODEL, VideoQA, check_device, format_report
 from .video import VideoError, VideoOptions
 
@@ -45,6 +46,10 @@ def parse_args(argv=None):
     ap.add_argument("--vision-attn", choices=["varlen", "sdpa"], default="varlen",
                     help="Prism runs' vision-tower attention: batched varlen (default) or transformers' SDPA per window")
     ap.add_argument("--max-new-tokens", type=int, default=128)
+    ap.add_argument("--chunk-tokens", type=int,
+                    help="prefill the decoder this many tokens at a time (bounds peak memory on very long videos)")
+    ap.add_argument("--vision-chunk-frames", type=int,
+                    help="with --chunk-tokens: run the vision tower on this many temporal patches at a time")
     ap.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda if available)")
     ap.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"])
     ap.add_argument("--random-weights", action="store_true", help="shipped architecture, random weights (speed runs)")
@@ -79,6 +84,14 @@ def main(argv=None) -> int:
         opts = VideoOptions(fps=args.fps, max_frames=args.max_frames, min_pixels=args.min_pixels,
                             max_pixels=args.max_pixels, total_pixels=args.total_pixels, start=args.start, end=args.end)
         prism = prism_config(args)
+        chunks = None
+        if args.chunk_tokens is not None or args.vision_chunk_frames is not None:
+            try:
+                tokens = ChunkConfig.decoder_tokens if args.chunk_tokens is None else args.chunk_tokens
+                chunks = ChunkConfig(tokens, args.vision_chunk_frames)
+            except ValueError as e:
+                flags = {"decoder_tokens": "--chunk-tokens", "vision_frames": "--vision-chunk-frames"}
+                raise ValueError(re.sub(r"ChunkConfig\.(\w+)", lambda m: flags[m.group(1)], str(e))) from None
         if args.model not in TINY_MODELS and not args.random_weights:
             check_model_path(args.model)
         from .video import check_range, probe
@@ -89,7 +102,7 @@ def main(argv=None) -> int:
 
             hf_logging.disable_progress_bar()
         qa = VideoQA(args.model, args.attn, prism, opts, args.max_new_tokens, device, args.dtype,
-                     args.random_weights, progress=not args.no_progress, vision=args.vision_attn)
+                     args.random_weights, progress=not args.no_progress, vision=args.vision_attn, chunks=chunks)
         result = qa(args.video, args.question)
     except (VideoError, ValueError, OSError) as e:  # ModelNotAvailableError is an OSError
         print(f"error: {e}", file=sys.stderr)

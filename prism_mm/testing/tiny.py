@@ -69,7 +69,7 @@ def build_tiny_model(model_type: str = "qwen2_5_vl", path: str | Path | None = N
 
 
 def video_inputs(config, frames: int = 4, grid: int = 8, text_before: int = 40, text_after: int = 20, seed: int = 0,
-                 grid_w: int | None = None):
+                 grid_w: int | None = None, pixel_device=None, pixel_dtype: torch.dtype = torch.float32):
     """Model inputs for one synthetic video (random pixels) between random text tokens.
 
     frames must be even (temporal patch 2); grid x grid_w (default grid) patches per frame; the video
@@ -91,7 +91,12 @@ def video_inputs(config, frames: int = 4, grid: int = 8, text_before: int = 40, 
     else:
         video = span(n_video)
     ids = torch.cat([text(text_before), *video, text(text_after)])[None]
-    pixels = torch.randn(t * h * w, 3 * vcfg.temporal_patch_size * patch * patch, generator=g)
+    shape = (t * h * w, 3 * vcfg.temporal_patch_size * patch * patch)
+    if pixel_device is None:
+        pixels = torch.randn(shape, generator=g).to(pixel_dtype)
+    else:  # made where they are used (a million visual tokens are ~10 GB of pixels)
+        pg = torch.Generator(device=pixel_device).manual_seed(seed)
+        pixels = torch.randn(shape, generator=pg, device=pixel_device, dtype=pixel_dtype)
     inputs = {
         "input_ids": ids,
         "attention_mask": torch.ones_like(ids),

@@ -1,0 +1,139 @@
+"""Chunked prefill of a Qwen-VL model: peak memory bounded by chunk sizes instead of the prompt length.
+
+    state = chunked_prefill(model, inputs, ChunkConfig(decoder_tokens=16384, vision_frames=32))
+    tokens = greedy_decode(model, state, max_new_tokens=32)
+
+- The vision tower runs `vision_frames` temporal patches at a time (its attention never crosses frames, so the
+  features are those of one call), and the features are scattered into the prompt's embeddings.
+- The text decoder runs `decoder_tokens` query tokens at a time against a growing KV cache (each chunk's queries
+  are the last positions of its keys: the layout prism_attention and its kernels take). The MRoPE positions are
+  the model's own (get_rope_index over the whole prompt), sliced per chunk.
+- Only the last position's logits are computed. At thresholds 1.0 the result equals the unchunked forward.
+
+Chunks use the model's attention as set (prism or sdpa). Without padding the decoder's attention gets no mask
+(prism_mm registers a mask function that skips it), so no [chunk, prompt] mask is ever built for Prism.
+"""
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class ChunkConfig:
+    """decoder_tokens: query tokens per decoder chunk; vision_frames: temporal patches per vision-tower call
+    (None: the whole video at once)."""
+
+    decoder_tokens: int = 16384
+    vision_frames: int | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.decoder_tokens, int) or self.decoder_tokens < 1:
+            raise ValueError(f"ChunkConfig.decoder_tokens must be an int >= 1, got {self.decoder_tokens!r}")
+        if self.vision_frames is not None and (not isinstance(self.vision_frames, int) or self.vision_frames < 1):
+            raise ValueError(f"ChunkConfig.vision_frames must be an int >= 1 or None, got {self.vision_frames!r}")
+
+
+@dataclass
+class PrefillState:
+    """What a chunked prefill leaves for decoding: the KV cache, the last position's logits [B, vocab], the
+    prompt length."""
+
+    cache: object
+    logits: torch.Tensor
+    prompt_tokens: int
+
+
+def _vision_features(model, pixels: torch.Tensor, grid_thw: torch.Tensor, frames: int | None):
+    """(features [tokens, hidden], deepstack list or None): the vision tower over `frames` temporal patches a call."""
+    visual = model.model.visual
+    pixels = pixels.to(visual.dtype if hasattr(visual, "dtype") else next(visual.parameters()).dtype)
+    feats, deep, row = [], [], 0
+    for t, h, w in grid_thw.tolist():
+        step = t if frames is None else frames
+        for t0 in range(0, t, step):
+            n_t = min(step, t - t0)
+            rows = n_t * h * w
+            out = visual(pixels[row:row + rows], grid_thw=torch.tensor([[n_t, h, w]], device=grid_thw.device))
+            feats.append(out.pooler_output if hasattr(out, "pooler_output") else out[0])
+            stack = getattr(out, "deepstack_features", None)
+            if stack:
+                deep.append(stack)
+            row += rows
+    deepstack = [torch.cat([d[i] for d in deep]) for i in range(len(deep[0]))] if deep else None
+    return torch.cat(feats), deepstack
+
+
+def _positions(model, inputs: dict) -> torch.Tensor:
+    """The model's MRoPE position ids of the whole prompt (and its rope_deltas stored for decoding)."""
+    inner = model.model
+    accepted = inspect.signature(inner.get_rope_index).parameters
+    kwargs = {k: inputs[k] for k in ("mm_token_type_ids", "video_grid_thw", "image_grid_thw", "attention_mask",
+                                     "second_per_grid_ts") if k in accepted and inputs.get(k) is not None}
+    position_ids, deltas = inner.get_rope_index(inputs["input_ids"], **kwargs)
+    inner.rope_deltas = deltas
+    return position_ids
+
+
+def chunked_prefill(model, inputs: dict, chunks: ChunkConfig) -> PrefillState:
+    """Prefill a Qwen-VL model (processor outputs for one video prompt, batch 1) chunk by chunk."""
+    from transformers import DynamicCache
+
+    ids = inputs["input_ids"]
+    if ids.shape[0] != 1:
+        raise ValueError(f"chunked_prefill takes one prompt (batch 1), got batch {ids.shape[0]}")
+    lm = model.model.language_model
+    stats = getattr(model, "prism_stats", None)
+    if stats is not None:
+        stats.reset()
+    with torch.no_grad():
+        embeds = model.get_input_embeddings()(ids)
+        deepstack, visual_mask = None, None
+        if inputs.get("pixel_values_videos") is not None:
+            feats, deepstack = _vision_features(model, inputs["pixel_values_videos"], inputs["video_grid_thw"],
+                                                chunks.vision_frames)
+            visual_mask = ids == model.config.video_token_id
+            if int(visual_mask.sum()) != feats.shape[0]:
+                raise ValueError(f"the prompt has {int(visual_mask.sum())} video tokens but the video gives "
+                                 f"{feats.shape[0]} features")
+            embeds = embeds.masked_scatter(visual_mask[..., None], feats.to(embeds.dtype))
+        positions = _positions(model, inputs)
+        try:
+            cache = DynamicCache(config=model.config)
+        except TypeError:  # transformers versions whose DynamicCache takes no config
+            cache = DynamicCache()
+        n = ids.shape[1]
+        hidden = None
+        for s in range(0, n, chunks.decoder_tokens):
+            e = min(n, s + chunks.decoder_tokens)
+            extra = {}
+            if deepstack is not None:  # Qwen3-VL: the deepstack features of the visual tokens inside this chunk
+                chunk_mask = visual_mask[:, s:e]
+                first = int(visual_mask[:, :s].sum())
+                count = int(chunk_mask.sum())
+                if count:
+                    extra = {"visual_pos_masks": chunk_mask,
+                             "deepstack_visual_embeds": [d[first:first + count] for d in deepstack]}
+            out = lm(inputs_embeds=embeds[:, s:e], position_ids=positions[..., s:e], past_key_values=cache,
+                     use_cache=True, **extra)
+            hidden = out.last_hidden_state[:, -1:]
+        logits = model.lm_head(hidden)[:, -1]
+    return PrefillState(cache, logits, n)
+
+
+def greedy_decode(model, state: PrefillState, max_new_tokens: int, eos_token_id: int | None = None) -> torch.Tensor:
+    """Greedy tokens [1, <= max_new_tokens] after a chunked prefill (dense decoding on the prefill's cache)."""
+    eos = model.generation_config.eos_token_id if eos_token_id is None else eos_token_id
+    eos = set(eos if isinstance(eos, (list, tuple)) else [eos]) - {None}
+    token = state.logits.argmax(-1, keepdim=True)
+    out = [token]
+    with torch.no_grad():
+        for _ in range(max_new_tokens - 1):
+            if int(token) in eos:
+                break
+            logits = model(input_ids=token, past_key_values=state.cache, use_cache=True).logits[:, -1]
+            token = logits.argmax(-1, keepdim=True)
+            out.append(token)
+    return torch.cat(out, dim=1)
