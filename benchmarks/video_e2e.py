@@ -12,7 +12,9 @@ Rows:
 - varlen vision + dense: prism_mm.vision's batched attention in the tower, SDPA decoder
 - varlen vision + Prism 0.25 / 0.1: the decoder on the Prism sparse kernel at a fixed density (sink, diagonal,
   stripes and random blocks in every layer: random weights give flat attention, which selects nearly dense)
-Each point: one warm-up forward per row at the first size, then the mean of --reps forwards; peak GPU memory.
+Each point: the mean of --reps forwards after one untimed warm-up forward per row (at --warmup-visual-tokens);
+peak GPU memory. The varlen rows also zero-pad the tower's MLP widths to GEMM-friendly sizes (prism_mm.vision.
+align_mlp_widths, as enable_prism does; same outputs); the transformers row runs the tower as shipped, first.
 A second table gives the host time per decoder layer (the time the host needs to enqueue a decoder forward,
 no synchronisation inside) for dense SDPA and Prism's real selection path with max_density 1.0 (no sync) and
 0.8 (one sync per layer, the former default).
@@ -38,6 +40,7 @@ from benchmarks.common import Results, describe_runs, fixed_density_selection, p
 from prism_mm import PrismConfig
 from prism_mm.models import load_model, set_attention, vision_tower
 from prism_mm.testing.tiny import build_tiny_model, build_tiny_processor
+from prism_mm.vision import align_mlp_widths
 
 MODELS = ["Qwen/Qwen2.5-VL-7B-Instruct", "Qwen/Qwen3-VL-8B-Instruct"]
 FRAME_PATCHES = (32, 56)  # patches per frame (height, width)
@@ -139,34 +142,46 @@ def host_time(model, inputs: dict, reps: int = 3) -> list[dict]:
 
 
 def measure(model, processor, name: str, tokens: list[int], reps: int, device, gen, frame_patches=FRAME_PATCHES,
-            block_size: int = BS) -> tuple[list[dict], list[dict]]:
-    """Every row at every size for one loaded model; then the host-time rows at the first size."""
+            block_size: int = BS, warmup_tokens: int = 8192, host: bool = True) -> tuple[list[dict], list[dict]]:
+    """Every row at every size for one loaded model (rows outer: transformers' row runs on the tower as shipped,
+    before prism_mm.vision.align_mlp_widths pads its MLPs for the varlen rows); then the host-time rows."""
     heads = model.config.get_text_config().num_attention_heads
     selections: dict = {}
     register_benchmark_attentions(selections)
-    rows, warm, host = [], set(), []
-    for target in tokens:
+    prepared = {}
+    for target in [warmup_tokens, *tokens]:
         frames = synthetic_frames(model.config.vision_config, target, frame_patches)
         inputs, processor_s = process(processor, frames)
-        inputs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
         inputs["pixel_values_videos"] = inputs["pixel_values_videos"].to(model.dtype)
-        n = inputs["input_ids"].shape[1]
         visual = int((inputs["input_ids"] == model.config.video_token_id).sum())
-        for label, vision, density in tqdm(ROWS, desc=f"{name.split('/')[-1]} {visual} visual tokens", leave=False):
+        prepared[target] = (inputs, processor_s, visual, frames.shape)
+        del frames
+    rows, aligned = [], False
+    for label, vision, density in ROWS:
+        if vision == "varlen" and not aligned:
+            aligned = align_mlp_widths(vision_tower(model)) > 0 or aligned
+        for target in tqdm([warmup_tokens, *tokens], desc=f"{name.split('/')[-1]} {label}", leave=False):
+            cpu_inputs, processor_s, visual, shape = prepared[target]
+            inputs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in cpu_inputs.items()}
+            n = inputs["input_ids"].shape[1]
             if density is not None:
                 selections[(heads, n)] = fixed_density_selection(heads, n, density, gen, block_size, device)
             use_row(model, vision, density)
-            if label not in warm:  # compiles, allocator growth and cuDNN plans stay out of the timings
+            if target == warmup_tokens:  # compiles, cuDNN plans and allocator growth stay out of the timings
                 timed_prefill(model, inputs, 1)
-                warm.add(label)
+                continue
             row = {"model": name, "visual_tokens": visual, "tokens": n, "row": label, "vision_attention": vision,
+                   "vision_mlp_aligned": aligned and vision == "varlen",
                    "decoder_density": density if density is not None else 1.0, "processor_s": processor_s,
-                   "frames": frames.shape[0], "frame_size": [frames.shape[-1], frames.shape[-2]],
-                   **timed_prefill(model, inputs, reps)}
+                   "frames": shape[0], "frame_size": [shape[-1], shape[-2]], **timed_prefill(model, inputs, reps)}
             row["decoder_s"] = row["prefill_s"] - row["vision_s"]
             row["first_token_s"] = row["processor_s"] + row["prefill_s"]
             rows.append(row)
             print({k: v for k, v in row.items() if k != "prefill_runs"}, flush=True)
+            del inputs
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+    for visual in {r["visual_tokens"] for r in rows}:
         base = next(r for r in rows if r["visual_tokens"] == visual and r["row"] == ROWS[0][0])
         ours_dense = next(r for r in rows if r["visual_tokens"] == visual and r["row"] == ROWS[1][0])
         for r in rows:
@@ -175,13 +190,11 @@ def measure(model, processor, name: str, tokens: list[int], reps: int, device, g
                 r["prefill_speedup_vs_transformers"] = base["prefill_s"] / r["prefill_s"]
                 r["prefill_speedup_vs_varlen_dense"] = ours_dense["prefill_s"] / r["prefill_s"]
                 r["vision_speedup_vs_transformers"] = base["vision_s"] / max(r["vision_s"], 1e-9)
-        if not host:
-            host = [{"model": name, **h} for h in host_time(model, inputs)]
-        del inputs
-        gc.collect()
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-    return rows, host
+    host_rows = []
+    if host:
+        inputs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in prepared[tokens[0]][0].items()}
+        host_rows = [{"model": name, **h} for h in host_time(model, inputs)]
+    return rows, host_rows
 
 
 def load(name: str, device, smoke: bool):
@@ -191,10 +204,10 @@ def load(name: str, device, smoke: bool):
         model = build_tiny_model(model_type, layers=2)
         from prism_mm.models import enable_prism
 
-        enable_prism(model, PrismConfig.video(min_sparse_len=0, block_size=16))
+        enable_prism(model, PrismConfig.video(min_sparse_len=0, block_size=16), vision="sdpa")
         return model, build_tiny_processor(model_type)
     model, _ = load_model(name, attn="prism", prism=PrismConfig.video(), dtype="bfloat16", device_map=str(device),
-                          random_weights=True)
+                          random_weights=True, vision="sdpa")  # measure() aligns the tower after the baseline row
     return model, build_tiny_processor(model.config.model_type, real_vocab=True)
 
 
@@ -203,12 +216,15 @@ def main():
     ap.add_argument("--models", nargs="+", default=MODELS, help="shipped model names (random weights from their config)")
     ap.add_argument("--tokens", type=int, nargs="+", default=[32768, 65536, 131072], help="visual tokens")
     ap.add_argument("--reps", type=int, default=2, help="timed forwards per point (after one warm-up per row)")
+    ap.add_argument("--warmup-visual-tokens", type=int, default=8192, help="size of each row's untimed warm-up forward")
+    ap.add_argument("--no-host-time", action="store_true", help="skip the host-time table (kept from --merge's file)")
     ap.add_argument("--smoke", action="store_true", help="tiny random models on the CPU, small sizes (a code check)")
     if "--smoke" in __import__("sys").argv:
         RESULTS_FILES.add_arguments(ap)
         args = ap.parse_args()
         device, dev, base = torch.device("cpu"), None, None
         args.tokens = [t for t in args.tokens if t <= 1024] or [128, 256]
+        args.warmup_visual_tokens = min(args.warmup_visual_tokens, 64)
     else:
         started = RESULTS_FILES.parse_gpu_run(ap)
         if started is None:
@@ -217,11 +233,14 @@ def main():
         device = torch.device("cuda")
     run = run_info(transformers=transformers.__version__)
     rows, host = [], []
+    if args.no_host_time and base:
+        host = base["meta"].get("host_time", [])
     for name in args.models:
         gen = torch.Generator(device=device).manual_seed(0)
         model, processor = load(name, device, args.smoke)
         shape = dict(frame_patches=(8, 12), block_size=16) if args.smoke else {}
-        got, got_host = measure(model, processor, name, args.tokens, args.reps, device, gen, **shape)
+        got, got_host = measure(model, processor, name, args.tokens, args.reps, device, gen,
+                                warmup_tokens=args.warmup_visual_tokens, host=not args.no_host_time, **shape)
         rows, host = rows + got, host + got_host
         del model
         gc.collect()
@@ -231,6 +250,13 @@ def main():
     RESULTS_FILES.save({"device": dev or "cpu", "host_time": host}, run, rows, args.out, dev, base)
 
 
+def ordered(rows: list[dict]) -> list[dict]:
+    """Rows by model (first seen), visual tokens, then ROWS order."""
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    labels = [label for label, _, _ in ROWS]
+    return sorted(rows, key=lambda r: (models.index(r["model"]), r["visual_tokens"], labels.index(r["row"])))
+
+
 def table(data: dict) -> list[str]:
     meta = data["meta"]
     lines = [f"# Time to the first token on long videos (random weights, bf16) on {meta['device']}", "",
@@ -238,12 +264,14 @@ def table(data: dict) -> list[str]:
               "tower timed by sync hooks; the rest is the decoder prefill and the first token's logits). "
               "Each point: mean of the listed forwards after one warm-up per row. Runs:"), "",
              *describe_runs(meta), "",
-             "| model | visual tokens | row | processor s | vision s | decoder s | first token s | vs transformers "
-             "| prefill vs transformers | prefill vs varlen+dense | vision vs transformers | peak GiB |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in data["rows"]:
+             "| model | visual tokens | row | tower MLP aligned | processor s | vision s | decoder s | first token s "
+             "| vs transformers | prefill vs transformers | prefill vs varlen+dense | vision vs transformers | peak GiB |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in ordered(data["rows"]):
         peak = f"{r['peak_gib']:.1f}" if r.get("peak_gib") is not None else ""
-        lines.append(f"| {r['model'].split('/')[-1]} | {r['visual_tokens']} | {r['row']} | {r['processor_s']:.2f} | "
+        aligned = "yes" if r.get("vision_mlp_aligned") else "no"
+        lines.append(f"| {r['model'].split('/')[-1]} | {r['visual_tokens']} | {r['row']} | {aligned} | "
+                     f"{r['processor_s']:.2f} | "
                      f"{r['vision_s']:.2f} | {r['decoder_s']:.2f} | {r['first_token_s']:.2f} | "
                      f"{r['speedup_vs_transformers']:.2f}x | {r['prefill_speedup_vs_transformers']:.2f}x | "
                      f"{r['prefill_speedup_vs_varlen_dense']:.2f}x | {r['vision_speedup_vs_transformers']:.1f}x | "
@@ -267,7 +295,7 @@ def plot(data: dict, path: Path) -> None:
     stages = (("processor_s", "processor", "tab:gray"), ("vision_s", "vision tower", "tab:orange"),
               ("decoder_s", "decoder prefill + first token", "tab:blue"))
     for ax, model in zip(axes[0], models):
-        mine = [r for r in rows if r["model"] == model]
+        mine = [r for r in ordered(rows) if r["model"] == model]
         labels, bottom = [], None
         xs = range(len(mine))
         for key, label, color in stages:

@@ -117,7 +117,8 @@ def enable_prism(model, config: PrismConfig | None = None, *, layer_configs: dic
     config applies to every decoder layer unless layer_configs overrides it for a layer index.
     The RoPE band layout comes from the model's config (plain, sectioned or interleaved MRoPE).
     vision (Qwen-VL models): "varlen" runs the vision tower's attention in a few batched launches per layer
-    (prism_mm.vision), "sdpa" leaves transformers' one SDPA call per window / frame.
+    and pads its MLP widths to GEMM-friendly sizes with zeros (prism_mm.vision; same outputs), "sdpa" leaves the
+    tower as transformers has it (one SDPA call per window / frame).
     """
     if vision not in VISION_ATTENTIONS:
         raise ValueError(f"vision must be one of {VISION_ATTENTIONS}, got {vision!r}")
@@ -137,6 +138,9 @@ def enable_prism(model, config: PrismConfig | None = None, *, layer_configs: dic
     if layers == 0:
         raise ValueError(f"found no decoder attention layers in {type(model).__name__}: is it a supported model?")
     set_attention(model, "prism", vision if is_vl else None)
+    tower = vision_tower(model)
+    if is_vl and vision == "varlen" and tower is not None:
+        vision_attention.align_mlp_widths(tower)
     return model
 
 
@@ -186,9 +190,11 @@ def load_model(
     device_map=None,
     random_weights: bool = False,
     backend: str = "auto",
+    vision: str = "varlen",
     **from_pretrained_kwargs,
 ):
     """Load a Qwen-VL (or Qwen / Llama text) model and its processor, with Prism or dense attention.
+    vision: the vision tower's attention with attn="prism" (see enable_prism).
 
     Returns (model, processor); processor is None for random_weights=True, whose answers are
     meaningless (use it for speed measurements only). The model carries model.prism_stats.
@@ -219,7 +225,7 @@ def load_model(
         ).eval()
         processor = _load_processor(name_or_path, config, **from_pretrained_kwargs)
     if attn == "prism":
-        enable_prism(model, prism, backend=backend)
+        enable_prism(model, prism, backend=backend, vision=vision)
     else:
         attach_stats(model)
     return model, processor

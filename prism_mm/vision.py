@@ -116,6 +116,52 @@ def vision_attention_forward(module: torch.nn.Module, query: torch.Tensor, key: 
     return varlen_attention(query, key, value, cu_seq_lens_q, scaling), None
 
 
+# (input linears, output linear) attribute names of the Qwen-VL vision MLPs: Qwen2.5-VL, Qwen3-VL, Qwen2-VL.
+MLP_LAYOUTS = ((("gate_proj", "up_proj"), "down_proj"), (("linear_fc1",), "linear_fc2"), (("fc1",), "fc2"))
+
+
+def _padded_linear(linear: torch.nn.Linear, out_features: int | None = None, in_features: int | None = None):
+    """A copy of `linear` with zero rows (more outputs) or zero columns (more inputs) appended."""
+    out_f, in_f = out_features or linear.out_features, in_features or linear.in_features
+    new = torch.nn.Linear(in_f, out_f, bias=linear.bias is not None, device=linear.weight.device,
+                          dtype=linear.weight.dtype)
+    with torch.no_grad():
+        new.weight.zero_()
+        new.weight[:linear.out_features, :linear.in_features] = linear.weight
+        if linear.bias is not None:
+            new.bias.zero_()
+            new.bias[:linear.out_features] = linear.bias
+    return new.requires_grad_(linear.weight.requires_grad)
+
+
+def align_mlp_widths(tower: torch.nn.Module, multiple: int = 64) -> int:
+    """Pad the hidden width of the tower's MLPs to a multiple of `multiple` with zero weights; returns how many MLPs
+    changed. The outputs stay the same (the padded units see zero weights and bias, their activation of 0 is 0 and
+    the output layer ignores them), but cuBLAS can use its fast kernels: Qwen2.5-VL's width 3420 is not a multiple
+    of 8, and its MLP GEMMs ran on sm80 kernels, half the tower's time on an H200 (benchmarks/NOTES.md). The
+    modules' weights grow (from 3420 to 3456 columns): save the model before calling this, not after."""
+    changed = 0
+    for module in tower.modules():
+        for ins, out in MLP_LAYOUTS:
+            first = [getattr(module, name, None) for name in ins]
+            last = getattr(module, out, None)
+            if not all(isinstance(m, torch.nn.Linear) for m in first + [last]):
+                continue
+            width = last.in_features
+            act = getattr(module, "act_fn", None) or getattr(module, "act", None)
+            zero = torch.zeros(1, device=last.weight.device, dtype=last.weight.dtype)
+            if width % 8 == 0 or act is None or float(act(zero).abs()) != 0.0:
+                continue
+            padded = -(-width // multiple) * multiple
+            for name, m in zip(ins, first):
+                setattr(module, name, _padded_linear(m, out_features=padded))
+            setattr(module, out, _padded_linear(last, in_features=padded))
+            if hasattr(module, "intermediate_size"):
+                module.intermediate_size = padded
+            changed += 1
+    return changed
+
+
 def register_with_transformers() -> None:
     """Register the vision entry with transformers' AttentionInterface (idempotent)."""
     from transformers import AttentionInterface

@@ -82,3 +82,29 @@ def test_vision_tower_with_varlen_equals_transformers_sdpa(model_type):
         assert torch.equal(getattr(again, name), getattr(ref, name))
     for a, b in zip(getattr(out, "deepstack_features", None) or [], getattr(ref, "deepstack_features", None) or []):
         assert rel_err(a, b) < 1e-5
+
+
+@pytest.mark.parametrize("model_type", ["qwen2_5_vl", "qwen3_vl"])  # Qwen2-VL: embed_dim x an int ratio, aligned
+def test_mlp_width_alignment_keeps_the_tower_output(model_type):
+    """Zero-padding an unaligned vision MLP width (100 -> 128 here; 3420 -> 3456 in Qwen2.5-VL-7B) changes nothing
+    in the tower's output, and only MLPs whose width is not a multiple of 8 are touched."""
+    from prism_mm.testing.tiny import build_tiny_model, tiny_config, video_inputs
+    from prism_mm.vision import align_mlp_widths
+
+    config = tiny_config(model_type)
+    config.vision_config.intermediate_size = 100
+    torch.manual_seed(0)
+    from transformers import AutoModelForImageTextToText
+
+    model = AutoModelForImageTextToText.from_config(config, dtype=torch.float32).eval()
+    inputs = video_inputs(model.config, frames=4, grid=8)
+    tower = model.model.visual
+    with torch.no_grad():
+        ref = tower(inputs["pixel_values_videos"], grid_thw=inputs["video_grid_thw"]).pooler_output
+        assert align_mlp_widths(tower) == len(tower.blocks)
+        out = tower(inputs["pixel_values_videos"], grid_thw=inputs["video_grid_thw"]).pooler_output
+    widths = {m.out_features for b in tower.blocks for m in b.mlp.modules() if isinstance(m, torch.nn.Linear)}
+    assert 128 in widths and 100 not in widths
+    assert rel_err(out, ref) < 1e-6
+    assert align_mlp_widths(tower) == 0  # aligned now: nothing left to pad
+    assert align_mlp_widths(build_tiny_model(model_type).model.visual) == 0  # width 128: already aligned
