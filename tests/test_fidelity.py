@@ -21,15 +21,22 @@ def test_fidelity_small(tmp_path):
            "--thresholds", "0.9", "--windows", "2", "4", "--analysis", "--out", str(tmp_path)]
     proc = subprocess.run(cmd, check=False, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads((tmp_path / "fidelity-analysis.json").read_text())
+    result = json.loads((tmp_path / "fidelity-analysis.json").read_text())["by_tokens"]["512"]
     s = result["summary"]
-    assert {"prism@0.9", "meanpool@0.9", "oracle@0.9", "tokq@0.9", "window@2", "window@4"} <= s.keys()
+    assert {"prism@0.9", "meanpool@0.9", "oracle@0.9", "tokq@0.9", "window@2", "window@4", "shared-oracle@0.5",
+            "shared-prism@0.5", "shared-prism-mass@0.9", "shared-meanpool@0.5"} <= s.keys()
     for name, m in s.items():
         assert 0 < m["density"] <= 1 and 0 < m["recall"] <= 1 + 1e-6 and m["out_err"] >= 0, name
     # Top-p of the true mass keeps at least that much of it in every row (force-added blocks only add).
     assert s["oracle@0.9"]["recall"] >= 0.9 - 1e-4
     assert s["oracle@0.9"]["recall"] >= s["prism@0.9"]["recall"] - 1e-6 or s["oracle@0.9"]["density"] < s["prism@0.9"]["density"]
     assert s["window@2"]["density"] < s["window@4"]["density"] and s["window@2"]["recall"] < s["window@4"]["recall"]
+    # The shared-budget rules keep the density they are given (above what the sink + diagonal blocks take), and the
+    # oracle with the shared budget is the best any rule can do at its density.
+    assert abs(s["shared-oracle@0.5"]["density"] - 0.5) < 0.01 and abs(s["shared-prism@0.5"]["density"] - 0.5) < 0.01
+    assert s["shared-oracle@0.5"]["recall"] >= s["shared-prism@0.5"]["recall"] - 1e-6
+    dens = result["prism_head_density"]["0.95"]
+    assert len(dens) == 30 and all(len(h) == 9 and all(0 < x <= 1 for x in h) for h in dens.values())
     ml = result["model_level"]
     assert ml["dense"]["ppl"] > 1
     for name in ("prism default (0.95)", "prism video preset (0.93)"):
