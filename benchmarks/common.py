@@ -175,6 +175,13 @@ def pyplot():
     return plt
 
 
+def model_panels(rows: list[dict], width: float, height: float):
+    """A figure with one panel per model of `rows` (in order of appearance): (fig, [(axis, model), ...])."""
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    fig, axes = pyplot().subplots(1, len(models), figsize=(width * len(models), height), squeeze=False)
+    return fig, list(zip(axes[0], models))
+
+
 def save_figure(fig, path: Path, dpi: int) -> None:
     """Lay out, write and close a matplotlib figure."""
     fig.tight_layout()
@@ -197,13 +204,19 @@ class Results:
             ap.add_argument("--merge", action="store_true", help="replace only the measured rows of the existing results file")
         ap.add_argument("--redraw", type=Path, metavar="JSON", help="rewrite the table and plot of a results JSON and exit")
 
-    def parse_gpu_run(self, ap):
-        """Adds the shared options and parses the command line. After --redraw: None (nothing to measure); else
-        (args, CUDA device name, the results --merge merges into or None)."""
-        self.add_arguments(ap)
+    def parse(self, ap, merge: bool = True):
+        """Adds the shared options and parses the command line: the args, or None after --redraw (done then)."""
+        self.add_arguments(ap, merge)
         args = ap.parse_args()
         if args.redraw:
             self.redraw(args.redraw)
+            return None
+        return args
+
+    def parse_gpu_run(self, ap):
+        """parse(), then (args, CUDA device name, the results --merge merges into or None); None after --redraw."""
+        args = self.parse(ap)
+        if args is None:
             return None
         if not torch.cuda.is_available():
             raise SystemExit(f"benchmarks.{self.name} needs a CUDA GPU")

@@ -95,7 +95,6 @@ def attention_per_layer(config, n: int, density: float, gen, block_size: int, de
 
     prism_s = timed(lambda: ops.block_sparse_attention(q, k, v, sel))
     density_read = float(sel.density().mean())
-    del sel
     if torch.device(device).type == "cuda":
         dense = sdpa_runner(q, k, v, "cudnn")  # K/V expanded to the query heads outside the timing
     else:
@@ -116,10 +115,8 @@ def main():
     ap.add_argument("--vision-chunk-frames", type=int, default=64, help="temporal patches per vision-tower call")
     ap.add_argument("--density", type=float, default=0.1)
     ap.add_argument("--smoke", action="store_true", help="tiny model on the CPU (a code check)")
-    RESULTS_FILES.add_arguments(ap, merge=False)
-    args = ap.parse_args()
-    if args.redraw:
-        RESULTS_FILES.redraw(args.redraw)
+    args = RESULTS_FILES.parse(ap, merge=False)
+    if args is None:
         return
     if args.smoke:
         device, dev, bs = torch.device("cpu"), None, 16

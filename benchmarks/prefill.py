@@ -29,7 +29,7 @@ from benchmarks.common import (
     Results,
     describe_runs,
     fixed_density_selection,
-    pyplot,
+    model_panels,
     register_benchmark_attentions,
     run_info,
     save_figure,
@@ -159,11 +159,9 @@ def table(data: dict) -> list[str]:
 
 def plot(data: dict, path: Path) -> None:
     """Per model: speed-up over dense vs visual tokens, per mode, with the bound the attention share allows."""
-    plt = pyplot()
     rows = data["rows"]
-    models = list(dict.fromkeys(r["model"] for r in rows))
-    fig, axes = plt.subplots(1, len(models), figsize=(6 * len(models), 4), squeeze=False)
-    for ax, model in zip(axes[0], models):
+    fig, panels = model_panels(rows, 6, 4)
+    for ax, model in panels:
         mine = [r for r in rows if r["model"] == model]
         for mode, style in (("density 0.1", "o-"), ("density 0.25", "s-"), ("prism@0.93", "^-"), ("dense-flash", "x:")):
             pts = sorted((r["visual_tokens"], r["speedup_vs_dense"]) for r in mine if r["mode"] == mode)

@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import gc
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -35,8 +36,8 @@ import torch
 import transformers
 from tqdm import tqdm
 
-from benchmarks.common import Results, describe_runs, fixed_density_selection, pyplot, register_benchmark_attentions, \
-    run_info, save_figure
+from benchmarks.common import Results, describe_runs, fixed_density_selection, model_panels, \
+    register_benchmark_attentions, run_info, save_figure
 from prism_mm import PrismConfig
 from prism_mm.models import load_model, set_attention, vision_tower
 from prism_mm.testing.tiny import build_tiny_model, build_tiny_processor
@@ -219,9 +220,10 @@ def main():
     ap.add_argument("--warmup-visual-tokens", type=int, default=8192, help="size of each row's untimed warm-up forward")
     ap.add_argument("--no-host-time", action="store_true", help="skip the host-time table (kept from --merge's file)")
     ap.add_argument("--smoke", action="store_true", help="tiny random models on the CPU, small sizes (a code check)")
-    if "--smoke" in __import__("sys").argv:
-        RESULTS_FILES.add_arguments(ap)
-        args = ap.parse_args()
+    if "--smoke" in sys.argv:
+        args = RESULTS_FILES.parse(ap)
+        if args is None:
+            return
         device, dev, base = torch.device("cpu"), None, None
         args.tokens = [t for t in args.tokens if t <= 1024] or [128, 256]
         args.warmup_visual_tokens = min(args.warmup_visual_tokens, 64)
@@ -288,13 +290,11 @@ def table(data: dict) -> list[str]:
 
 def plot(data: dict, path: Path) -> None:
     """Per model, a stacked bar per (visual tokens, row): processor, vision tower, decoder + first token."""
-    plt = pyplot()
     rows = data["rows"]
-    models = list(dict.fromkeys(r["model"] for r in rows))
-    fig, axes = plt.subplots(1, len(models), figsize=(7 * len(models), 4.5), squeeze=False)
+    fig, panels = model_panels(rows, 7, 4.5)
     stages = (("processor_s", "processor", "tab:gray"), ("vision_s", "vision tower", "tab:orange"),
               ("decoder_s", "decoder prefill + first token", "tab:blue"))
-    for ax, model in zip(axes[0], models):
+    for ax, model in panels:
         mine = [r for r in ordered(rows) if r["model"] == model]
         labels, bottom = [], None
         xs = range(len(mine))

@@ -114,7 +114,7 @@ def probe(path: str) -> VideoInfo:
     try:
         import decord
 
-        error, native = None, []
+        error = None
         with native_stderr_captured() as native:
             try:
                 vr = decord.VideoReader(path, num_threads=1)
