@@ -80,8 +80,9 @@ def attach_stats(model) -> PrismRunStats:
             torch.cuda.synchronize()
 
     def pre(module, args, kwargs):
-        stats.prefill_started = None
-        if seq_len(args, kwargs) > 1:
+        if seq_len(args, kwargs) <= 1:
+            stats.prefill_started = None  # a decoding step
+        elif stats.prefill_started is None:  # else the vision tower already started this prefill's clock
             sync()
             stats.vision_seconds = None
             stats.start_prefill()
@@ -100,6 +101,9 @@ def attach_stats(model) -> PrismRunStats:
         def vision_pre(module, args):
             sync()
             started[:] = [time.perf_counter()]
+            if stats.prefill_started is None:  # generate() may encode the video before the first forward
+                stats.vision_seconds = 0.0
+                stats.prefill_started = started[0]
 
         def vision_post(module, args, output):
             sync()

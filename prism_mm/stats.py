@@ -41,7 +41,9 @@ class PrismRunStats:
     """The most recent prefill of a model: one PrismStats per decoder layer, and its wall time."""
 
     layers: dict[int, PrismStats] = field(default_factory=dict)
-    prefill_seconds: float | None = None  # wall time of the last forward with more than one query token
+    # Wall time of the last prefill: from the vision tower's start (transformers >= 5.2x encodes the video before the
+    # first forward) or the first forward with more than one query token, to that forward's end.
+    prefill_seconds: float | None = None
     vision_seconds: float | None = None  # of which the vision tower (Qwen-VL models with visual input)
     keep_selections: bool = False  # keep each layer's block selection (for inspection and plots)
     check_against_dense: bool = False  # also run dense attention in sparse layers and record the output error

@@ -94,6 +94,8 @@ def test_session_runs_into_one_record(clip, tiny):
     assert isinstance(prism, RunRecord) and session.attn == "prism"
     assert (prism.frames, prism.visual_tokens, prism.total_tokens) == (4, prepared.visual_tokens, prepared.total_tokens)
     assert prism.sparse_layers == prism.layers == 2 and prism.mean_density == 1.0 and prism.prefill_s > 0
+    # generate() may encode the video before its first forward: the prefill clock starts with the vision tower
+    assert 0 < prism.vision_s < prism.prefill_s and 0 < dense.vision_s < dense.prefill_s
     assert dense.mean_density == 1.0 and dense.sparse_layers == 0 and dense.answer == prism.answer
     assert prism.new_tokens == 3 and prism.total_s == pytest.approx(prism.prefill_s + prism.decode_s)
     bare = session.run(prepared.inputs, max_new_tokens=2)  # a plain inputs dict: no video fields

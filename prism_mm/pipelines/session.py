@@ -298,6 +298,10 @@ CPU_TIMING_NOTE = ("timings on a CPU are not a speed measure: the Triton kernels
                    "twins here; GPU speed-ups are in benchmarks/results/*.md")
 
 
+def _secs(seconds: float) -> str:
+    return f"{seconds:.2f} s" if seconds >= 0.1 else f"{seconds * 1e3:.1f} ms"
+
+
 def format_report(r: dict) -> str:
     """A VideoQA result as the CLI's text report."""
     lines = []
@@ -313,9 +317,9 @@ def format_report(r: dict) -> str:
             if run["dense_reasons"]:
                 dens += f" (dense: {'; '.join(run['dense_reasons'])})"
         vision = run["vision_s"] or 0.0
-        lines.append(f"{mode:>6}: video {r['video_s']:.2f} s + vision tower {vision:.2f} s + decoder prefill "
-                     f"{run['prefill_s'] - vision:.2f} s = first token at {r['video_s'] + run['prefill_s']:.2f} s; "
-                     f"decode {run['decode_s']:.2f} s ({run['new_tokens']} tokens){dens}")
+        lines.append(f"{mode:>6}: video {_secs(r['video_s'])} + vision tower {_secs(vision)} + decoder prefill "
+                     f"{_secs(run['prefill_s'] - vision)} = first token at {_secs(r['video_s'] + run['prefill_s'])}; "
+                     f"decode {_secs(run['decode_s'])} ({run['new_tokens']} tokens){dens}")
     if r.get("layers_vs_dense"):
         lines.append("per decoder layer, Prism against dense attention on the same inputs:")
         for row in r["layers_vs_dense"]:
