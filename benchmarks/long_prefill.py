@@ -7,8 +7,8 @@ patches at a time (prism_mm.vision's attention) and the decoder --chunk-tokens q
 KV cache, with the Prism sparse kernel at a fixed --density (sink, diagonal and random causal blocks of each
 chunk: random weights give flat attention, which would select nearly dense). Measured: vision tower, decoder,
 first token, peak memory.
-Dense: transformers' SDPA path cannot run a 1M-token chunk at all (it builds a [chunk, prompt] mask), and a
-dense decoder prefill of 1M tokens takes minutes, so dense is extrapolated and the method written down:
+Dense: not run (a dense decoder prefill of 1M tokens takes minutes, and transformers' SDPA path builds a
+[chunk, prompt] bool mask per chunk, 34 GB at 32K x 1M), so dense is extrapolated and the method written down:
 dense = measured Prism run - 28 layers x (Prism attention per layer) + 28 layers x (dense attention per layer),
 both per-layer attention times measured in the same run on random q/k/v of the model's shape over the whole
 causal prompt (SDPA cuDNN for dense; the Prism kernel at --density for Prism).

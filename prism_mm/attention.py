@@ -84,8 +84,8 @@ class PrismFallbackWarning(UserWarning):
 
 # What a user can change when Prism falls back to dense, per reason (decoding is expected and stays silent).
 FALLBACK_FIXES = {
-    "shorter than min_sparse_len": "inputs shorter than PrismConfig.min_sparse_len run dense; lower min_sparse_len "
-                                   "to run Prism on them",
+    "shorter than min_sparse_len": "prompts (keys) shorter than PrismConfig.min_sparse_len run dense; lower "
+                                   "min_sparse_len to run Prism on them",
     "selection denser than max_density": "the selection kept more than PrismConfig.max_density of the causal blocks, "
                                          "where dense SDPA is faster; raise max_density (1.0 never falls back) or "
                                          "lower the thresholds",
@@ -97,12 +97,13 @@ FALLBACK_FIXES = {
 _warned: set[str] = set()
 
 
-def _warn_fallback(reason: str, q_len: int) -> None:
+def _warn_fallback(reason: str, q_len: int, kv_len: int) -> None:
     """Tell the user once per reason (and process) that Prism ran dense, and which knob changes that."""
     if reason in _warned or reason not in FALLBACK_FIXES:
         return
     _warned.add(reason)
-    warnings.warn(f"prism_mm ran dense attention ({reason}, {q_len} query tokens): {FALLBACK_FIXES[reason]}. "
+    warnings.warn(f"prism_mm ran dense attention ({reason}, {q_len} query tokens over {kv_len} keys): "
+                  f"{FALLBACK_FIXES[reason]}. "
                   "Shown once; model.prism_stats / return_stats=True record every call.",
                   PrismFallbackWarning, stacklevel=3)
 
@@ -120,7 +121,7 @@ def _attend(q, k, v, config: PrismConfig, bands: SpectralBands, scale: float, op
             reason = "selection denser than max_density"
     causal = causal_block_count(q_len, k.shape[2], config.block_size)
     if reason:
-        _warn_fallback(reason, q_len)
+        _warn_fallback(reason, q_len, k.shape[2])
         out = dense_attention(q, k, v, scale, mask)
         ones = torch.ones(b, hq, device=q.device)
         return out, PrismStats(ones, False, q_len, k.shape[2], reason, selection, causal)

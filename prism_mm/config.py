@@ -38,8 +38,8 @@ class PrismConfig:
         max_density: when the selection keeps more than this fraction of the causal blocks (mean over
             batch and heads), run dense SDPA instead. 1.0 (the default) never falls back and never waits for the
             GPU: deciding costs one host synchronisation per layer, which stalls the host's run-ahead (measured:
-            Prism slower than dense at 35,840 visual tokens with 0.8), while the sparse kernel at density d costs
-            about d / 0.95 of cuDNN's dense time on an H100, so a nearly dense selection loses at most ~5% there.
+            Prism slower than dense at 35,840 visual tokens with 0.8), while the sparse kernel over every block costs
+            1.03-1.09x cuDNN's dense time on an H100 (32K-128K), so a nearly dense layer loses at most ~9% there.
         method: the block-selection algorithm ("prism": dual-band calibrated top-p of the paper).
     """
 

@@ -54,6 +54,13 @@ def _check_supported(config, name: str) -> None:
         )
 
 
+def synchronize_gpus() -> None:
+    """Wait for every visible GPU (a model may live on cuda:1, or across several with device_map="auto")."""
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            torch.cuda.synchronize(i)
+
+
 def vision_tower(model):
     """The vision tower module of a Qwen-VL model (model.model.visual), or None."""
     inner = getattr(model, "model", model)
@@ -76,8 +83,7 @@ def attach_stats(model) -> PrismRunStats:
         return args[0].shape[1] if args and isinstance(args[0], torch.Tensor) and args[0].dim() > 1 else 0
 
     def sync():
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
+        synchronize_gpus()
 
     def pre(module, args, kwargs):
         if seq_len(args, kwargs) <= 1:

@@ -27,6 +27,16 @@ class PrismStats:
     causal_blocks: int = 0  # (query block, key block) pairs of one head's dense causal pass
     dense_rel_err: torch.Tensor | None = None  # ||out - dense|| / ||dense|| (scalar, on the device), when checked
 
+    def continued_by(self, later: "PrismStats") -> "PrismStats":
+        """This call's record extended by the next chunk of the same prefill (`later` starts where this one ended):
+        densities weighted by causal blocks, sparse only if both were, every reason kept. Selections are dropped."""
+        total = self.causal_blocks + later.causal_blocks
+        density = (self.density.float() * self.causal_blocks + later.density.float() * later.causal_blocks) / max(total, 1)
+        reasons = "; ".join(dict.fromkeys(r for r in (self.reason, later.reason) if r))
+        errors = [e for e in (self.dense_rel_err, later.dense_rel_err) if e is not None]
+        return PrismStats(density, self.sparse and later.sparse, self.q_len + later.q_len, later.kv_len, reasons, None,
+                          total, torch.stack(errors).max() if errors else None)
+
     def kept_blocks(self) -> int:
         """Blocks computed over all batch rows and heads (every causal block where it ran dense)."""
         return round(float(self.density.float().sum()) * self.causal_blocks)
@@ -64,8 +74,11 @@ class PrismRunStats:
             self.prefill_started = None
 
     def record(self, layer_idx: int, stats: PrismStats) -> None:
-        if stats.q_len == 1 and layer_idx in self.layers:
+        previous = self.layers.get(layer_idx)
+        if stats.q_len == 1 and previous is not None:
             return  # decoding steps do not overwrite the prefill record
+        if previous is not None and stats.kv_len - stats.q_len == previous.kv_len > 0:
+            stats = previous.continued_by(stats)  # the next chunk of a chunked prefill
         self.layers[layer_idx] = stats
 
     def per_layer_density(self) -> dict[int, float]:
@@ -104,5 +117,5 @@ class PrismRunStats:
             "layers": len(self.layers),
             "prefill_seconds": self.prefill_seconds,
             "vision_seconds": self.vision_seconds,
-            "dense_reasons": sorted({r.reason for r in self.layers.values() if not r.sparse and r.reason}),
+            "dense_reasons": sorted({part for r in self.layers.values() if r.reason for part in r.reason.split("; ")}),
         }

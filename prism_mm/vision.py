@@ -138,8 +138,8 @@ def align_mlp_widths(tower: torch.nn.Module, multiple: int = 64) -> int:
     """Pad the hidden width of the tower's MLPs to a multiple of `multiple` with zero weights; returns how many MLPs
     changed. The outputs stay the same (the padded units see zero weights and bias, their activation of 0 is 0 and
     the output layer ignores them), but cuBLAS can use its fast kernels: Qwen2.5-VL's width 3420 is not a multiple
-    of 8, and its MLP GEMMs ran on sm80 kernels, half the tower's time on an H200 (benchmarks/NOTES.md). The
-    modules' weights grow (from 3420 to 3456 columns): save the model before calling this, not after."""
+    of 8, and its MLP GEMMs ran on sm80 kernels, half the tower's time on an H200 (benchmarks/NOTES.md). It is not
+    undone by switching attention; the vision config's intermediate_size follows, so a saved model loads padded."""
     changed = 0
     for module in tower.modules():
         for ins, out in MLP_LAYOUTS:
@@ -159,6 +159,9 @@ def align_mlp_widths(tower: torch.nn.Module, multiple: int = 64) -> int:
             if hasattr(module, "intermediate_size"):
                 module.intermediate_size = padded
             changed += 1
+    config = getattr(tower, "config", None)
+    if changed and getattr(config, "intermediate_size", None) is not None:
+        config.intermediate_size = -(-config.intermediate_size // multiple) * multiple  # save_pretrained stays loadable
     return changed
 
 

@@ -153,3 +153,37 @@ def test_fallback_to_dense_is_announced_once_per_reason(monkeypatch):
     assert len(messages) == 2, messages
     assert "min_sparse_len" in messages[0] and "300 query tokens" in messages[0]
     assert "max_density" in messages[1]
+
+
+def test_min_sparse_len_counts_keys_so_chunks_of_a_long_prompt_run_sparse():
+    """A 100-query chunk over 300 keys runs sparse with min_sparse_len 200 (the prompt is long); over 150 keys it
+    runs dense, naming the knob."""
+    cfg = PrismConfig(block_size=32, min_sparse_len=200, max_density=1.0).with_threshold(0.9)
+    q, k, v = qkv(q_len=100, kv_len=300)
+    _, stats = prism_attention(q, k, v, cfg, backend="torch", return_stats=True)
+    assert stats.sparse and (stats.q_len, stats.kv_len) == (100, 300)
+    q, k, v = qkv(q_len=100, kv_len=150)
+    out, stats = prism_attention(q, k, v, cfg, backend="torch", return_stats=True)
+    assert not stats.sparse and stats.reason == "shorter than min_sparse_len"
+    assert rel_err(out, dense_attention(q, k, v)) < 1e-5
+
+
+def test_mask_function_skips_unpadded_causal_masks_only():
+    """prism's mask function builds no [q, kv] mask for an unpadded causal chunk (q < kv), but gives SDPA's mask
+    when the batch is padded."""
+    from prism_mm.attention import prism_mask_function
+
+    mask = prism_mask_function()
+    kwargs = dict(batch_size=1, q_length=4, kv_length=10, q_offset=6, kv_offset=0)
+    import inspect
+
+    from transformers.masking_utils import sdpa_mask
+
+    if "q_length" not in inspect.signature(sdpa_mask).parameters:  # older transformers: cache_position instead
+        kwargs = dict(batch_size=1, cache_position=torch.arange(6, 10), kv_length=10, kv_offset=0)
+    assert mask(**kwargs) is None
+    assert mask(**kwargs, attention_mask=torch.ones(1, 10, dtype=torch.bool)) is None
+    padded = torch.ones(1, 10, dtype=torch.bool)
+    padded[0, :2] = False
+    built = mask(**kwargs, attention_mask=padded)
+    assert built is not None and built.shape[-2:] == (4, 10) and not built[..., :2].any() and built[0, 0, -1, 2:].all()

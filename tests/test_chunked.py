@@ -26,10 +26,23 @@ def test_chunked_prefill_equals_unchunked(model_type, attn):
     state = chunked_prefill(model, inputs, ChunkConfig(decoder_tokens=37, vision_frames=1))  # ragged chunks
     assert state.prompt_tokens == n and state.cache.get_seq_length() == n
     assert rel_err(state.logits, ref) < 1e-4
-    if attn == "prism":  # every decoder chunk (q < kv after the first) ran the sparse path
-        assert model.prism_stats.sparse_layers == model.config.get_text_config().num_hidden_layers
+    if attn == "prism":  # one record per layer for the whole prompt, merged over the chunks, all of them sparse
+        records = model.prism_stats.layers
+        assert all((r.q_len, r.kv_len, r.sparse) == (n, n, True) for r in records.values()) and len(records) == 2
+        assert all(r.kept_blocks() == r.total_blocks() for r in records.values())  # thresholds 1.0: every block
     tokens = greedy_decode(model, state, max_new_tokens=5, eos_token_id=-1)
     assert torch.equal(tokens, expected[:, :tokens.shape[1]]) and tokens.shape[1] == expected.shape[1]
+
+
+def test_chunked_record_keeps_a_dense_first_chunk():
+    """A first chunk shorter than min_sparse_len runs dense: the merged per-layer record says so, it is not sparse."""
+    model = build_tiny_model("qwen2_5_vl")
+    enable_prism(model, PrismConfig(block_size=16, min_sparse_len=60).with_threshold(1.0))
+    inputs = video_inputs(model.config, frames=8, grid=8, text_before=50, text_after=23)
+    chunked_prefill(model, inputs, ChunkConfig(decoder_tokens=37))
+    summary = model.prism_stats.summary()
+    assert summary["sparse_layers"] == 0 and summary["dense_reasons"] == ["shorter than min_sparse_len"]
+    assert all(r.q_len == inputs["input_ids"].shape[1] for r in model.prism_stats.layers.values())
 
 
 def test_chunk_config_is_checked():

@@ -250,3 +250,20 @@ def test_cli_corrupt_video_prints_only_our_line(case, clip, tmp_path):
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and re.search(pattern, lines[0]), proc.stderr
+
+
+def test_check_device_names_the_fix(monkeypatch):
+    """Device strings are checked against this machine: a bad name, no GPU, and an index past the GPU count."""
+    from prism_mm.pipelines.session import check_device
+
+    assert check_device("cpu") == "cpu"
+    with pytest.raises(ValueError, match="not one prism_mm runs on"):
+        check_device("gpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="no CUDA GPU"):
+        check_device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert check_device("cuda:0") == "cuda:0"
+    with pytest.raises(ValueError, match=r"has 1 CUDA GPU\(s\), cuda:0..cuda:0"):
+        check_device("cuda:1")

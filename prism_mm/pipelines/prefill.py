@@ -8,7 +8,9 @@
 - The text decoder runs `decoder_tokens` query tokens at a time against a growing KV cache (each chunk's queries
   are the last positions of its keys: the layout prism_attention and its kernels take). The MRoPE positions are
   the model's own (get_rope_index over the whole prompt), sliced per chunk.
-- Only the last position's logits are computed. At thresholds 1.0 the result equals the unchunked forward.
+- Only the last position's logits are computed. At thresholds 1.0 (or with dense attention) the result equals the
+  unchunked forward; with a sparse selection each chunk selects its own blocks, so answers may differ slightly.
+- Dense (SDPA) chunks get transformers' [chunk, prompt] mask: peak memory is bounded by the chunks only with Prism.
 
 Chunks use the model's attention as set (prism or sdpa). Without padding the decoder's attention gets no mask
 (prism_mm registers a mask function that skips it), so no [chunk, prompt] mask is ever built for Prism.
@@ -84,6 +86,9 @@ def chunked_prefill(model, inputs: dict, chunks: ChunkConfig) -> PrefillState:
     ids = inputs["input_ids"]
     if ids.shape[0] != 1:
         raise ValueError(f"chunked_prefill takes one prompt (batch 1), got batch {ids.shape[0]}")
+    if inputs.get("pixel_values") is not None:
+        raise ValueError("chunked_prefill takes video prompts; images (pixel_values) are not supported: run them "
+                         "unchunked")
     lm = model.model.language_model
     stats = getattr(model, "prism_stats", None)
     if stats is not None:
@@ -124,7 +129,10 @@ def chunked_prefill(model, inputs: dict, chunks: ChunkConfig) -> PrefillState:
 
 
 def greedy_decode(model, state: PrefillState, max_new_tokens: int, eos_token_id: int | None = None) -> torch.Tensor:
-    """Greedy tokens [1, <= max_new_tokens] after a chunked prefill (dense decoding on the prefill's cache)."""
+    """Greedy tokens [1, <= max_new_tokens] after a chunked prefill (dense decoding on the prefill's cache, which
+    it extends in place: decode a PrefillState once)."""
+    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
     eos = model.generation_config.eos_token_id if eos_token_id is None else eos_token_id
     eos = set(eos if isinstance(eos, (list, tuple)) else [eos]) - {None}
     token = state.logits.argmax(-1, keepdim=True)

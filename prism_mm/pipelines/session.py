@@ -20,7 +20,7 @@ import torch
 from tqdm import tqdm
 
 from ..config import PrismConfig
-from ..models import VISION_ATTENTIONS, VL_MODEL_TYPES, enable_prism, load_model, set_attention
+from ..models import VISION_ATTENTIONS, VL_MODEL_TYPES, enable_prism, load_model, set_attention, synchronize_gpus
 from ..testing.tiny import TINY_MODELS, build_tiny_processor, tiny_model_dir
 from .prefill import ChunkConfig, chunked_prefill, greedy_decode
 from .video import PreparedVideo, VideoOptions, build_inputs
@@ -108,7 +108,7 @@ class _TokenProgress:
 
 
 def load_video_model(model: str, prism: PrismConfig, device: str, dtype: str = "auto", random_weights: bool = False,
-                     device_map=None):
+                     device_map=None, vision: str = "varlen"):
     """(model, processor) for video QA: tiny names resolved, Prism set up on the text decoder (its
     attention is then switched with prism_mm.models.set_attention), a stand-in processor for
     random-weight architectures."""
@@ -122,7 +122,7 @@ def load_video_model(model: str, prism: PrismConfig, device: str, dtype: str = "
     if processor is None:
         # Shipped configs carry no tokenizer: a character-level stand-in builds the prompt.
         processor = build_tiny_processor(vl_model.config.model_type, real_vocab=True)
-    enable_prism(vl_model, prism)
+    enable_prism(vl_model, prism, vision=vision)
     return vl_model, processor
 
 
@@ -145,7 +145,7 @@ class VideoSession:
         self.prism_config = prism or PrismConfig.video()
         self.progress = progress
         self.model, self.processor = load_video_model(model, self.prism_config, self.device, dtype, random_weights,
-                                                      device_map)
+                                                      device_map, vision)
         self.attn = None
         self.set_attention(attn)
 
@@ -160,7 +160,8 @@ class VideoSession:
 
     def set_attention(self, attn: str) -> None:
         """"prism": Prism on the text decoder and the session's vision attention (`vision`, default the batched
-        varlen entry); "dense": transformers as shipped (SDPA in both). ValueError for anything else."""
+        varlen entry); "dense": transformers' SDPA in the tower and the decoder (with vision="varlen" the tower's
+        MLP widths stay zero-padded, see prism_mm.vision.align_mlp_widths). ValueError for anything else."""
         if attn != self.attn:
             set_attention(self.model, attn, self.vision if attn == "prism" else "sdpa")
             self.attn = attn
@@ -199,7 +200,7 @@ class VideoSession:
         bar = tqdm(total=max_new_tokens, desc=f"generating ({attn})", disable=not self.progress, leave=False)
         cuda = self.device.startswith("cuda")
         if cuda:
-            torch.cuda.synchronize()
+            synchronize_gpus()
         t0 = time.perf_counter()
         if self.chunks is None:
             with torch.no_grad():
@@ -209,13 +210,13 @@ class VideoSession:
         else:
             state = chunked_prefill(self.model, inputs, self.chunks)
             if cuda:
-                torch.cuda.synchronize()
+                synchronize_gpus()
             stats.prefill_seconds = time.perf_counter() - t0
             new = greedy_decode(self.model, state, max_new_tokens)[0]
             bar.update(new.numel())
             bar.close()
         if cuda:
-            torch.cuda.synchronize()
+            synchronize_gpus()
         total = time.perf_counter() - t0
         answer = self.processor.batch_decode(new[None], skip_special_tokens=True)[0].strip()
         prefill = stats.prefill_seconds or 0.0
@@ -285,7 +286,8 @@ class VideoQA:
         if len(runs) == 2:
             result["prefill_speedup"] = runs["dense"].prefill_s / max(runs["prism"].prefill_s, 1e-9)
             result["answers_agree"] = runs["dense"].answer == runs["prism"].answer
-            result["layers_vs_dense"] = self.session.check_against_dense(prepared)
+            if self.session.chunks is None:  # the check is one unchunked pass: not for videos that need chunks
+                result["layers_vs_dense"] = self.session.check_against_dense(prepared)
         return result
 
 

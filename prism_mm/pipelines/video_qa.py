@@ -85,7 +85,9 @@ def main(argv=None) -> int:
                             max_pixels=args.max_pixels, total_pixels=args.total_pixels, start=args.start, end=args.end)
         prism = prism_config(args)
         chunks = None
-        if args.chunk_tokens is not None or args.vision_chunk_frames is not None:
+        if args.vision_chunk_frames is not None and args.chunk_tokens is None:
+            raise ValueError("--vision-chunk-frames works with --chunk-tokens (chunked prefill): add --chunk-tokens N")
+        if args.chunk_tokens is not None:
             try:
                 tokens = ChunkConfig.decoder_tokens if args.chunk_tokens is None else args.chunk_tokens
                 chunks = ChunkConfig(tokens, args.vision_chunk_frames)
