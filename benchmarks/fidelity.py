@@ -35,7 +35,6 @@ on what follows). Needs the weights: `bash scripts/setup.sh` fetches both (and g
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import time
 from pathlib import Path
@@ -334,8 +333,46 @@ def next_token_stats(model, h: torch.Tensor, ids: torch.Tensor, chunk: int = 102
     return math.exp(nll / target.numel()), torch.cat(top1)
 
 
-def model_level(model, ids, configs: dict[str, PrismConfig], dense: tuple[float, torch.Tensor] | None = None) -> dict:
-    """Next-token top-1 agreement and perplexity of prism presets against dense (`dense`: its (ppl, top-1) if known)."""
+SHARED_ATTN = "fidelity_shared_budget"
+
+
+class SharedBudgetAttention:
+    """A transformers attention entry for the model-level check of the cheap shared-budget rule (an analysis
+    estimator of this benchmark, not a method of the package): per layer, Prism's band probabilities (band_probs),
+    the layer's largest up to `density` (shared_budget), then the torch twin of the block-sparse kernel. Records each
+    layer's density in `densities`."""
+
+    def __init__(self, layout, block_size: int):
+        self.layout, self.block_size, self.density, self.densities = layout, block_size, None, {}
+
+    def __call__(self, module, query, key, value, attention_mask, scaling=None, **kw):
+        from prism_mm.kernels.layout import BlockSelection
+        from prism_mm.kernels.torch_ops import block_sparse_attention
+
+        b, h, n, d = query.shape
+        if b != 1 or n != key.shape[2] or n == 1:
+            raise ValueError("the shared-budget check runs one unpadded prefill (batch 1, no KV cache)")
+        cfg = PrismConfig(block_size=self.block_size, min_sparse_len=0)
+        valid = causal_block_mask(n, n, self.block_size)
+        probs = band_probs(query, key, cfg, self.layout.bands(*cfg.band_dims(d)))
+        mask = shared_budget(probs, valid, self.density)
+        self.densities[module.layer_idx] = (mask.sum() / (valid.sum() * h)).item()
+        sel = BlockSelection.from_mask(mask[None], self.block_size, n, n)
+        out = block_sparse_attention(query, key, value, sel, scaling)
+        return out.transpose(1, 2).contiguous(), None
+
+    def register(self):
+        from transformers import AttentionInterface
+        from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+        AttentionInterface.register(SHARED_ATTN, self)
+        AttentionMaskInterface.register(SHARED_ATTN, sdpa_mask)
+
+
+def model_level(model, ids, configs: dict[str, PrismConfig], dense: tuple[float, torch.Tensor] | None = None,
+                shared: bool = False, layout=None, block_size: int = 128) -> dict:
+    """Next-token top-1 agreement and perplexity of prism presets against dense (`dense`: its (ppl, top-1) if known).
+    With `shared`, also the shared-budget rule (SharedBudgetAttention) at the mean density each preset reached."""
     from prism_mm import enable_prism
 
     hook = FinalHidden(model)
@@ -357,6 +394,25 @@ def model_level(model, ids, configs: dict[str, PrismConfig], dense: tuple[float,
             res[name] = {"top1_agreement": (top1 == dense_top1).float().mean().item(), "ppl": ppl,
                          "ppl_change_pct": 100 * (ppl / dense_ppl - 1), "mean_density": model.prism_stats.mean_density,
                          "forward_seconds": round(seconds, 1)}
+        if shared:
+            rule = SharedBudgetAttention(layout, block_size)
+            rule.register()
+            for name in tqdm(list(configs), desc="model level, shared budget"):
+                rule.density, rule.densities = res[name]["mean_density"], {}
+                model.set_attn_implementation(SHARED_ATTN)
+                start = time.perf_counter()
+                try:
+                    with torch.no_grad():
+                        model(ids, logits_to_keep=1)
+                finally:
+                    model.set_attn_implementation("sdpa")
+                seconds = time.perf_counter() - start
+                ppl, top1 = next_token_stats(model, hook.h, ids)
+                res[f"shared-prism at the density of {name}"] = {
+                    "top1_agreement": (top1 == dense_top1).float().mean().item(), "ppl": ppl,
+                    "ppl_change_pct": 100 * (ppl / dense_ppl - 1),
+                    "mean_density": sum(rule.densities.values()) / len(rule.densities),
+                    "forward_seconds": round(seconds, 1)}
     finally:
         hook.remove()
     return res
@@ -495,7 +551,7 @@ RESULTS_FILES = results_files("fidelity")
 
 def run(tokens=(4096,), block_size: int = 64, layers: list[int] | None = None, thresholds=THRESHOLDS,
         windows=WINDOWS, analysis: bool = False, model_name: str = "smollm2-135m", budgets=BUDGETS,
-        with_model_level: bool = True) -> dict:
+        with_model_level: bool = True, attention_level: bool = True, shared_model_level: bool = False) -> dict:
     """Per length: per-layer metrics of every method at every knob (mean in "summary", interpolated at densities
     0.1/0.2/0.3 in "at_density"), prism's per-head densities at 0.93/0.95, and the model-level check of the presets."""
     tokens = [tokens] if isinstance(tokens, int) else sorted(tokens)
@@ -517,25 +573,30 @@ def run(tokens=(4096,), block_size: int = 64, layers: list[int] | None = None, t
     out = {"model": model_name, "model_title": spec["title"], "texts": list(spec["texts"]), "block_size": block_size,
            "layers": layers, "by_tokens": {}}
     for n in tokens:
-        secs = {"load": load_s, f"dense forward with capture at {max(tokens)}": capture_s}
-        start = time.perf_counter()
-        per_layer = {}
-        for i in tqdm(layers, desc=f"layers at {n} tokens"):
-            q, k, v = (t[:, :, :n] for t in captured[i])
-            mass = true_block_mass(q, k, block_size)
-            sels = selections_for(q, k, mass, layout, block_size, thresholds, windows, analysis, budgets)
-            per_layer[str(i)] = layer_metrics(q, k, v, sels, mass, block_size)
-        secs["attention-level metrics"] = time.perf_counter() - start
-        summary = summarize(per_layer)
-        rec = {"tokens": n, "layers": layers, "per_layer": per_layer, "summary": summary, "at_density": at_density(summary),
-               "prism_head_density": prism_head_densities(captured, n, layout, block_size)}
+        tag = "" if attention_level else "model-level-only run: "
+        secs = {f"{tag}load": load_s, f"{tag}dense forward with capture at {max(tokens)}": capture_s}
+        rec = {"tokens": n}
+        if attention_level:
+            start = time.perf_counter()
+            per_layer = {}
+            for i in tqdm(layers, desc=f"layers at {n} tokens"):
+                q, k, v = (t[:, :, :n] for t in captured[i])
+                mass = true_block_mass(q, k, block_size)
+                sels = selections_for(q, k, mass, layout, block_size, thresholds, windows, analysis, budgets)
+                per_layer[str(i)] = layer_metrics(q, k, v, sels, mass, block_size)
+            secs["attention-level metrics"] = time.perf_counter() - start
+            summary = summarize(per_layer)
+            rec.update({"layers": layers, "per_layer": per_layer, "summary": summary, "at_density": at_density(summary),
+                        "prism_head_density": prism_head_densities(captured, n, layout, block_size)})
         if with_model_level:
             start = time.perf_counter()
             presets = {"prism default (0.95)": PrismConfig(block_size=block_size, min_sparse_len=0),
                        "prism video preset (0.93)": PrismConfig.video(block_size=block_size, min_sparse_len=0)}
             rec["model_level"] = model_level(model, ids[:, :n], presets,
-                                             dense=next_token_stats(model, dense_full[:, :n], ids[:, :n]))
-            secs["model level"] = time.perf_counter() - start
+                                             dense=next_token_stats(model, dense_full[:, :n], ids[:, :n]),
+                                             shared=shared_model_level, layout=layout, block_size=block_size)
+            secs[f"{tag}model level" + (" (prism presets + shared-budget rule)" if shared_model_level else "")] = \
+                time.perf_counter() - start
         rec["seconds"] = {k: round(v, 1) for k, v in secs.items()}
         out["by_tokens"][str(n)] = rec
     return out
@@ -555,7 +616,11 @@ def main():
     ap.add_argument("--analysis", action="store_true",
                     help="also the half-token-level diagnostic estimators (SmolLM2: writes fidelity-analysis.* instead of fidelity.*)")
     ap.add_argument("--no-model-level", action="store_true", help="skip the perplexity / top-1 check of the presets")
-    ap.add_argument("--merge", action="store_true", help="add the measured lengths to the existing results file")
+    ap.add_argument("--shared-model-level", action="store_true",
+                    help="model level also for the shared-budget rule, at the mean density each prism preset reached")
+    ap.add_argument("--model-level-only", action="store_true",
+                    help="skip the attention-level metrics (with --merge: adds model-level rows to the existing lengths)")
+    ap.add_argument("--merge", action="store_true", help="add the measured lengths (or rows) to the existing results file")
     RESULTS_FILES.add_arguments(ap, merge=False)
     args = ap.parse_args()
     if args.redraw:
@@ -566,7 +631,8 @@ def main():
     try:
         result = run(pick(args.tokens, "tokens"), pick(args.block_size, "block_size"), args.layers,
                      tuple(pick(args.thresholds, "thresholds")), tuple(pick(args.windows, "windows")), args.analysis,
-                     args.model, tuple(pick(args.budgets, "budgets")), not args.no_model_level)
+                     args.model, tuple(pick(args.budgets, "budgets")), not args.no_model_level,
+                     not args.model_level_only, args.shared_model_level)
     except MissingWeights as e:
         raise SystemExit(str(e)) from None
     result["command"] = "python -m benchmarks.fidelity " + " ".join(sys.argv[1:])
@@ -575,7 +641,13 @@ def main():
     old = files.load(args.out) if args.merge else None
     if old is not None:
         merged = by_tokens(old)
-        merged.update(result["by_tokens"])
+        for n, rec in result["by_tokens"].items():  # per length: new keys replace old ones, model-level rows merge
+            base = dict(merged.get(n, {}))
+            for key, value in rec.items():
+                if key in ("model_level", "seconds") and isinstance(base.get(key), dict):
+                    value = {**base[key], **value}
+                base[key] = value
+            merged[n] = base
         commands = old.get("commands", [old["command"]] if "command" in old else [])
         result = {**result, "by_tokens": dict(sorted(merged.items(), key=lambda kv: int(kv[0]))),
                   "commands": commands + [result["command"]]}

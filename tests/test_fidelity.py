@@ -43,3 +43,38 @@ def test_fidelity_small(tmp_path):
         assert 0.5 < ml[name]["top1_agreement"] <= 1 and 0 < ml[name]["mean_density"] <= 1
     assert (tmp_path / "fidelity-analysis.png").stat().st_size > 10_000
     assert "prism@0.9" in (tmp_path / "fidelity-analysis.md").read_text()
+
+
+def test_shared_budget_rules():
+    """The shared-budget rules of the benchmark on random scores: the budget is met over the whole layer, the mass
+    rule reaches its target, forced blocks stay in, and the model-level entry at density 1.0 is dense attention."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from benchmarks.fidelity import SharedBudgetAttention, shared_budget, shared_mass
+    from prism_mm import SpectralBands
+    from prism_mm.kernels.layout import causal_block_mask
+
+    valid = causal_block_mask(1000, 1000, 64)  # 16 blocks, the last one partial
+    probs = torch.softmax(torch.randn(3, 16, 16).masked_fill(~valid, float("-inf")), -1)
+    total = int(valid.sum()) * 3
+    for d in (0.3, 0.5):  # above the 31 of 136 blocks per head that sink + diagonal take
+        m = shared_budget(probs, valid, d)
+        assert int(m.sum()) == round(d * total) and not (m & ~valid).any() and m[..., 0].all()
+        assert m[:, torch.arange(16), torch.arange(16)].all()
+    m = shared_mass(probs, valid, 0.9)
+    assert (probs * m).sum() / (3 * 16) >= 0.9 - 1e-6
+    assert (shared_mass(probs, valid, 0.99).sum() >= m.sum())
+
+    q, k, v = torch.randn(1, 4, 300, 16), torch.randn(1, 2, 300, 16), torch.randn(1, 2, 300, 16)
+    layout = SimpleNamespace(bands=lambda hi, lo: SpectralBands(high=tuple(range(hi)), low=tuple(range(16 - lo, 16))))
+    rule = SharedBudgetAttention(layout, 64)
+    rule.density = 1.0
+    out, _ = rule(SimpleNamespace(layer_idx=0), q, k, v, None)
+    ref = torch.nn.functional.scaled_dot_product_attention(q, k.repeat_interleave(2, 1), v.repeat_interleave(2, 1),
+                                                           is_causal=True).transpose(1, 2)
+    assert rule.densities == {0: 1.0} and torch.allclose(out, ref, atol=1e-5)
+    rule.density = 0.8  # 5 blocks: sink + diagonal take 9 of each head's 15
+    rule(SimpleNamespace(layer_idx=1), q, k, v, None)
+    assert abs(rule.densities[1] - 0.8) < 0.02
