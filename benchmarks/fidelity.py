@@ -17,6 +17,9 @@ sweeping each method's knob:
 - shared-prism-mass: the same probabilities, one global cutoff chosen so that the layer keeps a target share of the
                   estimated mass (mean over rows; the density follows from the cutoff, per layer)
 - shared-meanpool: meanpool's probabilities with the shared density budget (is it the bands or the sharing?)
+- cutoff:         the package's method="cutoff": Prism's two calibrated band probabilities averaged, one fixed cutoff
+                  for every head, row and layer (the knob: the cutoff; density follows per layer). A one-pass kernel
+                  (no per-layer sort), the product form of the shared-budget rules above.
 Sink and diagonal blocks are always kept (and counted). With --analysis also the half-token-level diagnostic
 estimators tokq / lsek / both (see analysis_probs). Model level at the presets (unless --no-model-level): next-token
 top-1 agreement and perplexity change against dense. Also recorded: per layer (all layers) and head the density
@@ -37,6 +40,7 @@ from __future__ import annotations
 import argparse
 import math
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -51,26 +55,29 @@ from prism_mm.testing.capture import capture_qkv
 from prism_mm.testing.weights import MissingWeights, load_qwen_coder, load_smollm2
 
 LICENCES = "/usr/share/common-licenses"
-LICENCE_TEXTS = ("GPL-3", "GPL-2", "LGPL-3", "LGPL-2.1", "GFDL-1.3", "Apache-2.0", "MPL-2.0", "Artistic", "CC0-1.0")
+LICENCE_TEXTS = ("GPL-3", "GPL-2", "LGPL-3", "LGPL-2.1", "GFDL-1.3", "Apache-2.0", "MPL-2.0", "Artistic", "CC0-1.0",
+                 "MPL-1.1")  # MPL-1.1 last: the first nine give 32,144 Qwen tokens, 32K needs more
 THRESHOLDS = (0.8, 0.85, 0.9, 0.93, 0.95, 0.97)
 WINDOWS = (2, 4, 6, 8, 12, 16)
 BUDGETS = (0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5)  # target densities of the shared-budget rules
+CUTOFFS = (0.001, 0.002, 0.004, 0.007, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1)  # knobs of method="cutoff"
 RECORDED_THRESHOLDS = (0.93, 0.95)  # per layer and head densities of prism, for the end-to-end benchmark
+RECORDED_CUTOFFS = (0.005, 0.01, 0.02)  # and of method="cutoff"
 AT_DENSITIES = (0.1, 0.2, 0.3)
 
 MODELS = {
     "smollm2-135m": {
         "title": "SmolLM2-135M-Instruct", "load": load_smollm2, "texts": ("GPL-3",), "tokens": (4096,),
         "block_size": 64, "layers": None, "thresholds": THRESHOLDS, "windows": WINDOWS, "budgets": BUDGETS,
-        "stem": "fidelity"},
+        "cutoffs": CUTOFFS, "stem": "fidelity"},
     "qwen2.5-coder-0.5b": {
         "title": "Qwen2.5-Coder-0.5B-Instruct", "load": load_qwen_coder, "texts": LICENCE_TEXTS, "tokens": (8192,),
         "block_size": 128, "layers": (1, 5, 9, 13, 17, 21, 23),
         "thresholds": (0.3, 0.5, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.99),
         "windows": (1, 2, 3, 4, 6, 8, 12, 16, 24, 32), "budgets": (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.7),
-        "stem": "fidelity-qwen2.5-coder-0.5b"},
+        "cutoffs": CUTOFFS, "stem": "fidelity-qwen2.5-coder-0.5b"},
 }
-FAMILIES = ("prism", "meanpool", "window", "oracle", "shared-oracle", "shared-prism", "shared-prism-mass",
+FAMILIES = ("prism", "cutoff", "meanpool", "window", "oracle", "shared-oracle", "shared-prism", "shared-prism-mass",
             "shared-meanpool", "tokq", "lsek", "both")
 
 
@@ -254,21 +261,21 @@ def meanpool_probs(q, k, bs: int) -> torch.Tensor:
 
 
 def selections_for(q, k, mass, layout, bs, thresholds=THRESHOLDS, windows=WINDOWS, analysis: bool = False,
-                   budgets=BUDGETS) -> dict[str, torch.Tensor]:
+                   budgets=BUDGETS, cutoffs=CUTOFFS) -> dict[str, torch.Tensor]:
     """Every method's block mask at every knob value for one layer: {"method@knob": [H, NQB, NKB]}."""
     n, d = q.shape[2], q.shape[3]
     nb = num_blocks(n, bs)
     valid = causal_block_mask(n, n, bs)
-    all_dims = SpectralBands(high=tuple(range(d)), low=tuple(range(d)))
     base = PrismConfig(block_size=bs, min_sparse_len=0)
     bands = layout.bands(*base.band_dims(d))
     sels = {}
     for thr in thresholds:
         cfg = base.with_threshold(thr)
         sels[f"prism@{thr}"] = estimate(q, k, cfg, bands, "torch").to_mask()[0]
-        plain = PrismConfig(block_size=bs, min_sparse_len=0, calibrate=False).with_threshold(thr)
-        sels[f"meanpool@{thr}"] = estimate(q, k, plain, all_dims, "torch").to_mask()[0]
+        sels[f"meanpool@{thr}"] = estimate(q, k, replace(cfg, method="meanpool"), bands, "torch").to_mask()[0]
         sels[f"oracle@{thr}"] = forced_top_p(mass, valid, thr)
+    for c in cutoffs:
+        sels[f"cutoff@{c}"] = estimate(q, k, replace(base, method="cutoff", cutoff=c), bands, "torch").to_mask()[0]
     if budgets:
         est, plain = band_probs(q, k, base, bands), meanpool_probs(q, k, bs)
         for dens in budgets:
@@ -289,18 +296,22 @@ def selections_for(q, k, mass, layout, bs, thresholds=THRESHOLDS, windows=WINDOW
     return sels
 
 
-def prism_head_densities(captured, n: int, layout, bs: int, thresholds=RECORDED_THRESHOLDS) -> dict:
-    """{threshold: {layer: [density per query head]}} of prism on the first n tokens, every captured layer."""
+def prism_head_densities(captured, n: int, layout, bs: int, thresholds=RECORDED_THRESHOLDS,
+                         cutoffs=RECORDED_CUTOFFS) -> dict:
+    """{"<threshold>" (prism) or "cutoff@<c>": {layer: [density per query head]}} on the first n tokens, every
+    captured layer."""
     valid = int(causal_block_mask(n, n, bs).sum())
+    base = PrismConfig(block_size=bs, min_sparse_len=0)
+    configs = {str(t): base.with_threshold(t) for t in thresholds}
+    configs.update({f"cutoff@{c}": replace(base, method="cutoff", cutoff=c) for c in cutoffs})
     out = {}
-    for thr in thresholds:
-        cfg = PrismConfig(block_size=bs, min_sparse_len=0).with_threshold(thr)
+    for name, cfg in configs.items():
         per_layer = {}
         for i, (q, k, _) in sorted(captured.items()):
             q, k = q[:, :, :n], k[:, :, :n]
             mask = estimate(q, k, cfg, layout.bands(*cfg.band_dims(q.shape[-1])), "torch").to_mask()[0]
             per_layer[str(i)] = [round(x, 4) for x in (mask.sum((1, 2)).float() / valid).tolist()]
-        out[str(thr)] = per_layer
+        out[name] = per_layer
     return out
 
 
@@ -367,6 +378,21 @@ class SharedBudgetAttention:
 
         AttentionInterface.register(SHARED_ATTN, self)
         AttentionMaskInterface.register(SHARED_ATTN, sdpa_mask)
+
+
+MODEL_THRESHOLDS = (0.95, 0.93, 0.9)  # prism's default, its video preset, one sparser
+MODEL_CUTOFFS = (0.005, 0.01, 0.02)  # method="cutoff": its default and one knob either side
+
+
+def model_level_presets(block_size: int, thresholds=MODEL_THRESHOLDS, cutoffs=MODEL_CUTOFFS) -> dict[str, PrismConfig]:
+    """The configs of the model-level check: prism at `thresholds`, method="cutoff" at `cutoffs`."""
+    base = PrismConfig(block_size=block_size, min_sparse_len=0)
+    names = {0.95: "prism default (0.95)", 0.93: "prism video preset (0.93)"}
+    presets = {names.get(t, f"prism@{t}"): base.with_threshold(t) for t in thresholds}
+    default = PrismConfig().cutoff
+    for c in cutoffs:
+        presets[f"cutoff@{c}" + (" (default)" if c == default else "")] = replace(base, method="cutoff", cutoff=c)
+    return presets
 
 
 def model_level(model, ids, configs: dict[str, PrismConfig], dense: tuple[float, torch.Tensor] | None = None,
@@ -521,8 +547,9 @@ def table(result: dict) -> list[str]:
         for name in sorted(s, key=lambda n: (FAMILIES.index(family(n)) if family(n) in FAMILIES else 99, s[n]["density"])):
             lines.append(f"| {name} | {s[name]['density']:.3f} | {s[name]['recall']:.3f} | {s[name]['out_err']:.4f} |")
         if "prism_head_density" in rec:
-            lines += ["", "Prism's density per layer (mean over heads, [min-max over heads]), all layers:", "",
-                      "| threshold | " + " | ".join(rec["prism_head_density"][next(iter(rec["prism_head_density"]))].keys()) + " | mean |",
+            lines += ["", "Density per layer (mean over heads, [min-max over heads]), all layers, of prism at a threshold "
+                      "and of method=\"cutoff\":", "",
+                      "| selection | " + " | ".join(rec["prism_head_density"][next(iter(rec["prism_head_density"]))].keys()) + " | mean |",
                       "|---" * (2 + len(rec["prism_head_density"][next(iter(rec["prism_head_density"]))])) + "|"]
             for thr, per_layer in rec["prism_head_density"].items():
                 means = [sum(h) / len(h) for h in per_layer.values()]
@@ -551,7 +578,8 @@ RESULTS_FILES = results_files("fidelity")
 
 def run(tokens=(4096,), block_size: int = 64, layers: list[int] | None = None, thresholds=THRESHOLDS,
         windows=WINDOWS, analysis: bool = False, model_name: str = "smollm2-135m", budgets=BUDGETS,
-        with_model_level: bool = True, attention_level: bool = True, shared_model_level: bool = False) -> dict:
+        with_model_level: bool = True, attention_level: bool = True, shared_model_level: bool = False,
+        cutoffs=CUTOFFS, model_cutoffs=MODEL_CUTOFFS, model_thresholds=MODEL_THRESHOLDS) -> dict:
     """Per length: per-layer metrics of every method at every knob (mean in "summary", interpolated at densities
     0.1/0.2/0.3 in "at_density"), prism's per-head densities at 0.93/0.95, and the model-level check of the presets."""
     tokens = [tokens] if isinstance(tokens, int) else sorted(tokens)
@@ -582,7 +610,7 @@ def run(tokens=(4096,), block_size: int = 64, layers: list[int] | None = None, t
             for i in tqdm(layers, desc=f"layers at {n} tokens"):
                 q, k, v = (t[:, :, :n] for t in captured[i])
                 mass = true_block_mass(q, k, block_size)
-                sels = selections_for(q, k, mass, layout, block_size, thresholds, windows, analysis, budgets)
+                sels = selections_for(q, k, mass, layout, block_size, thresholds, windows, analysis, budgets, cutoffs)
                 per_layer[str(i)] = layer_metrics(q, k, v, sels, mass, block_size)
             secs["attention-level metrics"] = time.perf_counter() - start
             summary = summarize(per_layer)
@@ -590,8 +618,7 @@ def run(tokens=(4096,), block_size: int = 64, layers: list[int] | None = None, t
                         "prism_head_density": prism_head_densities(captured, n, layout, block_size)})
         if with_model_level:
             start = time.perf_counter()
-            presets = {"prism default (0.95)": PrismConfig(block_size=block_size, min_sparse_len=0),
-                       "prism video preset (0.93)": PrismConfig.video(block_size=block_size, min_sparse_len=0)}
+            presets = model_level_presets(block_size, model_thresholds, model_cutoffs)
             rec["model_level"] = model_level(model, ids[:, :n], presets,
                                              dense=next_token_stats(model, dense_full[:, :n], ids[:, :n]),
                                              shared=shared_model_level, layout=layout, block_size=block_size)
@@ -613,6 +640,11 @@ def main():
     ap.add_argument("--thresholds", type=float, nargs="+", help="top-p knobs of prism/meanpool/oracle/shared-prism-mass")
     ap.add_argument("--windows", type=int, nargs="+", help="window sizes (blocks) of the window method")
     ap.add_argument("--budgets", type=float, nargs="*", help="target densities of the shared-budget rules (none: skip them)")
+    ap.add_argument("--cutoffs", type=float, nargs="*", help="knobs of method='cutoff' at the attention level")
+    ap.add_argument("--model-thresholds", type=float, nargs="*", default=MODEL_THRESHOLDS,
+                    help="prism thresholds of the model-level check")
+    ap.add_argument("--model-cutoffs", type=float, nargs="*", default=MODEL_CUTOFFS,
+                    help="method='cutoff' knobs of the model-level check")
     ap.add_argument("--analysis", action="store_true",
                     help="also the half-token-level diagnostic estimators (SmolLM2: writes fidelity-analysis.* instead of fidelity.*)")
     ap.add_argument("--no-model-level", action="store_true", help="skip the perplexity / top-1 check of the presets")
@@ -632,7 +664,8 @@ def main():
         result = run(pick(args.tokens, "tokens"), pick(args.block_size, "block_size"), args.layers,
                      tuple(pick(args.thresholds, "thresholds")), tuple(pick(args.windows, "windows")), args.analysis,
                      args.model, tuple(pick(args.budgets, "budgets")), not args.no_model_level,
-                     not args.model_level_only, args.shared_model_level)
+                     not args.model_level_only, args.shared_model_level, tuple(pick(args.cutoffs, "cutoffs")),
+                     tuple(args.model_cutoffs), tuple(args.model_thresholds))
     except MissingWeights as e:
         raise SystemExit(str(e)) from None
     result["command"] = "python -m benchmarks.fidelity " + " ".join(sys.argv[1:])
@@ -644,9 +677,13 @@ def main():
         for n, rec in result["by_tokens"].items():  # per length: new keys replace old ones, model-level rows merge
             base = dict(merged.get(n, {}))
             for key, value in rec.items():
-                if key in ("model_level", "seconds") and isinstance(base.get(key), dict):
+                if key in ("model_level", "seconds", "summary") and isinstance(base.get(key), dict):
                     value = {**base[key], **value}
+                elif key == "per_layer" and isinstance(base.get(key), dict):
+                    value = {i: {**base[key].get(i, {}), **rows} for i, rows in value.items()}
                 base[key] = value
+            if "summary" in rec:
+                base["at_density"] = at_density(base["summary"])
             merged[n] = base
         commands = old.get("commands", [old["command"]] if "command" in old else [])
         result = {**result, "by_tokens": dict(sorted(merged.items(), key=lambda kv: int(kv[0]))),

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 SUPPORTED_BLOCK_SIZES = (16, 32, 64, 128, 256)
-SELECTION_METHODS = ("prism",)
+SELECTION_METHODS = ("prism", "cutoff", "meanpool")
 
 # Paper defaults for head_dim 128: 64 high-frequency dims, 96 low-frequency dims.
 _HIGH_FRACTION = 64 / 128
@@ -40,7 +40,14 @@ class PrismConfig:
             GPU: deciding costs one host synchronisation per layer, which stalls the host's run-ahead (measured:
             Prism slower than dense at 35,840 visual tokens with 0.8), while the sparse kernel over every block costs
             1.03-1.09x cuDNN's dense time on an H100 (32K-128K), so a nearly dense layer loses at most ~9% there.
-        method: the block-selection algorithm ("prism": dual-band calibrated top-p of the paper).
+        method: the block-selection rule, all scored from the same pooled Q/K blocks:
+            "prism": the paper's dual-band calibrated top-p per row (threshold_high / threshold_low);
+            "cutoff": the same two calibrated band probabilities averaged, one cutoff for every head and row
+                (`cutoff`): rows and heads whose estimated mass is concentrated keep few blocks, spread ones more,
+                so the block budget is shared where a per-row top-p spends it evenly;
+            "meanpool": mean-pooled Q . K over all dims, uncalibrated, top-p per row (threshold_high): the baseline
+                the paper improves on.
+        cutoff: for method "cutoff", the mean band probability a key block needs to be kept, in (0, 1).
     """
 
     block_size: int = 128
@@ -54,6 +61,7 @@ class PrismConfig:
     min_sparse_len: int = 4096
     max_density: float = 1.0
     method: str = "prism"
+    cutoff: float = 0.01
 
     def __post_init__(self) -> None:
         if self.block_size not in SUPPORTED_BLOCK_SIZES:
@@ -72,6 +80,8 @@ class PrismConfig:
             raise ValueError(f"PrismConfig.min_sparse_len must be an int >= 0, got {self.min_sparse_len!r}")
         if not isinstance(self.max_density, (int, float)) or not 0.0 < float(self.max_density) <= 1.0:
             raise ValueError(f"PrismConfig.max_density must be in (0, 1], got {self.max_density!r}")
+        if not isinstance(self.cutoff, (int, float)) or not 0.0 < float(self.cutoff) < 1.0:
+            raise ValueError(f"PrismConfig.cutoff must be in (0, 1), got {self.cutoff!r}")
         if self.method not in SELECTION_METHODS:
             raise ValueError(f"PrismConfig.method must be one of {SELECTION_METHODS}, got {self.method!r}")
 

@@ -24,16 +24,38 @@ def band_index(bands: SpectralBands, head_dim: int, device: torch.device) -> Ban
     return BandIndex.build(bands.high, bands.low, head_dim, device)
 
 
-def _prism(q: torch.Tensor, k: torch.Tensor, config: PrismConfig, bands: BandIndex, ops) -> BlockSelection:
-    """The paper's selection: pool Q and K into band vectors + energies, then calibrated dual-band top-p."""
-    bs = config.block_size
-    spec = SelectSpec(head_dim=q.shape[-1], block_size=bs, threshold_high=config.threshold_high,
-                      threshold_low=config.threshold_low, calibrate=config.calibrate, force_sink=config.force_sink,
-                      force_diagonal=config.force_diagonal)
+def _spec(q: torch.Tensor, config: PrismConfig, **overrides) -> SelectSpec:
+    fields = dict(head_dim=q.shape[-1], block_size=config.block_size, threshold_high=config.threshold_high,
+                  threshold_low=config.threshold_low, calibrate=config.calibrate, force_sink=config.force_sink,
+                  force_diagonal=config.force_diagonal)
+    return SelectSpec(**{**fields, **overrides})
+
+
+def _select(q, k, spec: SelectSpec, bands: BandIndex, ops) -> BlockSelection:
+    bs = spec.block_size
     return ops.select_blocks(ops.pool_bands(q, bs, bands), ops.pool_bands(k, bs, bands), spec, q.shape[2], k.shape[2])
 
 
-METHODS = {"prism": _prism}
+def _prism(q: torch.Tensor, k: torch.Tensor, config: PrismConfig, bands: BandIndex, ops) -> BlockSelection:
+    """The paper's selection: pool Q and K into band vectors + energies, then calibrated dual-band top-p per row."""
+    return _select(q, k, _spec(q, config), bands, ops)
+
+
+def _cutoff(q: torch.Tensor, k: torch.Tensor, config: PrismConfig, bands: BandIndex, ops) -> BlockSelection:
+    """Prism's two calibrated band probabilities, averaged; one cutoff for every head and row (config.cutoff)."""
+    return _select(q, k, _spec(q, config, cutoff=config.cutoff), bands, ops)
+
+
+def _meanpool(q: torch.Tensor, k: torch.Tensor, config: PrismConfig, bands: BandIndex, ops) -> BlockSelection:
+    """The baseline Prism improves on: mean-pooled Q . K over all dims, no calibration, top-p per row
+    (threshold_high). Both "bands" are every dim, so the union of the two top-p sets is one set."""
+    d = q.shape[-1]
+    every_dim = band_index(SpectralBands(high=tuple(range(d)), low=tuple(range(d))), d, q.device)
+    spec = _spec(q, config, calibrate=False, threshold_low=config.threshold_high)
+    return _select(q, k, spec, every_dim, ops)
+
+
+METHODS = {"prism": _prism, "cutoff": _cutoff, "meanpool": _meanpool}
 
 
 def estimate(q: torch.Tensor, k: torch.Tensor, config: PrismConfig, bands: SpectralBands,

@@ -31,6 +31,8 @@ def test_config_defaults_and_presets():
         ({"high_band_dims": 7}, "high_band_dims"),
         ({"min_sparse_len": -1}, "min_sparse_len"),
         ({"method": "magic"}, "method"),
+        ({"cutoff": 0.0}, "cutoff"),
+        ({"cutoff": 1.0}, "cutoff"),
     ],
 )
 def test_config_rejects_out_of_range(kwargs, field):

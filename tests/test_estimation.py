@@ -1,5 +1,6 @@
 """Block estimation on constructed inputs where the right answer is known."""
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -85,11 +86,9 @@ def slash_case(heads=4, bs=32, nb=16, shift=3, backend="torch"):
     mass = torch.stack([true_block_mass(q[:, h:h + 1], k[:, h:h + 1], bs) for h in range(heads)])
     cfg = PrismConfig(block_size=bs, threshold_high=0.9, threshold_low=0.9, min_sparse_len=0)
     prism = estimate(q, k, cfg, layout.bands(*cfg.band_dims(64)), backend).to_mask()[0].cpu()
-    # Plain mean pooling: one band over all dims, no calibration (the baseline Prism sets out to fix).
-    all_dims = SpectralBands(high=tuple(range(64)), low=tuple(range(64)))
-    plain_cfg = PrismConfig(block_size=bs, threshold_high=0.9, threshold_low=0.9, calibrate=False, min_sparse_len=0)
-    plain = estimate(q, k, plain_cfg, all_dims, backend).to_mask()[0].cpu()
-    return mass, prism[:, :nb, :nb], plain[:, :nb, :nb]
+    # method="meanpool": one band over all dims, no calibration (the baseline Prism sets out to fix).
+    plain = estimate(q, k, replace(cfg, method="meanpool"), layout.bands(*cfg.band_dims(64)), backend)
+    return mass, prism[:, :nb, :nb], plain.to_mask()[0].cpu()[:, :nb, :nb]
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -108,3 +107,33 @@ def test_high_band_catches_rope_slash_that_mean_pooling_misses(backend):
     assert recall(prism) > recall(plain) + 0.1
     valid = causal_block_mask(nb * bs, nb * bs, bs)
     assert prism.sum() <= 1.6 * plain.sum() and prism.sum() < 0.75 * valid.sum() * prism.shape[0]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_meanpool_method_is_plain_mean_pooling(backend):
+    """method="meanpool" is top-p over mean-pooled Q . K of all dims without calibration, whatever bands it is given."""
+    bs, n, d = 16, 200, 64
+    q, k = torch.randn(1, 4, n, d, device=DEVICE), torch.randn(1, 2, n, d, device=DEVICE)
+    cfg = PrismConfig(block_size=bs, threshold_high=0.8, threshold_low=0.3, min_sparse_len=0)
+    got = estimate(q, k, replace(cfg, method="meanpool"), RopeLayout(head_dim=d).bands(32, 48), backend).to_mask()
+    all_dims = SpectralBands(high=tuple(range(d)), low=tuple(range(d)))
+    plain = PrismConfig(block_size=bs, threshold_high=0.8, threshold_low=0.8, calibrate=False, min_sparse_len=0)
+    expected = estimate(q, k, plain, all_dims, backend).to_mask()
+    assert (got != expected).float().mean() < 0.005
+    assert not torch.equal(got, estimate(q, k, cfg, RopeLayout(head_dim=d).bands(32, 48), backend).to_mask())
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_cutoff_method_finds_the_rope_slash_with_fewer_blocks_where_mass_is_concentrated(backend):
+    """method="cutoff" scores with Prism's two bands, so it finds the slash block as prism does; with one cutoff
+    for all rows it keeps no more blocks than prism's per-row top-p here, where the slash holds the mass."""
+    bs, nb, shift = 32, 16, 3
+    draws = [slash_inputs(bs, nb, shift_blocks=shift) for _ in range(4)]
+    q, k = (torch.cat([dr[i] for dr in draws], dim=1) for i in (0, 1))
+    cfg = PrismConfig(block_size=bs, threshold_high=0.9, threshold_low=0.9, min_sparse_len=0)
+    bands = draws[0][2].bands(*cfg.band_dims(64))
+    prism = estimate(q, k, cfg, bands, backend).to_mask()[0].cpu()[:, :nb, :nb]
+    cut = estimate(q, k, replace(cfg, method="cutoff", cutoff=0.05), bands, backend).to_mask()[0].cpu()[:, :nb, :nb]
+    rows = torch.arange(shift + 1, nb)
+    assert (cut[:, rows, rows - shift].sum(-1) >= len(rows) - 1).all()
+    assert cut.sum() <= prism.sum()

@@ -80,6 +80,67 @@ def test_select_matches_reference(b, hq, hkv, q_len, kv_len, bs, d, threshold, c
         assert torch.equal(got, valid.expand_as(got))
 
 
+CUTOFF_CASES = [
+    (1, 2, 2, 150, 150, 16, 64),  # partial last block
+    (2, 4, 1, 96, 224, 32, 64),  # GQA 4, chunked prefill
+    (1, 7, 1, 61, 200, 16, 80),  # GQA 7, misaligned offset, head_dim 80
+    (1, 2, 2, 1100, 1100, 16, 128),  # forced causal ladder
+]
+
+
+@pytest.mark.parametrize("b,hq,hkv,q_len,kv_len,bs,d", CUTOFF_CASES)
+@pytest.mark.parametrize("cutoff", [0.02, 0.1])
+def test_cutoff_select_matches_reference(b, hq, hkv, q_len, kv_len, bs, d, cutoff):
+    """The cutoff rule (one cutoff on the mean band probability) of the Triton kernel against its torch twin:
+    same blocks up to float ties, causal, ascending lists, sink and diagonal kept."""
+    bands = band_index(d)
+    q = block_structured(b, hq, q_len, d, bs, gain=2.0)
+    k = block_structured(b, hkv, kv_len, d, bs)
+    pq, pk = torch_ops.pool_bands(q, bs, bands), torch_ops.pool_bands(k, bs, bands)
+    spec = SelectSpec(d, bs, 0.9, 0.9, precise=True, cutoff=cutoff)
+    ladder_from = 2 if q_len > 1000 else estimate.LADDER_MIN_KBLOCKS
+    sel = estimate._select(pq, pk, spec, q_len, kv_len, ladder_from)
+    got, expected = sel.to_mask(), torch_ops.select_blocks(pq, pk, spec, q_len, kv_len).to_mask()
+    valid = lay.causal_block_mask(q_len, kv_len, bs, DEVICE)
+    nkb = lay.num_blocks(kv_len, bs)
+    assert (got.sum(-1) == sel.kv_num_blocks).all(), "index list has duplicates or out-of-range entries"
+    listed = torch.arange(nkb, device=DEVICE) < sel.kv_num_blocks[..., None]
+    assert (sel.kv_indices[..., 1:].long() > sel.kv_indices[..., :-1].long())[listed[..., 1:]].all()
+    assert not (got & ~valid).any(), "a non-causal block was selected"
+    first, last = lay.query_block_key_bounds(q_len, kv_len, bs, DEVICE)
+    rows = torch.arange(first.numel(), device=DEVICE)
+    assert got[..., 0].all() and got[..., rows, first].all() and got[..., rows, last].all()
+    assert expected.sum() < valid.sum() * b * hq  # a real selection, not every block
+    mismatches = (got != expected).sum().item()
+    assert mismatches <= 0.005 * valid.sum().item() * b * hq, f"{mismatches} blocks differ from the reference"
+
+
+def test_cutoff_rule_keeps_exactly_the_blocks_above_the_cutoff():
+    """The torch twin's cutoff rule, against the rule written out: kept = (mean of the two calibrated band
+    softmaxes >= cutoff) | sink | diagonal; a higher cutoff keeps a subset; per-band top-p is a different rule."""
+    import math
+
+    bs, n, d, cutoff = 16, 300, 64, 0.03
+    bands = band_index(d)
+    q, k = block_structured(1, 4, n, d, bs, gain=2.0), block_structured(1, 2, n, d, bs)
+    pq, pk = torch_ops.pool_bands(q, bs, bands), torch_ops.pool_bands(k, bs, bands)
+    got = torch_ops.select_blocks(pq, pk, SelectSpec(d, bs, 0.9, 0.9, cutoff=cutoff), n, n).to_mask()
+    valid = lay.causal_block_mask(n, n, bs, DEVICE)
+    mean = 0
+    for qb, kb, band in ((pq.high, pk.high, 1), (pq.low, pk.low, 2)):
+        t = torch_ops.band_temperature(pq.energy, pk.energy, band, qb.shape[-1], d, 2)
+        logits = qb @ kb.repeat_interleave(2, 1).transpose(-1, -2) / (math.sqrt(qb.shape[-1]) * t[..., None, None])
+        mean = mean + 0.5 * torch.softmax(logits.masked_fill(~valid, float("-inf")), -1)
+    forced = torch.zeros_like(got)
+    forced[..., 0] = True
+    forced[..., torch.arange(valid.shape[0]), torch.arange(valid.shape[0])] = True
+    assert torch.equal(got, ((mean >= cutoff) | forced) & valid)
+    higher = torch_ops.select_blocks(pq, pk, SelectSpec(d, bs, 0.9, 0.9, cutoff=0.1), n, n).to_mask()
+    assert not (higher & ~got).any() and higher.sum() < got.sum()
+    top_p = torch_ops.select_blocks(pq, pk, SelectSpec(d, bs, 0.9, 0.9), n, n).to_mask()
+    assert not torch.equal(top_p, got)
+
+
 def test_ladder_covers_every_row_once():
     cases = [(1100, 1100, 16), (61, 200, 16), (128 * 1000, 128 * 1000, 128), (500, 9000, 64)]
     for (q_len, kv_len, bs), min_kblocks in itertools.product(cases, (0, estimate.LADDER_MIN_KBLOCKS)):

@@ -1,8 +1,9 @@
-"""Triton kernel: calibrated dual-band top-p block selection -> compact per-row key-block lists.
+"""Triton kernel: calibrated dual-band block selection -> compact per-row key-block lists.
 
 One program scores R query-block rows of one (batch, query head) against the key blocks of its KV
 head in both bands: it derives the band temperatures from the per-block energies written by the
-pooling kernel, applies a causal softmax and the top-p rule per band, takes the union with the sink
+pooling kernel, applies a causal softmax per band, then the selection rule (SelectSpec: top-p per band
+and the union, or one cutoff on the mean of the two band probabilities), adds the sink
 and diagonal blocks, and writes the selected key-block indices (ascending) plus their count.
 Nothing of size heads x q_blocks x k_blocks in float32 goes through memory.
 
@@ -37,11 +38,11 @@ def _head_rms_ratio(E, row0, n_rows, band: tl.constexpr, d_band, d, W: tl.conste
 
 
 @triton.jit
-def _band_select(
-    Qp, Kp, rows, cols, row_ok, valid, n_kblocks, thr, scale,
+def _band_probs(
+    Qp, Kp, rows, cols, row_ok, valid, n_kblocks, scale,
     D: tl.constexpr, DC: tl.constexpr, R: tl.constexpr, W: tl.constexpr, PRECISION: tl.constexpr,
-    ITERS: tl.constexpr,
 ):
+    """[R, W] causal softmax over key blocks of one band's scaled pooled logits (0 outside `valid`)."""
     acc = tl.zeros([R, W], dtype=tl.float32)
     for d0 in tl.static_range(0, D, DC):
         dd = d0 + tl.arange(0, DC)
@@ -53,8 +54,13 @@ def _band_select(
     m = tl.where(row_ok, m, 0.0)
     p = tl.where(valid, tl.exp(logits - m[:, None]), 0.0)
     z = tl.sum(p, axis=1)
-    p = p / tl.where(z > 0, z, 1.0)[:, None]
-    # top-p: tau = k-th largest, k = #entries whose exclusive cumulative mass is below thr, i.e.
+    return p / tl.where(z > 0, z, 1.0)[:, None]
+
+
+@triton.jit
+def _top_p(p, valid, thr, R: tl.constexpr, W: tl.constexpr, ITERS: tl.constexpr):
+    """[R, W] the smallest set of entries per row whose probability mass reaches thr (rule of torch_ops.top_p_mask)."""
+    # tau = k-th largest, k = #entries whose exclusive cumulative mass is below thr, i.e.
     # the largest v with mass(p >= v) >= thr. Binary search over the fp32 bit patterns (monotone
     # for p >= 0), no sort. Invariant: mass(p >= lo) >= thr > mass(p >= hi). Start: entries below
     # (1 - thr) / W hold less than 1 - thr in total, so lo = bits((1 - thr) / W) satisfies it.
@@ -76,11 +82,11 @@ def _band_select(
 
 @triton.jit
 def _select_kernel(
-    QH, KH, QL, KL, QE, KE, CNT, IDX, thr_high, thr_low,
+    QH, KH, QL, KL, QE, KE, CNT, IDX, thr_high, thr_low, cutoff,
     row_start, row_end, n_qblocks, n_kblocks, q_len, kv_len, Hq, Hkv, GROUP,
     D: tl.constexpr, DH: tl.constexpr, DL: tl.constexpr, DC: tl.constexpr, R: tl.constexpr, W: tl.constexpr,
     BLOCK_SIZE: tl.constexpr, CALIBRATE: tl.constexpr, FORCE_SINK: tl.constexpr, FORCE_DIAG: tl.constexpr,
-    PRECISION: tl.constexpr, ITERS: tl.constexpr,
+    PRECISION: tl.constexpr, ITERS: tl.constexpr, CUTOFF_RULE: tl.constexpr,
 ):
     pid_r = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -110,10 +116,14 @@ def _select_kernel(
             * _head_rms_ratio(KE, k_row0, n_kblocks, 2, DL, D, 256)
         scale_h = scale_h / tl.maximum(t_h, 1e-6)
         scale_l = scale_l / tl.maximum(t_l, 1e-6)
-    sel = _band_select(QH + q_row0 * DH, KH + k_row0 * DH, rows, cols, row_ok, valid, n_kblocks, thr_high,
-                       scale_h, DH, DC, R, W, PRECISION, ITERS)
-    sel = sel | _band_select(QL + q_row0 * DL, KL + k_row0 * DL, rows, cols, row_ok, valid, n_kblocks, thr_low,
-                             scale_l, DL, DC, R, W, PRECISION, ITERS)
+    p_h = _band_probs(QH + q_row0 * DH, KH + k_row0 * DH, rows, cols, row_ok, valid, n_kblocks, scale_h,
+                      DH, DC, R, W, PRECISION)
+    p_l = _band_probs(QL + q_row0 * DL, KL + k_row0 * DL, rows, cols, row_ok, valid, n_kblocks, scale_l,
+                      DL, DC, R, W, PRECISION)
+    if CUTOFF_RULE:
+        sel = (0.5 * (p_h + p_l) >= cutoff) & valid
+    else:
+        sel = _top_p(p_h, valid, thr_high, R, W, ITERS) | _top_p(p_l, valid, thr_low, R, W, ITERS)
     if FORCE_SINK:
         sel = sel | (cols[None, :] == 0)
     if FORCE_DIAG:
@@ -149,7 +159,7 @@ def ladder(n_qblocks: int, n_kblocks: int, q_len: int, kv_len: int, block_size: 
 
 
 def select_blocks(q: Pooled, k: Pooled, spec: SelectSpec, q_len: int, kv_len: int) -> BlockSelection:
-    """Dual-band top-p block selection from pooled Q and K (see SelectSpec); twin of torch_ops.select_blocks.
+    """Dual-band block selection from pooled Q and K (see SelectSpec); twin of torch_ops.select_blocks.
 
     spec.precise=False scores with TF32 tensor-core dots on GPUs and stops the top-p search at a relative
     width of 2^-12 (a superset of the exact selection; boundary flips ~1e-5 of the blocks); precise=True
@@ -179,9 +189,10 @@ def _select(q: Pooled, k: Pooled, spec: SelectSpec, q_len: int, kv_len: int, lad
         warps = 4 if width <= 128 else 8 if width <= 512 else 16
         _select_kernel[(triton.cdiv(end - start, rows), b * hq)](
             q.high, k.high, q.low, k.low, q.energy, k.energy, counts, indices,
-            float(spec.threshold_high), float(spec.threshold_low), start, end, nqb, nkb, q_len, kv_len, hq, hkv, hq // hkv,
+            float(spec.threshold_high), float(spec.threshold_low), float(spec.cutoff or 0.0), start, end, nqb, nkb, q_len, kv_len, hq, hkv, hq // hkv,
             D=spec.head_dim, DH=dh, DL=dl, DC=16, R=rows, W=width, BLOCK_SIZE=block_size,
             CALIBRATE=spec.calibrate, FORCE_SINK=spec.force_sink, FORCE_DIAG=spec.force_diagonal,
-            PRECISION="ieee" if spec.precise else "tf32", ITERS=31 if spec.precise else 16, num_warps=warps,
+            PRECISION="ieee" if spec.precise else "tf32", ITERS=31 if spec.precise else 16,
+            CUTOFF_RULE=spec.cutoff is not None, num_warps=warps,
         )
     return BlockSelection(counts, indices, block_size, q_len, kv_len)

@@ -169,10 +169,14 @@ class BandIndex:
 
 @dataclass(frozen=True)
 class SelectSpec:
-    """The scalar parameters of dual-band top-p selection (everything select_blocks needs besides the pooled bands).
+    """The scalar parameters of dual-band block selection (everything select_blocks needs besides the pooled bands).
 
     Band logits are q_band . k_band / (sqrt(d_band) * t_band), t_band the RMS-energy temperature when
-    `calibrate` (1 otherwise); causal softmax per row; top-p per band; union; sink and diagonal blocks.
+    `calibrate` (1 otherwise); causal softmax per row and band. Then one of two rules, plus the sink and
+    diagonal blocks:
+    - cutoff None: top-p per band (threshold_high / threshold_low), union of the two sets;
+    - cutoff c in (0, 1): keep a block when the mean of its two band probabilities is >= c. One cutoff for every
+      head and row, so the block budget follows where the estimated mass is (thresholds unused).
     `precise` concerns the Triton op only (IEEE fp32 dots and the exact top-p search instead of TF32 and a
     16-step search); the torch op is always exact.
     """
@@ -185,3 +189,4 @@ class SelectSpec:
     force_sink: bool = True
     force_diagonal: bool = True
     precise: bool = False
+    cutoff: float | None = None

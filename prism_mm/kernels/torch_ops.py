@@ -73,11 +73,13 @@ def band_temperature(q_energy, k_energy, band: int, d_band: int, head_dim: int, 
 
 
 def select_blocks(q: Pooled, k: Pooled, spec: SelectSpec, q_len: int, kv_len: int) -> BlockSelection:
-    """Dual-band top-p block selection from pooled Q and K (see SelectSpec for the rule)."""
+    """Dual-band block selection from pooled Q and K: per-band top-p, or one cutoff on the mean band probability
+    (see SelectSpec for the rules)."""
     group = q.high.shape[1] // k.high.shape[1]
     device = q.high.device
     valid = causal_block_mask(q_len, kv_len, spec.block_size, device)[None, None]
     mask = torch.zeros(valid.shape, dtype=torch.bool, device=device)
+    mean_probs = 0.0
     for qb, kb, thr, band in ((q.high, k.high, spec.threshold_high, 1), (q.low, k.low, spec.threshold_low, 2)):
         d_band = qb.shape[-1]
         scale = torch.full(qb.shape[:2], 1.0 / math.sqrt(d_band), device=device)
@@ -85,7 +87,12 @@ def select_blocks(q: Pooled, k: Pooled, spec: SelectSpec, q_len: int, kv_len: in
             scale = scale / band_temperature(q.energy, k.energy, band, d_band, spec.head_dim, group)
         logits = (qb @ kb.repeat_interleave(group, dim=1).transpose(-1, -2)) * scale[..., None, None]
         probs = torch.softmax(logits.masked_fill(~valid, float("-inf")), dim=-1)
-        mask = mask | top_p_mask(probs, valid.expand_as(probs), thr)
+        if spec.cutoff is None:
+            mask = mask | top_p_mask(probs, valid.expand_as(probs), thr)
+        else:
+            mean_probs = mean_probs + 0.5 * probs
+    if spec.cutoff is not None:
+        mask = mean_probs >= spec.cutoff
     mask = mask & valid
     if spec.force_sink:
         mask[..., 0] = True

@@ -1,0 +1,222 @@
+"""Needle in a haystack on real weights, offline, CPU-runnable (multi-key retrieval in the style of RULER).
+
+Each haystack is the licence texts of /usr/share/common-licenses (from a random paragraph on, wrapping around) with
+`--needles` sentences "The magic number for <key> is <7 digits>." inserted at line breaks near random depths spread
+over 10%-90% of it; each needle is asked for once ("What is the magic number for <key>?"), greedy answer, exact
+match of the number. One sample = one (haystack, needle) pair: `--haystacks` x `--needles` samples per length.
+
+The prompt is ChatML (the models' template): the document in the user turn, the question after it. Per haystack
+and method the document is prefilled once (Prism selects its blocks over the whole document), then for every
+needle the question runs as the last prefill chunk against that cache (q_len < kv_len, as in chunked prefill),
+the answer is decoded densely, and the cache is cropped back to the document. Methods: dense (SDPA), prism at its
+default and video thresholds, and method="cutoff" at its default and one sparser knob; each with the mean density
+of its document prefill (fraction of causal blocks kept, all layers and heads).
+
+    python -m benchmarks.niah --tokens 8192                 # -> benchmarks/results/niah-qwen2.5-coder-0.5b.{json,md,png}
+    python -m benchmarks.niah --tokens 16384 --merge        # adds the 16K rows
+    python -m benchmarks.niah --tokens 2048 --haystacks 1 --needles 2 --out /tmp/n   # a quick run
+"""
+from __future__ import annotations
+
+import argparse
+import random
+import re
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from benchmarks.common import Results, pyplot, run_info, save_figure
+from benchmarks.fidelity import LICENCE_TEXTS, LICENCES
+from prism_mm import PrismConfig, enable_prism
+from prism_mm.testing.weights import MissingWeights, load_qwen_coder, load_smollm2
+
+KEYS = ("amber", "basalt", "cedar", "dune", "ember", "fjord", "garnet", "harbor", "indigo", "juniper", "kestrel",
+        "lantern", "meadow", "nectar", "orchid", "pebble", "quartz", "raven", "saffron", "tundra", "umber", "violet",
+        "willow", "yarrow", "zephyr", "alder", "bramble", "cobalt", "delta", "falcon")
+MODELS = {"qwen2.5-coder-0.5b": ("Qwen2.5-Coder-0.5B-Instruct", load_qwen_coder),
+          "smollm2-135m": ("SmolLM2-135M-Instruct", load_smollm2)}
+SYSTEM = "You are a helpful assistant."
+INTRO = "Read the document below. Some magic numbers are hidden in it; remember them.\n\n"
+
+
+def methods(block_size: int) -> dict[str, PrismConfig | None]:
+    """The rows: None = dense SDPA."""
+    base = PrismConfig(block_size=block_size, min_sparse_len=0)
+    cutoff = replace(base, method="cutoff")
+    return {"dense": None, "prism default (0.95)": base, "prism video preset (0.93)": base.with_threshold(0.93),
+            f"cutoff default ({cutoff.cutoff})": cutoff, f"cutoff@{2 * cutoff.cutoff:g}": replace(cutoff, cutoff=2 * cutoff.cutoff)}
+
+
+def make_haystack(tok, n_tokens: int, n_needles: int, rng: random.Random) -> dict:
+    """{"prefix": token ids of the system turn + document, "needles": [(key, value, depth)], "questions": [ids]}:
+    a document of about n_tokens tokens in all (prefix + the longest question)."""
+    paragraphs = [p for t in LICENCE_TEXTS for p in Path(LICENCES, t).read_text().split("\n\n") if p.strip()]
+    start = rng.randrange(len(paragraphs))
+    keys = rng.sample(KEYS, n_needles)
+    needles = [(key, str(rng.randrange(1_000_000, 10_000_000))) for key in keys]
+    depths = sorted(0.1 + 0.8 * (i + rng.random()) / n_needles for i in range(n_needles))
+    head = tok(f"<|im_start|>system\n{SYSTEM}<|im_end|>\n<|im_start|>user\n{INTRO}").input_ids
+    questions = [tok(f"\n\nWhat is the magic number for {key}? Answer with the number only.<|im_end|>\n"
+                     "<|im_start|>assistant\n").input_ids for key, _ in needles]
+    needle_ids = [tok(f"The magic number for {key} is {value}.\n").input_ids for key, value in needles]
+    budget = n_tokens - len(head) - max(map(len, questions)) - sum(map(len, needle_ids))
+    body: list[int] = []
+    i = start
+    while len(body) < budget:
+        body += tok(paragraphs[i % len(paragraphs)] + "\n\n").input_ids
+        i += 1
+    body = body[:budget]
+    newline = [j for j, t in enumerate(body) if tok.decode([t]).endswith("\n")]
+    cuts = [min(newline, key=lambda j: abs(j - d * budget)) + 1 if newline else round(d * budget) for d in depths]
+    doc, last = [], 0
+    for cut, ids in zip(cuts, needle_ids):
+        doc += body[last:cut] + ids
+        last = cut
+    doc += body[last:]
+    return {"prefix": head + doc, "needles": [(k, v, round(d, 3)) for (k, v), d in zip(needles, depths)],
+            "questions": questions}
+
+
+def answer(model, cache, question: list[int], max_new_tokens: int = 24) -> list[int]:
+    """Greedy answer tokens to `question` run as one chunk after the cached document (up to an end-of-turn token or
+    max_new_tokens: room for "The magic number for <key> is <7 digits>."); the cache is cropped back after."""
+    n = cache.get_seq_length()
+    ids = torch.tensor([question])
+    out = []
+    with torch.no_grad():
+        logits = model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+        for _ in range(max_new_tokens):
+            token = int(logits.argmax(-1))
+            if token in EOS:
+                break
+            out.append(token)
+            logits = model(input_ids=torch.tensor([[token]]), past_key_values=cache, use_cache=True).logits[:, -1]
+    cache.crop(n - cache.get_seq_length())  # a negative count: drop the question and the answer
+    return out
+
+
+EOS: set[int] = set()
+
+
+def run(model_name: str, tokens: list[int], haystacks: int, needles: int, block_size: int, seed: int,
+        only: list[str] | None = None) -> dict:
+    from transformers import DynamicCache
+
+    title, load = MODELS[model_name]
+    model, tok = load()
+    EOS.clear()
+    EOS.update(t for t in (tok.eos_token_id, tok.convert_tokens_to_ids("<|im_end|>")) if t is not None)
+    rows = []
+    for n in tokens:
+        rng = random.Random(f"{seed}-{n}")
+        samples = [make_haystack(tok, n, needles, rng) for _ in range(haystacks)]
+        for name, cfg in methods(block_size).items():
+            if only and not any(name.startswith(o) for o in only):
+                continue
+            correct, densities, seconds, answers = 0, [], 0.0, []
+            for sample in tqdm(samples, desc=f"{n} tokens, {name}"):
+                if cfg is None:
+                    model.set_attn_implementation("sdpa")
+                else:
+                    enable_prism(model, cfg, backend="torch")
+                cache = DynamicCache()
+                start = time.perf_counter()
+                with torch.no_grad():
+                    model(input_ids=torch.tensor([sample["prefix"]]), past_key_values=cache, use_cache=True,
+                          logits_to_keep=1)
+                seconds += time.perf_counter() - start
+                if cfg is not None:
+                    densities.append(model.prism_stats.mean_density)
+                for (key, value, depth), question in zip(sample["needles"], sample["questions"]):
+                    text = tok.decode(answer(model, cache, question))
+                    hit = re.findall(r"\d+", text)[:1] == [value]  # the first number in the answer
+                    correct += hit
+                    answers.append({"key": key, "value": value, "depth": depth, "answer": text, "correct": hit})
+            model.set_attn_implementation("sdpa")
+            rows.append({"model": model_name, "tokens": n, "method": name, "samples": len(answers),
+                         "correct": correct, "accuracy": correct / len(answers),
+                         "mean_density": sum(densities) / len(densities) if densities else 1.0,
+                         "prefill_seconds_per_haystack": round(seconds / len(samples), 1), "answers": answers})
+            print(f"{n} tokens, {name}: {correct}/{len(answers)}"
+                  + (f", density {rows[-1]['mean_density']:.3f}" if densities else ""), flush=True)
+    meta = {"model": title, "texts": list(LICENCE_TEXTS), "block_size": block_size, "haystacks": haystacks,
+            "needles": needles, "seed": seed}
+    return {"meta": meta, "rows": rows}
+
+
+def table(data: dict) -> list[str]:
+    meta = data["meta"]
+    lines = [f"# Needle in a haystack: {meta['model']}, block {meta['block_size']}", "",
+             f"{meta['haystacks']} haystacks x {meta['needles']} needles per length (seed {meta['seed']}): licence "
+             "texts with 'The magic number for <key> is <7 digits>.' at depths 10%-90%, one question per needle, "
+             "greedy answer, exact match. Density: mean fraction of causal blocks the document prefill kept (all "
+             "layers and heads). `python -m benchmarks.niah --help` says how it runs.", ""]
+    for run in meta.get("runs", []):
+        lines.append(f"Made by: `{run['command']}` ({run['time']}, torch {run['torch']}, 2-core CPU, fp32)")
+    lines += ["", "| tokens | method | correct | accuracy | mean density | prefill s / haystack (CPU) |",
+              "|---|---|---|---|---|---|"]
+    for r in data["rows"]:
+        lines.append(f"| {r['tokens']} | {r['method']} | {r['correct']}/{r['samples']} | {r['accuracy']:.2f} | "
+                     f"{r['mean_density']:.3f} | {r['prefill_seconds_per_haystack']:.0f} |")
+    return lines
+
+
+def plot(data: dict, path: Path) -> None:
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    by_method: dict[str, list] = {}
+    for r in data["rows"]:
+        by_method.setdefault(r["method"], []).append(r)
+    markers = iter("osD^v<>p")
+    for name, rs in by_method.items():
+        for r in rs:
+            ax.scatter(r["mean_density"], r["accuracy"], marker=next(markers) if r is rs[0] else None,
+                       label=name if r is rs[0] else None, s=30 + r["tokens"] / 400, alpha=0.8)
+            ax.annotate(f"{r['tokens'] // 1024}K", (r["mean_density"], r["accuracy"]), fontsize=7,
+                        xytext=(3, 3), textcoords="offset points")
+    ax.set_xlabel("mean density (fraction of causal blocks kept)")
+    ax.set_ylabel("exact-match accuracy")
+    ax.set_ylim(-0.05, 1.05)
+    ax.set_title(f"Needle in a haystack, {data['meta']['model']}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    save_figure(fig, path, 130)
+
+
+def results_files(model_name: str) -> Results:
+    """benchmarks/results/niah-<model>.{json,md,png}; a row is one (model, length, method)."""
+    return Results(f"niah-{model_name}", key=lambda r: (r["model"], r["tokens"], r["method"]), table=table, plot=plot)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", choices=sorted(MODELS), default="qwen2.5-coder-0.5b")
+    ap.add_argument("--tokens", type=int, nargs="+", default=[8192])
+    ap.add_argument("--haystacks", type=int, default=5)
+    ap.add_argument("--needles", type=int, default=4, help="needles per haystack, each asked once")
+    ap.add_argument("--block-size", type=int, default=128)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--methods", nargs="+", metavar="NAME",
+                    help="only the rows whose name starts with one of these (e.g. dense 'prism default' 'cutoff default')")
+    results_files("any").add_arguments(ap)
+    args = ap.parse_args()
+    if args.redraw:
+        results_files("any").redraw(args.redraw)
+        return
+    if not 1 <= args.needles <= len(KEYS) or args.haystacks < 1:
+        raise SystemExit(f"--needles must be in 1..{len(KEYS)} and --haystacks >= 1")
+    try:
+        data = run(args.model, args.tokens, args.haystacks, args.needles, args.block_size, args.seed, args.methods)
+    except MissingWeights as e:
+        raise SystemExit(str(e)) from None
+    run_meta = run_info(command="python -m benchmarks.niah " + " ".join(sys.argv[1:]))
+    files = results_files(args.model)
+    files.save(data["meta"], run_meta, data["rows"], Path(args.out), base=files.load(args.out) if args.merge else None)
+
+
+if __name__ == "__main__":
+    main()
