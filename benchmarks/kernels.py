@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -86,6 +87,10 @@ def measure(name, hq, hkv, n, densities, masks, with_flex, gen) -> list[dict]:
     bands = RopeLayout(head_dim=D, theta=1e6, mrope_section=(16, 24, 24)).bands(*cfg.band_dims(D))
     t_est = bench(lambda: estimate(q, k, cfg, bands))
     rows.append({**base, "method": "prism_estimation", "ms": t_est, "vs_cudnn_pct": 100 * t_est / cudnn})
+    # The same pooled scores under method="cutoff" (one cutoff on the mean band probability, no top-p search).
+    cut = replace(cfg, method="cutoff")
+    t_cut = bench(lambda: estimate(q, k, cut, bands))
+    rows.append({**base, "method": "cutoff_estimation", "ms": t_cut, "vs_cudnn_pct": 100 * t_cut / cudnn})
     for density in densities:
         # Several masks (input sets) per density: the median over them is reported, each one is kept.
         per_mask = []
@@ -147,7 +152,7 @@ def table(data: dict) -> list[str]:
              "|---|---|---|---|---|---|---|---|"]
     for r in data["rows"]:
         ratio = r.get("speedup_vs_cudnn")
-        if r["method"] == "prism_estimation":
+        if r["method"] in ("prism_estimation", "cutoff_estimation"):
             ratio_s = f"{r['vs_cudnn_pct']:.2f}% of dense"
         else:
             ratio_s = f"{ratio:.2f}" if ratio else "1.00" if r["method"] == "sdpa_cudnn" else ""

@@ -46,7 +46,8 @@ def test_sparse_kernel_real_sizes(hq, hkv, q_len, kv_len, d, dtype, density):
 
 
 @pytest.mark.parametrize("hq,hkv,n", [(28, 4, 32768), (32, 8, 16384 + 77)])
-def test_estimation_kernels_real_sizes(hq, hkv, n):
+@pytest.mark.parametrize("cutoff", [None, 0.01])  # prism's per-band top-p, method="cutoff"
+def test_estimation_kernels_real_sizes(hq, hkv, n, cutoff):
     from prism_mm.kernels import estimate, pool
 
     bs, d = 128, 128
@@ -63,7 +64,7 @@ def test_estimation_kernels_real_sizes(hq, hkv, n):
     for g, e in zip(got_q, exp_q):
         assert rel_err(g, e) < 1e-5
     exp_k = torch_ops.pool_bands(k, bs, index)
-    spec = SelectSpec(d, bs, 0.93, 0.93)  # TF32 scoring, the default on GPU
+    spec = SelectSpec(d, bs, 0.93, 0.93, cutoff=cutoff)  # TF32 scoring, the default on GPU
     sel = estimate.select_blocks(exp_q, exp_k, spec, n, n)
     got = sel.to_mask()
     assert (got.sum(-1) == sel.kv_num_blocks).all()
