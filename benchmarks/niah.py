@@ -81,7 +81,7 @@ def make_haystack(tok, n_tokens: int, n_needles: int, rng: random.Random) -> dic
             "questions": questions}
 
 
-def answer(model, cache, question: list[int], max_new_tokens: int = 24) -> list[int]:
+def answer(model, cache, question: list[int], eos: set[int], max_new_tokens: int = 24) -> list[int]:
     """Greedy answer tokens to `question` run as one chunk after the cached document (up to an end-of-turn token or
     max_new_tokens: room for "The magic number for <key> is <7 digits>."); the cache is cropped back after."""
     n = cache.get_seq_length()
@@ -91,15 +91,12 @@ def answer(model, cache, question: list[int], max_new_tokens: int = 24) -> list[
         logits = model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
         for _ in range(max_new_tokens):
             token = int(logits.argmax(-1))
-            if token in EOS:
+            if token in eos:
                 break
             out.append(token)
             logits = model(input_ids=torch.tensor([[token]]), past_key_values=cache, use_cache=True).logits[:, -1]
     cache.crop(n - cache.get_seq_length())  # a negative count: drop the question and the answer
     return out
-
-
-EOS: set[int] = set()
 
 
 def run(model_name: str, tokens: list[int], haystacks: int, needles: int, block_size: int, seed: int,
@@ -108,8 +105,7 @@ def run(model_name: str, tokens: list[int], haystacks: int, needles: int, block_
 
     title, load = MODELS[model_name]
     model, tok = load()
-    EOS.clear()
-    EOS.update(t for t in (tok.eos_token_id, tok.convert_tokens_to_ids("<|im_end|>")) if t is not None)
+    eos = {t for t in (tok.eos_token_id, tok.convert_tokens_to_ids("<|im_end|>")) if t is not None}
     rows = []
     for n in tokens:
         rng = random.Random(f"{seed}-{n}")
@@ -132,7 +128,7 @@ def run(model_name: str, tokens: list[int], haystacks: int, needles: int, block_
                 if cfg is not None:
                     densities.append(model.prism_stats.mean_density)
                 for (key, value, depth), question in zip(sample["needles"], sample["questions"]):
-                    text = tok.decode(answer(model, cache, question))
+                    text = tok.decode(answer(model, cache, question, eos))
                     hit = re.findall(r"\d+", text)[:1] == [value]  # the first number in the answer
                     correct += hit
                     answers.append({"key": key, "value": value, "depth": depth, "answer": text, "correct": hit})
