@@ -46,7 +46,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from benchmarks.common import Results, pyplot, save_figure
+from benchmarks.common import Results, device_slug, pyplot, save_figure
 from prism_mm import PrismConfig, SpectralBands, estimate, rope_layout_from_config
 from prism_mm.kernels.layout import causal_block_mask, num_blocks
 from prism_mm.kernels.torch_ops import band_temperature, pool_bands, top_p_mask
@@ -396,9 +396,10 @@ def model_level_presets(block_size: int, thresholds=MODEL_THRESHOLDS, cutoffs=MO
 
 
 def model_level(model, ids, configs: dict[str, PrismConfig], dense: tuple[float, torch.Tensor] | None = None,
-                shared: bool = False, layout=None, block_size: int = 128) -> dict:
+                shared: bool = False, layout=None, block_size: int = 128, backend: str = "torch") -> dict:
     """Next-token top-1 agreement and perplexity of prism presets against dense (`dense`: its (ppl, top-1) if known).
-    With `shared`, also the shared-budget rule (SharedBudgetAttention) at the mean density each preset reached."""
+    With `shared`, also the shared-budget rule (SharedBudgetAttention) at the mean density each preset reached.
+    backend: the kernels' backend ("torch" twin on the CPU, "auto" = Triton on a GPU)."""
     from prism_mm import enable_prism
 
     hook = FinalHidden(model)
@@ -410,16 +411,18 @@ def model_level(model, ids, configs: dict[str, PrismConfig], dense: tuple[float,
         dense_ppl, dense_top1 = dense
         res = {"dense": {"ppl": dense_ppl}}
         for name, cfg in tqdm(configs.items(), desc="model level"):
-            enable_prism(model, cfg, backend="torch")
+            enable_prism(model, cfg, backend=backend)
             start = time.perf_counter()
             with torch.no_grad():
                 model(ids, logits_to_keep=1)
+            if ids.is_cuda:
+                torch.cuda.synchronize()
             seconds = time.perf_counter() - start
             model.set_attn_implementation("sdpa")
             ppl, top1 = next_token_stats(model, hook.h, ids)
             res[name] = {"top1_agreement": (top1 == dense_top1).float().mean().item(), "ppl": ppl,
                          "ppl_change_pct": 100 * (ppl / dense_ppl - 1), "mean_density": model.prism_stats.mean_density,
-                         "forward_seconds": round(seconds, 1)}
+                         "forward_seconds": round(seconds, 3)}
         if shared:
             rule = SharedBudgetAttention(layout, block_size)
             rule.register()
@@ -492,9 +495,39 @@ STYLES = {"prism": "o-", "meanpool": "s--", "window": "^:", "oracle": "k.-", "sh
           "both": "d-."}
 
 
+def plot_model_level(result: dict, path: Path) -> None:
+    """Model-level results alone (a GPU run): perplexity change and top-1 agreement against density, per length."""
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    markers = iter("osD^v<>ph*")
+    for tokens, rec in by_tokens(result).items():
+        marker = next(markers)
+        for name, r in rec.get("model_level", {}).items():
+            if name == "dense":
+                continue
+            color = "C0" if name.startswith("prism") else "C1" if name.startswith("cutoff") else "C2"
+            for ax, key in zip(axes, ("ppl_change_pct", "top1_agreement")):
+                ax.scatter(r["mean_density"], r[key], color=color, marker=marker, s=30)
+                ax.annotate(name.split(" ")[0] if "@" in name else name.split(" (")[0] + "*", (r["mean_density"], r[key]),
+                            fontsize=6, xytext=(3, 2), textcoords="offset points")
+        axes[0].scatter([], [], color="k", marker=marker, label=f"{int(tokens) // 1024}K tokens")
+    axes[0].set(xlabel="mean density", ylabel="perplexity change vs dense (%)", title="perplexity change")
+    axes[1].set(xlabel="mean density", ylabel="next-token top-1 agreement with dense", title="top-1 agreement")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"{result.get('model_title')}, block {result['block_size']}, {result.get('device', 'CPU')} "
+                 "(blue prism, orange cutoff; * = default)")
+    save_figure(fig, path, dpi=110)
+
+
 def plot(result: dict, path: Path) -> None:
     plt = pyplot()
     records = by_tokens(result)
+    if not any("summary" in rec for rec in records.values()):
+        plot_model_level(result, path)
+        return
+    records = {n: rec for n, rec in records.items() if "summary" in rec}
     fig, axes = plt.subplots(len(records), 2, figsize=(12, 4.2 * len(records)), squeeze=False)
     for row, (tokens, rec) in enumerate(records.items()):
         summary = rec["summary"]
@@ -532,11 +565,20 @@ def table(result: dict) -> list[str]:
              "method is."]
     if "command" in result:
         lines += ["", f"Made by: `{result['command']}`"]
+    if "device" in result:
+        lines += ["", f"Device: {result['device']} (model level only; dense = SDPA at the same precision)."]
     for tokens, rec in by_tokens(result).items():
-        s = rec["summary"]
-        lines += ["", f"## {tokens} tokens", "", f"Layers {', '.join(map(str, rec.get('layers', result.get('layers', []))))}."]
+        layers = "" if "summary" not in rec else \
+            f"Layers {', '.join(map(str, rec.get('layers', result.get('layers', []))))}. "
+        lines += ["", f"## {tokens} tokens", "", layers]
         if "seconds" in rec:
-            lines[-1] += " Wall time (2-core CPU): " + ", ".join(f"{k} {v:.0f} s" for k, v in rec["seconds"].items()) + "."
+            where = "" if "device" in result else " (2-core CPU)"
+            digits = ".1f" if "device" in result else ".0f"
+            lines[-1] += f"Wall time{where}: " + ", ".join(f"{k} {v:{digits}} s" for k, v in rec["seconds"].items()) + "."
+        if "summary" not in rec:
+            lines += _model_level_rows(rec)
+            continue
+        s = rec["summary"]
         at = rec.get("at_density") or at_density(s)
         dens = list(next(iter(at.values())).keys())
         lines += ["", "| recall (output rel. error) at density | " + " | ".join(dens) + " |", "|---" * (len(dens) + 1) + "|"]
@@ -555,14 +597,20 @@ def table(result: dict) -> list[str]:
                 means = [sum(h) / len(h) for h in per_layer.values()]
                 cells = [f"{m:.2f} [{min(h):.2f}-{max(h):.2f}]" for m, h in zip(means, per_layer.values())]
                 lines.append(f"| {thr} | " + " | ".join(cells) + f" | {sum(means) / len(means):.3f} |")
-        if "model_level" in rec:
-            lines += ["", "| model level | top-1 agreement | perplexity | change | mean density |", "|---|---|---|---|---|"]
-            for name, r in rec["model_level"].items():
-                if name == "dense":
-                    lines.append(f"| dense | 1.000 | {r['ppl']:.3f} | - | 1.000 |")
-                else:
-                    lines.append(f"| {name} | {r['top1_agreement']:.3f} | {r['ppl']:.3f} | {r['ppl_change_pct']:+.2f}% | "
-                                 f"{r['mean_density']:.3f} |")
+        lines += _model_level_rows(rec)
+    return lines
+
+
+def _model_level_rows(rec: dict) -> list[str]:
+    if "model_level" not in rec:
+        return []
+    lines = ["", "| model level | top-1 agreement | perplexity | change | mean density |", "|---|---|---|---|---|"]
+    for name, r in rec["model_level"].items():
+        if name == "dense":
+            lines.append(f"| dense | 1.000 | {r['ppl']:.3f} | - | 1.000 |")
+        else:
+            lines.append(f"| {name} | {r['top1_agreement']:.3f} | {r['ppl']:.3f} | {r['ppl_change_pct']:+.2f}% | "
+                         f"{r['mean_density']:.3f} |")
     return lines
 
 
@@ -579,29 +627,42 @@ RESULTS_FILES = results_files("fidelity")
 def run(tokens=(4096,), block_size: int = 64, layers: list[int] | None = None, thresholds=THRESHOLDS,
         windows=WINDOWS, analysis: bool = False, model_name: str = "smollm2-135m", budgets=BUDGETS,
         with_model_level: bool = True, attention_level: bool = True, shared_model_level: bool = False,
-        cutoffs=CUTOFFS, model_cutoffs=MODEL_CUTOFFS, model_thresholds=MODEL_THRESHOLDS) -> dict:
+        cutoffs=CUTOFFS, model_cutoffs=MODEL_CUTOFFS, model_thresholds=MODEL_THRESHOLDS, device: str = "cpu") -> dict:
     """Per length: per-layer metrics of every method at every knob (mean in "summary", interpolated at densities
-    0.1/0.2/0.3 in "at_density"), prism's per-head densities at 0.93/0.95, and the model-level check of the presets."""
+    0.1/0.2/0.3 in "at_density"), prism's per-head densities at 0.93/0.95, and the model-level check of the presets.
+    device "cuda" (model level only): bf16 weights and activations, the Triton kernels, dense = SDPA in bf16."""
     tokens = [tokens] if isinstance(tokens, int) else sorted(tokens)
     spec = MODELS[model_name]
+    if device != "cpu" and attention_level:
+        raise ValueError("the attention-level metrics are exact fp32 CPU runs: use device='cuda' with the model level only")
     start = time.perf_counter()
-    model, tok = spec["load"]()
+    model, tok = spec["load"]() if device == "cpu" else spec["load"](torch.bfloat16)
+    model.to(device)
     load_s = time.perf_counter() - start
-    ids = text_ids(tok, max(tokens), spec["texts"])
+    ids = text_ids(tok, max(tokens), spec["texts"]).to(device)
     layout = rope_layout_from_config(model.config)
     start = time.perf_counter()
     hook = FinalHidden(model)
     try:
-        captured = capture_qkv(model, ids, logits_to_keep=1)
+        if attention_level:
+            captured = capture_qkv(model, ids, logits_to_keep=1)
+        else:
+            captured = None
+            with torch.no_grad():
+                model(ids, logits_to_keep=1)
         dense_full = hook.h
     finally:
         hook.remove()
     capture_s = time.perf_counter() - start
-    layers = list(layers) if layers is not None else (list(spec["layers"]) if spec["layers"] else sorted(captured))
+    layers = list(layers) if layers is not None else (
+        list(spec["layers"]) if spec["layers"] else list(range(model.config.num_hidden_layers)))
     out = {"model": model_name, "model_title": spec["title"], "texts": list(spec["texts"]), "block_size": block_size,
            "layers": layers, "by_tokens": {}}
+    if device != "cpu":
+        out["device"] = f"{torch.cuda.get_device_name()}, bfloat16, Triton kernels"
     for n in tokens:
         tag = "" if attention_level else "model-level-only run: "
+        tag += "" if device == "cpu" else f"{torch.cuda.get_device_name()}: "
         secs = {f"{tag}load": load_s, f"{tag}dense forward with capture at {max(tokens)}": capture_s}
         rec = {"tokens": n}
         if attention_level:
@@ -621,7 +682,8 @@ def run(tokens=(4096,), block_size: int = 64, layers: list[int] | None = None, t
             presets = model_level_presets(block_size, model_thresholds, model_cutoffs)
             rec["model_level"] = model_level(model, ids[:, :n], presets,
                                              dense=next_token_stats(model, dense_full[:, :n], ids[:, :n]),
-                                             shared=shared_model_level, layout=layout, block_size=block_size)
+                                             shared=shared_model_level, layout=layout, block_size=block_size,
+                                             backend="torch" if device == "cpu" else "auto")
             secs[f"{tag}model level" + (" (prism presets + shared-budget rule)" if shared_model_level else "")] = \
                 time.perf_counter() - start
         rec["seconds"] = {k: round(v, 1) for k, v in secs.items()}
@@ -652,6 +714,9 @@ def main():
                     help="model level also for the shared-budget rule, at the mean density each prism preset reached")
     ap.add_argument("--model-level-only", action="store_true",
                     help="skip the attention-level metrics (with --merge: adds model-level rows to the existing lengths)")
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                    help="cuda (with --model-level-only): the model level in bf16 with the Triton kernels, written to "
+                         "<results>-<gpu>.*")
     ap.add_argument("--merge", action="store_true", help="add the measured lengths (or rows) to the existing results file")
     RESULTS_FILES.add_arguments(ap, merge=False)
     args = ap.parse_args()
@@ -660,16 +725,23 @@ def main():
         return
     spec = MODELS[args.model]
     pick = lambda value, key: spec[key] if value is None else value  # noqa: E731
+    if args.device == "cuda" and not args.model_level_only:
+        raise SystemExit("--device cuda runs the model level only: add --model-level-only (the attention-level "
+                         "metrics are exact fp32 CPU runs)")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA GPU here; run on the CPU with --device cpu")
     try:
         result = run(pick(args.tokens, "tokens"), pick(args.block_size, "block_size"), args.layers,
                      tuple(pick(args.thresholds, "thresholds")), tuple(pick(args.windows, "windows")), args.analysis,
                      args.model, tuple(pick(args.budgets, "budgets")), not args.no_model_level,
                      not args.model_level_only, args.shared_model_level, tuple(pick(args.cutoffs, "cutoffs")),
-                     tuple(args.model_cutoffs), tuple(args.model_thresholds))
+                     tuple(args.model_cutoffs), tuple(args.model_thresholds), args.device)
     except MissingWeights as e:
         raise SystemExit(str(e)) from None
     result["command"] = "python -m benchmarks.fidelity " + " ".join(sys.argv[1:])
     stem = spec["stem"] + ("-analysis" if args.analysis and args.model == "smollm2-135m" else "")
+    if args.device == "cuda":
+        stem += "-" + device_slug(torch.cuda.get_device_name())
     files = results_files(stem)
     old = files.load(args.out) if args.merge else None
     if old is not None:

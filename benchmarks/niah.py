@@ -43,12 +43,21 @@ SYSTEM = "You are a helpful assistant."
 INTRO = "Read the document below. Some magic numbers are hidden in it; remember them.\n\n"
 
 
-def methods(block_size: int) -> dict[str, PrismConfig | None]:
-    """The rows: None = dense SDPA."""
-    base = PrismConfig(block_size=block_size, min_sparse_len=0)
+def methods(block_size: int, dense_tails=(0,)) -> dict[str, PrismConfig | None]:
+    """The rows: None = dense SDPA; each sparse row once per PrismConfig.dense_tail in `dense_tails` (named
+    "..., dense tail N" when N > 0)."""
+    base = PrismConfig(block_size=block_size, min_sparse_len=0, dense_tail=0)
     cutoff = replace(base, method="cutoff")
-    return {"dense": None, "prism default (0.95)": base, "prism video preset (0.93)": base.with_threshold(0.93),
-            f"cutoff default ({cutoff.cutoff})": cutoff, f"cutoff@{2 * cutoff.cutoff:g}": replace(cutoff, cutoff=2 * cutoff.cutoff)}
+    sparse = {"prism default (0.95)": base, "prism video preset (0.93)": base.with_threshold(0.93),
+              "prism@0.9": base.with_threshold(0.9), "cutoff@0.005": replace(cutoff, cutoff=0.005),
+              f"cutoff default ({cutoff.cutoff})": cutoff, f"cutoff@{2 * cutoff.cutoff:g}": replace(cutoff, cutoff=2 * cutoff.cutoff),
+              f"cutoff@{5 * cutoff.cutoff:g}": replace(cutoff, cutoff=5 * cutoff.cutoff),
+              "meanpool (0.95)": replace(base, method="meanpool")}
+    rows: dict[str, PrismConfig | None] = {"dense": None}
+    for tail in dense_tails:
+        rows.update({name + (f", dense tail {tail}" if tail else ""): replace(cfg, dense_tail=tail)
+                     for name, cfg in sparse.items()})
+    return rows
 
 
 def make_haystack(tok, n_tokens: int, n_needles: int, rng: random.Random) -> dict:
@@ -85,7 +94,8 @@ def answer(model, cache, question: list[int], eos: set[int], max_new_tokens: int
     """Greedy answer tokens to `question` run as one chunk after the cached document (up to an end-of-turn token or
     max_new_tokens: room for "The magic number for <key> is <7 digits>."); the cache is cropped back after."""
     n = cache.get_seq_length()
-    ids = torch.tensor([question])
+    device = next(model.parameters()).device
+    ids = torch.tensor([question], device=device)
     out = []
     with torch.no_grad():
         logits = model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
@@ -94,23 +104,27 @@ def answer(model, cache, question: list[int], eos: set[int], max_new_tokens: int
             if token in eos:
                 break
             out.append(token)
-            logits = model(input_ids=torch.tensor([[token]]), past_key_values=cache, use_cache=True).logits[:, -1]
+            logits = model(input_ids=torch.tensor([[token]], device=device), past_key_values=cache, use_cache=True).logits[:, -1]
     cache.crop(n - cache.get_seq_length())  # a negative count: drop the question and the answer
     return out
 
 
 def run(model_name: str, tokens: list[int], haystacks: int, needles: int, block_size: int, seed: int,
-        only: list[str] | None = None) -> dict:
+        only: list[str] | None = None, device: str = "cpu", dense_tails=(0,)) -> dict:
+    """CPU: fp32 and the torch twin of the kernels; CUDA: bf16 and the Triton kernels (what users run)."""
     from transformers import DynamicCache
 
     title, load = MODELS[model_name]
-    model, tok = load()
+    dtype = torch.float32 if device == "cpu" else torch.bfloat16
+    model, tok = load(dtype)
+    model.to(device)
+    backend = "torch" if device == "cpu" else "auto"
     eos = {t for t in (tok.eos_token_id, tok.convert_tokens_to_ids("<|im_end|>")) if t is not None}
     rows = []
     for n in tokens:
         rng = random.Random(f"{seed}-{n}")
         samples = [make_haystack(tok, n, needles, rng) for _ in range(haystacks)]
-        for name, cfg in methods(block_size).items():
+        for name, cfg in methods(block_size, dense_tails).items():
             if only and not any(name.startswith(o) for o in only):
                 continue
             correct, densities, seconds, answers = 0, [], 0.0, []
@@ -118,12 +132,14 @@ def run(model_name: str, tokens: list[int], haystacks: int, needles: int, block_
                 if cfg is None:
                     model.set_attn_implementation("sdpa")
                 else:
-                    enable_prism(model, cfg, backend="torch")
+                    enable_prism(model, cfg, backend=backend)
                 cache = DynamicCache()
                 start = time.perf_counter()
                 with torch.no_grad():
-                    model(input_ids=torch.tensor([sample["prefix"]]), past_key_values=cache, use_cache=True,
-                          logits_to_keep=1)
+                    model(input_ids=torch.tensor([sample["prefix"]], device=device), past_key_values=cache,
+                          use_cache=True, logits_to_keep=1)
+                if device != "cpu":
+                    torch.cuda.synchronize()
                 seconds += time.perf_counter() - start
                 if cfg is not None:
                     densities.append(model.prism_stats.mean_density)
@@ -136,11 +152,13 @@ def run(model_name: str, tokens: list[int], haystacks: int, needles: int, block_
             rows.append({"model": model_name, "tokens": n, "method": name, "samples": len(answers),
                          "correct": correct, "accuracy": correct / len(answers),
                          "mean_density": sum(densities) / len(densities) if densities else 1.0,
-                         "prefill_seconds_per_haystack": round(seconds / len(samples), 1), "answers": answers})
+                         "prefill_seconds_per_haystack": round(seconds / len(samples), 3), "answers": answers})
             print(f"{n} tokens, {name}: {correct}/{len(answers)}"
                   + (f", density {rows[-1]['mean_density']:.3f}" if densities else ""), flush=True)
+    where = "2-core CPU" if device == "cpu" else torch.cuda.get_device_name()
     meta = {"model": title, "texts": list(LICENCE_TEXTS), "block_size": block_size, "haystacks": haystacks,
-            "needles": needles, "seed": seed}
+            "needles": needles, "seed": seed, "device": where, "dtype": str(dtype).removeprefix("torch."),
+            "kernels": "torch twin" if device == "cpu" else "Triton"}
     return {"meta": meta, "rows": rows}
 
 
@@ -151,13 +169,14 @@ def table(data: dict) -> list[str]:
              "texts with 'The magic number for <key> is <7 digits>.' at depths 10%-90%, one question per needle, "
              "greedy answer, exact match. Density: mean fraction of causal blocks the document prefill kept (all "
              "layers and heads). `python -m benchmarks.niah --help` says how it runs.", ""]
+    where = f"{meta.get('device', '2-core CPU')}, {meta.get('dtype', 'float32')}, {meta.get('kernels', 'torch twin')} kernels"
     for run in meta.get("runs", []):
-        lines.append(f"Made by: `{run['command']}` ({run['time']}, torch {run['torch']}, 2-core CPU, fp32)")
-    lines += ["", "| tokens | method | correct | accuracy | mean density | prefill s / haystack (CPU) |",
+        lines.append(f"Made by: `{run['command']}` ({run['time']}, torch {run['torch']}; {where})")
+    lines += ["", "| tokens | method | correct | accuracy | mean density | prefill s / haystack |",
               "|---|---|---|---|---|---|"]
     for r in data["rows"]:
         lines.append(f"| {r['tokens']} | {r['method']} | {r['correct']}/{r['samples']} | {r['accuracy']:.2f} | "
-                     f"{r['mean_density']:.3f} | {r['prefill_seconds_per_haystack']:.0f} |")
+                     f"{r['mean_density']:.3f} | {r['prefill_seconds_per_haystack']:.3g} |")
     return lines
 
 
@@ -196,6 +215,10 @@ def main() -> None:
     ap.add_argument("--needles", type=int, default=4, help="needles per haystack, each asked once")
     ap.add_argument("--block-size", type=int, default=128)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--dense-tails", type=int, nargs="+", default=[0], metavar="TOKENS",
+                    help="PrismConfig.dense_tail values: every sparse row once per value (0: the paper's selection)")
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                    help="cpu: fp32, torch twin; cuda: bf16, Triton kernels (results file niah-<model>-<gpu>.*)")
     ap.add_argument("--methods", nargs="+", metavar="NAME",
                     help="only the rows whose name starts with one of these (e.g. dense 'prism default' 'cutoff default')")
     results_files("any").add_arguments(ap)
@@ -203,15 +226,22 @@ def main() -> None:
     if args.redraw:
         results_files("any").redraw(args.redraw)
         return
+    if any(t < 0 for t in args.dense_tails):
+        raise SystemExit("--dense-tails must be >= 0")
     if not 1 <= args.needles <= len(KEYS) or args.haystacks < 1:
         raise SystemExit(f"--needles must be in 1..{len(KEYS)} and --haystacks >= 1")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA GPU here; run on the CPU with --device cpu")
     try:
-        data = run(args.model, args.tokens, args.haystacks, args.needles, args.block_size, args.seed, args.methods)
+        data = run(args.model, args.tokens, args.haystacks, args.needles, args.block_size, args.seed, args.methods,
+                   args.device, args.dense_tails)
     except MissingWeights as e:
         raise SystemExit(str(e)) from None
     run_meta = run_info(command="python -m benchmarks.niah " + " ".join(sys.argv[1:]))
     files = results_files(args.model)
-    files.save(data["meta"], run_meta, data["rows"], Path(args.out), base=files.load(args.out) if args.merge else None)
+    gpu = torch.cuda.get_device_name() if args.device == "cuda" else None
+    files.save(data["meta"], run_meta, data["rows"], Path(args.out), gpu,
+               base=files.load(args.out, gpu) if args.merge else None)
 
 
 if __name__ == "__main__":

@@ -48,6 +48,10 @@ class PrismConfig:
             "meanpool": mean-pooled Q . K over all dims, uncalibrated, top-p per row (threshold_high): the baseline
                 the paper improves on.
         cutoff: for method "cutoff", the mean band probability a key block needs to be kept, in (0, 1).
+        dense_tail: the last `dense_tail` query tokens of each prefill (chunk) attend to every earlier token: the
+            query-block rows that hold them keep all causal blocks, whatever the method. A prompt ends with the
+            question, whose attention decides the answer; one row of blocks costs 1/n_blocks of the work.
+            0 = the paper's selection for every row.
     """
 
     block_size: int = 128
@@ -62,6 +66,7 @@ class PrismConfig:
     max_density: float = 1.0
     method: str = "prism"
     cutoff: float = 0.01
+    dense_tail: int = 0
 
     def __post_init__(self) -> None:
         if self.block_size not in SUPPORTED_BLOCK_SIZES:
@@ -82,6 +87,8 @@ class PrismConfig:
             raise ValueError(f"PrismConfig.max_density must be in (0, 1], got {self.max_density!r}")
         if not isinstance(self.cutoff, (int, float)) or not 0.0 < float(self.cutoff) < 1.0:
             raise ValueError(f"PrismConfig.cutoff must be in (0, 1), got {self.cutoff!r}")
+        if not isinstance(self.dense_tail, int) or isinstance(self.dense_tail, bool) or self.dense_tail < 0:
+            raise ValueError(f"PrismConfig.dense_tail must be an int >= 0 (query tokens), got {self.dense_tail!r}")
         if self.method not in SELECTION_METHODS:
             raise ValueError(f"PrismConfig.method must be one of {SELECTION_METHODS}, got {self.method!r}")
 

@@ -27,7 +27,7 @@ def band_index(bands: SpectralBands, head_dim: int, device: torch.device) -> Ban
 def _spec(q: torch.Tensor, config: PrismConfig, **overrides) -> SelectSpec:
     fields = dict(head_dim=q.shape[-1], block_size=config.block_size, threshold_high=config.threshold_high,
                   threshold_low=config.threshold_low, calibrate=config.calibrate, force_sink=config.force_sink,
-                  force_diagonal=config.force_diagonal)
+                  force_diagonal=config.force_diagonal, dense_tail=config.dense_tail)
     return SelectSpec(**{**fields, **overrides})
 
 

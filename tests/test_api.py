@@ -41,6 +41,24 @@ def test_threshold_one_is_dense():
     assert rel_err(out, dense_attention(q, k, v)) < 2e-3
 
 
+@pytest.mark.parametrize("method", ["prism", "cutoff"])
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_dense_tail_makes_the_last_query_tokens_exact(method, backend):
+    """PrismConfig.dense_tail reaches the attention: with a sparse selection, the last dense_tail query tokens (a
+    chunk of 200 queries after 130 cached keys: the tail's 40 queries span two blocks) get dense attention's output,
+    the earlier ones do not (they stay sparse)."""
+    q, k, v = qkv(q_len=200, kv_len=330, hq=4, hkv=2)
+    q = q * 3
+    cfg = PrismConfig(block_size=32, threshold_high=0.5, threshold_low=0.5, min_sparse_len=0, method=method,
+                      cutoff=0.2, dense_tail=40)
+    out, stats = prism_attention(q, k, v, cfg, backend=backend, return_stats=True)
+    dense = dense_causal_attention(q, k, v)
+    assert stats.sparse and (stats.density < 0.95).all()
+    assert rel_err(out[:, :, -40:], dense[:, :, -40:]) < 2e-3
+    # the rows before the tail's first block (query position q_len - 40 = 160 lies in block 5) stay sparse
+    assert rel_err(out[:, :, :160], dense[:, :, :160]) > 1e-2
+
+
 def test_short_inputs_fall_back_to_dense():
     q, k, v = qkv(q_len=1, kv_len=300)  # a decoding step
     out, stats = prism_attention(q, k, v, PrismConfig(min_sparse_len=0), return_stats=True)

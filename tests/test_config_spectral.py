@@ -33,6 +33,8 @@ def test_config_defaults_and_presets():
         ({"method": "magic"}, "method"),
         ({"cutoff": 0.0}, "cutoff"),
         ({"cutoff": 1.0}, "cutoff"),
+        ({"dense_tail": -1}, "dense_tail"),
+        ({"dense_tail": 1.5}, "dense_tail"),
     ],
 )
 def test_config_rejects_out_of_range(kwargs, field):

@@ -115,6 +115,28 @@ def test_cutoff_select_matches_reference(b, hq, hkv, q_len, kv_len, bs, d, cutof
     assert mismatches <= 0.005 * valid.sum().item() * b * hq, f"{mismatches} blocks differ from the reference"
 
 
+@pytest.mark.parametrize("b,hq,hkv,q_len,kv_len,bs,d", CUTOFF_CASES[:3])
+@pytest.mark.parametrize("cutoff,dense_tail", [(None, 40), (0.05, 1), (None, 10_000)])
+def test_dense_tail_rows_keep_every_causal_block(b, hq, hkv, q_len, kv_len, bs, d, cutoff, dense_tail):
+    """SelectSpec.dense_tail, Triton kernel and torch twin: the rows holding the last dense_tail query positions keep
+    every causal block; every other row is the selection without it (same blocks in both ops)."""
+    bands = band_index(d)
+    q = block_structured(b, hq, q_len, d, bs, gain=2.0)
+    k = block_structured(b, hkv, kv_len, d, bs)
+    pq, pk = torch_ops.pool_bands(q, bs, bands), torch_ops.pool_bands(k, bs, bands)
+    plain = SelectSpec(d, bs, 0.7, 0.7, precise=True, cutoff=cutoff)
+    tail = SelectSpec(d, bs, 0.7, 0.7, precise=True, cutoff=cutoff, dense_tail=dense_tail)
+    valid = lay.causal_block_mask(q_len, kv_len, bs, DEVICE).expand(b, hq, -1, -1)
+    first_dense = max(0, q_len - dense_tail) // bs  # row of query position q_len - dense_tail
+    assert first_dense == lay.dense_tail_row(q_len, bs, dense_tail)
+    for name, select in (("triton", lambda s: estimate._select(pq, pk, s, q_len, kv_len, estimate.LADDER_MIN_KBLOCKS)),
+                         ("torch", lambda s: torch_ops.select_blocks(pq, pk, s, q_len, kv_len))):
+        got, without = select(tail).to_mask(), select(plain).to_mask()
+        assert torch.equal(got[..., first_dense:, :], valid[..., first_dense:, :]), name
+        assert torch.equal(got[..., :first_dense, :], without[..., :first_dense, :]), name
+        assert not without[..., first_dense:, :].all() or dense_tail == 10_000, f"{name}: the tail was dense anyway"
+
+
 def test_cutoff_rule_keeps_exactly_the_blocks_above_the_cutoff():
     """The torch twin's cutoff rule, against the rule written out: kept = (mean of the two calibrated band
     softmaxes >= cutoff) | sink | diagonal; a higher cutoff keeps a subset; per-band top-p is a different rule."""

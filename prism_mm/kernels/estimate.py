@@ -3,8 +3,8 @@
 One program scores R query-block rows of one (batch, query head) against the key blocks of its KV
 head in both bands: it derives the band temperatures from the per-block energies written by the
 pooling kernel, applies a causal softmax per band, then the selection rule (SelectSpec: top-p per band
-and the union, or one cutoff on the mean of the two band probabilities), adds the sink
-and diagonal blocks, and writes the selected key-block indices (ascending) plus their count.
+and the union, or one cutoff on the mean of the two band probabilities), keeps every block of the dense-tail rows,
+adds the sink and diagonal blocks, and writes the selected key-block indices (ascending) plus their count.
 Nothing of size heads x q_blocks x k_blocks in float32 goes through memory.
 
 Rows are launched in a "ladder": rows whose causal range fits in W key blocks run with a row width
@@ -19,7 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .layout import BlockSelection, Pooled, SelectSpec
+from .layout import BlockSelection, Pooled, SelectSpec, dense_tail_row
 
 
 @triton.jit
@@ -82,7 +82,7 @@ def _top_p(p, valid, thr, R: tl.constexpr, W: tl.constexpr, ITERS: tl.constexpr)
 
 @triton.jit
 def _select_kernel(
-    QH, KH, QL, KL, QE, KE, CNT, IDX, thr_high, thr_low, cutoff,
+    QH, KH, QL, KL, QE, KE, CNT, IDX, thr_high, thr_low, cutoff, dense_row,
     row_start, row_end, n_qblocks, n_kblocks, q_len, kv_len, Hq, Hkv, GROUP,
     D: tl.constexpr, DH: tl.constexpr, DL: tl.constexpr, DC: tl.constexpr, R: tl.constexpr, W: tl.constexpr,
     BLOCK_SIZE: tl.constexpr, CALIBRATE: tl.constexpr, FORCE_SINK: tl.constexpr, FORCE_DIAG: tl.constexpr,
@@ -124,6 +124,7 @@ def _select_kernel(
         sel = (0.5 * (p_h + p_l) >= cutoff) & valid
     else:
         sel = _top_p(p_h, valid, thr_high, R, W, ITERS) | _top_p(p_l, valid, thr_low, R, W, ITERS)
+    sel = sel | (rows >= dense_row)[:, None]  # the prompt's last rows (SelectSpec.dense_tail) keep every block
     if FORCE_SINK:
         sel = sel | (cols[None, :] == 0)
     if FORCE_DIAG:
@@ -189,7 +190,8 @@ def _select(q: Pooled, k: Pooled, spec: SelectSpec, q_len: int, kv_len: int, lad
         warps = 4 if width <= 128 else 8 if width <= 512 else 16
         _select_kernel[(triton.cdiv(end - start, rows), b * hq)](
             q.high, k.high, q.low, k.low, q.energy, k.energy, counts, indices,
-            float(spec.threshold_high), float(spec.threshold_low), float(spec.cutoff or 0.0), start, end, nqb, nkb, q_len, kv_len, hq, hkv, hq // hkv,
+            float(spec.threshold_high), float(spec.threshold_low), float(spec.cutoff or 0.0),
+            dense_tail_row(q_len, block_size, spec.dense_tail), start, end, nqb, nkb, q_len, kv_len, hq, hkv, hq // hkv,
             D=spec.head_dim, DH=dh, DL=dl, DC=16, R=rows, W=width, BLOCK_SIZE=block_size,
             CALIBRATE=spec.calibrate, FORCE_SINK=spec.force_sink, FORCE_DIAG=spec.force_diagonal,
             PRECISION="ieee" if spec.precise else "tf32", ITERS=31 if spec.precise else 16,

@@ -177,6 +177,8 @@ class SelectSpec:
     - cutoff None: top-p per band (threshold_high / threshold_low), union of the two sets;
     - cutoff c in (0, 1): keep a block when the mean of its two band probabilities is >= c. One cutoff for every
       head and row, so the block budget follows where the estimated mass is (thresholds unused).
+    `dense_tail` > 0: the query-block rows that hold any of the last `dense_tail` query positions keep every causal
+    block (the prompt's end, where the question sits, sees all of it; see dense_tail_row).
     `precise` concerns the Triton op only (IEEE fp32 dots and the exact top-p search instead of TF32 and a
     16-step search); the torch op is always exact.
     """
@@ -190,3 +192,12 @@ class SelectSpec:
     force_diagonal: bool = True
     precise: bool = False
     cutoff: float | None = None
+    dense_tail: int = 0
+
+
+def dense_tail_row(q_len: int, block_size: int, dense_tail: int) -> int:
+    """The first query-block row that holds one of the last `dense_tail` query positions (the row count when
+    dense_tail is 0): rows from it on keep every causal block."""
+    if dense_tail <= 0:
+        return num_blocks(q_len, block_size)
+    return max(0, q_len - dense_tail) // block_size

@@ -10,7 +10,7 @@ import math
 import torch
 
 from .layout import (BandIndex, BlockSelection, Pooled, SelectSpec, block_mask_from_indices, causal_block_mask,
-                     indices_from_block_mask, num_blocks, query_block_key_bounds)
+                     dense_tail_row, indices_from_block_mask, num_blocks, query_block_key_bounds)
 
 # Scores of at most this many (batch x head x query x key) elements exist at once in block_sparse_attention:
 # 2^25 fp32 = 128 MiB per buffer, a few such buffers per query chunk (32K tokens x 14 heads: ~3 GB peak).
@@ -93,6 +93,7 @@ def select_blocks(q: Pooled, k: Pooled, spec: SelectSpec, q_len: int, kv_len: in
             mean_probs = mean_probs + 0.5 * probs
     if spec.cutoff is not None:
         mask = mean_probs >= spec.cutoff
+    mask[..., dense_tail_row(q_len, spec.block_size, spec.dense_tail):, :] = True
     mask = mask & valid
     if spec.force_sink:
         mask[..., 0] = True
