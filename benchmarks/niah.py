@@ -49,7 +49,9 @@ def methods(block_size: int, dense_tails=(0,)) -> dict[str, PrismConfig | None]:
     base = PrismConfig(block_size=block_size, min_sparse_len=0, dense_tail=0)
     cutoff = replace(base, method="cutoff")
     sparse = {"prism default (0.95)": base, "prism video preset (0.93)": base.with_threshold(0.93),
-              "prism@0.9": base.with_threshold(0.9), "cutoff@0.005": replace(cutoff, cutoff=0.005),
+              "prism@0.9": base.with_threshold(0.9), "prism@0.99": base.with_threshold(0.99),
+              "cutoff@0.001": replace(cutoff, cutoff=0.001), "cutoff@0.002": replace(cutoff, cutoff=0.002),
+              "cutoff@0.005": replace(cutoff, cutoff=0.005),
               f"cutoff default ({cutoff.cutoff})": cutoff, f"cutoff@{2 * cutoff.cutoff:g}": replace(cutoff, cutoff=2 * cutoff.cutoff),
               f"cutoff@{5 * cutoff.cutoff:g}": replace(cutoff, cutoff=5 * cutoff.cutoff),
               "meanpool (0.95)": replace(base, method="meanpool")}
@@ -165,41 +167,53 @@ def run(model_name: str, tokens: list[int], haystacks: int, needles: int, block_
 def table(data: dict) -> list[str]:
     meta = data["meta"]
     lines = [f"# Needle in a haystack: {meta['model']}, block {meta['block_size']}", "",
-             f"{meta['haystacks']} haystacks x {meta['needles']} needles per length (seed {meta['seed']}): licence "
-             "texts with 'The magic number for <key> is <7 digits>.' at depths 10%-90%, one question per needle, "
+             f"Haystacks x {meta['needles']} needles per row (seed {meta['seed']}; the samples column counts them, "
+             "a run with more haystacks extends the same sequence): licence texts with 'The magic number for <key> is <7 digits>.' at depths 10%-90%, one question per needle, "
              "greedy answer, exact match. Density: mean fraction of causal blocks the document prefill kept (all "
              "layers and heads). `python -m benchmarks.niah --help` says how it runs.", ""]
     where = f"{meta.get('device', '2-core CPU')}, {meta.get('dtype', 'float32')}, {meta.get('kernels', 'torch twin')} kernels"
     for run in meta.get("runs", []):
         lines.append(f"Made by: `{run['command']}` ({run['time']}, torch {run['torch']}; {where})")
-    lines += ["", "| tokens | method | correct | accuracy | mean density | prefill s / haystack |",
+    lines += ["", "| tokens | method | correct | accuracy | mean density | prefill s / haystack (wall, first incl. compile) |",
               "|---|---|---|---|---|---|"]
-    for r in data["rows"]:
+    order = lambda r: (r["tokens"], r["method"] != "dense", "dense tail" in r["method"], r["mean_density"])  # noqa: E731
+    for r in sorted(data["rows"], key=order):
         lines.append(f"| {r['tokens']} | {r['method']} | {r['correct']}/{r['samples']} | {r['accuracy']:.2f} | "
                      f"{r['mean_density']:.3f} | {r['prefill_seconds_per_haystack']:.3g} |")
     return lines
 
 
 def plot(data: dict, path: Path) -> None:
+    """One panel per length: accuracy against density per method (colour: family; filled: with a dense tail),
+    dense as a line with its +-1 standard error band."""
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    by_method: dict[str, list] = {}
-    for r in data["rows"]:
-        by_method.setdefault(r["method"], []).append(r)
-    markers = iter("osD^v<>p")
-    for name, rs in by_method.items():
-        for r in rs:
-            ax.scatter(r["mean_density"], r["accuracy"], marker=next(markers) if r is rs[0] else None,
-                       label=name if r is rs[0] else None, s=30 + r["tokens"] / 400, alpha=0.8)
-            ax.annotate(f"{r['tokens'] // 1024}K", (r["mean_density"], r["accuracy"]), fontsize=7,
-                        xytext=(3, 3), textcoords="offset points")
-    ax.set_xlabel("mean density (fraction of causal blocks kept)")
-    ax.set_ylabel("exact-match accuracy")
-    ax.set_ylim(-0.05, 1.05)
-    ax.set_title(f"Needle in a haystack, {data['meta']['model']}")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
-    save_figure(fig, path, 130)
+    lengths = sorted({r["tokens"] for r in data["rows"]})
+    fig, axes = plt.subplots(1, len(lengths), figsize=(5.2 * len(lengths), 4.3), squeeze=False)
+    colors = {"prism": "C0", "cutoff": "C1", "meanpool": "C2"}
+    for ax, n in zip(axes[0], lengths):
+        for r in (r for r in data["rows"] if r["tokens"] == n):
+            acc = r["accuracy"]
+            if r["method"] == "dense":
+                se = (acc * (1 - acc) / r["samples"]) ** 0.5
+                ax.axhline(acc, color="k", lw=1, label=f"dense ({r['correct']}/{r['samples']})")
+                ax.axhspan(acc - se, acc + se, color="k", alpha=0.08)
+                continue
+            family = r["method"].split(" ")[0].split("@")[0]
+            tail = "dense tail" in r["method"]
+            ax.scatter(r["mean_density"], acc, s=36, color=colors.get(family, "C3"),
+                       facecolors=colors.get(family, "C3") if tail else "none")
+            knob = r["method"].split(",")[0].replace(" default", "").replace(" video preset", "")
+            ax.annotate(knob, (r["mean_density"], acc), fontsize=6, xytext=(3, 2), textcoords="offset points")
+        for family, c in colors.items():
+            ax.scatter([], [], color=c, label=family)
+        ax.scatter([], [], facecolors="none", color="grey", label="dense_tail 0 (hollow)")
+        ax.scatter([], [], color="grey", label="dense_tail 128 (filled)")
+        ax.set(xlabel="mean density (fraction of causal blocks kept)", ylabel="exact-match accuracy",
+               title=f"{n // 1024}K tokens", ylim=(-0.05, 1.05), xlim=(0, 0.65))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6, loc="lower right")
+    fig.suptitle(f"Needle in a haystack, {data['meta']['model']}, {data['meta'].get('device', 'CPU')}")
+    save_figure(fig, path, 120)
 
 
 def results_files(model_name: str) -> Results:
