@@ -266,7 +266,7 @@ def selections_for(q, k, mass, layout, bs, thresholds=THRESHOLDS, windows=WINDOW
     n, d = q.shape[2], q.shape[3]
     nb = num_blocks(n, bs)
     valid = causal_block_mask(n, n, bs)
-    base = PrismConfig(block_size=bs, min_sparse_len=0)
+    base = PrismConfig(block_size=bs, min_sparse_len=0, dense_tail=0)
     bands = layout.bands(*base.band_dims(d))
     sels = {}
     for thr in thresholds:
@@ -301,7 +301,7 @@ def prism_head_densities(captured, n: int, layout, bs: int, thresholds=RECORDED_
     """{"<threshold>" (prism) or "cutoff@<c>": {layer: [density per query head]}} on the first n tokens, every
     captured layer."""
     valid = int(causal_block_mask(n, n, bs).sum())
-    base = PrismConfig(block_size=bs, min_sparse_len=0)
+    base = PrismConfig(block_size=bs, min_sparse_len=0, dense_tail=0)
     configs = {str(t): base.with_threshold(t) for t in thresholds}
     configs.update({f"cutoff@{c}": replace(base, method="cutoff", cutoff=c) for c in cutoffs})
     out = {}
@@ -363,7 +363,7 @@ class SharedBudgetAttention:
         b, h, n, d = query.shape
         if b != 1 or n != key.shape[2] or n == 1:
             raise ValueError("the shared-budget check runs one unpadded prefill (batch 1, no KV cache)")
-        cfg = PrismConfig(block_size=self.block_size, min_sparse_len=0)
+        cfg = PrismConfig(block_size=self.block_size, min_sparse_len=0, dense_tail=0)
         valid = causal_block_mask(n, n, self.block_size)
         probs = band_probs(query, key, cfg, self.layout.bands(*cfg.band_dims(d)))
         mask = shared_budget(probs, valid, self.density)
@@ -385,8 +385,9 @@ MODEL_CUTOFFS = (0.005, 0.01, 0.02)  # method="cutoff": its default and one knob
 
 
 def model_level_presets(block_size: int, thresholds=MODEL_THRESHOLDS, cutoffs=MODEL_CUTOFFS) -> dict[str, PrismConfig]:
-    """The configs of the model-level check: prism at `thresholds`, method="cutoff" at `cutoffs`."""
-    base = PrismConfig(block_size=block_size, min_sparse_len=0)
+    """The configs of the model-level check: prism at `thresholds`, method="cutoff" at `cutoffs`; dense_tail 0 (the
+    rule alone: in a full-prompt forward the tail is only the last 128 of N tokens)."""
+    base = PrismConfig(block_size=block_size, min_sparse_len=0, dense_tail=0)
     names = {0.95: "prism default (0.95)", 0.93: "prism video preset (0.93)"}
     presets = {names.get(t, f"prism@{t}"): base.with_threshold(t) for t in thresholds}
     default = PrismConfig().cutoff

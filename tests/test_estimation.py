@@ -33,7 +33,7 @@ def test_key_block_built_to_match_is_selected(backend):
     k = torch.randn(1, 2, n, d) * 0.1
     target = 3
     k[:, :, target * bs:(target + 1) * bs] += 6 * direction
-    cfg = PrismConfig(block_size=bs, threshold_high=0.5, threshold_low=0.5, min_sparse_len=0)
+    cfg = PrismConfig(block_size=bs, threshold_high=0.5, threshold_low=0.5, min_sparse_len=0, dense_tail=0)
     sel = estimate(q.to(DEVICE), k.to(DEVICE), cfg, RopeLayout(head_dim=d).bands(32, 48), backend)
     mask = sel.to_mask().cpu()
     for i in range(nb):
@@ -84,7 +84,7 @@ def slash_case(heads=4, bs=32, nb=16, shift=3, backend="torch"):
     q, k = (torch.cat([dr[i] for dr in draws], dim=1) for i in (0, 1))
     layout = draws[0][2]
     mass = torch.stack([true_block_mass(q[:, h:h + 1], k[:, h:h + 1], bs) for h in range(heads)])
-    cfg = PrismConfig(block_size=bs, threshold_high=0.9, threshold_low=0.9, min_sparse_len=0)
+    cfg = PrismConfig(block_size=bs, threshold_high=0.9, threshold_low=0.9, min_sparse_len=0, dense_tail=0)
     prism = estimate(q, k, cfg, layout.bands(*cfg.band_dims(64)), backend).to_mask()[0].cpu()
     # method="meanpool": one band over all dims, no calibration (the baseline Prism sets out to fix).
     plain = estimate(q, k, replace(cfg, method="meanpool"), layout.bands(*cfg.band_dims(64)), backend)
@@ -114,10 +114,10 @@ def test_meanpool_method_is_plain_mean_pooling(backend):
     """method="meanpool" is top-p over mean-pooled Q . K of all dims without calibration, whatever bands it is given."""
     bs, n, d = 16, 200, 64
     q, k = torch.randn(1, 4, n, d, device=DEVICE), torch.randn(1, 2, n, d, device=DEVICE)
-    cfg = PrismConfig(block_size=bs, threshold_high=0.8, threshold_low=0.3, min_sparse_len=0)
+    cfg = PrismConfig(block_size=bs, threshold_high=0.8, threshold_low=0.3, min_sparse_len=0, dense_tail=0)
     got = estimate(q, k, replace(cfg, method="meanpool"), RopeLayout(head_dim=d).bands(32, 48), backend).to_mask()
     all_dims = SpectralBands(high=tuple(range(d)), low=tuple(range(d)))
-    plain = PrismConfig(block_size=bs, threshold_high=0.8, threshold_low=0.8, calibrate=False, min_sparse_len=0)
+    plain = PrismConfig(block_size=bs, threshold_high=0.8, threshold_low=0.8, calibrate=False, min_sparse_len=0, dense_tail=0)
     expected = estimate(q, k, plain, all_dims, backend).to_mask()
     assert (got != expected).float().mean() < 0.005
     assert not torch.equal(got, estimate(q, k, cfg, RopeLayout(head_dim=d).bands(32, 48), backend).to_mask())
@@ -130,7 +130,7 @@ def test_cutoff_method_finds_the_rope_slash_with_fewer_blocks_where_mass_is_conc
     bs, nb, shift = 32, 16, 3
     draws = [slash_inputs(bs, nb, shift_blocks=shift) for _ in range(4)]
     q, k = (torch.cat([dr[i] for dr in draws], dim=1) for i in (0, 1))
-    cfg = PrismConfig(block_size=bs, threshold_high=0.9, threshold_low=0.9, min_sparse_len=0)
+    cfg = PrismConfig(block_size=bs, threshold_high=0.9, threshold_low=0.9, min_sparse_len=0, dense_tail=0)
     bands = draws[0][2].bands(*cfg.band_dims(64))
     prism = estimate(q, k, cfg, bands, backend).to_mask()[0].cpu()[:, :nb, :nb]
     cut = estimate(q, k, replace(cfg, method="cutoff", cutoff=0.05), bands, backend).to_mask()[0].cpu()[:, :nb, :nb]

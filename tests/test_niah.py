@@ -56,8 +56,9 @@ def test_niah_small_run(tmp_path, tokenizer):
     assert proc.returncode == 0, proc.stderr[-3000:]
     data = json.loads((tmp_path / "niah-smollm2-135m.json").read_text())
     rows = {r["method"]: r for r in data["rows"]}
-    assert set(rows) == {"dense", "prism default (0.95)", "prism video preset (0.93)", "prism@0.9", "cutoff@0.005",
-                         "cutoff default (0.01)", "cutoff@0.02", "cutoff@0.05", "meanpool (0.95)"}
+    assert set(rows) == {"dense", "prism default (0.95)", "prism video preset (0.93)", "prism@0.9", "prism@0.99",
+                         "cutoff@0.001", "cutoff@0.002", "cutoff@0.005", "cutoff default (0.01)", "cutoff@0.02",
+                         "cutoff@0.05", "meanpool (0.95)"}
     for name, r in rows.items():
         assert r["samples"] == 2 and r["tokens"] == 1024 and len(r["answers"]) == 2
         assert r["correct"] == sum(a["correct"] for a in r["answers"])

@@ -194,6 +194,8 @@ def _bad_inputs(tmp_path, clip):
         "bad range": ([clip, "--start", "3", "--end", "2"], "before end"),
         "threshold": ([clip, "--threshold", "1.5"], r"--threshold must be in \(0, 1\], got 1.5"),
         "max density": ([clip, "--max-density", "0"], r"--max-density must be in \(0, 1\]"),
+        "cutoff": ([clip, "--method", "cutoff", "--cutoff", "1"], r"--cutoff must be in \(0, 1\), got 1"),
+        "dense tail": ([clip, "--dense-tail", "-1"], r"--dense-tail must be an int >= 0"),
         "block size": ([clip, "--block-size", "48"], r"--block-size must be one of"),
         "max new tokens": ([clip, "--max-new-tokens", "0"], r"--max-new-tokens must be >= 1"),
         "device name": ([clip, "--device", "gpu"], r"--device 'gpu' is not one prism_mm runs on"),
@@ -204,7 +206,7 @@ def _bad_inputs(tmp_path, clip):
 
 
 BAD_INPUTS = ["missing", "not a video", "truncated", "empty", "time range", "bad range", "threshold", "max density",
-              "block size", "max new tokens", "device name", "device index", "model file", "model dir"]
+              "cutoff", "dense tail", "block size", "max new tokens", "device name", "device index", "model file", "model dir"]
 
 
 @pytest.mark.parametrize("case", BAD_INPUTS)

@@ -3,7 +3,7 @@
 model_args follow lmms-eval's Qwen-VL models where they mean the same (pretrained, device,
 device_map, batch_size, max_pixels, min_pixels, max_num_frames, fps) plus attn=prism|dense,
 the PrismConfig fields (block_size, threshold, threshold_high, threshold_low, min_sparse_len,
-max_density, calibrate), total_pixels, dtype, random_weights, and stats_dir: where per-sample
+max_density, calibrate, method, cutoff, dense_tail), total_pixels, dtype, random_weights, and stats_dir: where per-sample
 records (prefill time, visual tokens, density) and a summary are written (default ./prism_mm_stats).
 Loading, attention switching and the timed run are prism_mm.pipelines.session (shared with the CLI);
 each sample's RunRecord goes, as a dict, into stats_dir/samples-<attn>-rank<r>.jsonl.
@@ -35,7 +35,8 @@ class PrismQwenVL(lmms):
                  min_pixels: int | None = None, total_pixels: int | None = None, max_num_frames: int = 32,
                  fps: float | None = None, block_size: int = 128, threshold: float | None = None,
                  threshold_high: float = 0.93, threshold_low: float = 0.93, min_sparse_len: int = 4096,
-                 max_density: float = 1.0, calibrate=True, dtype: str = "auto", random_weights=False,
+                 max_density: float = 1.0, calibrate=True, method: str = "prism", cutoff: float = 0.01,
+                 dense_tail: int = 128, dtype: str = "auto", random_weights=False,
                  stats_dir: str = "prism_mm_stats", **kwargs):
         super().__init__()
         if kwargs:
@@ -55,7 +56,8 @@ class PrismQwenVL(lmms):
         threshold_low = float(threshold if threshold is not None else threshold_low)
         self.prism_config = PrismConfig(block_size=int(block_size), threshold_high=threshold_high,
                                         threshold_low=threshold_low, min_sparse_len=int(min_sparse_len),
-                                        max_density=float(max_density), calibrate=_bool(calibrate))
+                                        max_density=float(max_density), calibrate=_bool(calibrate),
+                                        method=str(method), cutoff=float(cutoff), dense_tail=int(dense_tail))
         if attn not in ("prism", "dense"):
             raise ValueError(f"attn must be prism or dense, got {attn!r}")
         self.attn = attn

@@ -39,6 +39,12 @@ def parse_args(argv=None):
     ap.add_argument("--end", type=float, help="seconds")
     ap.add_argument("--block-size", type=int, default=128)
     ap.add_argument("--threshold", type=float, default=0.93, help="top-p mass kept per band, in (0, 1]")
+    ap.add_argument("--method", choices=["prism", "cutoff", "meanpool"], default="prism",
+                    help="block selection: the paper's dual-band top-p, one cutoff on the mean band probability, or "
+                         "mean pooling (see PrismConfig)")
+    ap.add_argument("--cutoff", type=float, default=0.01, help="--method cutoff: the cutoff, in (0, 1)")
+    ap.add_argument("--dense-tail", type=int, default=128,
+                    help="the prompt's last N query tokens (the question) attend to everything; 0: the paper's selection")
     ap.add_argument("--min-sparse-len", type=int, default=4096, help="shorter prompts run dense")
     ap.add_argument("--max-density", type=float, default=1.0,
                     help="a layer whose selection keeps more than this fraction of the blocks runs dense (costs one "
@@ -60,14 +66,16 @@ def parse_args(argv=None):
 
 # PrismConfig fields -> the flag that sets them, so that an error names what the user typed.
 FLAGS = {"threshold_high": "--threshold", "threshold_low": "--threshold", "block_size": "--block-size",
-         "min_sparse_len": "--min-sparse-len", "max_density": "--max-density"}
+         "min_sparse_len": "--min-sparse-len", "max_density": "--max-density", "method": "--method",
+         "cutoff": "--cutoff", "dense_tail": "--dense-tail"}
 
 
 def prism_config(args) -> PrismConfig:
     """The PrismConfig of the flags; ValueError naming the flag for values out of range."""
     try:
         return PrismConfig.video(block_size=args.block_size, min_sparse_len=args.min_sparse_len,
-                                 max_density=args.max_density).with_threshold(args.threshold)
+                                 max_density=args.max_density, method=args.method, cutoff=args.cutoff,
+                                 dense_tail=args.dense_tail).with_threshold(args.threshold)
     except ValueError as e:
         raise ValueError(re.sub(r"PrismConfig\.(\w+)", lambda m: FLAGS.get(m.group(1), m.group(0)), str(e))) from None
 
