@@ -49,7 +49,8 @@ from tqdm import tqdm
 from benchmarks.common import Results, device_slug, pyplot, save_figure
 from prism_mm import PrismConfig, SpectralBands, estimate, rope_layout_from_config
 from prism_mm.kernels.layout import causal_block_mask, num_blocks
-from prism_mm.kernels.torch_ops import band_temperature, pool_bands, top_p_mask
+from prism_mm.kernels.layout import SelectSpec
+from prism_mm.kernels.torch_ops import band_probabilities, pool_bands, top_p_mask
 from prism_mm.selection import band_index
 from prism_mm.testing.capture import capture_qkv
 from prism_mm.testing.weights import MissingWeights, load_qwen_coder, load_smollm2
@@ -232,21 +233,13 @@ def shared_mass(probs: torch.Tensor, valid: torch.Tensor, thr: float) -> torch.T
 
 
 def band_probs(q, k, cfg: PrismConfig, bands: SpectralBands) -> torch.Tensor:
-    """[H, NQB, NKB] the mean of Prism's two calibrated band softmaxes per row (what prism's top-p reads, in plain
-    torch: pooled Q/K per band, energy-calibrated temperatures, causal softmax over key blocks)."""
+    """[H, NQB, NKB] the mean of Prism's two calibrated band softmaxes per row (what method="cutoff" thresholds;
+    the torch twin's band_probabilities), batch 1."""
     d, bs = q.shape[-1], cfg.block_size
     idx = band_index(bands, d, q.device)
-    pq, pk = pool_bands(q, bs, idx), pool_bands(k, bs, idx)
-    group = q.shape[1] // k.shape[1]
-    valid = causal_block_mask(q.shape[2], k.shape[2], bs)
-    out = 0
-    for qb, kb, band in ((pq.high, pk.high, 1), (pq.low, pk.low, 2)):
-        scale = 1.0 / math.sqrt(qb.shape[-1])
-        if cfg.calibrate:
-            scale = scale / band_temperature(pq.energy, pk.energy, band, qb.shape[-1], d, group)[0, :, None, None]
-        logits = (qb[0] @ kb[0].repeat_interleave(group, 0).transpose(-1, -2)) * scale
-        out = out + 0.5 * torch.softmax(logits.masked_fill(~valid, float("-inf")), -1)
-    return out
+    spec = SelectSpec(d, bs, cfg.threshold_high, cfg.threshold_low, calibrate=cfg.calibrate)
+    high, low = band_probabilities(pool_bands(q, bs, idx), pool_bands(k, bs, idx), spec, q.shape[2], k.shape[2])
+    return (0.5 * high + 0.5 * low)[0]
 
 
 def meanpool_probs(q, k, bs: int) -> torch.Tensor:

@@ -72,27 +72,34 @@ def band_temperature(q_energy, k_energy, band: int, d_band: int, head_dim: int, 
     return t.clamp_min(1e-6)
 
 
-def select_blocks(q: Pooled, k: Pooled, spec: SelectSpec, q_len: int, kv_len: int) -> BlockSelection:
-    """Dual-band block selection from pooled Q and K: per-band top-p, or one cutoff on the mean band probability
-    (see SelectSpec for the rules)."""
+def band_probabilities(q: Pooled, k: Pooled, spec: SelectSpec, q_len: int, kv_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(high, low) [B, Hq, NQB, NKB]: each band's causal softmax over key blocks of its scaled pooled logits
+    q_band . k_band / (sqrt(d_band) * t_band), t_band the energy temperature when spec.calibrate (0 off causal)."""
     group = q.high.shape[1] // k.high.shape[1]
     device = q.high.device
     valid = causal_block_mask(q_len, kv_len, spec.block_size, device)[None, None]
-    mask = torch.zeros(valid.shape, dtype=torch.bool, device=device)
-    mean_probs = 0.0
-    for qb, kb, thr, band in ((q.high, k.high, spec.threshold_high, 1), (q.low, k.low, spec.threshold_low, 2)):
+    probs = []
+    for qb, kb, band in ((q.high, k.high, 1), (q.low, k.low, 2)):
         d_band = qb.shape[-1]
         scale = torch.full(qb.shape[:2], 1.0 / math.sqrt(d_band), device=device)
         if spec.calibrate:
             scale = scale / band_temperature(q.energy, k.energy, band, d_band, spec.head_dim, group)
         logits = (qb @ kb.repeat_interleave(group, dim=1).transpose(-1, -2)) * scale[..., None, None]
-        probs = torch.softmax(logits.masked_fill(~valid, float("-inf")), dim=-1)
-        if spec.cutoff is None:
-            mask = mask | top_p_mask(probs, valid.expand_as(probs), thr)
-        else:
-            mean_probs = mean_probs + 0.5 * probs
-    if spec.cutoff is not None:
-        mask = mean_probs >= spec.cutoff
+        probs.append(torch.softmax(logits.masked_fill(~valid, float("-inf")), dim=-1))
+    return probs[0], probs[1]
+
+
+def select_blocks(q: Pooled, k: Pooled, spec: SelectSpec, q_len: int, kv_len: int) -> BlockSelection:
+    """Dual-band block selection from pooled Q and K: per-band top-p, or one cutoff on the mean band probability
+    (see SelectSpec for the rules)."""
+    device = q.high.device
+    valid = causal_block_mask(q_len, kv_len, spec.block_size, device)[None, None]
+    p_high, p_low = band_probabilities(q, k, spec, q_len, kv_len)
+    if spec.cutoff is None:
+        mask = top_p_mask(p_high, valid.expand_as(p_high), spec.threshold_high) | \
+            top_p_mask(p_low, valid.expand_as(p_low), spec.threshold_low)
+    else:
+        mask = 0.5 * p_high + 0.5 * p_low >= spec.cutoff
     mask[..., dense_tail_row(q_len, spec.block_size, spec.dense_tail):, :] = True
     mask = mask & valid
     if spec.force_sink:
