@@ -192,9 +192,9 @@ def analysis_probs(q, k, bs) -> dict[str, torch.Tensor]:
 
 def forced(valid: torch.Tensor, heads: int) -> torch.Tensor:
     """[H, NQB, NKB] the sink and diagonal blocks (always kept, as Prism does)."""
-    mask = torch.zeros(heads, *valid.shape, dtype=torch.bool)
+    mask = torch.zeros(heads, *valid.shape, dtype=torch.bool, device=valid.device)
     mask[..., 0] = True
-    i = torch.arange(valid.shape[0])
+    i = torch.arange(valid.shape[0], device=valid.device)
     mask[:, i, i] = True
     return mask & valid
 
@@ -357,7 +357,7 @@ class SharedBudgetAttention:
         if b != 1 or n != key.shape[2] or n == 1:
             raise ValueError("the shared-budget check runs one unpadded prefill (batch 1, no KV cache)")
         cfg = PrismConfig(block_size=self.block_size, min_sparse_len=0, dense_tail=0)
-        valid = causal_block_mask(n, n, self.block_size)
+        valid = causal_block_mask(n, n, self.block_size, query.device)
         probs = band_probs(query, key, cfg, self.layout.bands(*cfg.band_dims(d)))
         mask = shared_budget(probs, valid, self.density)
         self.densities[module.layer_idx] = (mask.sum() / (valid.sum() * h)).item()
@@ -427,6 +427,8 @@ def model_level(model, ids, configs: dict[str, PrismConfig], dense: tuple[float,
                 try:
                     with torch.no_grad():
                         model(ids, logits_to_keep=1)
+                    if ids.is_cuda:
+                        torch.cuda.synchronize()
                 finally:
                     model.set_attn_implementation("sdpa")
                 seconds = time.perf_counter() - start

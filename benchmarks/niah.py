@@ -207,7 +207,7 @@ def plot(data: dict, path: Path) -> None:
         for family, c in colors.items():
             ax.scatter([], [], color=c, label=family)
         ax.scatter([], [], facecolors="none", color="grey", label="dense_tail 0 (hollow)")
-        ax.scatter([], [], color="grey", label="dense_tail 128 (filled)")
+        ax.scatter([], [], color="grey", label="dense_tail > 0 (filled)")
         ax.set(xlabel="mean density (fraction of causal blocks kept)", ylabel="exact-match accuracy",
                title=f"{n // 1024}K tokens", ylim=(-0.05, 1.05), xlim=(0, 0.65))
         ax.grid(alpha=0.3)

@@ -129,12 +129,17 @@ def test_dense_tail_rows_keep_every_causal_block(b, hq, hkv, q_len, kv_len, bs, 
     valid = lay.causal_block_mask(q_len, kv_len, bs, DEVICE).expand(b, hq, -1, -1)
     first_dense = max(0, q_len - dense_tail) // bs  # row of query position q_len - dense_tail
     assert first_dense == lay.dense_tail_row(q_len, bs, dense_tail)
+    masks = {}
     for name, select in (("triton", lambda s: estimate._select(pq, pk, s, q_len, kv_len, estimate.LADDER_MIN_KBLOCKS)),
                          ("torch", lambda s: torch_ops.select_blocks(pq, pk, s, q_len, kv_len))):
         got, without = select(tail).to_mask(), select(plain).to_mask()
         assert torch.equal(got[..., first_dense:, :], valid[..., first_dense:, :]), name
         assert torch.equal(got[..., :first_dense, :], without[..., :first_dense, :]), name
-        assert not without[..., first_dense:, :].all() or dense_tail == 10_000, f"{name}: the tail was dense anyway"
+        if dense_tail < q_len:  # without the tail those rows were really sparse
+            assert not torch.equal(without[..., first_dense:, :], valid[..., first_dense:, :]), name
+        masks[name] = got
+    mismatches = (masks["triton"] != masks["torch"]).sum().item()
+    assert mismatches <= 0.005 * valid.sum().item(), f"{mismatches} blocks differ between the kernel and the twin"
 
 
 def test_cutoff_rule_keeps_exactly_the_blocks_above_the_cutoff():

@@ -124,7 +124,7 @@ def _select_kernel(
         sel = (0.5 * (p_h + p_l) >= cutoff) & valid
     else:
         sel = _top_p(p_h, valid, thr_high, R, W, ITERS) | _top_p(p_l, valid, thr_low, R, W, ITERS)
-    sel = sel | (rows >= dense_row)[:, None]  # the prompt's last rows (SelectSpec.dense_tail) keep every block
+    sel = sel | (rows >= dense_row)[:, None]  # the chunk's last rows (SelectSpec.dense_tail) keep every block
     if FORCE_SINK:
         sel = sel | (cols[None, :] == 0)
     if FORCE_DIAG:

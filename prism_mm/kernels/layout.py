@@ -177,8 +177,9 @@ class SelectSpec:
     - cutoff None: top-p per band (threshold_high / threshold_low), union of the two sets;
     - cutoff c in (0, 1): keep a block when the mean of its two band probabilities is >= c. One cutoff for every
       head and row, so the block budget follows where the estimated mass is (thresholds unused).
-    `dense_tail` > 0: the query-block rows that hold any of the last `dense_tail` query positions keep every causal
-    block (the prompt's end, where the question sits, sees all of it; see dense_tail_row).
+    `dense_tail` > 0: the query-block rows that hold any of the last `dense_tail` query positions of this call (a
+    prompt or a prefill chunk) keep every causal block (the prompt's end, where the question sits, sees all of it;
+    see dense_tail_row).
     `precise` concerns the Triton op only (IEEE fp32 dots and the exact top-p search instead of TF32 and a
     16-step search); the torch op is always exact.
     """
