@@ -29,6 +29,10 @@ prism picks at thresholds 0.93 and 0.95.
     python -m benchmarks.fidelity --analysis           # + diagnostic estimators: benchmarks/results/fidelity-analysis.*
     python -m benchmarks.fidelity --model qwen2.5-coder-0.5b --tokens 8192 --analysis   # -> fidelity-qwen2.5-coder-0.5b.*
     python -m benchmarks.fidelity --model qwen2.5-coder-0.5b --tokens 16384 --analysis --merge   # adds the 16K rows
+    python -m benchmarks.fidelity --model qwen2.5-coder-0.5b --tokens 8192 16384 --block-size 64 --no-model-level
+                                                       # another block size -> fidelity-qwen2.5-coder-0.5b-block64.*
+    python -m benchmarks.fidelity --model qwen2.5-coder-0.5b --tokens 8192 16384 32768 --model-level-only --device cuda
+                                                       # perplexity / top-1 on a GPU (bf16, Triton) -> ...-<gpu>.*
     python -m benchmarks.fidelity --tokens 1024 --layers 0 5 --out /tmp/f   # a quick run
     python -m benchmarks.fidelity --redraw benchmarks/results/fidelity.json  # table + plot from a JSON
 
@@ -736,6 +740,8 @@ def main():
         raise SystemExit(str(e)) from None
     result["command"] = "python -m benchmarks.fidelity " + " ".join(sys.argv[1:])
     stem = spec["stem"] + ("-analysis" if args.analysis and args.model == "smollm2-135m" else "")
+    if args.block_size is not None and args.block_size != spec["block_size"]:
+        stem += f"-block{args.block_size}"  # another block size: its own results set
     if args.device == "cuda":
         stem += "-" + device_slug(torch.cuda.get_device_name())
     files = results_files(stem)
