@@ -70,15 +70,18 @@ def fixed_density_selection(heads: int, n: int, density: float, gen, block_size:
 
 def register_benchmark_attentions(selections: dict) -> None:
     """transformers attention entries for the decoder benchmarks: 'prism_fixed' (the Prism sparse kernel on the
-    fixed-density selection selections[(query heads, tokens)], i.e. what that density costs inside the model)
-    and 'no_attention' (a copy of V: the cost of everything but attention)."""
+    fixed-density selection selections[(layer index, query heads, tokens)] if present, else
+    selections[(query heads, tokens)], i.e. what that density costs inside the model) and 'no_attention' (a copy of
+    V: the cost of everything but attention)."""
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
     def fixed(module, query, key, value, attention_mask, scaling=None, **kw):
         b, h, n, d = query.shape
         out = torch.empty(b, n, h, d, device=query.device, dtype=query.dtype)
-        kernel_ops("auto", query.device).block_sparse_attention(query, key, value, selections[(h, n)], scaling,
+        per_layer = (getattr(module, "layer_idx", None), h, n)
+        selection = selections[per_layer] if per_layer in selections else selections[(h, n)]
+        kernel_ops("auto", query.device).block_sparse_attention(query, key, value, selection, scaling,
                                                                 out.transpose(1, 2))
         return out, None
 

@@ -12,6 +12,9 @@ Rows:
 - varlen vision + dense: prism_mm.vision's batched attention in the tower, SDPA decoder
 - varlen vision + Prism 0.25 / 0.1: the decoder on the Prism sparse kernel at a fixed density (sink, diagonal,
   stripes and random blocks in every layer: random weights give flat attention, which selects nearly dense)
+- with --layer-densities FIDELITY_JSON: one more row at per-layer densities measured on real weights (the mean
+  over heads of each layer's density in benchmarks.fidelity's "prism_head_density", for --layer-density-knob at
+  --layer-density-tokens; layers mapped by relative depth when the source model has another layer count)
 Each point: the mean of --reps forwards after one untimed warm-up forward per row (at --warmup-visual-tokens);
 peak GPU memory. The varlen rows also zero-pad the tower's MLP widths to GEMM-friendly sizes (prism_mm.vision.
 align_mlp_widths, as enable_prism does; same outputs); the transformers row runs the tower as shipped, first.
@@ -22,6 +25,7 @@ no synchronisation inside) for dense SDPA and Prism's real selection path with m
     python -m benchmarks.video_e2e                        # both models: benchmarks/results/video_e2e-<device>.*
     python -m benchmarks.video_e2e --models Qwen/Qwen3-VL-8B-Instruct --merge
     python -m benchmarks.video_e2e --smoke --out /tmp/e2e # tiny models on the CPU: checks the code path only
+    python -m benchmarks.video_e2e --layer-densities benchmarks/results/fidelity-qwen2.5-coder-0.5b.json --merge
 """
 from __future__ import annotations
 
@@ -96,7 +100,21 @@ def timed_prefill(model, inputs: dict, reps: int) -> dict:
             "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None}
 
 
-def use_row(model, vision: str, density: float | None) -> None:
+def layer_densities(path: Path, knob: str, tokens: int, layers: int) -> list[float]:
+    """Per decoder layer (`layers` of them) the mean-over-heads density a benchmarks.fidelity results file recorded
+    for `knob` (e.g. "0.93", "cutoff@0.01") at `tokens`, mapped by relative depth onto `layers` layers."""
+    import json
+
+    rec = json.loads(Path(path).read_text())["by_tokens"].get(str(tokens), {})
+    per_layer = rec.get("prism_head_density", {}).get(knob)
+    if not per_layer:
+        raise SystemExit(f"{path} has no per-head densities for knob {knob!r} at {tokens} tokens")
+    means = [sum(h) / len(h) for _, h in sorted(per_layer.items(), key=lambda kv: int(kv[0]))]
+    src = len(means)
+    return [means[round(i * (src - 1) / max(layers - 1, 1))] for i in range(layers)]
+
+
+def use_row(model, vision: str, density) -> None:
     """Switch the model to one row's attention: the tower's, and the decoder's (SDPA or the fixed-density kernel)."""
     set_attention(model, "dense", vision)
     if density is not None:
@@ -143,9 +161,11 @@ def host_time(model, inputs: dict, reps: int = 3) -> list[dict]:
 
 
 def measure(model, processor, name: str, tokens: list[int], reps: int, device, gen, frame_patches=FRAME_PATCHES,
-            block_size: int = BS, warmup_tokens: int = 8192, host: bool = True) -> tuple[list[dict], list[dict]]:
+            block_size: int = BS, warmup_tokens: int = 8192, host: bool = True,
+            extra_rows: tuple = ()) -> tuple[list[dict], list[dict]]:
     """Every row at every size for one loaded model (rows outer: transformers' row runs on the tower as shipped,
-    before prism_mm.vision.align_mlp_widths pads its MLPs for the varlen rows); then the host-time rows."""
+    before prism_mm.vision.align_mlp_widths pads its MLPs for the varlen rows); then the host-time rows.
+    extra_rows: (label, "varlen", [density per decoder layer]) rows after ROWS."""
     heads = model.config.get_text_config().num_attention_heads
     selections: dict = {}
     register_benchmark_attentions(selections)
@@ -158,14 +178,20 @@ def measure(model, processor, name: str, tokens: list[int], reps: int, device, g
         prepared[target] = (inputs, processor_s, visual, frames.shape)
         del frames
     rows, aligned = [], False
-    for label, vision, density in ROWS:
+    for label, vision, density in [*ROWS, *extra_rows]:
         if vision == "varlen" and not aligned:
             aligned = align_mlp_widths(vision_tower(model)) > 0 or aligned
         for target in tqdm([warmup_tokens, *tokens], desc=f"{name.split('/')[-1]} {label}", leave=False):
             cpu_inputs, processor_s, visual, shape = prepared[target]
             inputs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in cpu_inputs.items()}
             n = inputs["input_ids"].shape[1]
-            if density is not None:
+            for key in [k for k in selections if len(k) == 3]:  # per-layer selections of another row
+                del selections[key]
+            if isinstance(density, list):
+                for i, d in enumerate(density):
+                    selections[(i, heads, n)] = fixed_density_selection(heads, n, d, gen, block_size, device)
+                selections[(heads, n)] = selections[(0, heads, n)]
+            elif density is not None:
                 selections[(heads, n)] = fixed_density_selection(heads, n, density, gen, block_size, device)
             use_row(model, vision, density)
             if target == warmup_tokens:  # compiles, cuDNN plans and allocator growth stay out of the timings
@@ -173,7 +199,9 @@ def measure(model, processor, name: str, tokens: list[int], reps: int, device, g
                 continue
             row = {"model": name, "visual_tokens": visual, "tokens": n, "row": label, "vision_attention": vision,
                    "vision_mlp_aligned": aligned and vision == "varlen",
-                   "decoder_density": density if density is not None else 1.0, "processor_s": processor_s,
+                   "decoder_density": (sum(density) / len(density) if isinstance(density, list) else
+                                       density if density is not None else 1.0),
+                   **({"layer_densities": density} if isinstance(density, list) else {}), "processor_s": processor_s,
                    "frames": shape[0], "frame_size": [shape[-1], shape[-2]], **timed_prefill(model, inputs, reps)}
             row["decoder_s"] = row["prefill_s"] - row["vision_s"]
             row["first_token_s"] = row["processor_s"] + row["prefill_s"]
@@ -220,6 +248,10 @@ def main():
     ap.add_argument("--warmup-visual-tokens", type=int, default=8192, help="size of each row's untimed warm-up forward")
     ap.add_argument("--no-host-time", action="store_true", help="skip the host-time table (kept from --merge's file)")
     ap.add_argument("--smoke", action="store_true", help="tiny random models on the CPU, small sizes (a code check)")
+    ap.add_argument("--layer-densities", type=Path, metavar="FIDELITY_JSON",
+                    help="add a row at the per-layer densities a benchmarks.fidelity results file recorded on real weights")
+    ap.add_argument("--layer-density-knob", default="0.93", help="which recorded selection (prism threshold or cutoff@c)")
+    ap.add_argument("--layer-density-tokens", type=int, default=32768, help="at which recorded length")
     if "--smoke" in sys.argv:
         args = RESULTS_FILES.parse(ap)
         if args is None:
@@ -241,8 +273,15 @@ def main():
         gen = torch.Generator(device=device).manual_seed(0)
         model, processor = load(name, device, args.smoke)
         shape = dict(frame_patches=(8, 12), block_size=16) if args.smoke else {}
+        extra = ()
+        if args.layer_densities:
+            layers = model.config.get_text_config().num_hidden_layers
+            dens = layer_densities(args.layer_densities, args.layer_density_knob, args.layer_density_tokens, layers)
+            extra = ((f"varlen vision + Prism at real densities ({args.layer_densities.stem}, "
+                      f"{args.layer_density_knob}, {args.layer_density_tokens // 1024}K)", "varlen", dens),)
         got, got_host = measure(model, processor, name, args.tokens, args.reps, device, gen,
-                                warmup_tokens=args.warmup_visual_tokens, host=not args.no_host_time, **shape)
+                                warmup_tokens=args.warmup_visual_tokens, host=not args.no_host_time,
+                                extra_rows=extra, **shape)
         rows, host = rows + got, host + got_host
         del model
         gc.collect()
@@ -256,7 +295,8 @@ def ordered(rows: list[dict]) -> list[dict]:
     """Rows by model (first seen), visual tokens, then ROWS order."""
     models = list(dict.fromkeys(r["model"] for r in rows))
     labels = [label for label, _, _ in ROWS]
-    return sorted(rows, key=lambda r: (models.index(r["model"]), r["visual_tokens"], labels.index(r["row"])))
+    rank = lambda label: labels.index(label) if label in labels else len(labels)  # noqa: E731 - extra rows last
+    return sorted(rows, key=lambda r: (models.index(r["model"]), r["visual_tokens"], rank(r["row"]), r["row"]))
 
 
 def table(data: dict) -> list[str]:

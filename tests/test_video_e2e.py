@@ -12,20 +12,28 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_video_e2e_smoke_writes_consistent_stage_records(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.video_e2e", "--smoke", "--out", str(tmp_path), "--reps", "1"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    """Also the row at recorded per-layer densities: a fidelity-style file with 3 layers (2 heads each) maps onto
+    the tiny models' 2 decoder layers by relative depth (first and last)."""
+    fidelity = tmp_path / "fid.json"
+    fidelity.write_text(json.dumps({"by_tokens": {"32768": {"prism_head_density": {
+        "0.93": {"0": [0.1, 0.3], "1": [0.5, 0.5], "2": [0.7, 0.9]}}}}}))
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.video_e2e", "--smoke", "--out", str(tmp_path), "--reps", "1",
+                           "--layer-densities", str(fidelity)], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     data = json.loads((tmp_path / "video_e2e.json").read_text())
     assert (tmp_path / "video_e2e.md").exists() and (tmp_path / "video_e2e.png").stat().st_size > 0
     rows = data["rows"]
-    labels = ["transformers (sdpa)", "varlen vision + dense", "varlen vision + Prism 0.25", "varlen vision + Prism 0.1"]
+    real = "varlen vision + Prism at real densities (fid, 0.93, 32K)"
+    labels = ["transformers (sdpa)", "varlen vision + dense", "varlen vision + Prism 0.25", "varlen vision + Prism 0.1",
+              real]
     for model in ("Qwen/Qwen2.5-VL-7B-Instruct", "Qwen/Qwen3-VL-8B-Instruct"):
         sizes = sorted({r["visual_tokens"] for r in rows if r["model"] == model})
         assert len(sizes) == 2
         for size in sizes:
             mine = [r for r in rows if r["model"] == model and r["visual_tokens"] == size]
             assert [r["row"] for r in mine] == labels
-            assert [r["vision_attention"] for r in mine] == ["sdpa", "varlen", "varlen", "varlen"]
+            assert [r["vision_attention"] for r in mine] == ["sdpa", "varlen", "varlen", "varlen", "varlen"]
+            assert mine[-1]["layer_densities"] == pytest.approx([0.2, 0.8]) and mine[-1]["decoder_density"] == pytest.approx(0.5)
             for r in mine:
                 assert 0 < r["vision_s"] < r["prefill_s"]
                 assert r["decoder_s"] == pytest.approx(r["prefill_s"] - r["vision_s"])
@@ -34,3 +42,28 @@ def test_video_e2e_smoke_writes_consistent_stage_records(tmp_path):
     host = data["meta"]["host_time"]
     assert [h["mode"] for h in host] == ["dense sdpa", "prism, max_density 1.0", "prism, max_density 0.8"] * 2
     assert all(h["host_ms_per_layer"] > 0 for h in host)
+
+
+def test_fixed_attention_takes_the_selection_of_its_layer():
+    """benchmarks.common's 'prism_fixed' entry runs each layer on selections[(layer, heads, tokens)] when present and
+    falls back to selections[(heads, tokens)]: outputs equal the kernel's twin on those selections."""
+    from types import SimpleNamespace
+
+    import torch
+    from transformers import AttentionInterface
+
+    from benchmarks.common import fixed_density_selection, register_benchmark_attentions
+    from prism_mm.kernels import torch_ops
+
+    gen = torch.Generator().manual_seed(0)
+    n, h = 96, 2
+    sparse, other = (fixed_density_selection(h, n, d, gen, 16, "cpu") for d in (0.3, 0.9))
+    selections = {(1, h, n): sparse, (h, n): other}
+    register_benchmark_attentions(selections)
+    fn = AttentionInterface()["prism_fixed"]
+    q, k, v = torch.randn(1, h, n, 32), torch.randn(1, 1, n, 32), torch.randn(1, 1, n, 32)
+    for layer, sel in ((1, sparse), (0, other)):
+        out, _ = fn(SimpleNamespace(layer_idx=layer), q, k, v, None, scaling=32 ** -0.5)
+        expected = torch_ops.block_sparse_attention(q, k, v, sel, 32 ** -0.5).transpose(1, 2)
+        assert torch.allclose(out, expected, atol=1e-5), layer
+    assert not torch.equal(sparse.to_mask(), other.to_mask())
