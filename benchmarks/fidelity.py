@@ -52,8 +52,7 @@ from tqdm import tqdm
 
 from benchmarks.common import Results, device_slug, pyplot, save_figure
 from prism_mm import PrismConfig, SpectralBands, estimate, rope_layout_from_config
-from prism_mm.kernels.layout import causal_block_mask, num_blocks
-from prism_mm.kernels.layout import SelectSpec
+from prism_mm.kernels.layout import SelectSpec, causal_block_mask, num_blocks
 from prism_mm.kernels.torch_ops import band_probabilities, pool_bands, top_p_mask
 from prism_mm.selection import band_index
 from prism_mm.testing.capture import capture_qkv

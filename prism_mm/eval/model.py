@@ -35,8 +35,9 @@ class PrismQwenVL(lmms):
                  min_pixels: int | None = None, total_pixels: int | None = None, max_num_frames: int = 32,
                  fps: float | None = None, block_size: int = 128, threshold: float | None = None,
                  threshold_high: float = 0.93, threshold_low: float = 0.93, min_sparse_len: int = 4096,
-                 max_density: float = 1.0, calibrate=True, method: str = "prism", cutoff: float = 0.01,
-                 dense_tail: int = 128, dtype: str = "auto", random_weights=False,
+                 max_density: float = 1.0, calibrate=True, method: str = PrismConfig.method,
+                 cutoff: float = PrismConfig.cutoff, dense_tail: int = PrismConfig.dense_tail, dtype: str = "auto",
+                 random_weights=False,
                  stats_dir: str = "prism_mm_stats", **kwargs):
         super().__init__()
         if kwargs:

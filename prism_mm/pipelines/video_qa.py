@@ -15,7 +15,7 @@ import json
 import re
 import sys
 
-from ..config import PrismConfig
+from ..config import SELECTION_METHODS, PrismConfig
 from ..models import check_model_path
 from ..testing.tiny import TINY_MODELS
 from .prefill import ChunkConfig
@@ -39,11 +39,11 @@ def parse_args(argv=None):
     ap.add_argument("--end", type=float, help="seconds")
     ap.add_argument("--block-size", type=int, default=128)
     ap.add_argument("--threshold", type=float, default=0.93, help="top-p mass kept per band, in (0, 1]")
-    ap.add_argument("--method", choices=["prism", "cutoff", "meanpool"], default="prism",
+    ap.add_argument("--method", choices=list(SELECTION_METHODS), default=PrismConfig.method,
                     help="block selection: the paper's dual-band top-p, one cutoff on the mean band probability, or "
                          "mean pooling (see PrismConfig)")
-    ap.add_argument("--cutoff", type=float, default=0.01, help="--method cutoff: the cutoff, in (0, 1)")
-    ap.add_argument("--dense-tail", type=int, default=128,
+    ap.add_argument("--cutoff", type=float, default=PrismConfig.cutoff, help="--method cutoff: the cutoff, in (0, 1)")
+    ap.add_argument("--dense-tail", type=int, default=PrismConfig.dense_tail,
                     help="the prompt's last N query tokens (the question) attend to everything; 0: the paper's selection")
     ap.add_argument("--min-sparse-len", type=int, default=4096, help="shorter prompts run dense")
     ap.add_argument("--max-density", type=float, default=1.0,
