@@ -47,6 +47,7 @@ def test_pool_bands_matches_reference(length, bs, d, dtype):
         (2, 4, 1, 96, 224, 32, 64),  # GQA 4, chunked prefill (q_len < kv_len), aligned offset
         (1, 7, 1, 61, 200, 16, 80),  # GQA 7, offset not a multiple of the block, head_dim 80 bands
         (1, 2, 2, 1100, 1100, 16, 128),  # 69 key blocks: two ladder steps (64, 128) when forced
+        (1, 2, 1, 600, 2200, 16, 64),  # chunk late in a prefill, forced ladder: width 64 empty, steps 128 and 256
     ],
 )
 @pytest.mark.parametrize("threshold", [0.5, 0.9, 1.0])
@@ -57,7 +58,7 @@ def test_select_matches_reference(b, hq, hkv, q_len, kv_len, bs, d, threshold, c
     k = block_structured(b, hkv, kv_len, d, bs)
     pooled_q, pooled_k = torch_ops.pool_bands(q, bs, bands), torch_ops.pool_bands(k, bs, bands)
     spec = SelectSpec(d, bs, threshold, 0.8 * threshold, calibrate=calibrate, precise=True)
-    ladder_from = 2 if q_len > 1000 else estimate.LADDER_MIN_KBLOCKS  # the long case runs the causal ladder
+    ladder_from = 2 if q_len > 500 else estimate.LADDER_MIN_KBLOCKS  # the long cases run the causal ladder
     sel = estimate._select(pooled_q, pooled_k, spec, q_len, kv_len, ladder_from)
     ref_sel = torch_ops.select_blocks(pooled_q, pooled_k, spec, q_len, kv_len)
     cnt, idx = sel.kv_num_blocks, sel.kv_indices
@@ -169,12 +170,15 @@ def test_cutoff_rule_keeps_exactly_the_blocks_above_the_cutoff():
 
 
 def test_ladder_covers_every_row_once():
-    cases = [(1100, 1100, 16), (61, 200, 16), (128 * 1000, 128 * 1000, 128), (500, 9000, 64)]
+    cases = [(1100, 1100, 16), (61, 200, 16), (128 * 1000, 128 * 1000, 128), (500, 9000, 64), (600, 2200, 16),
+             (32768, 1_000_000, 128)]
     for (q_len, kv_len, bs), min_kblocks in itertools.product(cases, (0, estimate.LADDER_MIN_KBLOCKS)):
         nqb, nkb = lay.num_blocks(q_len, bs), lay.num_blocks(kv_len, bs)
         steps = estimate.ladder(nqb, nkb, q_len, kv_len, bs, min_kblocks=min_kblocks)
         rows = [r for start, end, _ in steps for r in range(start, end)]
         assert rows == list(range(nqb))
+        # the selection kernel runs every step in one launch and relies on the widths doubling from the first
+        assert [w for _, _, w in steps] == [steps[0][2] << s for s in range(len(steps))]
         _, last = lay.query_block_key_bounds(q_len, kv_len, bs)
         for start, end, width in steps:
             assert int(last[start:end].max()) < width  # every causal key block fits in the row width

@@ -7,10 +7,10 @@ and the union, or one cutoff on the mean of the two band probabilities), keeps e
 adds the sink and diagonal blocks, and writes the selected key-block indices (ascending) plus their count.
 Nothing of size heads x q_blocks x k_blocks in float32 goes through memory.
 
-Rows are launched in a "ladder": rows whose causal range fits in W key blocks run with a row width
-of W (64, 128, ..., next_pow2(NKB)), so the causal upper triangle is mostly not computed. Up to
-LADDER_MIN_KBLOCKS key blocks a single full-width launch is used instead: there the work is small and
-each launch's fixed cost (host launch, one latency-bound wave) dominates.
+Rows run in a "ladder": rows whose causal range fits in W key blocks are scored with a row width of W
+(64, 128, ..., next_pow2(NKB)), so the causal upper triangle is mostly not computed. All steps share one
+launch (each step owns a range of programs; one host launch per selection). Up to LADDER_MIN_KBLOCKS key
+blocks every row runs at full width instead: there the work is small and one latency-bound wave dominates.
 Twin: torch_ops.select_blocks.
 """
 from __future__ import annotations
@@ -81,15 +81,14 @@ def _top_p(p, valid, thr, R: tl.constexpr, W: tl.constexpr, ITERS: tl.constexpr)
 
 
 @triton.jit
-def _select_kernel(
+def _select_rows(
     QH, KH, QL, KL, QE, KE, CNT, IDX, thr_high, thr_low, cutoff, dense_row,
-    row_start, row_end, n_qblocks, n_kblocks, q_len, kv_len, Hq, Hkv, GROUP,
+    pid_r, pid_bh, row_start, row_end, n_qblocks, n_kblocks, q_len, kv_len, Hq, Hkv, GROUP,
     D: tl.constexpr, DH: tl.constexpr, DL: tl.constexpr, DC: tl.constexpr, R: tl.constexpr, W: tl.constexpr,
     BLOCK_SIZE: tl.constexpr, CALIBRATE: tl.constexpr, FORCE_SINK: tl.constexpr, FORCE_DIAG: tl.constexpr,
     PRECISION: tl.constexpr, ITERS: tl.constexpr, CUTOFF_RULE: tl.constexpr,
 ):
-    pid_r = tl.program_id(0)
-    pid_bh = tl.program_id(1)
+    """Rows row_start + pid_r * R + [0, R) (below row_end) of one (batch, query head), scored W key blocks wide."""
     b = pid_bh // Hq
     h = pid_bh % Hq
     kvh = b * Hkv + h // GROUP
@@ -137,6 +136,38 @@ def _select_kernel(
     tl.store(CNT + out_rows, tl.sum(sel_i, axis=1), mask=row_ok)
 
 
+@triton.jit
+def _select_kernel(
+    QH, KH, QL, KL, QE, KE, CNT, IDX, thr_high, thr_low, cutoff, dense_row,
+    n_qblocks, n_kblocks, q_len, kv_len, Hq, Hkv, GROUP,
+    D: tl.constexpr, DH: tl.constexpr, DL: tl.constexpr, DC: tl.constexpr, R: tl.constexpr,
+    W_FIRST: tl.constexpr, STEPS: tl.constexpr,
+    BLOCK_SIZE: tl.constexpr, CALIBRATE: tl.constexpr, FORCE_SINK: tl.constexpr, FORCE_DIAG: tl.constexpr,
+    PRECISION: tl.constexpr, ITERS: tl.constexpr, CUTOFF_RULE: tl.constexpr,
+):
+    """Every ladder step in one launch: step s (width W_FIRST << s) owns the programs after those of the steps
+    before it; its rows are those whose causal key range fits its width (the rule of `ladder`, which sizes the
+    grid), the last step takes the remaining rows."""
+    pid = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    offset = kv_len - q_len
+    start = n_qblocks * 0
+    first_program = n_qblocks * 0
+    for s in tl.static_range(STEPS):
+        if s == STEPS - 1:
+            end = n_qblocks
+        else:
+            end = tl.minimum(tl.maximum(((W_FIRST << s) * BLOCK_SIZE - offset) // BLOCK_SIZE, start), n_qblocks)
+        programs = (end - start + R - 1) // R
+        if (pid >= first_program) & (pid < first_program + programs):
+            _select_rows(QH, KH, QL, KL, QE, KE, CNT, IDX, thr_high, thr_low, cutoff, dense_row,
+                         pid - first_program, pid_bh, start, end, n_qblocks, n_kblocks, q_len, kv_len, Hq, Hkv, GROUP,
+                         D, DH, DL, DC, R, W_FIRST << s, BLOCK_SIZE, CALIBRATE, FORCE_SINK, FORCE_DIAG,
+                         PRECISION, ITERS, CUTOFF_RULE)
+        first_program += programs
+        start = end
+
+
 LADDER_MIN_KBLOCKS = 257  # 32K tokens at block 128 run as one launch
 
 
@@ -164,8 +195,8 @@ def select_blocks(q: Pooled, k: Pooled, spec: SelectSpec, q_len: int, kv_len: in
 
     spec.precise=False scores with TF32 tensor-core dots on GPUs and stops the top-p search at a relative
     width of 2^-12 (a superset of the exact selection; boundary flips ~1e-5 of the blocks); precise=True
-    uses IEEE fp32 dots and the exact 31-step search. Rows run in one full-width launch below
-    LADDER_MIN_KBLOCKS key blocks, in causal ladder steps from there on.
+    uses IEEE fp32 dots and the exact 31-step search. Rows run at full width below LADDER_MIN_KBLOCKS key
+    blocks, in causal ladder steps from there on; one launch either way.
     """
     return _select(q, k, spec, q_len, kv_len, LADDER_MIN_KBLOCKS)
 
@@ -185,16 +216,15 @@ def _select(q: Pooled, k: Pooled, spec: SelectSpec, q_len: int, kv_len: int, lad
         raise ValueError("pooled tensors do not match q_len / kv_len / block_size")
     counts = torch.empty(b, hq, nqb, device=q.high.device, dtype=torch.int32)
     indices = torch.empty(b, hq, nqb, nkb, device=q.high.device, dtype=torch.int32)
-    for start, end, width in ladder(nqb, nkb, q_len, kv_len, block_size, min_kblocks=ladder_min_kblocks):
-        rows = 16
-        warps = 4 if width <= 128 else 8 if width <= 512 else 16
-        _select_kernel[(triton.cdiv(end - start, rows), b * hq)](
-            q.high, k.high, q.low, k.low, q.energy, k.energy, counts, indices,
-            float(spec.threshold_high), float(spec.threshold_low), float(spec.cutoff or 0.0),
-            dense_tail_row(q_len, block_size, spec.dense_tail), start, end, nqb, nkb, q_len, kv_len, hq, hkv, hq // hkv,
-            D=spec.head_dim, DH=dh, DL=dl, DC=16, R=rows, W=width, BLOCK_SIZE=block_size,
-            CALIBRATE=spec.calibrate, FORCE_SINK=spec.force_sink, FORCE_DIAG=spec.force_diagonal,
-            PRECISION="ieee" if spec.precise else "tf32", ITERS=31 if spec.precise else 16,
-            CUTOFF_RULE=spec.cutoff is not None, num_warps=warps,
-        )
+    steps = ladder(nqb, nkb, q_len, kv_len, block_size, min_kblocks=ladder_min_kblocks)
+    rows, widest = 16, steps[-1][2]
+    _select_kernel[(sum(triton.cdiv(end - start, rows) for start, end, _ in steps), b * hq)](
+        q.high, k.high, q.low, k.low, q.energy, k.energy, counts, indices,
+        float(spec.threshold_high), float(spec.threshold_low), float(spec.cutoff or 0.0),
+        dense_tail_row(q_len, block_size, spec.dense_tail), nqb, nkb, q_len, kv_len, hq, hkv, hq // hkv,
+        D=spec.head_dim, DH=dh, DL=dl, DC=16, R=rows, W_FIRST=steps[0][2], STEPS=len(steps), BLOCK_SIZE=block_size,
+        CALIBRATE=spec.calibrate, FORCE_SINK=spec.force_sink, FORCE_DIAG=spec.force_diagonal,
+        PRECISION="ieee" if spec.precise else "tf32", ITERS=31 if spec.precise else 16,
+        CUTOFF_RULE=spec.cutoff is not None, num_warps=4 if widest <= 128 else 8 if widest <= 512 else 16,
+    )
     return BlockSelection(counts, indices, block_size, q_len, kv_len)

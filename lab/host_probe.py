@@ -1,0 +1,213 @@
+"""Host cost of one Prism decoder layer, with the GPU held busy so that no launch waits on a full queue.
+
+Each timed call is enqueued behind a GPU sleep longer than the call's host work, so perf_counter measures the
+host alone (a call that synchronises inside shows up as ~the sleep). Prints one JSON line per measurement.
+Components (28/4 heads, head_dim 128, transformers' [B, L, H, D] query layout) and whole decoder layers of a
+4-layer random-weight Qwen2.5-VL-7B text decoder (forward hooks, median over layers and repeats).
+
+    python lab/host_probe.py --tokens 33536 131328 > host.jsonl
+Runs against whichever prism_mm is first on sys.path (so the same script times two commits).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+
+import prism_mm
+from prism_mm import PrismConfig
+from prism_mm.kernels import ops as kernel_ops
+from prism_mm.selection import estimate
+
+
+@triton.jit
+def _noop(X):
+    pass
+
+
+def cycles_per_ms() -> float:
+    torch.cuda.synchronize()
+    a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    a.record()
+    torch.cuda._sleep(10_000_000)
+    b.record()
+    torch.cuda.synchronize()
+    return 10_000_000 / a.elapsed_time(b)
+
+
+def host_us(fn, cpm: float, calls: int = 20, rounds: int = 15, sleep_ms: float = 40.0) -> float:
+    """Median over rounds of the host microseconds per call, `calls` calls enqueued behind one GPU sleep."""
+    fn()
+    torch.cuda.synchronize()
+    per = []
+    for _ in range(rounds):
+        torch.cuda._sleep(int(sleep_ms * cpm))
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        t1 = time.perf_counter()
+        torch.cuda.synchronize()
+        per.append(1e6 * (t1 - t0) / calls)
+    return statistics.median(per)
+
+
+def components(n: int, cpm: float, emit) -> None:
+    dev = torch.device("cuda")
+    b, hq, hkv, d = 1, 28, 4, 128
+    q = torch.randn(b, n, hq, d, device=dev, dtype=torch.bfloat16).transpose(1, 2)
+    k = torch.randn(b, hkv, n, d, device=dev, dtype=torch.bfloat16)
+    v = torch.randn_like(k)
+    x = torch.zeros(1, device=dev)
+    cfg = PrismConfig.video(min_sparse_len=0)
+    from prism_mm.spectral import RopeLayout
+    bands = RopeLayout(head_dim=d).bands(*cfg.band_dims(d))
+    ops = kernel_ops("triton", dev)
+    from prism_mm.selection import band_index
+    bi = band_index(bands, d, dev)
+    pq, pk = ops.pool_bands(q, cfg.block_size, bi), ops.pool_bands(k, cfg.block_size, bi)
+    from prism_mm.kernels.layout import SelectSpec
+    spec = SelectSpec(head_dim=d, block_size=cfg.block_size, threshold_high=cfg.threshold_high,
+                      threshold_low=cfg.threshold_low)
+    sel = ops.select_blocks(pq, pk, spec, n, n)
+    out = torch.empty(b, n, hq, d, device=dev, dtype=q.dtype).transpose(1, 2)
+    from prism_mm.attention import PrismLayer, prism_attention_forward
+    from prism_mm.stats import PrismRunStats
+
+    class Module(torch.nn.Module):
+        layer_idx = 0
+
+    mod = Module()
+    mod.prism = PrismLayer(cfg, bands, PrismRunStats())
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    mod.is_causal = True
+    mod.num_key_value_groups = hq // hkv
+    cases = {
+        "torch x.add_(1)": lambda: x.add_(1),
+        "triton empty kernel (1 arg)": lambda: _noop[(1,)](x),
+        "torch.empty out": lambda: torch.empty(b, n, hq, d, device=dev, dtype=q.dtype),
+        "pool_bands(q)": lambda: ops.pool_bands(q, cfg.block_size, bi),
+        "pool_bands(k)": lambda: ops.pool_bands(k, cfg.block_size, bi),
+        "select_blocks": lambda: ops.select_blocks(pq, pk, spec, n, n),
+        "selection.density()": lambda: sel.density(),
+        "block_sparse_attention": lambda: ops.block_sparse_attention(q, k, v, sel, None, out),
+        "estimate()": lambda: estimate(q, k, cfg, bands, ops),
+        "prism_attention_forward": lambda: prism_attention_forward(mod, q, k, v, None, scaling=d ** -0.5),
+        "transformers sdpa_attention_forward": lambda: sdpa_attention_forward(mod, q, k, v, None, scaling=d ** -0.5),
+        "F.sdpa(enable_gqa, causal)": lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True),
+    }
+    if hasattr(ops, "pool_qk"):
+        cases["pool_qk(q, k)"] = lambda: ops.pool_qk(q, k, cfg.block_size, bi)
+    for name, fn in cases.items():
+        calls = 3 if "sdpa" in name or "prism_attention" in name or "block_sparse" in name else 20
+        emit({"what": "component", "name": name, "tokens": n, "host_us": host_us(fn, cpm, calls=calls)})
+
+
+def layers(n: int, cpm: float, emit, reps: int = 3) -> None:
+    from prism_mm.models import enable_prism, set_attention, shipped_config
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    config = shipped_config("Qwen/Qwen2.5-VL-7B-Instruct")
+    config.text_config.num_hidden_layers = 4
+    config.vision_config.depth = 1
+    with torch.device("cuda"):
+        model = Qwen2_5_VLForConditionalGeneration._from_config(config, torch_dtype=torch.bfloat16).eval()
+    enable_prism(model, PrismConfig.video(min_sparse_len=0))
+    lm = model.model.language_model
+    embeds = torch.randn(1, n, config.text_config.hidden_size, device="cuda", dtype=torch.bfloat16)
+    pos = torch.arange(n, device="cuda")[None].expand(3, 1, n)
+    times: list[float] = []
+
+    def pre(mod, args, kwargs):
+        torch.cuda.synchronize()
+        torch.cuda._sleep(int(40 * cpm))
+        mod._t0 = time.perf_counter()
+
+    def post(mod, args, kwargs, out):
+        times.append(time.perf_counter() - mod._t0)
+
+    hooks = [layer.register_forward_pre_hook(pre, with_kwargs=True) for layer in lm.layers]
+    hooks += [layer.register_forward_hook(post, with_kwargs=True) for layer in lm.layers]
+    for mode in ("sdpa", "prism", "sdpa", "prism"):
+        set_attention(model, "dense" if mode == "sdpa" else "prism")
+        with torch.no_grad():
+            lm(inputs_embeds=embeds, position_ids=pos, use_cache=False)  # warm-up
+            times.clear()
+            for _ in range(reps):
+                lm(inputs_embeds=embeds, position_ids=pos, use_cache=False)
+        torch.cuda.synchronize()
+        emit({"what": "decoder layer", "mode": mode, "tokens": n, "host_us_median": 1e6 * statistics.median(times),
+              "host_us_min": 1e6 * min(times), "samples": len(times)})
+    for h in hooks:
+        h.remove()
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--tokens", type=int, nargs="+", default=[33536, 131328])
+    ap.add_argument("--label", default="")
+    ap.add_argument("--profile", action="store_true", help="cProfile the ops instead")
+    args = ap.parse_args()
+    if args.profile:
+        return profile()
+    cpm = cycles_per_ms()
+
+    def emit(rec):
+        print(json.dumps({"label": args.label, "prism_mm": prism_mm.__file__, **rec}), flush=True)
+
+    emit({"what": "gpu", "name": torch.cuda.get_device_name(), "torch": torch.__version__,
+          "triton": triton.__version__, "sleep_cycles_per_ms": cpm})
+    for n in args.tokens:
+        components(n, cpm, emit)
+        layers(n, cpm, emit)
+
+
+
+
+def profile(n: int = 33536, calls: int = 200) -> None:
+    """cProfile of the host side of the Prism ops (top functions by own time), GPU kept busy."""
+    import cProfile
+    import pstats
+
+    dev = torch.device("cuda")
+    b, hq, hkv, d = 1, 28, 4, 128
+    q = torch.randn(b, n, hq, d, device=dev, dtype=torch.bfloat16).transpose(1, 2)
+    k = torch.randn(b, hkv, n, d, device=dev, dtype=torch.bfloat16)
+    v = torch.randn_like(k)
+    cfg = PrismConfig.video(min_sparse_len=0)
+    from prism_mm.spectral import RopeLayout
+    bands = RopeLayout(head_dim=d).bands(*cfg.band_dims(d))
+    ops = kernel_ops("triton", dev)
+    sel = estimate(q, k, cfg, bands, ops)
+    out = torch.empty(b, n, hq, d, device=dev, dtype=q.dtype).transpose(1, 2)
+    cpm = cycles_per_ms()
+    for name, fn in (("estimate", lambda: estimate(q, k, cfg, bands, ops)),
+                     ("block_sparse_attention", lambda: ops.block_sparse_attention(q, k, v, sel, None, out))):
+        fn()
+        torch.cuda.synchronize()
+        prof = cProfile.Profile()
+        for _ in range(calls // 10):
+            torch.cuda._sleep(int(30 * cpm))
+            prof.enable()
+            for _ in range(10):
+                fn() if name == "estimate" else None
+            prof.disable()
+            torch.cuda.synchronize()
+        if name == "block_sparse_attention":
+            for _ in range(calls // 4):
+                torch.cuda._sleep(int(60 * cpm))
+                prof.enable()
+                fn()
+                prof.disable()
+                torch.cuda.synchronize()
+        print(f"===== {name}")
+        pstats.Stats(prof).sort_stats("tottime").print_stats(25)
+
+
+if __name__ == "__main__":
+    main()
