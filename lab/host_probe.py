@@ -106,6 +106,9 @@ def components(n: int, cpm: float, emit) -> None:
     for name, fn in cases.items():
         calls = 3 if "sdpa" in name or "prism_attention" in name or "block_sparse" in name else 20
         emit({"what": "component", "name": name, "tokens": n, "host_us": host_us(fn, cpm, calls=calls)})
+    for name in ("estimate()", "block_sparse_attention"):  # GPU time, for the record that host savings cost none
+        emit({"what": "gpu time", "name": name, "tokens": n,
+              "gpu_ms": triton.testing.do_bench(cases[name], warmup=50, rep=300, return_mode="median")})
 
 
 def layers(n: int, cpm: float, emit, reps: int = 3) -> None:

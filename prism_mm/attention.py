@@ -1,7 +1,6 @@
 """prism_attention: estimate the block selection, then run causal block-sparse attention over it."""
 from __future__ import annotations
 
-import dataclasses
 import math
 import warnings
 from dataclasses import dataclass
@@ -116,18 +115,17 @@ def _attend(q, k, v, config: PrismConfig, bands: SpectralBands, scale: float, op
     selection = None
     if not reason:
         selection = estimate(q, k, config, bands, ops)
-        density = selection.density()
-        if config.max_density < 1.0 and float(density.mean()) > config.max_density:
+        if config.max_density < 1.0 and float(selection.density().mean()) > config.max_density:
             reason = "selection denser than max_density"
-    causal = causal_block_count(q_len, k.shape[2], config.block_size)
     if reason:
         _warn_fallback(reason, q_len, k.shape[2])
         out = dense_attention(q, k, v, scale, mask)
         ones = torch.ones(b, hq, device=q.device)
-        return out, PrismStats(ones, False, q_len, k.shape[2], reason, selection, causal)
+        return out, PrismStats.ran_dense(ones, q_len, k.shape[2], reason,
+                                         causal_block_count(q_len, k.shape[2], config.block_size), selection)
     out = torch.empty(b, q_len, hq, d, device=q.device, dtype=q.dtype).transpose(1, 2)
     ops.block_sparse_attention(q, k, v, selection, scale, out)
-    return out, PrismStats(density, True, q_len, k.shape[2], "", selection, causal)
+    return out, PrismStats.of_selection(selection)
 
 
 def dense_rel_err(out: torch.Tensor, q, k, v, scale: float, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -230,9 +228,9 @@ def prism_attention_forward(
     ops = kernel_ops(layer.backend, query.device)
     out, stats = _attend(query, key, value, layer.config, layer.bands, scale, ops, reason, attention_mask)
     if stats.sparse and layer.stats.check_against_dense:
-        stats = dataclasses.replace(stats, dense_rel_err=dense_rel_err(out, query, key, value, scale, attention_mask))
-    if stats.selection is not None and not layer.stats.keep_selections:
-        stats = dataclasses.replace(stats, selection=None)
+        stats.dense_rel_err = dense_rel_err(out, query, key, value, scale, attention_mask)
+    if not layer.stats.keep_selections:
+        stats.selection = None
     layer.stats.record(module.layer_idx, stats)
     return out.transpose(1, 2), None
 

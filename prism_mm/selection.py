@@ -32,8 +32,8 @@ def _spec(q: torch.Tensor, config: PrismConfig, **overrides) -> SelectSpec:
 
 
 def _select(q, k, spec: SelectSpec, bands: BandIndex, ops) -> BlockSelection:
-    bs = spec.block_size
-    return ops.select_blocks(ops.pool_bands(q, bs, bands), ops.pool_bands(k, bs, bands), spec, q.shape[2], k.shape[2])
+    pooled_q, pooled_k = ops.pool_pair(q, k, spec.block_size, bands)
+    return ops.select_blocks(pooled_q, pooled_k, spec, q.shape[2], k.shape[2])
 
 
 def _prism(q: torch.Tensor, k: torch.Tensor, config: PrismConfig, bands: BandIndex, ops) -> BlockSelection:

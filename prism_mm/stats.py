@@ -2,7 +2,8 @@
 
 prism_attention(..., return_stats=True) returns a PrismStats; enable_prism() attaches one PrismRunStats
 to the model as `model.prism_stats`, into which every decoder layer records its PrismStats. Densities
-stay on the device until read, so recording costs no synchronisation.
+stay on the device until read and are computed when first read, so recording costs no synchronisation and no
+launch.
 """
 from __future__ import annotations
 
@@ -16,9 +17,12 @@ from .kernels.layout import BlockSelection
 
 @dataclass
 class PrismStats:
-    """What one attention call did. `selection` is None when no selection was made (or it was not kept)."""
+    """What one attention call did. `selection` is None when no selection was made (or it was not kept).
 
-    density: torch.Tensor  # [B, Hq] fraction of the causal blocks computed (1.0 where it ran dense)
+    Build it with `of_selection` (a sparse call: the density is computed from the selection's per-row counts when
+    first read, so recording launches nothing) or `ran_dense` (a dense call).
+    """
+
     sparse: bool  # False: ran dense SDPA (short input, decoding, padding mask, dense selection, ...)
     q_len: int
     kv_len: int
@@ -26,6 +30,27 @@ class PrismStats:
     selection: BlockSelection | None = None
     causal_blocks: int = 0  # (query block, key block) pairs of one head's dense causal pass
     dense_rel_err: torch.Tensor | None = None  # ||out - dense|| / ||dense|| (scalar, on the device), when checked
+    kv_num_blocks: torch.Tensor | None = field(default=None, repr=False)  # [B, Hq, NQB] blocks kept per row (sparse)
+    known_density: torch.Tensor | None = field(default=None, repr=False)  # [B, Hq], when given rather than counted
+
+    @classmethod
+    def of_selection(cls, selection: BlockSelection, **kwargs) -> "PrismStats":
+        """A sparse call over `selection`."""
+        return cls(True, selection.q_len, selection.kv_len, selection=selection,
+                   causal_blocks=selection.causal_blocks(), kv_num_blocks=selection.kv_num_blocks, **kwargs)
+
+    @classmethod
+    def ran_dense(cls, density: torch.Tensor, q_len: int, kv_len: int, reason: str, causal_blocks: int,
+                  selection: BlockSelection | None = None) -> "PrismStats":
+        """A call that ran dense attention (density [B, Hq]: 1.0 per head)."""
+        return cls(False, q_len, kv_len, reason, selection, causal_blocks, known_density=density)
+
+    @property
+    def density(self) -> torch.Tensor:
+        """[B, Hq] fraction of the causal blocks computed (1.0 where it ran dense); stays on the device."""
+        if self.known_density is None:
+            self.known_density = self.kv_num_blocks.sum(dim=-1).float() / self.causal_blocks
+        return self.known_density
 
     def continued_by(self, later: "PrismStats") -> "PrismStats":
         """This call's record extended by the next chunk of the same prefill (`later` starts where this one ended):
@@ -34,8 +59,8 @@ class PrismStats:
         density = (self.density.float() * self.causal_blocks + later.density.float() * later.causal_blocks) / max(total, 1)
         reasons = "; ".join(dict.fromkeys(r for r in (self.reason, later.reason) if r))
         errors = [e for e in (self.dense_rel_err, later.dense_rel_err) if e is not None]
-        return PrismStats(density, self.sparse and later.sparse, self.q_len + later.q_len, later.kv_len, reasons, None,
-                          total, torch.stack(errors).max() if errors else None)
+        return PrismStats(self.sparse and later.sparse, self.q_len + later.q_len, later.kv_len, reasons, None,
+                          total, torch.stack(errors).max() if errors else None, known_density=density)
 
     def kept_blocks(self) -> int:
         """Blocks computed over all batch rows and heads (every causal block where it ran dense)."""

@@ -59,11 +59,10 @@ def test_estimation_kernels_real_sizes(hq, hkv, n, cutoff):
          * 2 + 0.5 * torch.randn(1, hq, n, d, device="cuda")).bfloat16()
     k = (torch.randn(1, hkv, nb, 1, d, device="cuda").expand(-1, -1, -1, bs, -1).reshape(1, hkv, nb * bs, d)[:, :, :n]
          + 0.5 * torch.randn(1, hkv, n, d, device="cuda")).bfloat16()
-    got_q = pool.pool_bands(q, bs, index)
-    exp_q = torch_ops.pool_bands(q, bs, index)
-    for g, e in zip(got_q, exp_q):
+    got_q, got_k = pool.pool_pair(q, k, bs, index)
+    exp_q, exp_k = torch_ops.pool_bands(q, bs, index), torch_ops.pool_bands(k, bs, index)
+    for g, e in (*zip(got_q, exp_q), *zip(got_k, exp_k)):
         assert rel_err(g, e) < 1e-5
-    exp_k = torch_ops.pool_bands(k, bs, index)
     spec = SelectSpec(d, bs, 0.93, 0.93, cutoff=cutoff)  # TF32 scoring, the default on GPU
     sel = estimate.select_blocks(exp_q, exp_k, spec, n, n)
     got = sel.to_mask()

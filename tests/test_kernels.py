@@ -40,6 +40,23 @@ def test_pool_bands_matches_reference(length, bs, d, dtype):
         assert rel_err(g, e) < 1e-5
 
 
+@pytest.mark.parametrize("q_len,kv_len,bs,d", [(77, 77, 16, 64), (40, 130, 32, 80), (64, 200, 64, 128)])
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+def test_pool_pair_matches_pooling_each_tensor(q_len, kv_len, bs, d, dtype):
+    """pool_pair (Q and K in one launch: other heads, other lengths, Q in transformers' [B, L, H, D] memory) gives
+    what the torch twin's pool_bands gives for each tensor separately, every element of all six outputs."""
+    bands = band_index(d)
+    q = torch.randn(2, q_len, 6, d, device=DEVICE, dtype=dtype).transpose(1, 2)
+    k = torch.randn(2, 3, kv_len, d, device=DEVICE, dtype=dtype)
+    got_q, got_k = pool.pool_pair(q, k, bs, bands)
+    for got, x in ((got_q, q), (got_k, k)):
+        for g, e in zip(got, torch_ops.pool_bands(x, bs, bands)):
+            assert g.shape == e.shape and g.is_contiguous() and torch.isfinite(g).all()
+            assert rel_err(g, e) < 1e-5
+    with pytest.raises(ValueError, match="one head_dim"):
+        pool.pool_pair(q, k[..., : d // 2], bs, bands)
+
+
 @pytest.mark.parametrize(
     "b,hq,hkv,q_len,kv_len,bs,d",
     [

@@ -1,6 +1,7 @@
-"""The ops layer: three ops, each with a Triton kernel and a plain-PyTorch twin of the same signature.
+"""The ops layer: four ops, each with a Triton kernel and a plain-PyTorch twin of the same signature.
 
     pool_bands(x, block_size, bands: BandIndex) -> Pooled
+    pool_pair(q, k, block_size, bands: BandIndex) -> (Pooled, Pooled)     (both in one launch)
     select_blocks(q: Pooled, k: Pooled, spec: SelectSpec, q_len, kv_len) -> BlockSelection
     block_sparse_attention(q, k, v, selection: BlockSelection, scale=None, out=None) -> out
 
@@ -18,7 +19,7 @@ from types import SimpleNamespace
 import torch
 
 BACKENDS = ("auto", "triton", "torch")
-OP_NAMES = ("pool_bands", "select_blocks", "block_sparse_attention")
+OP_NAMES = ("pool_bands", "pool_pair", "select_blocks", "block_sparse_attention")
 
 
 def resolve_backend(backend: str, device: torch.device | str) -> str:
@@ -35,7 +36,7 @@ def resolve_backend(backend: str, device: torch.device | str) -> str:
 
 
 def ops(backend: str = "auto", device: torch.device | str = "cpu") -> SimpleNamespace:
-    """The three ops of one backend (resolved for `device`), as attributes; `.name` says which backend."""
+    """The ops of one backend (resolved for `device`), as attributes; `.name` says which backend."""
     return _ops(resolve_backend(backend, device))
 
 
@@ -59,12 +60,13 @@ def _ops(name: str) -> SimpleNamespace:
     if name == "triton":
         from .block_sparse import block_sparse_attention
         from .estimate import select_blocks
-        from .pool import pool_bands
+        from .pool import pool_bands, pool_pair
 
         pool_bands = on_input_device(pool_bands, lambda x: x.device)
+        pool_pair = on_input_device(pool_pair, lambda x: x.device)
         select_blocks = on_input_device(select_blocks, lambda pooled: pooled.high.device)
         block_sparse_attention = on_input_device(block_sparse_attention, lambda q: q.device)
     else:
-        from .torch_ops import block_sparse_attention, pool_bands, select_blocks
-    return SimpleNamespace(name=name, pool_bands=pool_bands, select_blocks=select_blocks,
+        from .torch_ops import block_sparse_attention, pool_bands, pool_pair, select_blocks
+    return SimpleNamespace(name=name, pool_bands=pool_bands, pool_pair=pool_pair, select_blocks=select_blocks,
                            block_sparse_attention=block_sparse_attention)

@@ -10,6 +10,7 @@ Twin: torch_ops.block_sparse_attention.
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -186,10 +187,16 @@ def _ensure_tma_allocator() -> None:
     triton.set_allocator(alloc)
 
 
+@functools.lru_cache(maxsize=None)
+def _hopper_or_newer(device_index: int) -> bool:
+    return torch.cuda.get_device_capability(device_index)[0] >= 9
+
+
 def tma_supported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
     """Tensor-descriptor (TMA) loads: Hopper or newer, power-of-two head_dim, 16-byte aligned rows."""
     d = q.shape[-1]
-    if not q.is_cuda or torch.cuda.get_device_capability(q.device)[0] < 9 or d & (d - 1):
+    if not q.is_cuda or d & (d - 1) or not _hopper_or_newer(q.device.index if q.device.index is not None
+                                                             else torch.cuda.current_device()):
         return False
     return all(t.stride(-1) == 1 and t.stride(-2) % 8 == 0 and t.data_ptr() % 16 == 0 for t in (k, v))
 
@@ -213,7 +220,7 @@ def rows_descriptor(t: torch.Tensor, block_rows: int):
         rows_b, rows_h, cols_h, shape = n, 0, d, (bsz * n, h * d)
     else:
         return None
-    return TensorDescriptor.from_tensor(t.as_strided(shape, (sl, 1)), [block_rows, d]), rows_b, rows_h, cols_h
+    return TensorDescriptor(t, list(shape), [sl, 1], [block_rows, d]), rows_b, rows_h, cols_h  # base: only its address
 
 
 def default_tiles(block_size: int, head_dim: int, use_tma: bool = False) -> dict:

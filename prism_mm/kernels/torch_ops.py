@@ -1,6 +1,6 @@
 """Plain-PyTorch twins of the Triton ops (same signatures), used as the CPU path and as the tests' oracle.
 
-pool_bands (twin of pool.py), select_blocks (twin of estimate.py), block_sparse_attention (twin of
+pool_bands and pool_pair (twins of pool.py), select_blocks (twin of estimate.py), block_sparse_attention (twin of
 block_sparse.py). Everything is computed in float32. Conventions: layout.py.
 """
 from __future__ import annotations
@@ -38,6 +38,11 @@ def pool_bands(x: torch.Tensor, block_size: int, bands: BandIndex) -> Pooled:
     hi, lo = pooled[..., bands.high_idx], pooled[..., bands.low_idx]
     energy = torch.stack([pooled.pow(2).sum(-1), hi.pow(2).sum(-1), lo.pow(2).sum(-1)], dim=-1)
     return Pooled(hi.contiguous(), lo.contiguous(), energy)
+
+
+def pool_pair(q: torch.Tensor, k: torch.Tensor, block_size: int, bands: BandIndex) -> tuple[Pooled, Pooled]:
+    """pool_bands of q and of k."""
+    return pool_bands(q, block_size, bands), pool_bands(k, block_size, bands)
 
 
 def top_p_mask(probs: torch.Tensor, valid: torch.Tensor, threshold: float) -> torch.Tensor:
