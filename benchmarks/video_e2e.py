@@ -18,9 +18,9 @@ Rows:
 Each point: the mean of --reps forwards after one untimed warm-up forward per row (at --warmup-visual-tokens);
 peak GPU memory. The varlen rows also zero-pad the tower's MLP widths to GEMM-friendly sizes (prism_mm.vision.
 align_mlp_widths, as enable_prism does; same outputs); the transformers row runs the tower as shipped, first.
-A second table gives the host time per decoder layer (the time the host needs to enqueue a decoder forward,
-no synchronisation inside) for dense SDPA and Prism's real selection path with max_density 1.0 (no sync) and
-0.8 (one sync per layer, the former default).
+A second table gives the host time per decoder layer (each layer enqueued behind a GPU sleep, so the host never
+waits on a full launch queue: its own cost) for dense SDPA and Prism's real selection path with max_density 1.0
+(no sync) and 0.8 (one sync per layer, the former default), with the peak memory of those decoder forwards.
 
     python -m benchmarks.video_e2e                        # both models: benchmarks/results/video_e2e-<device>.*
     python -m benchmarks.video_e2e --models Qwen/Qwen3-VL-8B-Instruct --merge
@@ -121,10 +121,52 @@ def use_row(model, vision: str, density) -> None:
         model.set_attn_implementation({"text_config": "prism_fixed"})
 
 
+def sleep_cycles_per_ms() -> float:
+    """GPU clock cycles per millisecond of torch.cuda._sleep (calibrated with events)."""
+    torch.cuda.synchronize()
+    a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    a.record()
+    torch.cuda._sleep(10_000_000)
+    b.record()
+    torch.cuda.synchronize()
+    return 10_000_000 / a.elapsed_time(b)
+
+
+def layer_host_seconds(layers, forward, device, sleep_ms: float = 40.0) -> list[float]:
+    """Host seconds of each decoder layer's forward during `forward()`, with the GPU held busy: before each layer a
+    sync and a GPU sleep longer than the layer's host work, so no launch waits on a full queue and the time is the
+    host's own (a layer that synchronises inside shows about the sleep). On the CPU: the plain layer times."""
+    cuda = torch.device(device).type == "cuda"
+    cycles = int(sleep_ms * sleep_cycles_per_ms()) if cuda else 0
+    times: list[float] = []
+    started: dict = {}
+
+    def pre(module, args, kwargs):
+        if cuda:
+            torch.cuda.synchronize()
+            torch.cuda._sleep(cycles)
+        started[module] = time.perf_counter()
+
+    def post(module, args, kwargs, out):
+        times.append(time.perf_counter() - started[module])
+
+    hooks = [m.register_forward_pre_hook(pre, with_kwargs=True) for m in layers]
+    hooks += [m.register_forward_hook(post, with_kwargs=True) for m in layers]
+    try:
+        forward()
+    finally:
+        for h in hooks:
+            h.remove()
+    sync(device)
+    return times
+
+
 def host_time(model, inputs: dict, reps: int = 3) -> list[dict]:
-    """Host seconds per decoder layer to enqueue one decoder prefill (no sync inside), and the GPU-synced total,
-    for dense SDPA and Prism's real selection with max_density 1.0 and 0.8."""
+    """Per mode (dense SDPA; Prism's real selection path with max_density 1.0, no sync, and 0.8, one sync per layer):
+    the host milliseconds per decoder layer (median over layers and `reps` forwards, GPU held busy, see
+    layer_host_seconds), the GPU-synced time of a plain decoder forward and its peak memory (no KV cache)."""
     device = next(model.parameters()).device
+    cuda = device.type == "cuda"
     lm = model.model.language_model
     with torch.no_grad():
         embeds = model.get_input_embeddings()(inputs["input_ids"])
@@ -132,7 +174,11 @@ def host_time(model, inputs: dict, reps: int = 3) -> list[dict]:
     pos = torch.arange(n, device=device)[None].expand(3, 1, n)
     if model.config.model_type == "qwen3_vl":
         pos = torch.cat([torch.arange(n, device=device)[None, None], pos], 0)
-    layers = model.config.get_text_config().num_hidden_layers
+
+    def forward():
+        with torch.no_grad():
+            lm(inputs_embeds=embeds, position_ids=pos, use_cache=False)
+
     rows = []
     for mode, max_density in (("dense sdpa", None), ("prism, max_density 1.0", 1.0), ("prism, max_density 0.8", 0.8)):
         if max_density is None:
@@ -142,20 +188,22 @@ def host_time(model, inputs: dict, reps: int = 3) -> list[dict]:
                 if hasattr(m, "prism"):
                     m.prism.config = PrismConfig.video(max_density=max_density, min_sparse_len=0)
             set_attention(model, "prism")
-        hosts, totals = [], []
-        for i in range(reps + 1):
-            sync(device)
+        forward()  # warm-up
+        sync(device)
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+        totals = []
+        for _ in range(reps):
             t0 = time.perf_counter()
-            with torch.no_grad():
-                lm(inputs_embeds=embeds, position_ids=pos, use_cache=False)
-            t1 = time.perf_counter()
+            forward()
             sync(device)
-            if i:  # the first run is the warm-up
-                hosts.append(t1 - t0)
-                totals.append(time.perf_counter() - t0)
-        rows.append({"mode": mode, "tokens": n, "host_ms_per_layer": 1e3 * sorted(hosts)[reps // 2] / layers,
-                     "total_s": sorted(totals)[reps // 2], "mean_density": model.prism_stats.mean_density
-                     if max_density is not None else 1.0})
+            totals.append(time.perf_counter() - t0)
+        peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
+        hosts = [t for _ in range(reps) for t in layer_host_seconds(lm.layers, forward, device)]
+        rows.append({"mode": mode, "tokens": n, "host_ms_per_layer": 1e3 * sorted(hosts)[len(hosts) // 2],
+                     "host_ms_per_layer_min": 1e3 * min(hosts), "layer_samples": len(hosts),
+                     "total_s": sorted(totals)[reps // 2], "peak_gib": peak,
+                     "mean_density": model.prism_stats.mean_density if max_density is not None else 1.0})
         print(rows[-1], flush=True)
     return rows
 
@@ -194,6 +242,8 @@ def measure(model, processor, name: str, tokens: list[int], reps: int, device, g
             elif density is not None:
                 selections[(heads, n)] = fixed_density_selection(heads, n, density, gen, block_size, device)
             use_row(model, vision, density)
+            held = {id(sel): sel for key, sel in selections.items() if key[-1] == n} if density is not None else {}
+            held_gib = sum(4 * (sel.kv_indices.numel() + sel.kv_num_blocks.numel()) for sel in held.values()) / 2**30
             if target == warmup_tokens:  # compiles, cuDNN plans and allocator growth stay out of the timings
                 timed_prefill(model, inputs, 1)
                 continue
@@ -202,7 +252,8 @@ def measure(model, processor, name: str, tokens: list[int], reps: int, device, g
                    "decoder_density": (sum(density) / len(density) if isinstance(density, list) else
                                        density if density is not None else 1.0),
                    **({"layer_densities": density} if isinstance(density, list) else {}), "processor_s": processor_s,
-                   "frames": shape[0], "frame_size": [shape[-1], shape[-2]], **timed_prefill(model, inputs, reps)}
+                   "frames": shape[0], "frame_size": [shape[-1], shape[-2]], "benchmark_selections_gib": held_gib,
+                   **timed_prefill(model, inputs, reps)}
             row["decoder_s"] = row["prefill_s"] - row["vision_s"]
             row["first_token_s"] = row["processor_s"] + row["prefill_s"]
             rows.append(row)
@@ -304,13 +355,18 @@ def table(data: dict) -> list[str]:
     lines = [f"# Time to the first token on long videos (random weights, bf16) on {meta['device']}", "",
              ("Processor (decoded frames -> patches + prompt), then one prefill forward of the whole model (vision "
               "tower timed by sync hooks; the rest is the decoder prefill and the first token's logits). "
-              "Each point: mean of the listed forwards after one warm-up per row. Runs:"), "",
+              "Each point: mean of the listed forwards after one warm-up per row. The fixed-density rows hold their "
+              "pre-drawn block selections through the forward (in brackets after the peak: Prism itself computes "
+              "each layer's selection inside that layer and frees it). Runs:"), "",
              *describe_runs(meta), "",
              "| model | visual tokens | row | tower MLP aligned | processor s | vision s | decoder s | first token s "
-             "| vs transformers | prefill vs transformers | prefill vs varlen+dense | vision vs transformers | peak GiB |",
+             "| vs transformers | prefill vs transformers | prefill vs varlen+dense | vision vs transformers "
+             "| peak GiB (of it the benchmark's selections) |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in ordered(data["rows"]):
-        peak = f"{r['peak_gib']:.1f}" if r.get("peak_gib") is not None else ""
+        peak = f"{r['peak_gib']:.2f}" if r.get("peak_gib") is not None else ""
+        if peak and r.get("benchmark_selections_gib"):
+            peak += f" ({r['benchmark_selections_gib']:.2f})"
         aligned = "yes" if r.get("vision_mlp_aligned") else "no"
         lines.append(f"| {r['model'].split('/')[-1]} | {r['visual_tokens']} | {r['row']} | {aligned} | "
                      f"{r['processor_s']:.2f} | "
@@ -319,12 +375,19 @@ def table(data: dict) -> list[str]:
                      f"{r['prefill_speedup_vs_varlen_dense']:.2f}x | {r['vision_speedup_vs_transformers']:.1f}x | "
                      f"{peak} |")
     if meta.get("host_time"):
-        lines += ["", "Host time per decoder layer to enqueue a decoder prefill (median of 3 after a warm-up; "
-                  "Prism's real selection path, random weights):", "",
-                  "| model | tokens | mode | host ms / layer | synced total s | mean density |", "|---|---|---|---|---|---|"]
+        lines += ["", "Host time per decoder layer (median over layers and 3 forwards; before each layer a sync and a "
+                  "40 ms GPU sleep, so the host never waits on a full launch queue: the host's own cost, and a layer "
+                  "that synchronises shows about 40 ms). Then the GPU-synced decoder forward (no KV cache) and its "
+                  "peak memory. Prism's real selection path, random weights:", "",
+                  "| model | tokens | mode | host ms / layer | vs dense | synced total s | peak GiB | mean density |",
+                  "|---|---|---|---|---|---|---|---|"]
+        dense = {(h["model"], h["tokens"]): h for h in meta["host_time"] if h["mode"] == "dense sdpa"}
         for h in meta["host_time"]:
+            base = dense.get((h["model"], h["tokens"]))
+            ratio = f"{h['host_ms_per_layer'] / base['host_ms_per_layer']:.2f}x" if base else ""
+            peak = f"{h['peak_gib']:.2f}" if h.get("peak_gib") is not None else ""
             lines.append(f"| {h['model'].split('/')[-1]} | {h['tokens']} | {h['mode']} | {h['host_ms_per_layer']:.3f} | "
-                         f"{h['total_s']:.3f} | {h['mean_density']:.3f} |")
+                         f"{ratio} | {h['total_s']:.3f} | {peak} | {h['mean_density']:.3f} |")
     return lines
 
 
