@@ -15,7 +15,8 @@ Rows:
 - with --layer-densities FIDELITY_JSON: one more row at per-layer densities measured on real weights (the mean
   over heads of each layer's density in benchmarks.fidelity's "prism_head_density", for --layer-density-knob at
   --layer-density-tokens; layers mapped by relative depth when the source model has another layer count)
-Each point: the mean of --reps forwards after one untimed warm-up forward per row (at --warmup-visual-tokens);
+Each point: the mean of --reps forwards after an untimed warm-up forward per row (at --warmup-visual-tokens) and one
+at the point's own size;
 peak GPU memory. The varlen rows also zero-pad the tower's MLP widths to GEMM-friendly sizes (prism_mm.vision.
 align_mlp_widths, as enable_prism does; same outputs); the transformers row runs the tower as shipped, first.
 A second table gives the host time per decoder layer (each layer enqueued behind a GPU sleep, so the host never
@@ -244,8 +245,8 @@ def measure(model, processor, name: str, tokens: list[int], reps: int, device, g
             use_row(model, vision, density)
             held = {id(sel): sel for key, sel in selections.items() if key[-1] == n} if density is not None else {}
             held_gib = sum(4 * (sel.kv_indices.numel() + sel.kv_num_blocks.numel()) for sel in held.values()) / 2**30
-            if target == warmup_tokens:  # compiles, cuDNN plans and allocator growth stay out of the timings
-                timed_prefill(model, inputs, 1)
+            timed_prefill(model, inputs, 1)  # compiles (also those specialised on this size), cuDNN plans and
+            if target == warmup_tokens:      # allocator growth stay out of the timings
                 continue
             row = {"model": name, "visual_tokens": visual, "tokens": n, "row": label, "vision_attention": vision,
                    "vision_mlp_aligned": aligned and vision == "varlen",
@@ -355,7 +356,8 @@ def table(data: dict) -> list[str]:
     lines = [f"# Time to the first token on long videos (random weights, bf16) on {meta['device']}", "",
              ("Processor (decoded frames -> patches + prompt), then one prefill forward of the whole model (vision "
               "tower timed by sync hooks; the rest is the decoder prefill and the first token's logits). "
-              "Each point: mean of the listed forwards after one warm-up per row. The fixed-density rows hold their "
+              "Each point: mean of the listed forwards after one warm-up per row (runs after 16:00: also one at the point's "
+              "size). The fixed-density rows hold their "
               "pre-drawn block selections through the forward (in brackets after the peak: Prism itself computes "
               "each layer's selection inside that layer and frees it). Runs:"), "",
              *describe_runs(meta), "",
