@@ -27,6 +27,7 @@ waits on a full launch queue: its own cost) for dense SDPA and Prism's real sele
     python -m benchmarks.video_e2e --models Qwen/Qwen3-VL-8B-Instruct --merge
     python -m benchmarks.video_e2e --smoke --out /tmp/e2e # tiny models on the CPU: checks the code path only
     python -m benchmarks.video_e2e --layer-densities benchmarks/results/fidelity-qwen2.5-coder-0.5b.json --merge
+    python -m benchmarks.video_e2e --models Qwen/Qwen2.5-VL-7B-Instruct --tokens 32768 --host-time-only --merge
 """
 from __future__ import annotations
 
@@ -211,7 +212,7 @@ def host_time(model, inputs: dict, reps: int = 3) -> list[dict]:
 
 def measure(model, processor, name: str, tokens: list[int], reps: int, device, gen, frame_patches=FRAME_PATCHES,
             block_size: int = BS, warmup_tokens: int = 8192, host: bool = True,
-            extra_rows: tuple = ()) -> tuple[list[dict], list[dict]]:
+            extra_rows: tuple = (), rows_too: bool = True) -> tuple[list[dict], list[dict]]:
     """Every row at every size for one loaded model (rows outer: transformers' row runs on the tower as shipped,
     before prism_mm.vision.align_mlp_widths pads its MLPs for the varlen rows); then the host-time rows.
     extra_rows: (label, "varlen", [density per decoder layer]) rows after ROWS."""
@@ -227,7 +228,7 @@ def measure(model, processor, name: str, tokens: list[int], reps: int, device, g
         prepared[target] = (inputs, processor_s, visual, frames.shape)
         del frames
     rows, aligned = [], False
-    for label, vision, density in [*ROWS, *extra_rows]:
+    for label, vision, density in [*ROWS, *extra_rows] if rows_too else []:
         if vision == "varlen" and not aligned:
             aligned = align_mlp_widths(vision_tower(model)) > 0 or aligned
         for target in tqdm([warmup_tokens, *tokens], desc=f"{name.split('/')[-1]} {label}", leave=False):
@@ -274,7 +275,7 @@ def measure(model, processor, name: str, tokens: list[int], reps: int, device, g
     host_rows = []
     if host:
         inputs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in prepared[tokens[0]][0].items()}
-        host_rows = [{"model": name, **h} for h in host_time(model, inputs)]
+        host_rows = [{"model": name, "measured": time.strftime("%Y-%m-%d %H:%M"), **h} for h in host_time(model, inputs)]
     return rows, host_rows
 
 
@@ -299,6 +300,8 @@ def main():
     ap.add_argument("--reps", type=int, default=2, help="timed forwards per point (after one warm-up per row)")
     ap.add_argument("--warmup-visual-tokens", type=int, default=8192, help="size of each row's untimed warm-up forward")
     ap.add_argument("--no-host-time", action="store_true", help="skip the host-time table (kept from --merge's file)")
+    ap.add_argument("--host-time-only", action="store_true",
+                    help="only the host-time table (at the first --tokens), into --merge's file; its rows are kept")
     ap.add_argument("--smoke", action="store_true", help="tiny random models on the CPU, small sizes (a code check)")
     ap.add_argument("--layer-densities", type=Path, metavar="FIDELITY_JSON",
                     help="add a row at the per-layer densities a benchmarks.fidelity results file recorded on real weights")
@@ -308,7 +311,8 @@ def main():
         args = RESULTS_FILES.parse(ap)
         if args is None:
             return
-        device, dev, base = torch.device("cpu"), None, None
+        device, dev = torch.device("cpu"), None
+        base = RESULTS_FILES.load(args.out) if args.merge else None
         args.tokens = [t for t in args.tokens if t <= 1024] or [128, 256]
         args.warmup_visual_tokens = min(args.warmup_visual_tokens, 64)
     else:
@@ -333,14 +337,20 @@ def main():
                       f"{args.layer_density_knob}, {args.layer_density_tokens // 1024}K)", "varlen", dens),)
         got, got_host = measure(model, processor, name, args.tokens, args.reps, device, gen,
                                 warmup_tokens=args.warmup_visual_tokens, host=not args.no_host_time,
-                                extra_rows=extra, **shape)
+                                extra_rows=extra, rows_too=not args.host_time_only, **shape)
         rows, host = rows + got, host + got_host
         del model
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
-        RESULTS_FILES.save({"device": dev or "cpu", "host_time": host}, run, rows, args.out, dev, base, quiet=True)
-    RESULTS_FILES.save({"device": dev or "cpu", "host_time": host}, run, rows, args.out, dev, base)
+        if not args.host_time_only:
+            RESULTS_FILES.save({"device": dev or "cpu", "host_time": host}, run, rows, args.out, dev, base, quiet=True)
+    if args.host_time_only:  # the rows and their runs stay as they were
+        if base is None:
+            raise SystemExit("--host-time-only updates an existing results file: add --merge")
+        RESULTS_FILES.write({**base, "meta": {**base["meta"], "host_time": host}}, RESULTS_FILES.stem(args.out, dev))
+    else:
+        RESULTS_FILES.save({"device": dev or "cpu", "host_time": host}, run, rows, args.out, dev, base)
 
 
 def ordered(rows: list[dict]) -> list[dict]:
@@ -381,15 +391,15 @@ def table(data: dict) -> list[str]:
                   "40 ms GPU sleep, so the host never waits on a full launch queue: the host's own cost, and a layer "
                   "that synchronises shows about 40 ms). Then the GPU-synced decoder forward (no KV cache) and its "
                   "peak memory. Prism's real selection path, random weights:", "",
-                  "| model | tokens | mode | host ms / layer | vs dense | synced total s | peak GiB | mean density |",
-                  "|---|---|---|---|---|---|---|---|"]
+                  "| model | tokens | mode | host ms / layer | vs dense | synced total s | peak GiB | mean density | measured |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         dense = {(h["model"], h["tokens"]): h for h in meta["host_time"] if h["mode"] == "dense sdpa"}
         for h in meta["host_time"]:
             base = dense.get((h["model"], h["tokens"]))
             ratio = f"{h['host_ms_per_layer'] / base['host_ms_per_layer']:.2f}x" if base else ""
             peak = f"{h['peak_gib']:.2f}" if h.get("peak_gib") is not None else ""
             lines.append(f"| {h['model'].split('/')[-1]} | {h['tokens']} | {h['mode']} | {h['host_ms_per_layer']:.3f} | "
-                         f"{ratio} | {h['total_s']:.3f} | {peak} | {h['mean_density']:.3f} |")
+                         f"{ratio} | {h['total_s']:.3f} | {peak} | {h['mean_density']:.3f} | {h.get('measured', '')} |")
     return lines
 
 

@@ -41,7 +41,16 @@ def test_video_e2e_smoke_writes_consistent_stage_records(tmp_path):
                 assert r["speedup_vs_transformers"] == pytest.approx(mine[0]["first_token_s"] / r["first_token_s"])
     host = data["meta"]["host_time"]
     assert [h["mode"] for h in host] == ["dense sdpa", "prism, max_density 1.0", "prism, max_density 0.8"] * 2
-    assert all(h["host_ms_per_layer"] > 0 for h in host)
+    assert all(h["host_ms_per_layer"] > 0 and h["layer_samples"] == 3 * 2 for h in host)  # 3 forwards x 2 layers
+    # --host-time-only --merge: a new host table for one model, every row and run of the file kept as it was
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.video_e2e", "--smoke", "--out", str(tmp_path), "--merge",
+                           "--host-time-only", "--models", "Qwen/Qwen3-VL-8B-Instruct"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    again = json.loads((tmp_path / "video_e2e.json").read_text())
+    assert again["rows"] == rows and again["meta"]["runs"] == data["meta"]["runs"]
+    assert [h["model"] for h in again["meta"]["host_time"]] == ["Qwen/Qwen3-VL-8B-Instruct"] * 3
+    assert all(h["measured"] for h in again["meta"]["host_time"])
 
 
 def test_fixed_attention_takes_the_selection_of_its_layer():

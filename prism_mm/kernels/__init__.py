@@ -37,7 +37,14 @@ def resolve_backend(backend: str, device: torch.device | str) -> str:
 
 def ops(backend: str = "auto", device: torch.device | str = "cpu") -> SimpleNamespace:
     """The ops of one backend (resolved for `device`), as attributes; `.name` says which backend."""
-    return _ops(resolve_backend(backend, device))
+    key = (backend, str(device))
+    found = _resolved.get(key)
+    if found is None:  # resolved once per (backend, device): attention calls this once per layer and forward
+        found = _resolved[key] = _ops(resolve_backend(backend, device))
+    return found
+
+
+_resolved: dict[tuple[str, str], SimpleNamespace] = {}
 
 
 def on_input_device(op, device_of):

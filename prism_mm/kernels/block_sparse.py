@@ -17,7 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .layout import BlockSelection
+from .layout import BlockSelection, next_pow2, num_blocks
 
 
 @triton.jit
@@ -281,12 +281,12 @@ def launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, selection: BlockSe
             cfg["DESC"] = 1
     if cfg["DESC"] == 1:
         _ensure_tma_allocator()
-    grid = (triton.cdiv(q_len, cfg["BLOCK_M"]) * b * hq,)
+    grid = (num_blocks(q_len, cfg["BLOCK_M"]) * b * hq,)
     _block_sparse_fwd[grid](
         q, k_arg, v_arg, out, kv_num_blocks, kv_indices, scale * 1.4426950408889634,
         *q.stride(), *k.stride(), *v.stride(), *out.stride(),
         *kv_num_blocks.stride(), *kv_indices.stride()[:3],
         hq, hq // hkv, q_len, kv_len, *k_rows, *v_rows,
-        HEAD_DIM=d, D_P2=triton.next_power_of_2(d), SEL_BLOCK=block_size, **cfg,
+        HEAD_DIM=d, D_P2=next_pow2(d), SEL_BLOCK=block_size, **cfg,
     )
     return out

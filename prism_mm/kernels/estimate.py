@@ -19,7 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .layout import BlockSelection, Pooled, SelectSpec, dense_tail_row
+from .layout import BlockSelection, Pooled, SelectSpec, dense_tail_row, next_pow2, num_blocks
 
 
 @triton.jit
@@ -176,7 +176,7 @@ def ladder(n_qblocks: int, n_kblocks: int, q_len: int, kv_len: int, block_size: 
     """[(row_start, row_end, width)]: consecutive row ranges whose causal key range fits in `width`;
     one full-width step below `min_kblocks` key blocks."""
     offset = kv_len - q_len
-    full = max(16, triton.next_power_of_2(n_kblocks))
+    full = max(16, next_pow2(n_kblocks))
     if n_kblocks < min_kblocks:
         return [(0, n_qblocks, full)]
     steps, start, width = [], 0, min(min_width, full)
@@ -203,22 +203,24 @@ def select_blocks(q: Pooled, k: Pooled, spec: SelectSpec, q_len: int, kv_len: in
 
 def _select(q: Pooled, k: Pooled, spec: SelectSpec, q_len: int, kv_len: int, ladder_min_kblocks: int) -> BlockSelection:
     """select_blocks with the ladder's switch-over point as a parameter (the tests force the ladder at small sizes)."""
-    for name, t in zip(("q.high", "q.low", "q.energy", "k.high", "k.low", "k.energy"), (*q, *k)):
-        if t.dim() != 4 or t.dtype != torch.float32 or not t.is_contiguous():
-            raise ValueError(f"{name} must be a contiguous float32 [B, H, blocks, dims] tensor")
+    tensors = (*q, *k)
+    if not all(t.dtype is torch.float32 and t.dim() == 4 and t.is_contiguous() for t in tensors):
+        names = ("q.high", "q.low", "q.energy", "k.high", "k.low", "k.energy")
+        bad = next(n for n, t in zip(names, tensors) if t.dtype is not torch.float32 or t.dim() != 4 or not t.is_contiguous())
+        raise ValueError(f"{bad} must be a contiguous float32 [B, H, blocks, dims] tensor")
     block_size = spec.block_size
     b, hq, nqb, dh = q.high.shape
     hkv, nkb = k.high.shape[1], k.high.shape[2]
     dl = q.low.shape[-1]
     if hq % hkv or k.low.shape[:3] != k.high.shape[:3] or q.low.shape[:3] != q.high.shape[:3]:
         raise ValueError("band tensors disagree on batch / heads / blocks")
-    if nqb != triton.cdiv(q_len, block_size) or nkb != triton.cdiv(kv_len, block_size):
+    if nqb != num_blocks(q_len, block_size) or nkb != num_blocks(kv_len, block_size):
         raise ValueError("pooled tensors do not match q_len / kv_len / block_size")
     counts = torch.empty(b, hq, nqb, device=q.high.device, dtype=torch.int32)
     indices = torch.empty(b, hq, nqb, nkb, device=q.high.device, dtype=torch.int32)
     steps = ladder(nqb, nkb, q_len, kv_len, block_size, min_kblocks=ladder_min_kblocks)
     rows, widest = 16, steps[-1][2]
-    _select_kernel[(sum(triton.cdiv(end - start, rows) for start, end, _ in steps), b * hq)](
+    _select_kernel[(sum(num_blocks(end - start, rows) for start, end, _ in steps), b * hq)](
         q.high, k.high, q.low, k.low, q.energy, k.energy, counts, indices,
         float(spec.threshold_high), float(spec.threshold_low), float(spec.cutoff or 0.0),
         dense_tail_row(q_len, block_size, spec.dense_tail), nqb, nkb, q_len, kv_len, hq, hkv, hq // hkv,

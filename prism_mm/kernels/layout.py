@@ -25,6 +25,12 @@ def num_blocks(n: int, block_size: int) -> int:
     return (n + block_size - 1) // block_size
 
 
+def next_pow2(n: int) -> int:
+    """The smallest power of two >= n (n >= 1). Host code uses this and num_blocks rather than triton.next_power_of_2
+    / triton.cdiv, which are constexpr functions costing microseconds per call."""
+    return 1 << (n - 1).bit_length()
+
+
 def query_block_key_bounds(q_len: int, kv_len: int, block_size: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Per query block: (first, last) key block holding its own positions ("diagonal" blocks).
 

@@ -13,7 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .layout import BandIndex, Pooled
+from .layout import BandIndex, Pooled, next_pow2, num_blocks
 
 
 @triton.jit
@@ -75,7 +75,7 @@ def _outputs(xs, block_size: int, dh: int, dl: int) -> list[Pooled]:
     shapes = []
     for x in xs:
         b, h, n, _ = x.shape
-        nb = triton.cdiv(n, block_size)
+        nb = num_blocks(n, block_size)
         shapes += [(b, h, nb, dh), (b, h, nb, dl), (b, h, nb, 3)]
     sizes = [math.prod(shape) for shape in shapes]
     parts = torch.empty(sum(sizes), device=xs[0].device, dtype=torch.float32).split(sizes)
@@ -90,13 +90,13 @@ def _launch(xs, block_size: int, bands: BandIndex) -> list[Pooled]:
     dh, dl = bands.high_idx.numel(), bands.low_idx.numel()
     outs = _outputs(xs, block_size, dh, dl)
     (x1, p1), (x2, p2) = (xs[0], outs[0]), (xs[-1], outs[-1])
-    programs = [x.shape[0] * x.shape[1] * triton.cdiv(x.shape[2], block_size) for x in xs]
-    d_p2 = triton.next_power_of_2(d)
+    programs = [x.shape[0] * x.shape[1] * num_blocks(x.shape[2], block_size) for x in xs]
+    d_p2 = next_pow2(d)
     chunk = min(block_size, max(16, 16384 // d_p2))  # <= 16K elements per load
     _pool_bands_kernel[(sum(programs),)](
         x1, *p1, x2, *p2, bands.high_pos, bands.low_pos, programs[0],
-        x1.shape[2], triton.cdiv(x1.shape[2], block_size), x1.shape[1], *x1.stride(),
-        x2.shape[2], triton.cdiv(x2.shape[2], block_size), x2.shape[1], *x2.stride(),
+        x1.shape[2], num_blocks(x1.shape[2], block_size), x1.shape[1], *x1.stride(),
+        x2.shape[2], num_blocks(x2.shape[2], block_size), x2.shape[1], *x2.stride(),
         D=d, D_P2=d_p2, DH=dh, DL=dl, BLOCK=block_size, CHUNK=chunk, num_warps=8 if chunk * d_p2 >= 8192 else 4,
     )
     return outs
