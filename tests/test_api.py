@@ -205,3 +205,34 @@ def test_mask_function_skips_unpadded_causal_masks_only():
     padded[0, :2] = False
     built = mask(**kwargs, attention_mask=padded)
     assert built is not None and built.shape[-2:] == (4, 10) and not built[..., :2].any() and built[0, 0, -1, 2:].all()
+
+
+def test_sparse_stats_count_their_density_when_first_read():
+    """A sparse call's PrismStats holds the selection's per-row counts and computes the density only when read (no
+    device work per layer while recording): equal to the selection's own density, kept after the first read, and
+    still there once the selection itself is dropped."""
+    from generators import random_selection
+
+    from prism_mm.stats import PrismStats
+
+    sel = random_selection(2, 3, 150, 230, 16, 0.4, DEVICE, torch.Generator(device=DEVICE).manual_seed(3))
+    stats = PrismStats.of_selection(sel)
+    assert stats.sparse and (stats.q_len, stats.kv_len, stats.causal_blocks) == (150, 230, sel.causal_blocks())
+    assert stats.known_density is None
+    stats.selection = None
+    density = stats.density
+    assert torch.equal(density, sel.density()) and 0.4 < float(density.mean()) < 0.9
+    assert stats.density is density  # computed once
+    dense = PrismStats.ran_dense(torch.ones(2, 3), 150, 230, "decoding", sel.causal_blocks())
+    assert not dense.sparse and torch.equal(dense.density, torch.ones(2, 3)) and dense.reason == "decoding"
+
+
+def test_ops_are_resolved_once_per_backend_and_device():
+    """kernels.ops caches the resolved op set per (backend, device); a bad backend is refused every time."""
+    from prism_mm.kernels import ops
+
+    assert ops("torch", "cpu") is ops("torch", torch.device("cpu"))
+    assert ops("auto", "cpu").name == "torch"
+    for _ in range(2):
+        with pytest.raises(ValueError, match="backend must be one of"):
+            ops("cuda-magic", "cpu")
