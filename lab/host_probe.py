@@ -13,32 +13,27 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 import triton
-import triton.language as tl
 
 import prism_mm
 from prism_mm import PrismConfig
 from prism_mm.kernels import ops as kernel_ops
 from prism_mm.selection import estimate
 
+sys.path.append(str(Path(__file__).resolve().parent.parent))  # benchmarks/, after any prism_mm on PYTHONPATH
+from benchmarks.video_e2e import layer_host_seconds
+from benchmarks.video_e2e import sleep_cycles_per_ms as cycles_per_ms
+
 
 @triton.jit
 def _noop(X):
     pass
-
-
-def cycles_per_ms() -> float:
-    torch.cuda.synchronize()
-    a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    a.record()
-    torch.cuda._sleep(10_000_000)
-    b.record()
-    torch.cuda.synchronize()
-    return 10_000_000 / a.elapsed_time(b)
 
 
 def host_us(fn, cpm: float, calls: int = 20, rounds: int = 15, sleep_ms: float = 40.0) -> float:
@@ -112,8 +107,9 @@ def components(n: int, cpm: float, emit) -> None:
 
 
 def layers(n: int, cpm: float, emit, reps: int = 3) -> None:
-    from prism_mm.models import enable_prism, set_attention, shipped_config
     from transformers import Qwen2_5_VLForConditionalGeneration
+
+    from prism_mm.models import enable_prism, set_attention, shipped_config
 
     config = shipped_config("Qwen/Qwen2.5-VL-7B-Instruct")
     config.text_config.num_hidden_layers = 4
@@ -124,30 +120,17 @@ def layers(n: int, cpm: float, emit, reps: int = 3) -> None:
     lm = model.model.language_model
     embeds = torch.randn(1, n, config.text_config.hidden_size, device="cuda", dtype=torch.bfloat16)
     pos = torch.arange(n, device="cuda")[None].expand(3, 1, n)
-    times: list[float] = []
-
-    def pre(mod, args, kwargs):
-        torch.cuda.synchronize()
-        torch.cuda._sleep(int(40 * cpm))
-        mod._t0 = time.perf_counter()
-
-    def post(mod, args, kwargs, out):
-        times.append(time.perf_counter() - mod._t0)
-
-    hooks = [layer.register_forward_pre_hook(pre, with_kwargs=True) for layer in lm.layers]
-    hooks += [layer.register_forward_hook(post, with_kwargs=True) for layer in lm.layers]
     for mode in ("sdpa", "prism", "sdpa", "prism"):
         set_attention(model, "dense" if mode == "sdpa" else "prism")
-        with torch.no_grad():
-            lm(inputs_embeds=embeds, position_ids=pos, use_cache=False)  # warm-up
-            times.clear()
-            for _ in range(reps):
+
+        def forward():
+            with torch.no_grad():
                 lm(inputs_embeds=embeds, position_ids=pos, use_cache=False)
-        torch.cuda.synchronize()
+
+        forward()  # warm-up
+        times = [t for _ in range(reps) for t in layer_host_seconds(lm.layers, forward, "cuda")]
         emit({"what": "decoder layer", "mode": mode, "tokens": n, "host_us_median": 1e6 * statistics.median(times),
               "host_us_min": 1e6 * min(times), "samples": len(times)})
-    for h in hooks:
-        h.remove()
 
 
 def main():
