@@ -236,3 +236,62 @@ def test_ops_are_resolved_once_per_backend_and_device():
     for _ in range(2):
         with pytest.raises(ValueError, match="backend must be one of"):
             ops("cuda-magic", "cpu")
+
+
+def test_a_sparse_layer_launches_three_kernels_and_no_torch_compute(monkeypatch):
+    """The host work of a sparse call through the transformers entry (after the first, which builds the cached band
+    index): exactly three Triton launches (Q and K pooled together, the selection with every ladder step, the sparse
+    attention) and, besides them, only allocations and views: no reduction for the stats' density, no copy, no host
+    read (the Triton kernels run in the CPU interpreter here)."""
+    from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
+
+    from prism_mm.attention import PrismLayer, prism_attention_forward
+    from prism_mm.kernels import block_sparse, estimate, pool
+    from prism_mm.stats import PrismRunStats
+
+    launches = []
+
+    class Counted:
+        def __init__(self, name, kernel):
+            self.name, self.kernel = name, kernel
+
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                launches.append(self.name)
+                with _disable_current_modes():  # the kernel's own work is not the host path's
+                    return self.kernel[grid](*args, **kwargs)
+            return launch
+
+    for module, name in ((pool, "_pool_bands_kernel"), (estimate, "_select_kernel"), (block_sparse, "_block_sparse_fwd")):
+        monkeypatch.setattr(module, name, Counted(name, getattr(module, name)))
+
+    class Ops(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.names = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.names.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    n, hq, hkv, d = 200, 4, 2, 64
+    q = torch.randn(1, n, hq, d).transpose(1, 2)  # transformers' memory layout
+    k, v = torch.randn(1, hkv, n, d), torch.randn(1, hkv, n, d)
+    cfg = PrismConfig(block_size=32, min_sparse_len=0)
+
+    class Attention(torch.nn.Module):
+        layer_idx = 0
+
+    module = Attention()
+    module.prism = PrismLayer(cfg, RopeLayout(head_dim=d).bands(*cfg.band_dims(d)), PrismRunStats(), backend="triton")
+    prism_attention_forward(module, q, k, v, None, scaling=d ** -0.5)  # the first call builds the cached band index
+    module.prism.stats.reset()
+    launches.clear()
+    with Ops() as ops:
+        out, _ = prism_attention_forward(module, q, k, v, None, scaling=d ** -0.5)
+    assert launches == ["_pool_bands_kernel", "_select_kernel", "_block_sparse_fwd"]
+    assert set(ops.names) <= {"aten.empty.memory_format", "aten.split_with_sizes.default", "aten.view.default",
+                              "aten.transpose.int"}, sorted(set(ops.names))
+    record = module.prism.stats.layers[0]
+    assert record.sparse and record.known_density is None  # counted only when read
+    assert 0 < float(record.density.mean()) <= 1 and out.shape == (1, n, hq, d)

@@ -365,3 +365,11 @@ def test_selection_that_does_not_fit_the_inputs_is_refused():
         with pytest.raises(ValueError, match="do not match"):
             attention(q[:, :1], q, q, sel)
 
+
+
+def test_causal_block_count_is_the_causal_mask_sum():
+    """layout.causal_block_count (plain Python, on every attention call's path) counts the causal block mask's pairs,
+    for whole and partial blocks, chunks late in a prefill (offsets not a multiple of the block) and one query."""
+    for q_len, kv_len, bs in ((200, 200, 32), (61, 200, 16), (1, 999, 64), (128, 128, 128), (300, 5000, 128)):
+        expected = int(lay.causal_block_mask(q_len, kv_len, bs).sum())
+        assert lay.causal_block_count(q_len, kv_len, bs) == expected, (q_len, kv_len, bs)

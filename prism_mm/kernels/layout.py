@@ -52,9 +52,11 @@ def causal_block_mask(q_len: int, kv_len: int, block_size: int, device=None) -> 
 
 @functools.lru_cache(maxsize=256)
 def causal_block_count(q_len: int, kv_len: int, block_size: int) -> int:
-    """Number of (query block, key block) pairs a dense causal pass computes (the sum of causal_block_mask)."""
-    _, last = query_block_key_bounds(q_len, kv_len, block_size)
-    return int((last + 1).sum())
+    """Number of (query block, key block) pairs a dense causal pass computes (the sum of causal_block_mask), in plain
+    Python: no tensor work on an attention call's path."""
+    offset = kv_len - q_len
+    return sum((min(offset + (i + 1) * block_size, kv_len) - 1) // block_size + 1
+               for i in range(num_blocks(q_len, block_size)))
 
 
 def indices_from_block_mask(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
