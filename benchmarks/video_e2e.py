@@ -32,6 +32,7 @@ waits on a full launch queue: its own cost) for dense SDPA and Prism's real sele
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import math
 import sys
@@ -123,8 +124,9 @@ def use_row(model, vision: str, density) -> None:
         model.set_attn_implementation({"text_config": "prism_fixed"})
 
 
+@functools.lru_cache(maxsize=None)
 def sleep_cycles_per_ms() -> float:
-    """GPU clock cycles per millisecond of torch.cuda._sleep (calibrated with events)."""
+    """GPU clock cycles per millisecond of torch.cuda._sleep (calibrated with events, once per process)."""
     torch.cuda.synchronize()
     a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     a.record()
@@ -245,7 +247,8 @@ def measure(model, processor, name: str, tokens: list[int], reps: int, device, g
                 selections[(heads, n)] = fixed_density_selection(heads, n, density, gen, block_size, device)
             use_row(model, vision, density)
             held = {id(sel): sel for key, sel in selections.items() if key[-1] == n} if density is not None else {}
-            held_gib = sum(4 * (sel.kv_indices.numel() + sel.kv_num_blocks.numel()) for sel in held.values()) / 2**30
+            held_gib = sum(t.numel() * t.element_size() for sel in held.values()
+                           for t in (sel.kv_indices, sel.kv_num_blocks)) / 2**30
             timed_prefill(model, inputs, 1)  # compiles (also those specialised on this size), cuDNN plans and
             if target == warmup_tokens:      # allocator growth stay out of the timings
                 continue

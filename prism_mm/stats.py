@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .kernels.layout import BlockSelection
+from .kernels.layout import BlockSelection, block_density
 
 
 @dataclass
@@ -34,10 +34,10 @@ class PrismStats:
     known_density: torch.Tensor | None = field(default=None, repr=False)  # [B, Hq], when given rather than counted
 
     @classmethod
-    def of_selection(cls, selection: BlockSelection, **kwargs) -> "PrismStats":
+    def of_selection(cls, selection: BlockSelection) -> "PrismStats":
         """A sparse call over `selection`."""
         return cls(True, selection.q_len, selection.kv_len, selection=selection,
-                   causal_blocks=selection.causal_blocks(), kv_num_blocks=selection.kv_num_blocks, **kwargs)
+                   causal_blocks=selection.causal_blocks(), kv_num_blocks=selection.kv_num_blocks)
 
     @classmethod
     def ran_dense(cls, density: torch.Tensor, q_len: int, kv_len: int, reason: str, causal_blocks: int,
@@ -49,7 +49,7 @@ class PrismStats:
     def density(self) -> torch.Tensor:
         """[B, Hq] fraction of the causal blocks computed (1.0 where it ran dense); stays on the device."""
         if self.known_density is None:
-            self.known_density = self.kv_num_blocks.sum(dim=-1).float() / self.causal_blocks
+            self.known_density = block_density(self.kv_num_blocks, self.causal_blocks)
         return self.known_density
 
     def continued_by(self, later: "PrismStats") -> "PrismStats":

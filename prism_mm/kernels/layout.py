@@ -50,6 +50,11 @@ def causal_block_mask(q_len: int, kv_len: int, block_size: int, device=None) -> 
     return j[None, :] <= last[:, None]
 
 
+def block_density(kv_num_blocks: torch.Tensor, causal_blocks: int) -> torch.Tensor:
+    """[B, Hq] fraction of the causal blocks kept, from the per-row counts [B, Hq, NQB] (stays on the device)."""
+    return kv_num_blocks.sum(dim=-1).float() / causal_blocks
+
+
 @functools.lru_cache(maxsize=256)
 def causal_block_count(q_len: int, kv_len: int, block_size: int) -> int:
     """Number of (query block, key block) pairs a dense causal pass computes (the sum of causal_block_mask), in plain
@@ -115,7 +120,7 @@ class BlockSelection:
 
     def density(self) -> torch.Tensor:
         """[B, Hq] fraction of the causal blocks that were selected (stays on the device)."""
-        return self.kv_num_blocks.sum(dim=-1).float() / self.causal_blocks()
+        return block_density(self.kv_num_blocks, self.causal_blocks())
 
     def to_mask(self) -> torch.Tensor:
         """[B, Hq, NQB, NKB] bool block mask (for inspection and plots)."""

@@ -80,9 +80,13 @@ def band_temperature(q_energy, k_energy, band: int, d_band: int, head_dim: int, 
 def band_probabilities(q: Pooled, k: Pooled, spec: SelectSpec, q_len: int, kv_len: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(high, low) [B, Hq, NQB, NKB]: each band's causal softmax over key blocks of its scaled pooled logits
     q_band . k_band / (sqrt(d_band) * t_band), t_band the energy temperature when spec.calibrate (0 off causal)."""
+    return _band_probabilities(q, k, spec, causal_block_mask(q_len, kv_len, spec.block_size, q.high.device)[None, None])
+
+
+def _band_probabilities(q: Pooled, k: Pooled, spec: SelectSpec, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """band_probabilities under the causal block mask `valid` [1, 1, NQB, NKB]."""
     group = q.high.shape[1] // k.high.shape[1]
     device = q.high.device
-    valid = causal_block_mask(q_len, kv_len, spec.block_size, device)[None, None]
     probs = []
     for qb, kb, band in ((q.high, k.high, 1), (q.low, k.low, 2)):
         d_band = qb.shape[-1]
@@ -99,7 +103,7 @@ def select_blocks(q: Pooled, k: Pooled, spec: SelectSpec, q_len: int, kv_len: in
     (see SelectSpec for the rules)."""
     device = q.high.device
     valid = causal_block_mask(q_len, kv_len, spec.block_size, device)[None, None]
-    p_high, p_low = band_probabilities(q, k, spec, q_len, kv_len)
+    p_high, p_low = _band_probabilities(q, k, spec, valid)
     if spec.cutoff is None:
         mask = top_p_mask(p_high, valid.expand_as(p_high), spec.threshold_high) | \
             top_p_mask(p_low, valid.expand_as(p_low), spec.threshold_low)
