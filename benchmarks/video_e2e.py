@@ -19,9 +19,10 @@ Each point: the mean of --reps forwards after an untimed warm-up forward per row
 at the point's own size;
 peak GPU memory. The varlen rows also zero-pad the tower's MLP widths to GEMM-friendly sizes (prism_mm.vision.
 align_mlp_widths, as enable_prism does; same outputs); the transformers row runs the tower as shipped, first.
-A second table gives the host time per decoder layer (each layer enqueued behind a GPU sleep, so the host never
-waits on a full launch queue: its own cost) for dense SDPA and Prism's real selection path with max_density 1.0
-(no sync) and 0.8 (one sync per layer, the former default), with the peak memory of those decoder forwards.
+A second table gives the host time per decoder layer (the GPU held busy by a sleep before every 4th layer, so the host
+never waits on a full launch queue: its own cost, running ahead as in a prefill, and apart from it the layers right
+after a sync) for dense SDPA and Prism's real selection path with max_density 1.0 (no sync) and 0.8 (one sync per
+layer, the former default), with the peak memory of those decoder forwards.
 
     python -m benchmarks.video_e2e                        # both models: benchmarks/results/video_e2e-<device>.*
     python -m benchmarks.video_e2e --models Qwen/Qwen3-VL-8B-Instruct --merge
@@ -36,6 +37,7 @@ import functools
 import gc
 import math
 import sys
+import statistics
 import time
 from pathlib import Path
 
@@ -136,23 +138,29 @@ def sleep_cycles_per_ms() -> float:
     return 10_000_000 / a.elapsed_time(b)
 
 
-def layer_host_seconds(layers, forward, device, sleep_ms: float = 40.0) -> list[float]:
-    """Host seconds of each decoder layer's forward during `forward()`, with the GPU held busy: before each layer a
-    sync and a GPU sleep longer than the layer's host work, so no launch waits on a full queue and the time is the
-    host's own (a layer that synchronises inside shows about the sleep). On the CPU: the plain layer times."""
+def layer_host_seconds(layers, forward, device, sleep_ms: float = 40.0, every: int = 4) -> list[tuple[float, bool]]:
+    """(host seconds, right after a sync) of each decoder layer's forward during `forward()`, with the GPU held busy:
+    before every `every`-th layer a sync and a GPU sleep longer than the next `every` layers' host work, so no launch
+    waits on a full queue and the time is the host's own. The layers between syncs run ahead of the GPU as in a real
+    prefill; the layer right after a sync pays for the host waking from it (a layer that synchronises inside shows
+    about the sleep). On the CPU: the plain layer times, none after a sync."""
     cuda = torch.device(device).type == "cuda"
     cycles = int(sleep_ms * sleep_cycles_per_ms()) if cuda else 0
-    times: list[float] = []
+    times: list[tuple[float, bool]] = []
     started: dict = {}
+    count = [0]
 
     def pre(module, args, kwargs):
-        if cuda:
+        synced = cuda and count[0] % every == 0
+        if synced:
             torch.cuda.synchronize()
             torch.cuda._sleep(cycles)
-        started[module] = time.perf_counter()
+        count[0] += 1
+        started[module] = (time.perf_counter(), synced)
 
     def post(module, args, kwargs, out):
-        times.append(time.perf_counter() - started[module])
+        t0, synced = started[module]
+        times.append((time.perf_counter() - t0, synced))
 
     hooks = [m.register_forward_pre_hook(pre, with_kwargs=True) for m in layers]
     hooks += [m.register_forward_hook(post, with_kwargs=True) for m in layers]
@@ -203,9 +211,12 @@ def host_time(model, inputs: dict, reps: int = 3) -> list[dict]:
             sync(device)
             totals.append(time.perf_counter() - t0)
         peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
-        hosts = [t for _ in range(reps) for t in layer_host_seconds(lm.layers, forward, device)]
-        rows.append({"mode": mode, "tokens": n, "host_ms_per_layer": 1e3 * sorted(hosts)[len(hosts) // 2],
+        timed = [t for _ in range(reps) for t in layer_host_seconds(lm.layers, forward, device)]
+        hosts = [t for t, synced in timed if not synced] or [t for t, _ in timed]
+        woken = [t for t, synced in timed if synced]
+        rows.append({"mode": mode, "tokens": n, "host_ms_per_layer": 1e3 * statistics.median(hosts),
                      "host_ms_per_layer_min": 1e3 * min(hosts), "layer_samples": len(hosts),
+                     "host_ms_after_sync": 1e3 * statistics.median(woken) if woken else None,
                      "total_s": sorted(totals)[reps // 2], "peak_gib": peak,
                      "mean_density": model.prism_stats.mean_density if max_density is not None else 1.0})
         print(rows[-1], flush=True)
@@ -390,19 +401,26 @@ def table(data: dict) -> list[str]:
                      f"{r['prefill_speedup_vs_varlen_dense']:.2f}x | {r['vision_speedup_vs_transformers']:.1f}x | "
                      f"{peak} |")
     if meta.get("host_time"):
-        lines += ["", "Host time per decoder layer (median over layers and 3 forwards; before each layer a sync and a "
-                  "40 ms GPU sleep, so the host never waits on a full launch queue: the host's own cost, and a layer "
-                  "that synchronises shows about 40 ms). Then the GPU-synced decoder forward (no KV cache) and its "
-                  "peak memory. Prism's real selection path, random weights:", "",
-                  "| model | tokens | mode | host ms / layer | vs dense | synced total s | peak GiB | mean density | measured |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+        lines += ["", "Host time per decoder layer (median over layers and 3 forwards; a sync and a 40 ms GPU sleep before "
+                  "every 4th layer, so the host never waits on a full launch queue: the host's own cost). \"running "
+                  "ahead\": the layers between syncs, as in a prefill; \"after a sync\": the layer right after one "
+                  "(rows without it were measured with a sync before every layer). A layer that synchronises shows "
+                  "about the sleep. Then the GPU-synced decoder forward (no KV cache) and its peak memory. Prism's "
+                  "real selection path, random weights:", "",
+                  "| model | tokens | mode | host ms / layer, running ahead | vs dense | after a sync | vs dense | "
+                  "synced total s | peak GiB | mean density | measured |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
         dense = {(h["model"], h["tokens"]): h for h in meta["host_time"] if h["mode"] == "dense sdpa"}
         for h in meta["host_time"]:
             base = dense.get((h["model"], h["tokens"]))
             ratio = f"{h['host_ms_per_layer'] / base['host_ms_per_layer']:.2f}x" if base else ""
+            woken, woken_ratio = h.get("host_ms_after_sync"), ""
+            if woken is not None and base and base.get("host_ms_after_sync"):
+                woken_ratio = f"{woken / base['host_ms_after_sync']:.2f}x"
             peak = f"{h['peak_gib']:.2f}" if h.get("peak_gib") is not None else ""
             lines.append(f"| {h['model'].split('/')[-1]} | {h['tokens']} | {h['mode']} | {h['host_ms_per_layer']:.3f} | "
-                         f"{ratio} | {h['total_s']:.3f} | {peak} | {h['mean_density']:.3f} | {h.get('measured', '')} |")
+                         f"{ratio} | {'' if woken is None else f'{woken:.3f}'} | {woken_ratio} | {h['total_s']:.3f} | "
+                         f"{peak} | {h['mean_density']:.3f} | {h.get('measured', '')} |")
     return lines
 
 

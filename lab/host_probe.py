@@ -2,8 +2,8 @@
 
 Each timed call is enqueued behind a GPU sleep longer than the call's host work, so perf_counter measures the
 host alone (a call that synchronises inside shows up as ~the sleep). Prints one JSON line per measurement.
-Components (28/4 heads, head_dim 128, transformers' [B, L, H, D] query layout) and whole decoder layers of a
-4-layer random-weight Qwen2.5-VL-7B text decoder (forward hooks, median over layers and repeats).
+Components (28/4 heads, head_dim 128, transformers' [B, L, H, D] query layout) and whole decoder layers of an
+8-layer random-weight Qwen2.5-VL-7B text decoder (forward hooks, median over layers and repeats).
 
     python lab/host_probe.py --tokens 33536 131328 > host.jsonl
 Runs against whichever prism_mm is first on sys.path (so the same script times two commits).
@@ -87,7 +87,7 @@ def components(n: int, cpm: float, emit) -> None:
         "triton empty kernel (1 arg)": lambda: _noop[(1,)](x),
         "torch.empty out": lambda: torch.empty(b, n, hq, d, device=dev, dtype=q.dtype),
         "pool_bands(q)": lambda: ops.pool_bands(q, cfg.block_size, bi),
-        "pool_bands(k)": lambda: ops.pool_bands(k, cfg.block_size, bi),
+        "pool_pair(q, k)": lambda: ops.pool_pair(q, k, cfg.block_size, bi),
         "select_blocks": lambda: ops.select_blocks(pq, pk, spec, n, n),
         "selection.density()": lambda: sel.density(),
         "block_sparse_attention": lambda: ops.block_sparse_attention(q, k, v, sel, None, out),
@@ -112,7 +112,7 @@ def layers(n: int, cpm: float, emit, reps: int = 3) -> None:
     from prism_mm.models import enable_prism, set_attention, shipped_config
 
     config = shipped_config("Qwen/Qwen2.5-VL-7B-Instruct")
-    config.text_config.num_hidden_layers = 4
+    config.text_config.num_hidden_layers = 8
     config.vision_config.depth = 1
     with torch.device("cuda"):
         model = Qwen2_5_VLForConditionalGeneration._from_config(config, torch_dtype=torch.bfloat16).eval()
@@ -128,9 +128,12 @@ def layers(n: int, cpm: float, emit, reps: int = 3) -> None:
                 lm(inputs_embeds=embeds, position_ids=pos, use_cache=False)
 
         forward()  # warm-up
-        times = [t for _ in range(reps) for t in layer_host_seconds(lm.layers, forward, "cuda")]
-        emit({"what": "decoder layer", "mode": mode, "tokens": n, "host_us_median": 1e6 * statistics.median(times),
-              "host_us_min": 1e6 * min(times), "samples": len(times)})
+        timed = [t for _ in range(reps) for t in layer_host_seconds(lm.layers, forward, "cuda")]
+        ahead = [t for t, synced in timed if not synced]
+        woken = [t for t, synced in timed if synced]
+        emit({"what": "decoder layer", "mode": mode, "tokens": n, "host_us_median": 1e6 * statistics.median(ahead),
+              "host_us_min": 1e6 * min(ahead), "samples": len(ahead),
+              "after_sync_us_median": 1e6 * statistics.median(woken), "after_sync_samples": len(woken)})
 
 
 def main():

@@ -24,11 +24,17 @@ def band_index(bands: SpectralBands, head_dim: int, device: torch.device) -> Ban
     return BandIndex.build(bands.high, bands.low, head_dim, device)
 
 
-def _spec(q: torch.Tensor, config: PrismConfig, **overrides) -> SelectSpec:
-    fields = dict(head_dim=q.shape[-1], block_size=config.block_size, threshold_high=config.threshold_high,
+@functools.lru_cache(maxsize=256)
+def _config_spec(config: PrismConfig, head_dim: int, **overrides) -> SelectSpec:
+    fields = dict(head_dim=head_dim, block_size=config.block_size, threshold_high=config.threshold_high,
                   threshold_low=config.threshold_low, calibrate=config.calibrate, force_sink=config.force_sink,
                   force_diagonal=config.force_diagonal, dense_tail=config.dense_tail)
     return SelectSpec(**{**fields, **overrides})
+
+
+def _spec(q: torch.Tensor, config: PrismConfig, **overrides) -> SelectSpec:
+    """The SelectSpec of `config` at q's head_dim (built once per config, head_dim and overrides)."""
+    return _config_spec(config, q.shape[-1], **overrides)
 
 
 def _select(q, k, spec: SelectSpec, bands: BandIndex, ops) -> BlockSelection:

@@ -242,7 +242,7 @@ def test_a_sparse_layer_launches_three_kernels_and_no_torch_compute(monkeypatch)
     """The host work of a sparse call through the transformers entry (after the first, which builds the cached band
     index): exactly three Triton launches (Q and K pooled together, the selection with every ladder step, the sparse
     attention) and, besides them, only allocations and views: no reduction for the stats' density, no copy, no host
-    read (the Triton kernels run in the CPU interpreter here)."""
+    read (on a machine without CUDA the Triton kernels run in the CPU interpreter)."""
     from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
 
     from prism_mm.attention import PrismLayer, prism_attention_forward
@@ -262,8 +262,10 @@ def test_a_sparse_layer_launches_three_kernels_and_no_torch_compute(monkeypatch)
                     return self.kernel[grid](*args, **kwargs)
             return launch
 
-    for module, name in ((pool, "_pool_bands_kernel"), (estimate, "_select_kernel"), (block_sparse, "_block_sparse_fwd")):
-        monkeypatch.setattr(module, name, Counted(name, getattr(module, name)))
+    for module, attr, name in ((pool, "_pool_launch", "_pool_bands_kernel"), (estimate, "_select_launch", "_select_kernel"),
+                               (block_sparse, "_sparse_launch", "_block_sparse_fwd")):
+        assert getattr(module, attr).fn.__name__ == name
+        monkeypatch.setattr(module, attr, Counted(name, getattr(module, attr)))
 
     class Ops(TorchDispatchMode):
         def __init__(self):
@@ -275,8 +277,8 @@ def test_a_sparse_layer_launches_three_kernels_and_no_torch_compute(monkeypatch)
             return func(*args, **(kwargs or {}))
 
     n, hq, hkv, d = 200, 4, 2, 64
-    q = torch.randn(1, n, hq, d).transpose(1, 2)  # transformers' memory layout
-    k, v = torch.randn(1, hkv, n, d), torch.randn(1, hkv, n, d)
+    q = torch.randn(1, n, hq, d, device=DEVICE).transpose(1, 2)  # transformers' memory layout
+    k, v = torch.randn(1, hkv, n, d, device=DEVICE), torch.randn(1, hkv, n, d, device=DEVICE)
     cfg = PrismConfig(block_size=32, min_sparse_len=0)
 
     class Attention(torch.nn.Module):
@@ -290,8 +292,7 @@ def test_a_sparse_layer_launches_three_kernels_and_no_torch_compute(monkeypatch)
     with Ops() as ops:
         out, _ = prism_attention_forward(module, q, k, v, None, scaling=d ** -0.5)
     assert launches == ["_pool_bands_kernel", "_select_kernel", "_block_sparse_fwd"]
-    assert set(ops.names) <= {"aten.empty.memory_format", "aten.split_with_sizes.default", "aten.view.default",
-                              "aten.transpose.int"}, sorted(set(ops.names))
+    assert set(ops.names) <= {"aten.empty.memory_format", "aten.transpose.int"}, sorted(set(ops.names))
     record = module.prism.stats.layers[0]
     assert record.sparse and record.known_density is None  # counted only when read
     assert 0 < float(record.density.mean()) <= 1 and out.shape == (1, n, hq, d)

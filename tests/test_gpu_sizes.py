@@ -144,3 +144,44 @@ def test_prism_attention_on_second_gpu_while_first_is_current():
     out, stats = prism_attention(q, k, v, PrismConfig(min_sparse_len=0).with_threshold(1.0), return_stats=True)
     assert out.device == q.device and stats.sparse and torch.cuda.current_device() == 0
     assert rel_err(out, dense_attention(q, k, v)) < TOL[torch.bfloat16]
+
+
+def test_cached_launches_write_what_triton_dispatch_writes():
+    """The three ops' second launch with arguments of the same kind skips Triton's dispatch (CachedLaunch hit) and
+    writes exactly what the first (through Triton) wrote; a Q that is not 16-byte aligned is a new kind (its own
+    compiled variant, a new entry) and still matches the torch twin, every element written."""
+    from prism_mm.kernels import block_sparse, estimate, pool
+
+    bs, n, hq, hkv, d = 128, 5000, 8, 2, 128
+    bands = RopeLayout(head_dim=d).bands(64, 96)
+    index = BandIndex.build(bands.high, bands.low, d, "cuda")
+    q = torch.randn(1, n, hq, d, device="cuda", dtype=torch.bfloat16).transpose(1, 2)
+    k, v = (torch.randn(1, hkv, n, d, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+    spec = SelectSpec(d, bs, 0.9, 0.9)
+    launchers = (pool._pool_launch, estimate._select_launch, block_sparse._sparse_launch)
+
+    def run():
+        pq, pk = pool.pool_pair(q, k, bs, index)
+        sel = estimate.select_blocks(pq, pk, spec, n, n)
+        out = torch.full_like(q, float("nan"))
+        return pq.packed.clone(), pk.packed.clone(), sel, block_sparse.block_sparse_attention(q, k, v, sel, out=out)
+
+    first = run()
+    hits = [launch.hits for launch in launchers]
+    second = run()
+    assert [launch.hits for launch in launchers] == [h + 1 for h in hits]
+    assert torch.equal(first[0], second[0]) and torch.equal(first[1], second[1])
+    assert torch.equal(first[2].kv_num_blocks, second[2].kv_num_blocks)
+    assert torch.equal(first[3], second[3]) and not first[3].isnan().any()
+
+    sel = second[2]
+    buf = torch.empty(q.numel() + 1, device="cuda", dtype=q.dtype)
+    q_off = buf[1:].view(1, n, hq, d).transpose(1, 2)
+    q_off.copy_(q)
+    assert q_off.data_ptr() % 16
+    entries = len(block_sparse._sparse_launch.compiled)
+    for _ in range(2):
+        out = block_sparse.block_sparse_attention(q_off, k, v, sel, out=torch.full_like(q, float("nan")))
+    assert len(block_sparse._sparse_launch.compiled) == entries + 1
+    expected = torch_ops.block_sparse_attention(q, k, v, sel)
+    assert not out.isnan().any() and rel_err(out, expected) < TOL[torch.bfloat16]

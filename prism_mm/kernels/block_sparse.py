@@ -17,6 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .launch import CachedLaunch
 from .layout import BlockSelection, next_pow2, num_blocks
 
 
@@ -179,6 +180,9 @@ def _block_sparse_fwd(
              out.to(O.dtype.element_ty), mask=qmask)
 
 
+_sparse_launch = CachedLaunch(_block_sparse_fwd)
+
+
 def _ensure_tma_allocator() -> None:
     """Device-side tensor descriptors need a scratch allocator (global workspace for the descriptors)."""
     def alloc(size: int, alignment: int, stream):
@@ -282,7 +286,7 @@ def launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, selection: BlockSe
     if cfg["DESC"] == 1:
         _ensure_tma_allocator()
     grid = (num_blocks(q_len, cfg["BLOCK_M"]) * b * hq,)
-    _block_sparse_fwd[grid](
+    _sparse_launch[grid](
         q, k_arg, v_arg, out, kv_num_blocks, kv_indices, scale * 1.4426950408889634,
         *q.stride(), *k.stride(), *v.stride(), *out.stride(),
         *kv_num_blocks.stride(), *kv_indices.stride()[:3],

@@ -1,0 +1,107 @@
+"""Launching a Triton kernel without Triton's per-call dispatch, once it has been compiled for the arguments' kind.
+
+`kernel[grid](*args, **kwargs)` binds every argument, derives its specialisation (dtype, 16-byte alignment, value 1,
+divisibility by 16, integer width), builds a cache key and looks the compiled kernel up, on every call: tens of
+microseconds per launch on the host, with three launches per Prism layer. `CachedLaunch` keys the compiled kernel on
+a cheaper summary that is at least as fine as Triton's (integers by value, tensors by dtype and alignment: arguments
+Triton would compile separately never share an entry) and launches it through the compiled kernel's own launcher,
+the call Triton's dispatch ends in. The first call of a kind goes through Triton (compiling, or finding the kernel in
+Triton's cache). Kinds it cannot summarise,
+an installed launch hook (profilers) or the interpreter (TRITON_INTERPRET=1) take Triton's path every time.
+"""
+from __future__ import annotations
+
+import torch
+
+try:  # triton >= 3.3
+    from triton import knobs as _knobs
+except ImportError:  # pragma: no cover - older triton: no cache, every launch through Triton
+    _knobs = None
+
+
+
+def _current_stream(device: int) -> int:
+    """The raw handle of the current CUDA stream (what Triton's own launch passes)."""
+    raw = getattr(torch._C, "_cuda_getCurrentRawStream", None)
+    return raw(device) if raw is not None else torch.cuda.current_stream(device).cuda_stream
+
+
+def _hook_installed() -> bool:
+    """A launch hook is set (a profiler): launches go through Triton, which calls it. Triton >= 3.5 keeps the hooks
+    in a chain that is never None (empty when none is set); earlier versions keep one callable or None."""
+    hook = _knobs.runtime.launch_enter_hook
+    if hook is None:
+        return False
+    calls = getattr(hook, "calls", None)
+    return bool(calls) if calls is not None else True
+
+
+def arg_kind(arg):
+    """What a kernel argument contributes to the cache key, at least as fine as Triton's specialisation: integers by
+    value, tensors by dtype and 16-byte alignment, host tensor descriptors by their base's kind, block, shape,
+    strides and padding, floats as one kind. None: a kind not summarised here (the launch goes through Triton)."""
+    if type(arg) is int:
+        return arg
+    if isinstance(arg, torch.Tensor):
+        return (arg.dtype, arg.data_ptr() % 16 == 0)
+    if isinstance(arg, bool):
+        return ("b", arg)
+    if isinstance(arg, float):
+        return "f"
+    base = getattr(arg, "base", None)
+    if isinstance(base, torch.Tensor) and hasattr(arg, "block_shape"):
+        return ("desc", base.dtype, base.data_ptr() % 16 == 0, tuple(arg.block_shape), getattr(arg, "padding", None),
+                tuple(arg.shape), tuple(arg.strides))
+    return None
+
+
+MAX_ENTRIES = 4096
+
+
+class CachedLaunch:
+    """`CachedLaunch(jit_fn)[grid](*args, **kwargs)` launches like `jit_fn[grid](*args, **kwargs)`.
+
+    Positional arguments are the kernel's runtime parameters in order; keyword arguments are its constexpr
+    parameters (which must follow the runtime ones in the signature) and launch options (num_warps, ...).
+    """
+
+    def __init__(self, fn):
+        self.fn = fn
+        self.compiled: dict = {}
+        self.hits = 0  # launches that skipped Triton's dispatch (for tests)
+        # Only a compiled JITFunction (not the interpreter's stand-in) on a triton with knobs has the parts used here.
+        self.enabled = _knobs is not None and hasattr(fn, "device_caches") and hasattr(fn, "params")
+        self.n_runtime, self.constexprs = -1, ()
+        if self.enabled:
+            names = list(fn.arg_names)
+            constexprs = [p.name for p in fn.params if p.is_constexpr]
+            self.n_runtime = len(names) - len(constexprs)
+            if names[self.n_runtime:] != constexprs:
+                raise TypeError(f"{fn.__name__}: CachedLaunch needs the constexpr parameters last")
+            self.constexprs = tuple(constexprs)
+
+    def __getitem__(self, grid):
+        return lambda *args, **kwargs: self.launch(grid, args, kwargs)
+
+    def launch(self, grid, args, kwargs):
+        if not self.enabled or _hook_installed() or len(args) != self.n_runtime:
+            return self.fn[grid](*args, **kwargs)
+        kinds = tuple([a if type(a) is int else arg_kind(a) for a in args])
+        if None in kinds:
+            return self.fn[grid](*args, **kwargs)
+        device = torch.cuda.current_device()
+        key = (device, kinds, tuple(kwargs.items()))
+        found = self.compiled.get(key)
+        if found is None:
+            kernel = self.fn[grid](*args, **kwargs)
+            if kernel is not None and hasattr(kernel, "run") and all(name in kwargs for name in self.constexprs):
+                if len(self.compiled) >= MAX_ENTRIES:  # integers key by value: bound the entries many lengths leave
+                    self.compiled.clear()
+                self.compiled[key] = (kernel, tuple(kwargs[name] for name in self.constexprs))
+            return kernel
+        kernel, constants = found
+        g = (*grid, 1, 1)
+        kernel.run(g[0], g[1], g[2], _current_stream(device), kernel.function, kernel.packed_metadata,
+                   None, None, None, *args, *constants)
+        self.hits += 1
+        return kernel
