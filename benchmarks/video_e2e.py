@@ -173,10 +173,11 @@ def layer_host_seconds(layers, forward, device, sleep_ms: float = 40.0, every: i
     return times
 
 
-def host_time(model, inputs: dict, reps: int = 3) -> list[dict]:
+def host_time(model, inputs: dict, reps: int = 4) -> list[dict]:
     """Per mode (dense SDPA; Prism's real selection path with max_density 1.0, no sync, and 0.8, one sync per layer):
-    the host milliseconds per decoder layer (median over layers and `reps` forwards, GPU held busy, see
-    layer_host_seconds), the GPU-synced time of a plain decoder forward and its peak memory (no KV cache)."""
+    the host milliseconds per decoder layer (median over layers and `reps` forwards per mode, the modes interleaved,
+    GPU held busy, see layer_host_seconds), the GPU-synced time of a plain decoder forward and its peak memory (no KV
+    cache)."""
     device = next(model.parameters()).device
     cuda = device.type == "cuda"
     lm = model.model.language_model
@@ -191,15 +192,20 @@ def host_time(model, inputs: dict, reps: int = 3) -> list[dict]:
         with torch.no_grad():
             lm(inputs_embeds=embeds, position_ids=pos, use_cache=False)
 
-    rows = []
-    for mode, max_density in (("dense sdpa", None), ("prism, max_density 1.0", 1.0), ("prism, max_density 0.8", 0.8)):
+    modes = (("dense sdpa", None), ("prism, max_density 1.0", 1.0), ("prism, max_density 0.8", 0.8))
+
+    def use(max_density):
         if max_density is None:
             set_attention(model, "dense")
-        else:
-            for m in model.modules():
-                if hasattr(m, "prism"):
-                    m.prism.config = PrismConfig.video(max_density=max_density, min_sparse_len=0)
-            set_attention(model, "prism")
+            return
+        for m in model.modules():
+            if hasattr(m, "prism"):
+                m.prism.config = PrismConfig.video(max_density=max_density, min_sparse_len=0)
+        set_attention(model, "prism")
+
+    rows = []
+    for mode, max_density in modes:
+        use(max_density)
         forward()  # warm-up
         sync(device)
         if cuda:
@@ -211,15 +217,20 @@ def host_time(model, inputs: dict, reps: int = 3) -> list[dict]:
             sync(device)
             totals.append(time.perf_counter() - t0)
         peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
-        timed = [t for _ in range(reps) for t in layer_host_seconds(lm.layers, forward, device)]
-        hosts = [t for t, synced in timed if not synced] or [t for t, _ in timed]
-        woken = [t for t, synced in timed if synced]
-        rows.append({"mode": mode, "tokens": n, "host_ms_per_layer": 1e3 * statistics.median(hosts),
-                     "host_ms_per_layer_min": 1e3 * min(hosts), "layer_samples": len(hosts),
-                     "host_ms_after_sync": 1e3 * statistics.median(woken) if woken else None,
-                     "total_s": sorted(totals)[reps // 2], "peak_gib": peak,
+        rows.append({"mode": mode, "tokens": n, "total_s": sorted(totals)[reps // 2], "peak_gib": peak,
                      "mean_density": model.prism_stats.mean_density if max_density is not None else 1.0})
-        print(rows[-1], flush=True)
+    timed: dict[str, list] = {mode: [] for mode, _ in modes}
+    for _ in range(reps):  # the modes interleaved, so that a slow stretch of the host falls on all of them
+        for mode, max_density in modes:
+            use(max_density)
+            timed[mode] += layer_host_seconds(lm.layers, forward, device)
+    for row in rows:
+        hosts = [t for t, synced in timed[row["mode"]] if not synced] or [t for t, _ in timed[row["mode"]]]
+        woken = [t for t, synced in timed[row["mode"]] if synced]
+        row.update({"host_ms_per_layer": 1e3 * statistics.median(hosts), "host_ms_per_layer_min": 1e3 * min(hosts),
+                    "layer_samples": len(hosts),
+                    "host_ms_after_sync": 1e3 * statistics.median(woken) if woken else None})
+        print(row, flush=True)
     return rows
 
 
@@ -401,7 +412,7 @@ def table(data: dict) -> list[str]:
                      f"{r['prefill_speedup_vs_varlen_dense']:.2f}x | {r['vision_speedup_vs_transformers']:.1f}x | "
                      f"{peak} |")
     if meta.get("host_time"):
-        lines += ["", "Host time per decoder layer (median over layers and 3 forwards; a sync and a 40 ms GPU sleep before "
+        lines += ["", "Host time per decoder layer (median over layers and 4 forwards per mode, the modes interleaved; a sync and a 40 ms GPU sleep before "
                   "every 4th layer, so the host never waits on a full launch queue: the host's own cost). \"running "
                   "ahead\": the layers between syncs, as in a prefill; \"after a sync\": the layer right after one "
                   "(rows without it were measured with a sync before every layer). A layer that synchronises shows "

@@ -141,6 +141,7 @@ def main():
     ap.add_argument("--tokens", type=int, nargs="+", default=[33536, 131328])
     ap.add_argument("--label", default="")
     ap.add_argument("--profile", action="store_true", help="cProfile the ops instead")
+    ap.add_argument("--components-only", action="store_true", help="skip the decoder-layer timings")
     args = ap.parse_args()
     if args.profile:
         return profile()
@@ -153,7 +154,8 @@ def main():
           "triton": triton.__version__, "sleep_cycles_per_ms": cpm})
     for n in args.tokens:
         components(n, cpm, emit)
-        layers(n, cpm, emit)
+        if not args.components_only:
+            layers(n, cpm, emit)
 
 
 

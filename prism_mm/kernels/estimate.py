@@ -24,15 +24,15 @@ from .layout import BlockSelection, Pooled, SelectSpec, dense_tail_row, next_pow
 
 
 @triton.jit
-def _head_rms_ratio(E, row0, n_rows, band: tl.constexpr, d_band, d, W: tl.constexpr, ROW: tl.constexpr):
-    """rms(pooled band dims) / rms(pooled all dims) over the n_rows blocks of one head (energies E, rows ROW apart)."""
+def _head_rms_ratio(E, row0, n_rows, band: tl.constexpr, d_band, d, W: tl.constexpr):
+    """rms(pooled band dims) / rms(pooled all dims) over the n_rows blocks of one head."""
     offs = tl.arange(0, W)
     e_all = tl.zeros([W], dtype=tl.float32)
     e_band = tl.zeros([W], dtype=tl.float32)
     for r0 in range(0, n_rows, W):
         m = r0 + offs < n_rows
-        e_all += tl.load(E + (row0 + r0 + offs) * ROW, mask=m, other=0.0)
-        e_band += tl.load(E + (row0 + r0 + offs) * ROW + band, mask=m, other=0.0)
+        e_all += tl.load(E + (row0 + r0 + offs) * 3, mask=m, other=0.0)
+        e_band += tl.load(E + (row0 + r0 + offs) * 3 + band, mask=m, other=0.0)
     rms_all = tl.sqrt(tl.sum(e_all, axis=0) / (n_rows * d))
     rms_band = tl.sqrt(tl.sum(e_band, axis=0) / (n_rows * d_band))
     return rms_band / tl.maximum(rms_all, 1e-6)
@@ -41,16 +41,14 @@ def _head_rms_ratio(E, row0, n_rows, band: tl.constexpr, d_band, d, W: tl.conste
 @triton.jit
 def _band_probs(
     Qp, Kp, rows, cols, row_ok, valid, n_kblocks, scale,
-    D: tl.constexpr, DC: tl.constexpr, R: tl.constexpr, W: tl.constexpr, PRECISION: tl.constexpr, ROW: tl.constexpr,
+    D: tl.constexpr, DC: tl.constexpr, R: tl.constexpr, W: tl.constexpr, PRECISION: tl.constexpr,
 ):
-    """[R, W] causal softmax over key blocks of one band's (D dims, rows ROW apart) scaled pooled logits (0 outside
-    `valid`)."""
+    """[R, W] causal softmax over key blocks of one band's scaled pooled logits (0 outside `valid`)."""
     acc = tl.zeros([R, W], dtype=tl.float32)
     for d0 in tl.static_range(0, D, DC):
         dd = d0 + tl.arange(0, DC)
-        q = tl.load(Qp + rows[:, None] * ROW + dd[None, :], mask=row_ok[:, None] & (dd < D)[None, :], other=0.0)
-        kt = tl.load(Kp + cols[None, :] * ROW + dd[:, None], mask=(cols < n_kblocks)[None, :] & (dd < D)[:, None],
-                     other=0.0)
+        q = tl.load(Qp + rows[:, None] * D + dd[None, :], mask=row_ok[:, None] & (dd < D)[None, :], other=0.0)
+        kt = tl.load(Kp + cols[None, :] * D + dd[:, None], mask=(cols < n_kblocks)[None, :] & (dd < D)[:, None], other=0.0)
         acc += tl.dot(q, kt, input_precision=PRECISION)
     logits = tl.where(valid, acc * scale, float("-inf"))
     m = tl.max(logits, axis=1)
@@ -85,10 +83,9 @@ def _top_p(p, valid, thr, R: tl.constexpr, W: tl.constexpr, ITERS: tl.constexpr)
 
 @triton.jit
 def _select_rows(
-    QP, KP, CNT, IDX, thr_high, thr_low, cutoff, dense_row,
+    QH, KH, QL, KL, QE, KE, CNT, IDX, thr_high, thr_low, cutoff, dense_row,
     pid_r, pid_bh, row_start, row_end, n_qblocks, n_kblocks, q_len, kv_len, Hq, Hkv, GROUP,
-    D: tl.constexpr, DH: tl.constexpr, DL: tl.constexpr, ROW: tl.constexpr, DC: tl.constexpr, R: tl.constexpr,
-    W: tl.constexpr,
+    D: tl.constexpr, DH: tl.constexpr, DL: tl.constexpr, DC: tl.constexpr, R: tl.constexpr, W: tl.constexpr,
     BLOCK_SIZE: tl.constexpr, CALIBRATE: tl.constexpr, FORCE_SINK: tl.constexpr, FORCE_DIAG: tl.constexpr,
     PRECISION: tl.constexpr, ITERS: tl.constexpr, CUTOFF_RULE: tl.constexpr,
 ):
@@ -112,17 +109,17 @@ def _select_rows(
     # t_band = sqrt(d_band / d) * (rms(q_band) / rms(q)) * (rms(k_band) / rms(k))   (if CALIBRATE)
     scale_h = 1.0 / tl.sqrt(DH * 1.0)
     scale_l = 1.0 / tl.sqrt(DL * 1.0)
-    if CALIBRATE:  # the energies follow the two bands in each packed row
-        t_h = tl.sqrt(DH / D) * _head_rms_ratio(QP + DH + DL, q_row0, n_qblocks, 1, DH, D, 256, ROW) \
-            * _head_rms_ratio(KP + DH + DL, k_row0, n_kblocks, 1, DH, D, 256, ROW)
-        t_l = tl.sqrt(DL / D) * _head_rms_ratio(QP + DH + DL, q_row0, n_qblocks, 2, DL, D, 256, ROW) \
-            * _head_rms_ratio(KP + DH + DL, k_row0, n_kblocks, 2, DL, D, 256, ROW)
+    if CALIBRATE:
+        t_h = tl.sqrt(DH / D) * _head_rms_ratio(QE, q_row0, n_qblocks, 1, DH, D, 256) \
+            * _head_rms_ratio(KE, k_row0, n_kblocks, 1, DH, D, 256)
+        t_l = tl.sqrt(DL / D) * _head_rms_ratio(QE, q_row0, n_qblocks, 2, DL, D, 256) \
+            * _head_rms_ratio(KE, k_row0, n_kblocks, 2, DL, D, 256)
         scale_h = scale_h / tl.maximum(t_h, 1e-6)
         scale_l = scale_l / tl.maximum(t_l, 1e-6)
-    p_h = _band_probs(QP + q_row0 * ROW, KP + k_row0 * ROW, rows, cols, row_ok, valid, n_kblocks, scale_h,
-                      DH, DC, R, W, PRECISION, ROW)
-    p_l = _band_probs(QP + q_row0 * ROW + DH, KP + k_row0 * ROW + DH, rows, cols, row_ok, valid, n_kblocks, scale_l,
-                      DL, DC, R, W, PRECISION, ROW)
+    p_h = _band_probs(QH + q_row0 * DH, KH + k_row0 * DH, rows, cols, row_ok, valid, n_kblocks, scale_h,
+                      DH, DC, R, W, PRECISION)
+    p_l = _band_probs(QL + q_row0 * DL, KL + k_row0 * DL, rows, cols, row_ok, valid, n_kblocks, scale_l,
+                      DL, DC, R, W, PRECISION)
     if CUTOFF_RULE:
         sel = (0.5 * (p_h + p_l) >= cutoff) & valid
     else:
@@ -142,9 +139,9 @@ def _select_rows(
 
 @triton.jit
 def _select_kernel(
-    QP, KP, CNT, IDX, thr_high, thr_low, cutoff, dense_row,
+    QH, KH, QL, KL, QE, KE, CNT, IDX, thr_high, thr_low, cutoff, dense_row,
     n_qblocks, n_kblocks, q_len, kv_len, Hq, Hkv, GROUP,
-    D: tl.constexpr, DH: tl.constexpr, DL: tl.constexpr, ROW: tl.constexpr, DC: tl.constexpr, R: tl.constexpr,
+    D: tl.constexpr, DH: tl.constexpr, DL: tl.constexpr, DC: tl.constexpr, R: tl.constexpr,
     W_FIRST: tl.constexpr, STEPS: tl.constexpr,
     BLOCK_SIZE: tl.constexpr, CALIBRATE: tl.constexpr, FORCE_SINK: tl.constexpr, FORCE_DIAG: tl.constexpr,
     PRECISION: tl.constexpr, ITERS: tl.constexpr, CUTOFF_RULE: tl.constexpr,
@@ -164,9 +161,9 @@ def _select_kernel(
             end = tl.minimum(tl.maximum(((W_FIRST << s) * BLOCK_SIZE - offset) // BLOCK_SIZE, start), n_qblocks)
         programs = (end - start + R - 1) // R
         if (pid >= first_program) & (pid < first_program + programs):
-            _select_rows(QP, KP, CNT, IDX, thr_high, thr_low, cutoff, dense_row,
+            _select_rows(QH, KH, QL, KL, QE, KE, CNT, IDX, thr_high, thr_low, cutoff, dense_row,
                          pid - first_program, pid_bh, start, end, n_qblocks, n_kblocks, q_len, kv_len, Hq, Hkv, GROUP,
-                         D, DH, DL, ROW, DC, R, W_FIRST << s, BLOCK_SIZE, CALIBRATE, FORCE_SINK, FORCE_DIAG,
+                         D, DH, DL, DC, R, W_FIRST << s, BLOCK_SIZE, CALIBRATE, FORCE_SINK, FORCE_DIAG,
                          PRECISION, ITERS, CUTOFF_RULE)
         first_program += programs
         start = end
@@ -210,26 +207,28 @@ def select_blocks(q: Pooled, k: Pooled, spec: SelectSpec, q_len: int, kv_len: in
 
 def _select(q: Pooled, k: Pooled, spec: SelectSpec, q_len: int, kv_len: int, ladder_min_kblocks: int) -> BlockSelection:
     """select_blocks with the ladder's switch-over point as a parameter (the tests force the ladder at small sizes)."""
-    for name, t in (("q", q.packed), ("k", k.packed)):
-        if t.dtype is not torch.float32 or t.dim() != 4 or not t.is_contiguous():
-            raise ValueError(f"{name}.packed must be a contiguous float32 [B, H, blocks, row] tensor (layout.Pooled)")
+    tensors = (*q, *k)
+    if not all(t.dtype is torch.float32 and t.dim() == 4 and t.is_contiguous() for t in tensors):
+        names = ("q.high", "q.low", "q.energy", "k.high", "k.low", "k.energy")
+        bad = next(n for n, t in zip(names, tensors) if t.dtype is not torch.float32 or t.dim() != 4 or not t.is_contiguous())
+        raise ValueError(f"{bad} must be a contiguous float32 [B, H, blocks, dims] tensor")
     block_size = spec.block_size
-    b, hq, nqb, row = q.packed.shape
-    hkv, nkb = k.packed.shape[1], k.packed.shape[2]
-    dh, dl = q.dh, q.dl
-    if hq % hkv or (k.dh, k.dl) != (dh, dl) or k.packed.shape[0] != b:
-        raise ValueError("pooled q and k disagree on batch, heads or band dims")
+    b, hq, nqb, dh = q.high.shape
+    hkv, nkb = k.high.shape[1], k.high.shape[2]
+    dl = q.low.shape[-1]
+    if hq % hkv or k.low.shape[:3] != k.high.shape[:3] or q.low.shape[:3] != q.high.shape[:3]:
+        raise ValueError("band tensors disagree on batch / heads / blocks")
     if nqb != num_blocks(q_len, block_size) or nkb != num_blocks(kv_len, block_size):
         raise ValueError("pooled tensors do not match q_len / kv_len / block_size")
-    counts = torch.empty(b, hq, nqb, device=q.packed.device, dtype=torch.int32)
-    indices = torch.empty(b, hq, nqb, nkb, device=q.packed.device, dtype=torch.int32)
+    counts = torch.empty(b, hq, nqb, device=q.high.device, dtype=torch.int32)
+    indices = torch.empty(b, hq, nqb, nkb, device=q.high.device, dtype=torch.int32)
     steps = ladder(nqb, nkb, q_len, kv_len, block_size, min_kblocks=ladder_min_kblocks)
     rows, widest = 16, steps[-1][2]
     _select_launch[(sum(num_blocks(end - start, rows) for start, end, _ in steps), b * hq)](
-        q.packed, k.packed, counts, indices,
+        q.high, k.high, q.low, k.low, q.energy, k.energy, counts, indices,
         float(spec.threshold_high), float(spec.threshold_low), float(spec.cutoff or 0.0),
         dense_tail_row(q_len, block_size, spec.dense_tail), nqb, nkb, q_len, kv_len, hq, hkv, hq // hkv,
-        D=spec.head_dim, DH=dh, DL=dl, ROW=row, DC=16, R=rows, W_FIRST=steps[0][2], STEPS=len(steps), BLOCK_SIZE=block_size,
+        D=spec.head_dim, DH=dh, DL=dl, DC=16, R=rows, W_FIRST=steps[0][2], STEPS=len(steps), BLOCK_SIZE=block_size,
         CALIBRATE=spec.calibrate, FORCE_SINK=spec.force_sink, FORCE_DIAG=spec.force_diagonal,
         PRECISION="ieee" if spec.precise else "tf32", ITERS=31 if spec.precise else 16,
         CUTOFF_RULE=spec.cutoff is not None, num_warps=4 if widest <= 128 else 8 if widest <= 512 else 16,

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from typing import NamedTuple
+
 import torch
 
 
@@ -137,44 +139,13 @@ class BlockSelection:
             raise ValueError("kv_num_blocks and kv_indices must be int32")
 
 
-def pooled_row(dh: int, dl: int) -> int:
-    """Floats per pooled block row: the high band, the low band, three energies, padded to 16 bytes."""
-    return (dh + dl + 3 + 3) // 4 * 4
+class Pooled(NamedTuple):
+    """Block-pooled band vectors of Q or K (fp32): high [B,H,NB,DH], low [B,H,NB,DL], and per-block energies
+    [B,H,NB,3] = sum(pooled^2) over all dims, over the high band and over the low band."""
 
-
-class Pooled:
-    """Block-pooled band vectors of Q or K (fp32), all in one contiguous `packed` [B, H, NB, pooled_row(dh, dl)]: per
-    block the high band (dh dims), then the low band (dl dims), then the energies sum(pooled^2) over all dims, over
-    the high band and over the low band. `high`, `low` and `energy` are views of it; iterating gives the three."""
-
-    __slots__ = ("packed", "dh", "dl")
-
-    def __init__(self, packed: torch.Tensor, dh: int, dl: int):
-        if packed.shape[-1] != pooled_row(dh, dl):
-            raise ValueError(f"a packed pooled row holds {pooled_row(dh, dl)} floats for bands of {dh} and {dl} dims, "
-                             f"got {packed.shape[-1]}")
-        self.packed, self.dh, self.dl = packed, dh, dl
-
-    @classmethod
-    def from_parts(cls, high: torch.Tensor, low: torch.Tensor, energy: torch.Tensor) -> "Pooled":
-        dh, dl = high.shape[-1], low.shape[-1]
-        pad = high.new_zeros(*high.shape[:-1], pooled_row(dh, dl) - dh - dl - 3)
-        return cls(torch.cat([high, low, energy, pad], dim=-1), dh, dl)
-
-    @property
-    def high(self) -> torch.Tensor:  # [B, H, NB, dh]
-        return self.packed[..., : self.dh]
-
-    @property
-    def low(self) -> torch.Tensor:  # [B, H, NB, dl]
-        return self.packed[..., self.dh: self.dh + self.dl]
-
-    @property
-    def energy(self) -> torch.Tensor:  # [B, H, NB, 3]
-        return self.packed[..., self.dh + self.dl: self.dh + self.dl + 3]
-
-    def __iter__(self):
-        return iter((self.high, self.low, self.energy))
+    high: torch.Tensor
+    low: torch.Tensor
+    energy: torch.Tensor
 
 
 @dataclass(frozen=True)

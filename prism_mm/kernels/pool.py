@@ -1,27 +1,28 @@
 """Triton kernel: mean-pool each block of tokens and split the pooled vector into the two RoPE bands.
 
-Per block it writes one packed row (layout.Pooled): the pooled high-band and low-band vectors (fp32, band dims in
-ascending order) and the energies sum(pooled^2) over all dims / the high band / the low band, which the selection
+Per block it writes the pooled high-band and low-band vectors (fp32, band dims in ascending order)
+and the energies sum(pooled^2) over all dims / the high band / the low band, which the selection
 kernel turns into the calibration temperatures. One read of Q (or K), nothing else; pool_pair pools Q and K in one launch.
 Twin: torch_ops.pool_bands.
 """
 from __future__ import annotations
+
+import math
 
 import torch
 import triton
 import triton.language as tl
 
 from .launch import CachedLaunch
-from .layout import BandIndex, Pooled, next_pow2, num_blocks, pooled_row
+from .layout import BandIndex, Pooled, next_pow2, num_blocks
 
 
 @triton.jit
 def _pool_rows(
-    X, OUT, HI_POS, LO_POS, pid, L, n_blocks, H, stride_xb, stride_xh, stride_xl, stride_xd,
-    D: tl.constexpr, D_P2: tl.constexpr, DH: tl.constexpr, DL: tl.constexpr, ROW: tl.constexpr,
-    BLOCK: tl.constexpr, CHUNK: tl.constexpr,
+    X, HI, LO, E, HI_POS, LO_POS, pid, L, n_blocks, H, stride_xb, stride_xh, stride_xl, stride_xd,
+    D: tl.constexpr, D_P2: tl.constexpr, DH: tl.constexpr, DL: tl.constexpr, BLOCK: tl.constexpr, CHUNK: tl.constexpr,
 ):
-    """Block pid % n_blocks of (batch, head) pid // n_blocks: its pooled band vectors and energies (packed row pid)."""
+    """Block pid % n_blocks of (batch, head) pid // n_blocks: its pooled band vectors and energies (output row pid)."""
     pid_bh = pid // n_blocks
     start = (pid % n_blocks) * BLOCK
     b = pid_bh // H
@@ -35,35 +36,32 @@ def _pool_rows(
         x = tl.load(ptrs, mask=(offs < L)[:, None] & (offs_d < D)[None, :], other=0.0)
         acc += tl.sum(x.to(tl.float32), axis=0)
     pooled = acc / tl.minimum(L - start, BLOCK).to(tl.float32)
-    out = OUT + pid.to(tl.int64) * ROW
+    row = pid.to(tl.int64)
     hi_pos = tl.load(HI_POS + offs_d, mask=offs_d < D, other=-1)
     lo_pos = tl.load(LO_POS + offs_d, mask=offs_d < D, other=-1)
-    tl.store(out + hi_pos, pooled, mask=hi_pos >= 0)
-    tl.store(out + DH + lo_pos, pooled, mask=lo_pos >= 0)
+    tl.store(HI + row * DH + hi_pos, pooled, mask=hi_pos >= 0)
+    tl.store(LO + row * DL + lo_pos, pooled, mask=lo_pos >= 0)
     sq = pooled * pooled
-    e = out + DH + DL
-    tl.store(e, tl.sum(sq, axis=0))
-    tl.store(e + 1, tl.sum(tl.where(hi_pos >= 0, sq, 0.0), axis=0))
-    tl.store(e + 2, tl.sum(tl.where(lo_pos >= 0, sq, 0.0), axis=0))
-    for j in tl.static_range(DH + DL + 3, ROW):  # the row's padding, so that every element is written
-        tl.store(out + j, 0.0)
+    tl.store(E + row * 3 + 0, tl.sum(sq, axis=0))
+    tl.store(E + row * 3 + 1, tl.sum(tl.where(hi_pos >= 0, sq, 0.0), axis=0))
+    tl.store(E + row * 3 + 2, tl.sum(tl.where(lo_pos >= 0, sq, 0.0), axis=0))
 
 
 @triton.jit
 def _pool_bands_kernel(
-    X1, OUT1, X2, OUT2, HI_POS, LO_POS, programs1,
+    X1, HI1, LO1, E1, X2, HI2, LO2, E2, HI_POS, LO_POS, programs1,
     L1, n_blocks1, H1, s1b, s1h, s1l, s1d, L2, n_blocks2, H2, s2b, s2h, s2l, s2d,
-    D: tl.constexpr, D_P2: tl.constexpr, DH: tl.constexpr, DL: tl.constexpr, ROW: tl.constexpr,
+    D: tl.constexpr, D_P2: tl.constexpr, DH: tl.constexpr, DL: tl.constexpr,
     BLOCK: tl.constexpr, CHUNK: tl.constexpr,
 ):
     """One program per block of one of two tensors (Q and K in one launch): the first `programs1` programs pool X1."""
     pid = tl.program_id(0)
     if pid < programs1:
-        _pool_rows(X1, OUT1, HI_POS, LO_POS, pid, L1, n_blocks1, H1, s1b, s1h, s1l, s1d,
-                   D, D_P2, DH, DL, ROW, BLOCK, CHUNK)
+        _pool_rows(X1, HI1, LO1, E1, HI_POS, LO_POS, pid, L1, n_blocks1, H1, s1b, s1h, s1l, s1d,
+                   D, D_P2, DH, DL, BLOCK, CHUNK)
     else:
-        _pool_rows(X2, OUT2, HI_POS, LO_POS, pid - programs1, L2, n_blocks2, H2, s2b, s2h, s2l, s2d,
-                   D, D_P2, DH, DL, ROW, BLOCK, CHUNK)
+        _pool_rows(X2, HI2, LO2, E2, HI_POS, LO_POS, pid - programs1, L2, n_blocks2, H2, s2b, s2h, s2l, s2d,
+                   D, D_P2, DH, DL, BLOCK, CHUNK)
 
 
 _pool_launch = CachedLaunch(_pool_bands_kernel)
@@ -76,27 +74,36 @@ def _check(x: torch.Tensor, bands: BandIndex) -> None:
         raise ValueError(f"bands were built for head_dim {bands.head_dim}, x has head_dim {x.shape[-1]}")
 
 
+def _outputs(xs, block_size: int, dh: int, dl: int) -> list[Pooled]:
+    """The Pooled outputs of every x, carved out of one fp32 allocation (each part contiguous)."""
+    shapes = []
+    for x in xs:
+        b, h, n, _ = x.shape
+        nb = num_blocks(n, block_size)
+        shapes += [(b, h, nb, dh), (b, h, nb, dl), (b, h, nb, 3)]
+    sizes = [math.prod(shape) for shape in shapes]
+    parts = torch.empty(sum(sizes), device=xs[0].device, dtype=torch.float32).split(sizes)
+    views = [part.view(shape) for part, shape in zip(parts, shapes)]
+    return [Pooled(*views[i:i + 3]) for i in range(0, len(views), 3)]
+
+
 def _launch(xs, block_size: int, bands: BandIndex) -> list[Pooled]:
     for x in xs:
         _check(x, bands)
     d = xs[0].shape[-1]
     dh, dl = bands.high_idx.numel(), bands.low_idx.numel()
-    row = pooled_row(dh, dl)
-    outs = [torch.empty(x.shape[0], x.shape[1], num_blocks(x.shape[2], block_size), row, device=x.device,
-                        dtype=torch.float32) for x in xs]
+    outs = _outputs(xs, block_size, dh, dl)
     (x1, p1), (x2, p2) = (xs[0], outs[0]), (xs[-1], outs[-1])
-    programs = x1.shape[0] * x1.shape[1] * p1.shape[2]
-    total = programs if len(xs) == 1 else programs + x2.shape[0] * x2.shape[1] * p2.shape[2]
+    programs = [x.shape[0] * x.shape[1] * num_blocks(x.shape[2], block_size) for x in xs]
     d_p2 = next_pow2(d)
     chunk = min(block_size, max(16, 16384 // d_p2))  # <= 16K elements per load
-    _pool_launch[(total,)](
-        x1, p1, x2, p2, bands.high_pos, bands.low_pos, programs,
-        x1.shape[2], p1.shape[2], x1.shape[1], *x1.stride(),
-        x2.shape[2], p2.shape[2], x2.shape[1], *x2.stride(),
-        D=d, D_P2=d_p2, DH=dh, DL=dl, ROW=row, BLOCK=block_size, CHUNK=chunk,
-        num_warps=8 if chunk * d_p2 >= 8192 else 4,
+    _pool_launch[(sum(programs),)](
+        x1, *p1, x2, *p2, bands.high_pos, bands.low_pos, programs[0],
+        x1.shape[2], num_blocks(x1.shape[2], block_size), x1.shape[1], *x1.stride(),
+        x2.shape[2], num_blocks(x2.shape[2], block_size), x2.shape[1], *x2.stride(),
+        D=d, D_P2=d_p2, DH=dh, DL=dl, BLOCK=block_size, CHUNK=chunk, num_warps=8 if chunk * d_p2 >= 8192 else 4,
     )
-    return [Pooled(p, dh, dl) for p in outs]
+    return outs
 
 
 def pool_bands(x: torch.Tensor, block_size: int, bands: BandIndex) -> Pooled:

@@ -37,7 +37,7 @@ def pool_bands(x: torch.Tensor, block_size: int, bands: BandIndex) -> Pooled:
     pooled = pool_blocks(x, block_size)
     hi, lo = pooled[..., bands.high_idx], pooled[..., bands.low_idx]
     energy = torch.stack([pooled.pow(2).sum(-1), hi.pow(2).sum(-1), lo.pow(2).sum(-1)], dim=-1)
-    return Pooled.from_parts(hi, lo, energy)
+    return Pooled(hi.contiguous(), lo.contiguous(), energy)
 
 
 def pool_pair(q: torch.Tensor, k: torch.Tensor, block_size: int, bands: BandIndex) -> tuple[Pooled, Pooled]:
@@ -80,13 +80,13 @@ def band_temperature(q_energy, k_energy, band: int, d_band: int, head_dim: int, 
 def band_probabilities(q: Pooled, k: Pooled, spec: SelectSpec, q_len: int, kv_len: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(high, low) [B, Hq, NQB, NKB]: each band's causal softmax over key blocks of its scaled pooled logits
     q_band . k_band / (sqrt(d_band) * t_band), t_band the energy temperature when spec.calibrate (0 off causal)."""
-    return _band_probabilities(q, k, spec, causal_block_mask(q_len, kv_len, spec.block_size, q.packed.device)[None, None])
+    return _band_probabilities(q, k, spec, causal_block_mask(q_len, kv_len, spec.block_size, q.high.device)[None, None])
 
 
 def _band_probabilities(q: Pooled, k: Pooled, spec: SelectSpec, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """band_probabilities under the causal block mask `valid` [1, 1, NQB, NKB]."""
-    group = q.packed.shape[1] // k.packed.shape[1]
-    device = q.packed.device
+    group = q.high.shape[1] // k.high.shape[1]
+    device = q.high.device
     probs = []
     for qb, kb, band in ((q.high, k.high, 1), (q.low, k.low, 2)):
         d_band = qb.shape[-1]
@@ -101,7 +101,7 @@ def _band_probabilities(q: Pooled, k: Pooled, spec: SelectSpec, valid: torch.Ten
 def select_blocks(q: Pooled, k: Pooled, spec: SelectSpec, q_len: int, kv_len: int) -> BlockSelection:
     """Dual-band block selection from pooled Q and K: per-band top-p, or one cutoff on the mean band probability
     (see SelectSpec for the rules)."""
-    device = q.packed.device
+    device = q.high.device
     valid = causal_block_mask(q_len, kv_len, spec.block_size, device)[None, None]
     p_high, p_low = _band_probabilities(q, k, spec, valid)
     if spec.cutoff is None:
