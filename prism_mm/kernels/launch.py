@@ -90,7 +90,9 @@ class CachedLaunch:
         if None in kinds:
             return self.fn[grid](*args, **kwargs)
         device = torch.cuda.current_device()
-        key = (device, kinds, tuple(kwargs.items()))
+        # Triton's own options that change what it compiles (its debug mode, instrumentation) are part of the key
+        knobs = (getattr(_knobs.runtime, "debug", None), getattr(_knobs.compilation, "instrumentation_mode", None))
+        key = (device, kinds, tuple(kwargs.items()), knobs)
         found = self.compiled.get(key)
         if found is None:
             kernel = self.fn[grid](*args, **kwargs)
