@@ -16,6 +16,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
@@ -52,36 +53,67 @@ def host_us(fn, cpm: float, calls: int = 20, rounds: int = 15, sleep_ms: float =
     return statistics.median(per)
 
 
-def components(n: int, cpm: float, emit) -> None:
+def probe_cli():
+    """The launch probes' command line (--tokens, --label), the sleep calibration and a JSON-lines emitter that has
+    already written the GPU / versions record: (args, cycles per ms, emit)."""
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--tokens", type=int, nargs="+", default=[33536])
+    ap.add_argument("--label", default="")
+    args = ap.parse_args()
+
+    def emit(rec):
+        print(json.dumps({"label": args.label, **rec}), flush=True)
+
+    emit({"what": "gpu", "name": torch.cuda.get_device_name(), "torch": torch.__version__,
+          "triton": triton.__version__, "prism_mm": prism_mm.__file__})
+    return args, cycles_per_ms(), emit
+
+
+def attention_inputs(n: int) -> SimpleNamespace:
+    """One decoder layer's attention call at n tokens (Qwen2.5-VL-7B: 28/4 heads, head_dim 128, bf16, Q in
+    transformers' [B, L, H, D] memory), with everything the Prism ops take, a selection and a module set up for
+    prism_attention_forward and transformers' sdpa_attention_forward. Shared by the lab's host probes."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    from prism_mm.attention import PrismLayer, prism_attention_forward
+    from prism_mm.kernels.layout import SelectSpec
+    from prism_mm.selection import band_index
+    from prism_mm.spectral import RopeLayout
+    from prism_mm.stats import PrismRunStats
+
     dev = torch.device("cuda")
     b, hq, hkv, d = 1, 28, 4, 128
     q = torch.randn(b, n, hq, d, device=dev, dtype=torch.bfloat16).transpose(1, 2)
     k = torch.randn(b, hkv, n, d, device=dev, dtype=torch.bfloat16)
     v = torch.randn_like(k)
-    x = torch.zeros(1, device=dev)
     cfg = PrismConfig.video(min_sparse_len=0)
-    from prism_mm.spectral import RopeLayout
     bands = RopeLayout(head_dim=d).bands(*cfg.band_dims(d))
     ops = kernel_ops("triton", dev)
-    from prism_mm.selection import band_index
     bi = band_index(bands, d, dev)
-    pq, pk = ops.pool_bands(q, cfg.block_size, bi), ops.pool_bands(k, cfg.block_size, bi)
-    from prism_mm.kernels.layout import SelectSpec
+    pq, pk = ops.pool_pair(q, k, cfg.block_size, bi)
     spec = SelectSpec(head_dim=d, block_size=cfg.block_size, threshold_high=cfg.threshold_high,
                       threshold_low=cfg.threshold_low)
     sel = ops.select_blocks(pq, pk, spec, n, n)
     out = torch.empty(b, n, hq, d, device=dev, dtype=q.dtype).transpose(1, 2)
-    from prism_mm.attention import PrismLayer, prism_attention_forward
-    from prism_mm.stats import PrismRunStats
 
     class Module(torch.nn.Module):
         layer_idx = 0
 
     mod = Module()
     mod.prism = PrismLayer(cfg, bands, PrismRunStats())
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
     mod.is_causal = True
     mod.num_key_value_groups = hq // hkv
+    return SimpleNamespace(dev=dev, b=b, hq=hq, hkv=hkv, d=d, n=n, q=q, k=k, v=v, cfg=cfg, bands=bands, ops=ops,
+                           bi=bi, pq=pq, pk=pk, spec=spec, sel=sel, out=out, mod=mod,
+                           prism_forward=lambda: prism_attention_forward(mod, q, k, v, None, scaling=d ** -0.5),
+                           sdpa_forward=lambda: sdpa_attention_forward(mod, q, k, v, None, scaling=d ** -0.5))
+
+
+def components(n: int, cpm: float, emit) -> None:
+    a = attention_inputs(n)
+    dev, b, hq, d, q, k, v, cfg, bands, ops, bi = a.dev, a.b, a.hq, a.d, a.q, a.k, a.v, a.cfg, a.bands, a.ops, a.bi
+    pq, pk, spec, sel, out = a.pq, a.pk, a.spec, a.sel, a.out
+    x = torch.zeros(1, device=dev)
     cases = {
         "torch x.add_(1)": lambda: x.add_(1),
         "triton empty kernel (1 arg)": lambda: _noop[(1,)](x),
@@ -92,8 +124,8 @@ def components(n: int, cpm: float, emit) -> None:
         "selection.density()": lambda: sel.density(),
         "block_sparse_attention": lambda: ops.block_sparse_attention(q, k, v, sel, None, out),
         "estimate()": lambda: estimate(q, k, cfg, bands, ops),
-        "prism_attention_forward": lambda: prism_attention_forward(mod, q, k, v, None, scaling=d ** -0.5),
-        "transformers sdpa_attention_forward": lambda: sdpa_attention_forward(mod, q, k, v, None, scaling=d ** -0.5),
+        "prism_attention_forward": a.prism_forward,
+        "transformers sdpa_attention_forward": a.sdpa_forward,
         "F.sdpa(enable_gqa, causal)": lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True),
     }
     if hasattr(ops, "pool_qk"):
@@ -165,17 +197,8 @@ def profile(n: int = 33536, calls: int = 200) -> None:
     import cProfile
     import pstats
 
-    dev = torch.device("cuda")
-    b, hq, hkv, d = 1, 28, 4, 128
-    q = torch.randn(b, n, hq, d, device=dev, dtype=torch.bfloat16).transpose(1, 2)
-    k = torch.randn(b, hkv, n, d, device=dev, dtype=torch.bfloat16)
-    v = torch.randn_like(k)
-    cfg = PrismConfig.video(min_sparse_len=0)
-    from prism_mm.spectral import RopeLayout
-    bands = RopeLayout(head_dim=d).bands(*cfg.band_dims(d))
-    ops = kernel_ops("triton", dev)
-    sel = estimate(q, k, cfg, bands, ops)
-    out = torch.empty(b, n, hq, d, device=dev, dtype=q.dtype).transpose(1, 2)
+    a = attention_inputs(n)
+    q, k, v, cfg, bands, ops, sel, out = a.q, a.k, a.v, a.cfg, a.bands, a.ops, a.sel, a.out
     cpm = cycles_per_ms()
     for name, fn in (("estimate", lambda: estimate(q, k, cfg, bands, ops)),
                      ("block_sparse_attention", lambda: ops.block_sparse_attention(q, k, v, sel, None, out))):

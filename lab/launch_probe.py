@@ -6,27 +6,23 @@ own runner; its launcher called raw), GPU held busy as in host_probe.py. One JSO
 """
 from __future__ import annotations
 
-import argparse
-import json
-import math
 import sys
 from pathlib import Path
 
 import torch
-import triton
-
-import prism_mm
-from prism_mm import PrismConfig
 
 sys.path.append(str(Path(__file__).resolve().parent))
 sys.path.append(str(Path(__file__).resolve().parent.parent))
-from host_probe import host_us  # noqa: E402
-
-from benchmarks.video_e2e import sleep_cycles_per_ms  # noqa: E402
+from host_probe import attention_inputs, host_us, probe_cli  # noqa: E402
 
 
 def capture(jit_fn, call):
-    """(args, kwargs, grid) of jit_fn's launch inside call()."""
+    """(args, kwargs, grid) of jit_fn's launch inside call() (any CachedLaunch of it off meanwhile, so that the launch
+    reaches Triton's dispatch)."""
+    from prism_mm.kernels.launch import CachedLaunch
+
+    module = sys.modules[jit_fn.fn.__module__]
+    cached = [c for c in vars(module).values() if isinstance(c, CachedLaunch) and c.fn is jit_fn]
     seen = {}
     orig = jit_fn.run
 
@@ -35,10 +31,15 @@ def capture(jit_fn, call):
         return orig(*args, grid=grid, warmup=warmup, **kwargs)
 
     jit_fn.run = spy
+    states = [c.enabled for c in cached]
+    for c in cached:
+        c.enabled = False
     try:
         call()
     finally:
         del jit_fn.run
+        for c, state in zip(cached, states):
+            c.enabled = state
     return seen["args"], seen["kwargs"], seen["grid"]
 
 
@@ -56,7 +57,7 @@ def launch_variants(name, jit_fn, call, cpm, emit, n):
         f"{name}: op": call,
         f"{name}: jit[grid](args ready)": lambda: jit_fn[grid](*args, **kwargs),
         f"{name}: binder only": lambda: binder(*args, **kwargs),
-        f"{name}: compiled[grid](bound)": lambda: compiled[grid](*bound),
+        f"{name}: compiled[grid](bound)": lambda: compiled[g](*bound),
         f"{name}: compiled.run raw": lambda: compiled.run(g[0], g[1], g[2], stream, compiled.function,
                                                             compiled.packed_metadata, None, None, None, *bound),
         f"{name}: get_current_stream": lambda: driver.active.get_current_stream(device),
@@ -71,49 +72,20 @@ def launch_variants(name, jit_fn, call, cpm, emit, n):
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--tokens", type=int, nargs="+", default=[33536])
-    ap.add_argument("--label", default="")
-    args = ap.parse_args()
-    cpm = sleep_cycles_per_ms()
-
-    def emit(rec):
-        print(json.dumps({"label": args.label, **rec}), flush=True)
-
-    emit({"what": "gpu", "name": torch.cuda.get_device_name(), "torch": torch.__version__,
-          "triton": triton.__version__, "prism_mm": prism_mm.__file__})
-    from prism_mm.attention import PrismLayer, _attend, check_qkv, fallback_reason, prism_attention_forward
+    args, cpm, emit = probe_cli()
+    from prism_mm.attention import _attend, check_qkv, fallback_reason
     from prism_mm.kernels import block_sparse, estimate as est_mod, ops as kernel_ops, pool
-    from prism_mm.kernels.layout import SelectSpec
     from prism_mm.selection import _spec, band_index, estimate
-    from prism_mm.spectral import RopeLayout
     from prism_mm.stats import PrismRunStats, PrismStats
 
-    dev = torch.device("cuda")
     for n in args.tokens:
-        b, hq, hkv, d = 1, 28, 4, 128
-        q = torch.randn(b, n, hq, d, device=dev, dtype=torch.bfloat16).transpose(1, 2)
-        k = torch.randn(b, hkv, n, d, device=dev, dtype=torch.bfloat16)
-        v = torch.randn_like(k)
-        cfg = PrismConfig.video(min_sparse_len=0)
-        bands = RopeLayout(head_dim=d).bands(*cfg.band_dims(d))
-        ops = kernel_ops("triton", dev)
-        bi = band_index(bands, d, dev)
-        pq, pk = ops.pool_pair(q, k, cfg.block_size, bi)
-        spec = SelectSpec(head_dim=d, block_size=cfg.block_size, threshold_high=cfg.threshold_high,
-                          threshold_low=cfg.threshold_low)
-        sel = ops.select_blocks(pq, pk, spec, n, n)
-        out = torch.empty(b, n, hq, d, device=dev, dtype=q.dtype).transpose(1, 2)
-
-        class Module(torch.nn.Module):
-            layer_idx = 0
-
-        mod = Module()
-        mod.prism = PrismLayer(cfg, bands, PrismRunStats())
+        a = attention_inputs(n)
+        dev, b, hq, d, q, k, v, cfg, bands, ops, bi = a.dev, a.b, a.hq, a.d, a.q, a.k, a.v, a.cfg, a.bands, a.ops, a.bi
+        pq, pk, spec, sel, out = a.pq, a.pk, a.spec, a.sel, a.out
         st = PrismStats.of_selection(sel)
         run_stats = PrismRunStats()
         steps = {
-            "prism_attention_forward": lambda: prism_attention_forward(mod, q, k, v, None, scaling=d ** -0.5),
+            "prism_attention_forward": a.prism_forward,
             "_attend": lambda: _attend(q, k, v, cfg, bands, d ** -0.5, ops, ""),
             "estimate()": lambda: estimate(q, k, cfg, bands, ops),
             "fallback_reason": lambda: fallback_reason(cfg, n, n, None, None, 0.0),
@@ -151,11 +123,9 @@ def main():
         # the compiled runner writes what the JIT launch writes
         ref = ops.block_sparse_attention(q, k, v, sel, None, torch.empty_like(out)).clone()
         out.zero_()
-        compiled[grid](*bound)
+        compiled[(*grid, 1, 1)[:3]](*bound)  # the compiled kernel's runner wants a 3-D grid
         torch.cuda.synchronize()
         emit({"what": "check", "name": "compiled runner == op", "equal": bool(torch.equal(out, ref))})
-        del q, k, v, out, pq, pk, sel
-        torch.cuda.empty_cache()
 
 
 if __name__ == "__main__":

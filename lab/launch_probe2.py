@@ -6,9 +6,7 @@ the run and with the garbage collector off. One JSON line per measurement.
 """
 from __future__ import annotations
 
-import argparse
 import gc
-import json
 import math
 import statistics
 import sys
@@ -16,16 +14,10 @@ import time
 from pathlib import Path
 
 import torch
-import triton
-
-import prism_mm
-from prism_mm import PrismConfig
 
 sys.path.append(str(Path(__file__).resolve().parent))
 sys.path.append(str(Path(__file__).resolve().parent.parent))
-from host_probe import host_us  # noqa: E402
-
-from benchmarks.video_e2e import sleep_cycles_per_ms  # noqa: E402
+from host_probe import attention_inputs, host_us, probe_cli  # noqa: E402
 
 
 class Marks:
@@ -55,46 +47,17 @@ def sections(fn, marks: Marks, cpm, calls=3, rounds=15):
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--tokens", type=int, nargs="+", default=[33536])
-    ap.add_argument("--label", default="")
-    args = ap.parse_args()
-    cpm = sleep_cycles_per_ms()
+    args, cpm, emit = probe_cli()
+    from prism_mm.attention import _attend, check_qkv, fallback_reason
+    from prism_mm.kernels import block_sparse as bs, ops as kernel_ops, pool
+    from prism_mm.kernels.layout import next_pow2, num_blocks
+    from prism_mm.stats import PrismStats
 
-    def emit(rec):
-        print(json.dumps({"label": args.label, **rec}), flush=True)
-
-    emit({"what": "gpu", "name": torch.cuda.get_device_name(), "torch": torch.__version__,
-          "triton": triton.__version__, "prism_mm": prism_mm.__file__})
-    from prism_mm.attention import PrismLayer, _attend, check_qkv, fallback_reason, prism_attention_forward
-    from prism_mm.kernels import block_sparse as bs, estimate as est_mod, ops as kernel_ops, pool
-    from prism_mm.kernels.layout import SelectSpec, next_pow2, num_blocks
-    from prism_mm.selection import band_index
-    from prism_mm.spectral import RopeLayout
-    from prism_mm.stats import PrismRunStats, PrismStats
-
-    dev = torch.device("cuda")
     for n in args.tokens:
-        b, hq, hkv, d = 1, 28, 4, 128
-        q = torch.randn(b, n, hq, d, device=dev, dtype=torch.bfloat16).transpose(1, 2)
-        k = torch.randn(b, hkv, n, d, device=dev, dtype=torch.bfloat16)
-        v = torch.randn_like(k)
-        cfg = PrismConfig.video(min_sparse_len=0)
-        bands = RopeLayout(head_dim=d).bands(*cfg.band_dims(d))
-        ops = kernel_ops("triton", dev)
-        bi = band_index(bands, d, dev)
-        pq, pk = ops.pool_pair(q, k, cfg.block_size, bi)
-        spec = SelectSpec(head_dim=d, block_size=cfg.block_size, threshold_high=cfg.threshold_high,
-                          threshold_low=cfg.threshold_low)
-        sel = ops.select_blocks(pq, pk, spec, n, n)
-        out = torch.empty(b, n, hq, d, device=dev, dtype=q.dtype).transpose(1, 2)
-
-        class Module(torch.nn.Module):
-            layer_idx = 0
-
-        mod = Module()
-        mod.prism = PrismLayer(cfg, bands, PrismRunStats())
-        paf = lambda: prism_attention_forward(mod, q, k, v, None, scaling=d ** -0.5)  # noqa: E731
+        a = attention_inputs(n)
+        dev, b, hq, d, q, k, v, cfg, bands, ops, bi = a.dev, a.b, a.hq, a.d, a.q, a.k, a.v, a.cfg, a.bands, a.ops, a.bi
+        sel, out, mod = a.sel, a.out, a.mod
+        paf = a.prism_forward
         emit({"what": "order", "name": "prism_attention_forward first", "host_us": host_us(paf, cpm, calls=3)})
         emit({"what": "order", "name": "_attend", "host_us": host_us(lambda: _attend(q, k, v, cfg, bands, d ** -0.5, ops, ""), cpm, calls=3)})
         emit({"what": "order", "name": "prism_attention_forward again", "host_us": host_us(paf, cpm, calls=3)})
