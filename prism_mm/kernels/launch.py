@@ -93,7 +93,10 @@ class CachedLaunch:
         # Triton's own options that change what it compiles (its debug mode, instrumentation) are part of the key
         knobs = (getattr(_knobs.runtime, "debug", None), getattr(_knobs.compilation, "instrumentation_mode", None))
         key = (device, kinds, tuple(kwargs.items()), knobs)
-        found = self.compiled.get(key)
+        try:
+            found = self.compiled.get(key)
+        except TypeError:  # an unhashable keyword argument: not cached
+            return self.fn[grid](*args, **kwargs)
         if found is None:
             kernel = self.fn[grid](*args, **kwargs)
             if kernel is not None and hasattr(kernel, "run") and all(name in kwargs for name in self.constexprs):
