@@ -396,24 +396,27 @@ def test_launch_cache_keys_are_at_least_as_fine_as_triton_specialisation():
 
     assert not _hook_installed()
     hook = lambda metadata: None  # noqa: E731
-    chain = knobs.runtime.launch_enter_hook
-    if hasattr(chain, "add"):
-        chain.add(hook)
-    else:
-        knobs.runtime.launch_enter_hook = hook
-    try:
-        assert _hook_installed()
-    finally:
-        if hasattr(chain, "remove"):
-            chain.remove(hook)
+    for which in ("launch_enter_hook", "launch_exit_hook"):
+        chain = getattr(knobs.runtime, which)
+        if hasattr(chain, "add"):
+            chain.add(hook)
         else:
-            knobs.runtime.launch_enter_hook = chain
-    assert not _hook_installed()
+            setattr(knobs.runtime, which, hook)
+        try:
+            assert _hook_installed(), which
+        finally:
+            if hasattr(chain, "remove"):
+                chain.remove(hook)
+            else:
+                setattr(knobs.runtime, which, chain)
+        assert not _hook_installed()
 
-    class Desc:  # what a host tensor descriptor carries
-        def __init__(self, base, shape, strides, block_shape):
-            self.base, self.shape, self.strides, self.block_shape, self.padding = base, shape, strides, block_shape, "zero"
+    from triton.tools.tensor_descriptor import TensorDescriptor as Desc
 
+    class LookAlike:  # a descriptor of another kind (e.g. Gluon's, with a layout Triton specialises on)
+        base, shape, strides, block_shape = torch.zeros(32, 16), [32, 16], [16, 1], [8, 16]
+
+    assert arg_kind(LookAlike()) is None
     m = torch.zeros(32, 16)
     assert arg_kind(Desc(m, [32, 16], [16, 1], [8, 16])) == arg_kind(Desc(torch.zeros(32, 16), [32, 16], [16, 1], [8, 16]))
     assert arg_kind(Desc(m, [31, 16], [16, 1], [8, 16])) != arg_kind(Desc(m, [32, 16], [16, 1], [8, 16]))

@@ -17,6 +17,10 @@ try:  # triton >= 3.3
     from triton import knobs as _knobs
 except ImportError:  # pragma: no cover - older triton: no cache, every launch through Triton
     _knobs = None
+try:
+    from triton.tools.tensor_descriptor import TensorDescriptor as _TensorDescriptor
+except ImportError:  # pragma: no cover
+    _TensorDescriptor = None
 
 
 
@@ -26,14 +30,20 @@ def _current_stream(device: int) -> int:
     return raw(device) if raw is not None else torch.cuda.current_stream(device).cuda_stream
 
 
-def _hook_installed() -> bool:
-    """A launch hook is set (a profiler): launches go through Triton, which calls it. Triton >= 3.5 keeps the hooks
-    in a chain that is never None (empty when none is set); earlier versions keep one callable or None."""
-    hook = _knobs.runtime.launch_enter_hook
+def _hooked(hook) -> bool:
     if hook is None:
         return False
     calls = getattr(hook, "calls", None)
     return bool(calls) if calls is not None else True
+
+
+def _hook_installed() -> bool:
+    """A launch hook (a profiler's) or Triton's compile-stage inspection hook is set: launches go through Triton, which
+    calls them. Triton >= 3.5 keeps the launch hooks in chains that are never None (empty when none is set); earlier
+    versions keep one callable or None."""
+    runtime = _knobs.runtime
+    return (_hooked(runtime.launch_enter_hook) or _hooked(runtime.launch_exit_hook)
+            or getattr(runtime, "add_stages_inspection_hook", None) is not None)
 
 
 def arg_kind(arg):
@@ -48,8 +58,8 @@ def arg_kind(arg):
         return ("b", arg)
     if isinstance(arg, float):
         return "f"
-    base = getattr(arg, "base", None)
-    if isinstance(base, torch.Tensor) and hasattr(arg, "block_shape"):
+    if _TensorDescriptor is not None and type(arg) is _TensorDescriptor:
+        base = arg.base
         return ("desc", base.dtype, base.data_ptr() % 16 == 0, tuple(arg.block_shape), getattr(arg, "padding", None),
                 tuple(arg.shape), tuple(arg.strides))
     return None
@@ -70,7 +80,8 @@ class CachedLaunch:
         self.compiled: dict = {}
         self.hits = 0  # launches that skipped Triton's dispatch (for tests)
         # Only a compiled JITFunction (not the interpreter's stand-in) on a triton with knobs has the parts used here.
-        self.enabled = _knobs is not None and hasattr(fn, "device_caches") and hasattr(fn, "params")
+        self.enabled = (_knobs is not None and hasattr(fn, "device_caches") and hasattr(fn, "params")
+                        and hasattr(fn, "pre_run_hooks"))
         self.n_runtime, self.constexprs = -1, ()
         if self.enabled:
             names = list(fn.arg_names)
@@ -84,7 +95,8 @@ class CachedLaunch:
         return lambda *args, **kwargs: self.launch(grid, args, kwargs)
 
     def launch(self, grid, args, kwargs):
-        if not self.enabled or _hook_installed() or len(args) != self.n_runtime:
+        if (not self.enabled or _hook_installed() or len(args) != self.n_runtime or callable(grid)
+                or self.fn.pre_run_hooks):
             return self.fn[grid](*args, **kwargs)
         kinds = tuple([a if type(a) is int else arg_kind(a) for a in args])
         if None in kinds:
@@ -99,7 +111,9 @@ class CachedLaunch:
             return self.fn[grid](*args, **kwargs)
         if found is None:
             kernel = self.fn[grid](*args, **kwargs)
-            if kernel is not None and hasattr(kernel, "run") and all(name in kwargs for name in self.constexprs):
+            cacheable = not getattr(self.fn, "used_global_vals", None)  # Triton re-checks globals on every launch
+            if (cacheable and kernel is not None and hasattr(kernel, "run")
+                    and all(name in kwargs for name in self.constexprs)):
                 if len(self.compiled) >= MAX_ENTRIES:  # integers key by value: bound the entries many lengths leave
                     self.compiled.clear()
                 self.compiled[key] = (kernel, tuple(kwargs[name] for name in self.constexprs))
