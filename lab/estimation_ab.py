@@ -1,6 +1,6 @@
 """A/B of the estimation time (pool + select) between two checkouts of prism_mm, interleaved in one GPU session.
 
-    python lab/estimation_ab.py [--old DIR LABEL]   # rounds of: python lab/estimation_ab.py --one <pkg-parent-dir>
+    python lab/estimation_ab.py [--old DIR LABEL] [--rounds N]   # N rounds (3) of: ... --one <pkg-parent-dir>
 (default old: lab/ab, 07a73b6; e.g. --old .stage/old 7f10e18 after git archive 7f10e18 prism_mm | tar -x -C .stage/old)
 Each round times prism_mm.selection.estimate at 32K and 128K for the Qwen2.5-VL / Qwen3-VL attention shapes
 (median of triton.testing.do_bench) in a fresh process for the old and the new package.
@@ -40,8 +40,9 @@ if __name__ == "__main__":
     if "--old" in sys.argv:
         i = sys.argv.index("--old")
         old_dir, old_label = sys.argv[i + 1], sys.argv[i + 2]
+    rounds = int(sys.argv[sys.argv.index("--rounds") + 1]) if "--rounds" in sys.argv else 3
     rows = []
-    for r in range(3):
+    for r in range(rounds):
         for name, path in ((f"old {old_label}", old_dir), ("new", ".")):
             out = subprocess.run([sys.executable, __file__, "--one", path], capture_output=True, text=True, check=True)
             rows.append((r, name, json.loads(out.stdout.strip().splitlines()[-1])))
