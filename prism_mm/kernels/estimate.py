@@ -208,10 +208,10 @@ def select_blocks(q: Pooled, k: Pooled, spec: SelectSpec, q_len: int, kv_len: in
 def _select(q: Pooled, k: Pooled, spec: SelectSpec, q_len: int, kv_len: int, ladder_min_kblocks: int) -> BlockSelection:
     """select_blocks with the ladder's switch-over point as a parameter (the tests force the ladder at small sizes)."""
     tensors = (*q, *k)
-    if not all(t.dtype is torch.float32 and t.dim() == 4 and t.is_contiguous() for t in tensors):
+    fits = [t.dtype is torch.float32 and t.dim() == 4 and t.is_contiguous() for t in tensors]
+    if not all(fits):
         names = ("q.high", "q.low", "q.energy", "k.high", "k.low", "k.energy")
-        bad = next(n for n, t in zip(names, tensors) if t.dtype is not torch.float32 or t.dim() != 4 or not t.is_contiguous())
-        raise ValueError(f"{bad} must be a contiguous float32 [B, H, blocks, dims] tensor")
+        raise ValueError(f"{names[fits.index(False)]} must be a contiguous float32 [B, H, blocks, dims] tensor")
     block_size = spec.block_size
     b, hq, nqb, dh = q.high.shape
     hkv, nkb = k.high.shape[1], k.high.shape[2]

@@ -6,8 +6,8 @@ microseconds per launch on the host, with three launches per Prism layer. `Cache
 a cheaper summary that is at least as fine as Triton's (integers by value, tensors by dtype and alignment: arguments
 Triton would compile separately never share an entry) and launches it through the compiled kernel's own launcher,
 the call Triton's dispatch ends in. The first call of a kind goes through Triton (compiling, or finding the kernel in
-Triton's cache). Kinds it cannot summarise,
-an installed launch hook (profilers) or the interpreter (TRITON_INTERPRET=1) take Triton's path every time.
+Triton's cache). Arguments it cannot summarise, an installed launch or inspection hook (profilers), a kernel's
+pre-run hooks or used globals, a callable grid and the interpreter (TRITON_INTERPRET=1) take Triton's path every time.
 """
 from __future__ import annotations
 
@@ -21,7 +21,6 @@ try:
     from triton.tools.tensor_descriptor import TensorDescriptor as _TensorDescriptor
 except ImportError:  # pragma: no cover
     _TensorDescriptor = None
-
 
 
 def _current_stream(device: int) -> int:
