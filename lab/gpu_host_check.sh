@@ -10,3 +10,4 @@ python3 -m pytest -q tests/test_gpu_sizes.py tests/test_api.py -p no:cacheprovid
 cp benchmarks/results/video_e2e-h200.json "$OUT/"
 python3 -m benchmarks.video_e2e --models Qwen/Qwen2.5-VL-7B-Instruct --tokens 32768 --host-time-only --merge \
   --out "$OUT" 2>&1 | grep -v "^skip" | tail -6
+python3 lab/host_probe.py --profile > "$OUT/host_profile.txt" 2>&1; tail -2 "$OUT/host_profile.txt"

@@ -139,7 +139,12 @@ def components(n: int, cpm: float, emit) -> None:
 
 
 def layers(n: int, cpm: float, emit, reps: int = 3) -> None:
+    """Host time of whole decoder layers per mode, and of the attention call inside each (in situ: the layer's other
+    work runs between two attention calls, as in a prefill), with and without the garbage collector."""
+    import gc
+
     from transformers import Qwen2_5_VLForConditionalGeneration
+    from transformers.modeling_utils import AttentionInterface
 
     from prism_mm.models import enable_prism, set_attention, shipped_config
 
@@ -152,7 +157,17 @@ def layers(n: int, cpm: float, emit, reps: int = 3) -> None:
     lm = model.model.language_model
     embeds = torch.randn(1, n, config.text_config.hidden_size, device="cuda", dtype=torch.bfloat16)
     pos = torch.arange(n, device="cuda")[None].expand(3, 1, n)
-    for mode in ("sdpa", "prism", "sdpa", "prism"):
+    attention_times: list[float] = []
+    interface = AttentionInterface()
+    for name in ("sdpa", "prism"):  # lab only: time each attention call where the model makes it
+        def timed(*args, _fn=interface[name], **kwargs):
+            t0 = time.perf_counter()
+            result = _fn(*args, **kwargs)
+            attention_times.append(time.perf_counter() - t0)
+            return result
+        AttentionInterface.register(name, timed)
+    for mode, collect in (("sdpa", True), ("prism", True), ("sdpa", False), ("prism", False),
+                          ("sdpa", True), ("prism", True)):
         set_attention(model, "dense" if mode == "sdpa" else "prism")
 
         def forward():
@@ -160,11 +175,20 @@ def layers(n: int, cpm: float, emit, reps: int = 3) -> None:
                 lm(inputs_embeds=embeds, position_ids=pos, use_cache=False)
 
         forward()  # warm-up
-        timed = [t for _ in range(reps) for t in layer_host_seconds(lm.layers, forward, "cuda")]
-        ahead = [t for t, synced in timed if not synced]
-        woken = [t for t, synced in timed if synced]
-        emit({"what": "decoder layer", "mode": mode, "tokens": n, "host_us_median": 1e6 * statistics.median(ahead),
-              "host_us_min": 1e6 * min(ahead), "samples": len(ahead),
+        (gc.enable if collect else gc.disable)()
+        timed_layers = []
+        for _ in range(reps):
+            attention_times.clear()
+            per_layer = layer_host_seconds(lm.layers, forward, "cuda")
+            timed_layers += [(t, synced, a) for (t, synced), a in zip(per_layer, attention_times)]
+        gc.enable()
+        ahead = [(t, a) for t, synced, a in timed_layers if not synced]
+        woken = [t for t, synced, _ in timed_layers if synced]
+        emit({"what": "decoder layer", "mode": mode, "gc": collect, "tokens": n,
+              "host_us_median": 1e6 * statistics.median(t for t, _ in ahead),
+              "attention_us_median": 1e6 * statistics.median(a for _, a in ahead),
+              "rest_us_median": 1e6 * statistics.median(t - a for t, a in ahead),
+              "host_us_min": 1e6 * min(t for t, _ in ahead), "samples": len(ahead),
               "after_sync_us_median": 1e6 * statistics.median(woken), "after_sync_samples": len(woken)})
 
 
@@ -200,27 +224,22 @@ def profile(n: int = 33536, calls: int = 200) -> None:
     a = attention_inputs(n)
     q, k, v, cfg, bands, ops, sel, out = a.q, a.k, a.v, a.cfg, a.bands, a.ops, a.sel, a.out
     cpm = cycles_per_ms()
-    for name, fn in (("estimate", lambda: estimate(q, k, cfg, bands, ops)),
-                     ("block_sparse_attention", lambda: ops.block_sparse_attention(q, k, v, sel, None, out))):
+    cases = (("estimate", lambda: estimate(q, k, cfg, bands, ops), 10, 30),
+             ("block_sparse_attention", lambda: ops.block_sparse_attention(q, k, v, sel, None, out), 1, 60),
+             ("prism_attention_forward", a.prism_forward, 1, 60))
+    for name, fn, per_sleep, sleep_ms in cases:  # each batch of calls enqueued behind a GPU sleep longer than it
         fn()
         torch.cuda.synchronize()
         prof = cProfile.Profile()
-        for _ in range(calls // 10):
-            torch.cuda._sleep(int(30 * cpm))
+        for _ in range(calls // per_sleep if per_sleep > 1 else calls // 4):
+            torch.cuda._sleep(int(sleep_ms * cpm))
             prof.enable()
-            for _ in range(10):
-                fn() if name == "estimate" else None
+            for _ in range(per_sleep):
+                fn()
             prof.disable()
             torch.cuda.synchronize()
-        if name == "block_sparse_attention":
-            for _ in range(calls // 4):
-                torch.cuda._sleep(int(60 * cpm))
-                prof.enable()
-                fn()
-                prof.disable()
-                torch.cuda.synchronize()
         print(f"===== {name}")
-        pstats.Stats(prof).sort_stats("tottime").print_stats(25)
+        pstats.Stats(prof).sort_stats("tottime").print_stats(30)
 
 
 if __name__ == "__main__":

@@ -110,7 +110,7 @@ def _warn_fallback(reason: str, q_len: int, kv_len: int) -> None:
 def _attend(q, k, v, config: PrismConfig, bands: SpectralBands, scale: float, ops, reason: str,
             mask: torch.Tensor | None = None) -> tuple[torch.Tensor, PrismStats]:
     """Selection + sparse attention, or the one dense path when `reason` (or a too dense selection) says so.
-    Returns the output [B, Hq, Lq, D] (a view of a [B, Lq, Hq, D] buffer when sparse) and its PrismStats."""
+    Returns the output in transformers' layout [B, Lq, Hq, D] (contiguous when sparse) and its PrismStats."""
     b, hq, q_len, d = q.shape
     selection = None
     if not reason:
@@ -119,12 +119,12 @@ def _attend(q, k, v, config: PrismConfig, bands: SpectralBands, scale: float, op
             reason = "selection denser than max_density"
     if reason:
         _warn_fallback(reason, q_len, k.shape[2])
-        out = dense_attention(q, k, v, scale, mask)
+        out = dense_attention(q, k, v, scale, mask).transpose(1, 2)
         ones = torch.ones(b, hq, device=q.device)
         return out, PrismStats.ran_dense(ones, q_len, k.shape[2], reason,
                                          causal_block_count(q_len, k.shape[2], config.block_size), selection)
-    out = torch.empty(b, q_len, hq, d, device=q.device, dtype=q.dtype).transpose(1, 2)
-    ops.block_sparse_attention(q, k, v, selection, scale, out)
+    out = torch.empty(b, q_len, hq, d, device=q.device, dtype=q.dtype)
+    ops.block_sparse_attention(q, k, v, selection, scale, out.transpose(1, 2))
     return out, PrismStats.of_selection(selection)
 
 
@@ -168,6 +168,7 @@ def prism_attention(
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     bands = _bands_for(config, q.shape[-1], bands, rope)
     out, stats = _attend(q, k, v, config, bands, scale, ops, fallback_reason(config, q.shape[2], k.shape[2]))
+    out = out.transpose(1, 2)
     return (out, stats) if return_stats else out
 
 
@@ -228,11 +229,11 @@ def prism_attention_forward(
     ops = kernel_ops(layer.backend, query.device)
     out, stats = _attend(query, key, value, layer.config, layer.bands, scale, ops, reason, attention_mask)
     if stats.sparse and layer.stats.check_against_dense:
-        stats.dense_rel_err = dense_rel_err(out, query, key, value, scale, attention_mask)
+        stats.dense_rel_err = dense_rel_err(out.transpose(1, 2), query, key, value, scale, attention_mask)
     if not layer.stats.keep_selections:
         stats.selection = None
     layer.stats.record(module.layer_idx, stats)
-    return out.transpose(1, 2), None
+    return out, None
 
 
 def register_with_transformers() -> None:

@@ -71,7 +71,7 @@ def _ops(name: str) -> SimpleNamespace:
 
         pool_bands = on_input_device(pool_bands, lambda x: x.device)
         pool_pair = on_input_device(pool_pair, lambda x: x.device)
-        select_blocks = on_input_device(select_blocks, lambda pooled: pooled.high.device)
+        select_blocks = on_input_device(select_blocks, lambda pooled: pooled.device)
         block_sparse_attention = on_input_device(block_sparse_attention, lambda q: q.device)
     else:
         from .torch_ops import block_sparse_attention, pool_bands, pool_pair, select_blocks

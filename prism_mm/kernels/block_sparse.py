@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import NamedTuple
 
 import torch
 import triton
@@ -205,15 +206,13 @@ def tma_supported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
     return all(t.stride(-1) == 1 and t.stride(-2) % 8 == 0 and t.data_ptr() % 16 == 0 for t in (k, v))
 
 
-def rows_descriptor(t: torch.Tensor, block_rows: int):
-    """A 2-D TMA descriptor over the rows of t [B, H, L, D], and where each (batch, head) starts in it.
+def rows_layout(t: torch.Tensor, block_rows: int):
+    """The geometry of a 2-D TMA descriptor over the rows of t [B, H, L, D], and where each (batch, head) starts in it.
 
     Two layouts qualify: [B, H, L, D] contiguous per head (head h of batch b starts at row (b*H + h)*L)
     and [B, L, H, D] viewed as [B, H, L, D] (row b*L, column h*D), transformers' layout. Returns
-    (descriptor, rows per batch, rows per head, columns per head), or None for other layouts.
+    ((shape, strides, block shape), (rows per batch, rows per head, columns per head)), or None for other layouts.
     """
-    from triton.tools.tensor_descriptor import TensorDescriptor
-
     bsz, h, n, d = t.shape
     sb, sh, sl, sd = t.stride()
     if sd != 1 or sl % 8 or t.data_ptr() % 16:
@@ -224,7 +223,18 @@ def rows_descriptor(t: torch.Tensor, block_rows: int):
         rows_b, rows_h, cols_h, shape = n, 0, d, (bsz * n, h * d)
     else:
         return None
-    return TensorDescriptor(t, list(shape), [sl, 1], [block_rows, d]), rows_b, rows_h, cols_h  # base: only its address
+    return (shape, (sl, 1), (block_rows, d)), (rows_b, rows_h, cols_h)
+
+
+def rows_descriptor(t: torch.Tensor, block_rows: int):
+    """rows_layout's descriptor over t: (descriptor, rows per batch, rows per head, columns per head), or None."""
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    layout = rows_layout(t, block_rows)
+    if layout is None:
+        return None
+    (shape, strides, block), rows = layout
+    return (TensorDescriptor(t, list(shape), list(strides), list(block)), *rows)  # base: only its address
 
 
 def default_tiles(block_size: int, head_dim: int, use_tma: bool = False) -> dict:
@@ -255,42 +265,82 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, se
     return launch(q, k, v, selection, scale, out)
 
 
-def launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, selection: BlockSelection, scale: float | None = None,
-           out: torch.Tensor | None = None, tiles: dict | None = None) -> torch.Tensor:
-    """block_sparse_attention with a launch configuration: `tiles` overrides default_tiles()
-    (BLOCK_M, BLOCK_N, num_warps, num_stages, maxnreg, DESC); for benchmarks and tests of the variants."""
+class _Plan(NamedTuple):
+    """Everything of one launch that follows from the inputs' shapes, strides, alignment and device (not from their
+    addresses): the grid, the integer arguments, the launch options, and, for DESC 2, K's and V's descriptor
+    geometry (shape, strides, block)."""
+
+    grid: tuple[int]
+    ints: tuple[int, ...]
+    options: dict
+    descriptors: tuple | None
+
+
+_plans: dict = {}
+MAX_PLANS = 1024
+
+
+def _make_plan(q, k, v, out, selection: BlockSelection, tiles: dict | None) -> _Plan:
     b, hq, q_len, d = q.shape
     hkv, kv_len = k.shape[1], k.shape[2]
-    selection.check(b, hq, q_len, kv_len)
     block_size = selection.block_size
-    kv_num_blocks, kv_indices = selection.kv_num_blocks, selection.kv_indices
-    out = torch.empty_like(q) if out is None else out
-    scale = 1.0 / math.sqrt(d) if scale is None else scale
     cfg = default_tiles(block_size, d, tma_supported(q, k, v))
     if tiles:  # an explicit tile shape gets no register cap unless it asks for one
         cfg = {**{key: val for key, val in cfg.items() if key != "maxnreg"}, **tiles}
     if block_size % cfg["BLOCK_M"] or block_size % cfg["BLOCK_N"]:
         raise ValueError(f"tile sizes {cfg['BLOCK_M']}x{cfg['BLOCK_N']} must divide block_size {block_size}")
-    k_arg, v_arg, k_rows, v_rows = k, v, (0, 0, 0), (0, 0, 0)
+    k_rows, v_rows, descriptors = (0, 0, 0), (0, 0, 0), None
     if cfg["DESC"]:
         if d & (d - 1) or k.stride(-1) != 1 or v.stride(-1) != 1:
             raise ValueError("tensor descriptors (DESC) need a power-of-two head_dim and contiguous last dims of k and v")
     if cfg["DESC"] == 2:
-        views = [rows_descriptor(t, cfg["BLOCK_N"]) for t in (k, v)]
-        if None not in views:
-            (k_arg, *k_rows), (v_arg, *v_rows) = views
+        layouts = [rows_layout(t, cfg["BLOCK_N"]) for t in (k, v)]
+        if None not in layouts:
+            descriptors = tuple(geometry for geometry, _ in layouts)
+            k_rows, v_rows = (rows for _, rows in layouts)
         elif tiles and tiles.get("DESC") == 2:
             raise ValueError("DESC 2 needs k and v in [B, H, L, D] or [B, L, H, D] memory layout")
         else:  # other layouts: descriptors built on the device per (batch, KV head)
             cfg["DESC"] = 1
-    if cfg["DESC"] == 1:
+    ints = (*q.stride(), *k.stride(), *v.stride(), *out.stride(), *selection.kv_num_blocks.stride(),
+            *selection.kv_indices.stride()[:3], hq, hq // hkv, q_len, kv_len, *k_rows, *v_rows)
+    return _Plan((num_blocks(q_len, cfg["BLOCK_M"]) * b * hq,), ints,
+                 dict(HEAD_DIM=d, D_P2=next_pow2(d), SEL_BLOCK=block_size, **cfg), descriptors)
+
+
+def _plan(q, k, v, out, selection: BlockSelection, tiles: dict | None) -> _Plan:
+    """The launch plan of these inputs, made once per kind of input (explicit `tiles` are not cached)."""
+    if tiles:
+        return _make_plan(q, k, v, out, selection, tiles)
+    key = (q.shape, q.stride(), k.shape, k.stride(), v.stride(), out.stride(), selection.kv_num_blocks.stride(),
+           selection.kv_indices.stride(), selection.block_size, q.device, q.dtype,
+           k.data_ptr() % 16 == 0, v.data_ptr() % 16 == 0)
+    plan = _plans.get(key)
+    if plan is None:
+        if len(_plans) >= MAX_PLANS:
+            _plans.clear()
+        plan = _plans[key] = _make_plan(q, k, v, out, selection, None)
+    return plan
+
+
+def launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, selection: BlockSelection, scale: float | None = None,
+           out: torch.Tensor | None = None, tiles: dict | None = None) -> torch.Tensor:
+    """block_sparse_attention with a launch configuration: `tiles` overrides default_tiles()
+    (BLOCK_M, BLOCK_N, num_warps, num_stages, maxnreg, DESC); for benchmarks and tests of the variants."""
+    b, hq, q_len, d = q.shape
+    selection.check(b, hq, q_len, k.shape[2])
+    out = torch.empty_like(q) if out is None else out
+    scale = 1.0 / math.sqrt(d) if scale is None else scale
+    plan = _plan(q, k, v, out, selection, tiles)
+    k_arg, v_arg = k, v
+    if plan.descriptors is not None:
+        from triton.tools.tensor_descriptor import TensorDescriptor
+
+        (k_shape, k_strides, k_block), (v_shape, v_strides, v_block) = plan.descriptors
+        k_arg = TensorDescriptor(k, list(k_shape), list(k_strides), list(k_block))  # base: only its address
+        v_arg = TensorDescriptor(v, list(v_shape), list(v_strides), list(v_block))
+    elif plan.options["DESC"] == 1:
         _ensure_tma_allocator()
-    grid = (num_blocks(q_len, cfg["BLOCK_M"]) * b * hq,)
-    _sparse_launch[grid](
-        q, k_arg, v_arg, out, kv_num_blocks, kv_indices, scale * 1.4426950408889634,
-        *q.stride(), *k.stride(), *v.stride(), *out.stride(),
-        *kv_num_blocks.stride(), *kv_indices.stride()[:3],
-        hq, hq // hkv, q_len, kv_len, *k_rows, *v_rows,
-        HEAD_DIM=d, D_P2=next_pow2(d), SEL_BLOCK=block_size, **cfg,
-    )
+    _sparse_launch[plan.grid](q, k_arg, v_arg, out, selection.kv_num_blocks, selection.kv_indices,
+                              scale * 1.4426950408889634, *plan.ints, **plan.options)
     return out

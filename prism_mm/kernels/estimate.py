@@ -139,14 +139,15 @@ def _select_rows(
 
 @triton.jit
 def _select_kernel(
-    QH, KH, QL, KL, QE, KE, CNT, IDX, thr_high, thr_low, cutoff, dense_row,
+    QH, KH, QL, KL, QE, KE, qh_o, kh_o, ql_o, kl_o, qe_o, ke_o, CNT, IDX, thr_high, thr_low, cutoff, dense_row,
     n_qblocks, n_kblocks, q_len, kv_len, Hq, Hkv, GROUP,
     D: tl.constexpr, DH: tl.constexpr, DL: tl.constexpr, DC: tl.constexpr, R: tl.constexpr,
     W_FIRST: tl.constexpr, STEPS: tl.constexpr,
     BLOCK_SIZE: tl.constexpr, CALIBRATE: tl.constexpr, FORCE_SINK: tl.constexpr, FORCE_DIAG: tl.constexpr,
     PRECISION: tl.constexpr, ITERS: tl.constexpr, CUTOFF_RULE: tl.constexpr,
 ):
-    """Every ladder step in one launch: step s (width W_FIRST << s) owns the programs after those of the steps
+    """The band vectors and energies of Q and K are at element offsets *_o of their pointers (parts of one buffer, or
+    separate tensors at offset 0). Every ladder step in one launch: step s (width W_FIRST << s) owns the programs after those of the steps
     before it; its rows are those whose causal key range fits its width (the rule of `ladder`, which sizes the
     grid), the last step takes the remaining rows."""
     pid = tl.program_id(0)
@@ -161,7 +162,8 @@ def _select_kernel(
             end = tl.minimum(tl.maximum(((W_FIRST << s) * BLOCK_SIZE - offset) // BLOCK_SIZE, start), n_qblocks)
         programs = (end - start + R - 1) // R
         if (pid >= first_program) & (pid < first_program + programs):
-            _select_rows(QH, KH, QL, KL, QE, KE, CNT, IDX, thr_high, thr_low, cutoff, dense_row,
+            _select_rows(QH + qh_o, KH + kh_o, QL + ql_o, KL + kl_o, QE + qe_o, KE + ke_o, CNT, IDX,
+                         thr_high, thr_low, cutoff, dense_row,
                          pid - first_program, pid_bh, start, end, n_qblocks, n_kblocks, q_len, kv_len, Hq, Hkv, GROUP,
                          D, DH, DL, DC, R, W_FIRST << s, BLOCK_SIZE, CALIBRATE, FORCE_SINK, FORCE_DIAG,
                          PRECISION, ITERS, CUTOFF_RULE)
@@ -207,25 +209,30 @@ def select_blocks(q: Pooled, k: Pooled, spec: SelectSpec, q_len: int, kv_len: in
 
 def _select(q: Pooled, k: Pooled, spec: SelectSpec, q_len: int, kv_len: int, ladder_min_kblocks: int) -> BlockSelection:
     """select_blocks with the ladder's switch-over point as a parameter (the tests force the ladder at small sizes)."""
-    tensors = (*q, *k)
-    fits = [t.dtype is torch.float32 and t.dim() == 4 and t.is_contiguous() for t in tensors]
-    if not all(fits):
-        names = ("q.high", "q.low", "q.energy", "k.high", "k.low", "k.energy")
-        raise ValueError(f"{names[fits.index(False)]} must be a contiguous float32 [B, H, blocks, dims] tensor")
+    b, hq, nqb, dh, dl = q.shape
+    hkv, nkb = k.shape[1], k.shape[2]
+    for name, pooled in (("q", q), ("k", k)):
+        if pooled.buffer is None:  # tensors from elsewhere (parts carved by the pooling kernel fit by construction)
+            fits = [t.dtype is torch.float32 and t.dim() == 4 and t.is_contiguous() for t in pooled]
+            if not all(fits):
+                part = ("high", "low", "energy")[fits.index(False)]
+                raise ValueError(f"{name}.{part} must be a contiguous float32 [B, H, blocks, dims] tensor")
+            if pooled.low.shape[:3] != pooled.high.shape[:3] or pooled.energy.shape != (*pooled.high.shape[:3], 3):
+                raise ValueError(f"{name}'s band tensors disagree on batch / heads / blocks")
+    if hq % hkv or k.shape[0] != b or k.shape[3:] != (dh, dl):
+        raise ValueError("pooled q and k disagree on batch, heads or band dims")
     block_size = spec.block_size
-    b, hq, nqb, dh = q.high.shape
-    hkv, nkb = k.high.shape[1], k.high.shape[2]
-    dl = q.low.shape[-1]
-    if hq % hkv or k.low.shape[:3] != k.high.shape[:3] or q.low.shape[:3] != q.high.shape[:3]:
-        raise ValueError("band tensors disagree on batch / heads / blocks")
     if nqb != num_blocks(q_len, block_size) or nkb != num_blocks(kv_len, block_size):
         raise ValueError("pooled tensors do not match q_len / kv_len / block_size")
-    counts = torch.empty(b, hq, nqb, device=q.high.device, dtype=torch.int32)
-    indices = torch.empty(b, hq, nqb, nkb, device=q.high.device, dtype=torch.int32)
+    device = q.device
+    counts = torch.empty(b, hq, nqb, device=device, dtype=torch.int32)
+    indices = torch.empty(b, hq, nqb, nkb, device=device, dtype=torch.int32)
+    (qh, qh_o), (ql, ql_o), (qe, qe_o) = q.pointers()
+    (kh, kh_o), (kl, kl_o), (ke, ke_o) = k.pointers()
     steps = ladder(nqb, nkb, q_len, kv_len, block_size, min_kblocks=ladder_min_kblocks)
     rows, widest = 16, steps[-1][2]
     _select_launch[(sum(num_blocks(end - start, rows) for start, end, _ in steps), b * hq)](
-        q.high, k.high, q.low, k.low, q.energy, k.energy, counts, indices,
+        qh, kh, ql, kl, qe, ke, qh_o, kh_o, ql_o, kl_o, qe_o, ke_o, counts, indices,
         float(spec.threshold_high), float(spec.threshold_low), float(spec.cutoff or 0.0),
         dense_tail_row(q_len, block_size, spec.dense_tail), nqb, nkb, q_len, kv_len, hq, hkv, hq // hkv,
         D=spec.head_dim, DH=dh, DL=dl, DC=16, R=rows, W_FIRST=steps[0][2], STEPS=len(steps), BLOCK_SIZE=block_size,

@@ -15,8 +15,8 @@
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass
-from typing import NamedTuple
 
 import torch
 
@@ -139,13 +139,59 @@ class BlockSelection:
             raise ValueError("kv_num_blocks and kv_indices must be int32")
 
 
-class Pooled(NamedTuple):
+class Pooled:
     """Block-pooled band vectors of Q or K (fp32): high [B,H,NB,DH], low [B,H,NB,DL], and per-block energies
-    [B,H,NB,3] = sum(pooled^2) over all dims, over the high band and over the low band."""
+    [B,H,NB,3] = sum(pooled^2) over all dims, over the high band and over the low band.
 
-    high: torch.Tensor
-    low: torch.Tensor
-    energy: torch.Tensor
+    Either three tensors (`Pooled(high, low, energy)`, the torch twin's), or three contiguous parts of one fp32
+    buffer at element offsets (`Pooled.carved`, the Triton pooling's): the selection kernel takes the buffer and the
+    offsets, and the parts become tensors only when read, so the host makes no views on the attention path.
+    """
+
+    __slots__ = ("buffer", "offsets", "shape", "_parts")
+
+    def __init__(self, high: torch.Tensor, low: torch.Tensor, energy: torch.Tensor):
+        self.buffer, self.offsets, self._parts = None, None, (high, low, energy)
+        self.shape = (*high.shape[:3], high.shape[3], low.shape[3])
+
+    @classmethod
+    def carved(cls, buffer: torch.Tensor, offsets: tuple[int, int, int], shape: tuple[int, ...]) -> "Pooled":
+        """The parts of `buffer` (1-D fp32) at element `offsets` (high, low, energy); shape (B, H, NB, DH, DL)."""
+        self = cls.__new__(cls)
+        self.buffer, self.offsets, self.shape, self._parts = buffer, offsets, shape, None
+        return self
+
+    def _views(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if self._parts is None:
+            b, h, nb, dh, dl = self.shape
+            shapes = ((b, h, nb, dh), (b, h, nb, dl), (b, h, nb, 3))
+            self._parts = tuple(self.buffer[o:o + math.prod(s)].view(s) for o, s in zip(self.offsets, shapes))
+        return self._parts
+
+    @property
+    def high(self) -> torch.Tensor:
+        return self._views()[0]
+
+    @property
+    def low(self) -> torch.Tensor:
+        return self._views()[1]
+
+    @property
+    def energy(self) -> torch.Tensor:
+        return self._views()[2]
+
+    @property
+    def device(self) -> torch.device:
+        return (self.buffer if self.buffer is not None else self._parts[0]).device
+
+    def __iter__(self):
+        return iter(self._views())
+
+    def pointers(self) -> tuple[tuple[torch.Tensor, int], ...]:
+        """(tensor, element offset) of high, low and energy: what a kernel is passed, without making views."""
+        if self.buffer is not None:
+            return tuple((self.buffer, o) for o in self.offsets)
+        return tuple((t, 0) for t in self._parts)
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,6 @@ Twin: torch_ops.pool_bands.
 """
 from __future__ import annotations
 
-import math
-
 import torch
 import triton
 import triton.language as tl
@@ -49,19 +47,20 @@ def _pool_rows(
 
 @triton.jit
 def _pool_bands_kernel(
-    X1, HI1, LO1, E1, X2, HI2, LO2, E2, HI_POS, LO_POS, programs1,
+    X1, X2, OUT, HI_POS, LO_POS, hi1, lo1, e1, hi2, lo2, e2, programs1,
     L1, n_blocks1, H1, s1b, s1h, s1l, s1d, L2, n_blocks2, H2, s2b, s2h, s2l, s2d,
     D: tl.constexpr, D_P2: tl.constexpr, DH: tl.constexpr, DL: tl.constexpr,
     BLOCK: tl.constexpr, CHUNK: tl.constexpr,
 ):
-    """One program per block of one of two tensors (Q and K in one launch): the first `programs1` programs pool X1."""
+    """One program per block of one of two tensors (Q and K in one launch): the first `programs1` programs pool X1.
+    Both tensors' outputs are parts of OUT at element offsets hi1, lo1, e1 (X1) and hi2, lo2, e2 (X2)."""
     pid = tl.program_id(0)
     if pid < programs1:
-        _pool_rows(X1, HI1, LO1, E1, HI_POS, LO_POS, pid, L1, n_blocks1, H1, s1b, s1h, s1l, s1d,
+        _pool_rows(X1, OUT + hi1, OUT + lo1, OUT + e1, HI_POS, LO_POS, pid, L1, n_blocks1, H1, s1b, s1h, s1l, s1d,
                    D, D_P2, DH, DL, BLOCK, CHUNK)
     else:
-        _pool_rows(X2, HI2, LO2, E2, HI_POS, LO_POS, pid - programs1, L2, n_blocks2, H2, s2b, s2h, s2l, s2d,
-                   D, D_P2, DH, DL, BLOCK, CHUNK)
+        _pool_rows(X2, OUT + hi2, OUT + lo2, OUT + e2, HI_POS, LO_POS, pid - programs1, L2, n_blocks2, H2,
+                   s2b, s2h, s2l, s2d, D, D_P2, DH, DL, BLOCK, CHUNK)
 
 
 _pool_launch = CachedLaunch(_pool_bands_kernel)
@@ -74,17 +73,23 @@ def _check(x: torch.Tensor, bands: BandIndex) -> None:
         raise ValueError(f"bands were built for head_dim {bands.head_dim}, x has head_dim {x.shape[-1]}")
 
 
+PART_ALIGN = 32  # elements (128 bytes): every part of the pooled buffer starts aligned, as its own allocation would
+
+
 def _outputs(xs, block_size: int, dh: int, dl: int) -> list[Pooled]:
-    """The Pooled outputs of every x, carved out of one fp32 allocation (each part contiguous)."""
-    shapes = []
+    """The Pooled outputs of every x: parts of one fp32 allocation, each contiguous and 128-byte aligned."""
+    offsets, shapes, end = [], [], 0
     for x in xs:
         b, h, n, _ = x.shape
         nb = num_blocks(n, block_size)
-        shapes += [(b, h, nb, dh), (b, h, nb, dl), (b, h, nb, 3)]
-    sizes = [math.prod(shape) for shape in shapes]
-    parts = torch.empty(sum(sizes), device=xs[0].device, dtype=torch.float32).split(sizes)
-    views = [part.view(shape) for part, shape in zip(parts, shapes)]
-    return [Pooled(*views[i:i + 3]) for i in range(0, len(views), 3)]
+        shapes.append((b, h, nb, dh, dl))
+        parts = []
+        for size in (b * h * nb * dh, b * h * nb * dl, b * h * nb * 3):
+            parts.append(end)
+            end += -(-size // PART_ALIGN) * PART_ALIGN
+        offsets.append(tuple(parts))
+    buffer = torch.empty(end, device=xs[0].device, dtype=torch.float32)
+    return [Pooled.carved(buffer, o, shape) for o, shape in zip(offsets, shapes)]
 
 
 def _launch(xs, block_size: int, bands: BandIndex) -> list[Pooled]:
@@ -98,9 +103,9 @@ def _launch(xs, block_size: int, bands: BandIndex) -> list[Pooled]:
     d_p2 = next_pow2(d)
     chunk = min(block_size, max(16, 16384 // d_p2))  # <= 16K elements per load
     _pool_launch[(sum(programs),)](
-        x1, *p1, x2, *p2, bands.high_pos, bands.low_pos, programs[0],
-        x1.shape[2], num_blocks(x1.shape[2], block_size), x1.shape[1], *x1.stride(),
-        x2.shape[2], num_blocks(x2.shape[2], block_size), x2.shape[1], *x2.stride(),
+        x1, x2, p1.buffer, bands.high_pos, bands.low_pos, *p1.offsets, *p2.offsets, programs[0],
+        x1.shape[2], p1.shape[2], x1.shape[1], *x1.stride(),
+        x2.shape[2], p2.shape[2], x2.shape[1], *x2.stride(),
         D=d, D_P2=d_p2, DH=dh, DL=dl, BLOCK=block_size, CHUNK=chunk, num_warps=8 if chunk * d_p2 >= 8192 else 4,
     )
     return outs

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# One call on a lent GPU machine (repo root; $OUT comes back): host work of the working tree against the package
+# staged in .stage/old (git archive REV prism_mm | tar -x -C .stage/old; carry [".stage/old"]).
+# 1. the GPU tests of the kernels and the host path; 2. lab/host_probe.py (components, decoder layers with the
+# attention call timed in situ, GC on/off) old and new, two interleaved rounds at 33K; 3. estimation GPU time A/B.
+set -uo pipefail
+export PYTHONUNBUFFERED=1
+OLD_LABEL=${1:-old}
+PYTHONPATH=$PWD python3 -m pytest -q tests/test_gpu_sizes.py tests/test_api.py tests/test_kernels.py -p no:cacheprovider \
+  2>&1 | tee "$OUT/pytest-gpu.log" | tail -3
+for round in 1 2; do
+  for side in old new; do
+    pkg=$PWD; [ "$side" = old ] && pkg=$PWD/.stage/old
+    label=$side; [ "$side" = old ] && label=$OLD_LABEL
+    PYTHONPATH=$pkg python3 lab/host_probe.py --tokens 33536 --label "$label-r$round" >> "$OUT/host_probe.jsonl" \
+      2>> "$OUT/host_probe.err"
+  done
+done
+python3 - "$OUT/host_probe.jsonl" <<'PY'
+import json, sys
+for line in open(sys.argv[1]):
+    r = json.loads(line)
+    if r["what"] == "decoder layer":
+        print(r["label"], r["mode"], "gc" if r["gc"] else "nogc", *(f"{k[:-10]}={r[k]:.0f}" for k in r if k.endswith("_us_median")))
+    elif r["what"] == "component" and r["name"] in ("prism_attention_forward", "transformers sdpa_attention_forward", "estimate()", "block_sparse_attention", "pool_pair(q, k)", "select_blocks"):
+        print(r["label"], r["name"], f"{r['host_us']:.0f}")
+PY
+(unset PYTHONPATH; python3 lab/estimation_ab.py --old .stage/old "$OLD_LABEL" --rounds 1) 2>&1 | tee "$OUT/estimation_ab.txt" | tail -3
