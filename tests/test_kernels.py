@@ -57,6 +57,52 @@ def test_pool_pair_matches_pooling_each_tensor(q_len, kv_len, bs, d, dtype):
         pool.pool_pair(q, k[..., : d // 2], bs, bands)
 
 
+def test_pool_pair_parts_are_aligned_disjoint_slices_of_one_buffer():
+    """pool_pair's six outputs are parts of one fp32 buffer: each starts on a 128-byte boundary, no two overlap, and
+    the (buffer, offset) a kernel is passed addresses exactly the memory of the part read as a tensor."""
+    d, bs = 80, 16
+    q = torch.randn(1, 45, 5, d, device=DEVICE).transpose(1, 2)  # 3 blocks: part sizes not multiples of 32
+    k = torch.randn(1, 1, 61, d, device=DEVICE)
+    pq, pk = pool.pool_pair(q, k, bs, band_index(d))
+    assert pq.buffer is pk.buffer and pq.buffer.dtype == torch.float32
+    spans = []
+    for pooled in (pq, pk):
+        for (buf, offset), part in zip(pooled.pointers(), pooled):
+            assert offset % pool.PART_ALIGN == 0
+            assert part.data_ptr() == buf.data_ptr() + 4 * offset and part.is_contiguous()
+            spans.append((offset, offset + part.numel()))
+    spans.sort()
+    assert all(end <= nxt for (_, end), (nxt, _) in itertools.pairwise(spans)), f"parts overlap: {spans}"
+    assert pq.shape == (1, 5, 3, *(t.shape[-1] for t in (pq.high, pq.low))) and pk.energy.shape == (1, 1, 4, 3)
+
+
+def test_select_reads_carved_parts_as_it_reads_separate_tensors():
+    """The selection kernel given the pooling kernel's buffer and offsets selects exactly what it selects from the
+    same values as three separate tensors each (and from one of each)."""
+    b, hq, hkv, n, bs, d = 1, 4, 2, 150, 16, 64
+    q, k = block_structured(b, hq, n, d, bs, gain=2.0), block_structured(b, hkv, n, d, bs)
+    carved_q, carved_k = pool.pool_pair(q, k, bs, band_index(d))
+    separate_q, separate_k = (lay.Pooled(*(t.clone() for t in p)) for p in (carved_q, carved_k))
+    spec = SelectSpec(d, bs, 0.9, 0.7, precise=True)
+    got = [estimate.select_blocks(pq, pk, spec, n, n).to_mask()
+           for pq, pk in ((carved_q, carved_k), (separate_q, separate_k), (carved_q, separate_k))]
+    assert 0 < got[0].sum() < lay.causal_block_mask(n, n, bs, DEVICE).sum() * b * hq  # a real selection
+    assert torch.equal(got[0], got[1]) and torch.equal(got[0], got[2])
+
+
+def test_select_refuses_pooled_tensors_it_cannot_read():
+    """select_blocks names the part that is not a contiguous fp32 tensor, and refuses q and k with other band dims."""
+    b, h, n, bs, d = 1, 2, 64, 16, 64
+    pq = torch_ops.pool_bands(torch.randn(b, h, n, d, device=DEVICE), bs, band_index(d))
+    spec = SelectSpec(d, bs, 0.9, 0.9)
+    strided = lay.Pooled(pq.high, pq.low.transpose(-1, -2).contiguous().transpose(-1, -2), pq.energy)
+    with pytest.raises(ValueError, match="q.low must be a contiguous float32"):
+        estimate.select_blocks(strided, pq, spec, n, n)
+    narrower = lay.Pooled(pq.high[..., :8].contiguous(), pq.low, pq.energy)
+    with pytest.raises(ValueError, match="band dims"):
+        estimate.select_blocks(pq, narrower, spec, n, n)
+
+
 @pytest.mark.parametrize(
     "b,hq,hkv,q_len,kv_len,bs,d",
     [
@@ -307,6 +353,24 @@ def test_output_into_transposed_buffer():
     block_sparse.block_sparse_attention(q, k, v, sel, out=buf.transpose(1, 2))
     assert torch.isfinite(buf).all()
     assert rel_err(buf.transpose(1, 2), torch_ops.block_sparse_attention(q, k, v, sel)) < TOL[torch.float32]
+
+
+def test_launch_plans_are_kept_apart_by_layout():
+    """The sparse launch's cached plan (grid, strides, tiles) is per kind of input: the same shapes with another
+    memory layout of out, q or v get their own plan, and every call matches the torch twin with every element
+    written."""
+    b, h, n, d, bs = 1, 3, 80, 64, 16
+    q, k, v = (torch.randn(b, h, n, d, device=DEVICE) for _ in range(3))
+    sel = random_selection(b, h, n, n, bs, 0.5, DEVICE)
+    expected = torch_ops.block_sparse_attention(q, k, v, sel)
+    block_sparse._plans.clear()
+    for q_in, v_in, transposed_out in ((q, v, False), (q, v, True), (q.transpose(1, 2).contiguous().transpose(1, 2),
+                                                                      v, True), (q, v.clone(), False)):
+        buf = torch.full((b, n, h, d) if transposed_out else (b, h, n, d), float("nan"), device=DEVICE)
+        out = buf.transpose(1, 2) if transposed_out else buf
+        block_sparse.block_sparse_attention(q_in, k, v_in, sel, out=out)
+        assert torch.isfinite(buf).all() and rel_err(out, expected) < TOL[torch.float32]
+    assert len(block_sparse._plans) == 3  # the last call has the first call's layouts: its plan is reused
 
 
 def test_fast_select_is_a_superset_close_to_exact():
