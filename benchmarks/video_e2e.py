@@ -15,6 +15,8 @@ Rows:
 - with --layer-densities FIDELITY_JSON: one more row at per-layer densities measured on real weights (the mean
   over heads of each layer's density in benchmarks.fidelity's "prism_head_density", for --layer-density-knob at
   --layer-density-tokens; layers mapped by relative depth when the source model has another layer count)
+- with --fused-norms, last (after the host table): dense and Prism 0.1 again after prism_mm.norms.fuse_rms_norms has
+  replaced transformers' RMSNorm modules (decoder; Qwen2.5-VL's tower too) by one Triton launch each
 Each point: the mean of --reps forwards after an untimed warm-up forward per row (at --warmup-visual-tokens) and one
 at the point's own size;
 peak GPU memory. The varlen rows also zero-pad the tower's MLP widths to GEMM-friendly sizes (prism_mm.vision.
@@ -29,6 +31,7 @@ layer, the former default), with the peak memory of those decoder forwards.
     python -m benchmarks.video_e2e --smoke --out /tmp/e2e # tiny models on the CPU: checks the code path only
     python -m benchmarks.video_e2e --layer-densities benchmarks/results/fidelity-qwen2.5-coder-0.5b.json --merge
     python -m benchmarks.video_e2e --models Qwen/Qwen2.5-VL-7B-Instruct --tokens 32768 --host-time-only --merge
+    python -m benchmarks.video_e2e --models Qwen/Qwen2.5-VL-7B-Instruct --tokens 131072 --fused-norms --out /tmp/e2e
 """
 from __future__ import annotations
 
@@ -50,6 +53,7 @@ from benchmarks.common import Results, describe_runs, fixed_density_selection, m
 from prism_mm import PrismConfig
 from prism_mm.models import load_model, set_attention, vision_tower
 from prism_mm.testing.tiny import build_tiny_model, build_tiny_processor
+from prism_mm.norms import fuse_rms_norms
 from prism_mm.vision import align_mlp_widths
 
 MODELS = ["Qwen/Qwen2.5-VL-7B-Instruct", "Qwen/Qwen3-VL-8B-Instruct"]
@@ -57,6 +61,9 @@ FRAME_PATCHES = (32, 56)  # patches per frame (height, width)
 ROWS = [("transformers (sdpa)", "sdpa", None), ("varlen vision + dense", "varlen", None),
         ("varlen vision + Prism 0.25", "varlen", 0.25), ("varlen vision + Prism 0.1", "varlen", 0.1)]
 BS = 128
+# With --fused-norms, after the host table: the model's RMSNorm modules swapped for prism_mm.norms.FusedRMSNorm
+FUSED_ROWS = [("varlen vision + fused norms + dense", "varlen", None),
+              ("varlen vision + fused norms + Prism 0.1", "varlen", 0.1)]
 
 
 def synthetic_frames(vision_config, visual_tokens: int, frame_patches=FRAME_PATCHES, seed: int = 0) -> torch.Tensor:
@@ -236,9 +243,10 @@ def host_time(model, inputs: dict, reps: int = 4) -> list[dict]:
 
 def measure(model, processor, name: str, tokens: list[int], reps: int, device, gen, frame_patches=FRAME_PATCHES,
             block_size: int = BS, warmup_tokens: int = 8192, host: bool = True,
-            extra_rows: tuple = (), rows_too: bool = True) -> tuple[list[dict], list[dict]]:
+            extra_rows: tuple = (), rows_too: bool = True, fused_rows: tuple = ()) -> tuple[list[dict], list[dict]]:
     """Every row at every size for one loaded model (rows outer: transformers' row runs on the tower as shipped,
-    before prism_mm.vision.align_mlp_widths pads its MLPs for the varlen rows); then the host-time rows.
+    before prism_mm.vision.align_mlp_widths pads its MLPs for the varlen rows); then the host-time rows; then
+    `fused_rows`, after prism_mm.norms.fuse_rms_norms has swapped the model's RMSNorm modules.
     extra_rows: (label, "varlen", [density per decoder layer]) rows after ROWS."""
     heads = model.config.get_text_config().num_attention_heads
     selections: dict = {}
@@ -251,10 +259,11 @@ def measure(model, processor, name: str, tokens: list[int], reps: int, device, g
         visual = int((inputs["input_ids"] == model.config.video_token_id).sum())
         prepared[target] = (inputs, processor_s, visual, frames.shape)
         del frames
-    rows, aligned = [], False
-    for label, vision, density in [*ROWS, *extra_rows] if rows_too else []:
-        if vision == "varlen" and not aligned:
-            aligned = align_mlp_widths(vision_tower(model)) > 0 or aligned
+    rows, aligned, fused = [], [False], [False]
+
+    def run(label: str, vision: str, density) -> None:
+        if vision == "varlen" and not aligned[0]:
+            aligned[0] = align_mlp_widths(vision_tower(model)) > 0
         for target in tqdm([warmup_tokens, *tokens], desc=f"{name.split('/')[-1]} {label}", leave=False):
             cpu_inputs, processor_s, visual, shape = prepared[target]
             inputs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in cpu_inputs.items()}
@@ -275,7 +284,7 @@ def measure(model, processor, name: str, tokens: list[int], reps: int, device, g
             if target == warmup_tokens:      # allocator growth stay out of the timings
                 continue
             row = {"model": name, "visual_tokens": visual, "tokens": n, "row": label, "vision_attention": vision,
-                   "vision_mlp_aligned": aligned and vision == "varlen",
+                   "vision_mlp_aligned": aligned[0] and vision == "varlen", "fused_norms": fused[0],
                    "decoder_density": (sum(density) / len(density) if isinstance(density, list) else
                                        density if density is not None else 1.0),
                    **({"layer_densities": density} if isinstance(density, list) else {}), "processor_s": processor_s,
@@ -288,6 +297,17 @@ def measure(model, processor, name: str, tokens: list[int], reps: int, device, g
             del inputs
             if device.type == "cuda":
                 torch.cuda.empty_cache()
+
+    for spec in [*ROWS, *extra_rows] if rows_too else []:
+        run(*spec)
+    host_rows = []
+    if host:
+        inputs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in prepared[tokens[0]][0].items()}
+        host_rows = [{"model": name, "measured": time.strftime("%Y-%m-%d %H:%M"), **h} for h in host_time(model, inputs)]
+    if fused_rows and rows_too:  # last: the swap is not undone
+        fused[0] = fuse_rms_norms(model) > 0
+        for spec in fused_rows:
+            run(*spec)
     for visual in {r["visual_tokens"] for r in rows}:
         base = next(r for r in rows if r["visual_tokens"] == visual and r["row"] == ROWS[0][0])
         ours_dense = next(r for r in rows if r["visual_tokens"] == visual and r["row"] == ROWS[1][0])
@@ -297,10 +317,6 @@ def measure(model, processor, name: str, tokens: list[int], reps: int, device, g
                 r["prefill_speedup_vs_transformers"] = base["prefill_s"] / r["prefill_s"]
                 r["prefill_speedup_vs_varlen_dense"] = ours_dense["prefill_s"] / r["prefill_s"]
                 r["vision_speedup_vs_transformers"] = base["vision_s"] / max(r["vision_s"], 1e-9)
-    host_rows = []
-    if host:
-        inputs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in prepared[tokens[0]][0].items()}
-        host_rows = [{"model": name, "measured": time.strftime("%Y-%m-%d %H:%M"), **h} for h in host_time(model, inputs)]
     return rows, host_rows
 
 
@@ -328,6 +344,8 @@ def main():
     ap.add_argument("--host-time-only", action="store_true",
                     help="only the host-time table (at the first --tokens), into --merge's file; its rows are kept")
     ap.add_argument("--smoke", action="store_true", help="tiny random models on the CPU, small sizes (a code check)")
+    ap.add_argument("--fused-norms", action="store_true",
+                    help="also the rows of FUSED_ROWS, after prism_mm.norms.fuse_rms_norms (run last: not undone)")
     ap.add_argument("--layer-densities", type=Path, metavar="FIDELITY_JSON",
                     help="add a row at the per-layer densities a benchmarks.fidelity results file recorded on real weights")
     ap.add_argument("--layer-density-knob", default="0.93", help="which recorded selection (prism threshold or cutoff@c)")
@@ -360,9 +378,10 @@ def main():
             dens = layer_densities(args.layer_densities, args.layer_density_knob, args.layer_density_tokens, layers)
             extra = ((f"varlen vision + Prism at real densities ({args.layer_densities.stem}, "
                       f"{args.layer_density_knob}, {args.layer_density_tokens // 1024}K)", "varlen", dens),)
+        fused = FUSED_ROWS if args.fused_norms else ()
         got, got_host = measure(model, processor, name, args.tokens, args.reps, device, gen,
                                 warmup_tokens=args.warmup_visual_tokens, host=not args.no_host_time,
-                                extra_rows=extra, rows_too=not args.host_time_only, **shape)
+                                extra_rows=extra, rows_too=not args.host_time_only, fused_rows=fused, **shape)
         rows, host = rows + got, host + got_host
         del model
         gc.collect()

@@ -18,6 +18,7 @@ import torch
 from . import vision as vision_attention
 from .attention import ATTN_NAME, PrismLayer, register_with_transformers
 from .config import PrismConfig
+from .norms import fuse_rms_norms
 from .spectral import rope_layout_from_config, text_config
 from .stats import PrismRunStats
 
@@ -121,7 +122,7 @@ def attach_stats(model) -> PrismRunStats:
 
 
 def enable_prism(model, config: PrismConfig | None = None, *, layer_configs: dict[int, PrismConfig] | None = None,
-                 backend: str = "auto", vision: str = "varlen"):
+                 backend: str = "auto", vision: str = "varlen", fused_norms: bool = False):
     """Switch the text decoder of a loaded transformers model to Prism attention. Returns the model.
 
     config applies to every decoder layer unless layer_configs overrides it for a layer index.
@@ -129,6 +130,8 @@ def enable_prism(model, config: PrismConfig | None = None, *, layer_configs: dic
     vision (Qwen-VL models): "varlen" runs the vision tower's attention in a few batched launches per layer
     and pads its MLP widths to GEMM-friendly sizes with zeros (prism_mm.vision; same outputs), "sdpa" leaves the
     tower as transformers has it (one SDPA call per window / frame).
+    fused_norms: replace transformers' RMSNorm modules (decoder and tower) by prism_mm.norms.FusedRMSNorm, one Triton
+    launch per norm on CUDA with transformers' rounding (off by default: its GPU speed-up is not measured yet).
     """
     if vision not in VISION_ATTENTIONS:
         raise ValueError(f"vision must be one of {VISION_ATTENTIONS}, got {vision!r}")
@@ -151,6 +154,8 @@ def enable_prism(model, config: PrismConfig | None = None, *, layer_configs: dic
     tower = vision_tower(model)
     if is_vl and vision == "varlen" and tower is not None:
         vision_attention.align_mlp_widths(tower)
+    if fused_norms:
+        fuse_rms_norms(model, backend)
     return model
 
 
@@ -201,10 +206,11 @@ def load_model(
     random_weights: bool = False,
     backend: str = "auto",
     vision: str = "varlen",
+    fused_norms: bool = False,
     **from_pretrained_kwargs,
 ):
     """Load a Qwen-VL (or Qwen / Llama text) model and its processor, with Prism or dense attention.
-    vision: the vision tower's attention with attn="prism" (see enable_prism).
+    vision: the vision tower's attention with attn="prism"; fused_norms: the fused RMSNorm (both: see enable_prism).
 
     Returns (model, processor); processor is None for random_weights=True, whose answers are
     meaningless (use it for speed measurements only). The model carries model.prism_stats.
@@ -235,9 +241,11 @@ def load_model(
         ).eval()
         processor = _load_processor(name_or_path, config, **from_pretrained_kwargs)
     if attn == "prism":
-        enable_prism(model, prism, backend=backend, vision=vision)
+        enable_prism(model, prism, backend=backend, vision=vision, fused_norms=fused_norms)
     else:
         attach_stats(model)
+        if fused_norms:
+            fuse_rms_norms(model, backend)
     return model, processor
 
 

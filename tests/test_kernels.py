@@ -485,3 +485,26 @@ def test_launch_cache_keys_are_at_least_as_fine_as_triton_specialisation():
     assert arg_kind(Desc(m, [32, 16], [16, 1], [8, 16])) == arg_kind(Desc(torch.zeros(32, 16), [32, 16], [16, 1], [8, 16]))
     assert arg_kind(Desc(m, [31, 16], [16, 1], [8, 16])) != arg_kind(Desc(m, [32, 16], [16, 1], [8, 16]))
     assert arg_kind(Desc(m, [32, 16], [16, 1], [16, 16])) != arg_kind(Desc(m, [32, 16], [16, 1], [8, 16]))
+
+
+@pytest.mark.parametrize("rows,cols", [(37, 80), (5, 1000), (130, 128), (3, 1280)])
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("weight_fp32", [False, True])
+def test_rms_norm_matches_transformers_formula(rows, cols, dtype, weight_fp32):
+    """The fused RMSNorm kernel against transformers' formula (the torch twin) on every element, for odd row counts,
+    widths that are not powers of two, several rows per program (128) and one (1280), a weight in the input's
+    dtype or in fp32 (output promoted), and a strided [L, B, N] view."""
+    from prism_mm.kernels import rms_norm
+
+    g = torch.Generator().manual_seed(rows * cols)
+    x = (3 * torch.randn(2, rows, cols, generator=g) + 0.5).to(DEVICE, dtype).transpose(0, 1)  # [rows, 2, cols]
+    weight = (1 + 0.1 * torch.randn(cols, generator=g)).to(DEVICE, torch.float32 if weight_fp32 else dtype)
+    got = rms_norm.rms_norm(x, weight, 1e-6)
+    expected = torch_ops.rms_norm(x, weight, 1e-6)
+    assert got.shape == expected.shape and got.dtype == expected.dtype == torch.promote_types(weight.dtype, dtype)
+    # fp32 sums in another order: at most one rounding step of the input dtype (the normalised row's) apart, on every
+    # element (an unwritten element would be far off)
+    step = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}[dtype]
+    assert torch.allclose(got.float(), expected.float(), rtol=step, atol=step), (got.float() - expected.float()).abs().max()
+    with pytest.raises(ValueError, match="weight must be"):
+        rms_norm.rms_norm(x, weight[:-1], 1e-6)

@@ -13,7 +13,7 @@ LAYERS = [
     {"kernels", "_optional"},
     {"config", "spectral"},
     {"selection", "stats"},
-    {"attention", "vision"},
+    {"attention", "vision", "norms"},
     {"models", "testing"},
     {"pipelines.video", "pipelines.prefill"},
     {"pipelines.session"},

@@ -13,27 +13,31 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_video_e2e_smoke_writes_consistent_stage_records(tmp_path):
     """Also the row at recorded per-layer densities: a fidelity-style file with 3 layers (2 heads each) maps onto
-    the tiny models' 2 decoder layers by relative depth (first and last)."""
+    the tiny models' 2 decoder layers by relative depth (first and last); and, with --fused-norms, the rows run after
+    the RMSNorm swap, marked as such."""
     fidelity = tmp_path / "fid.json"
     fidelity.write_text(json.dumps({"by_tokens": {"32768": {"prism_head_density": {
         "0.93": {"0": [0.1, 0.3], "1": [0.5, 0.5], "2": [0.7, 0.9]}}}}}))
     proc = subprocess.run([sys.executable, "-m", "benchmarks.video_e2e", "--smoke", "--out", str(tmp_path), "--reps", "1",
-                           "--layer-densities", str(fidelity)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+                           "--layer-densities", str(fidelity), "--fused-norms"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     data = json.loads((tmp_path / "video_e2e.json").read_text())
     assert (tmp_path / "video_e2e.md").exists() and (tmp_path / "video_e2e.png").stat().st_size > 0
     rows = data["rows"]
     real = "varlen vision + Prism at real densities (fid, 0.93, 32K)"
     labels = ["transformers (sdpa)", "varlen vision + dense", "varlen vision + Prism 0.25", "varlen vision + Prism 0.1",
-              real]
+              real, "varlen vision + fused norms + dense", "varlen vision + fused norms + Prism 0.1"]
     for model in ("Qwen/Qwen2.5-VL-7B-Instruct", "Qwen/Qwen3-VL-8B-Instruct"):
         sizes = sorted({r["visual_tokens"] for r in rows if r["model"] == model})
         assert len(sizes) == 2
         for size in sizes:
             mine = [r for r in rows if r["model"] == model and r["visual_tokens"] == size]
             assert [r["row"] for r in mine] == labels
-            assert [r["vision_attention"] for r in mine] == ["sdpa", "varlen", "varlen", "varlen", "varlen"]
-            assert mine[-1]["layer_densities"] == pytest.approx([0.2, 0.8]) and mine[-1]["decoder_density"] == pytest.approx(0.5)
+            assert [r["vision_attention"] for r in mine] == ["sdpa"] + ["varlen"] * 6
+            assert [r["fused_norms"] for r in mine] == [False] * 5 + [True] * 2
+            assert [r["decoder_density"] for r in mine[-2:]] == [1.0, 0.1]
+            assert mine[4]["layer_densities"] == pytest.approx([0.2, 0.8]) and mine[4]["decoder_density"] == pytest.approx(0.5)
             for r in mine:
                 assert 0 < r["vision_s"] < r["prefill_s"]
                 assert r["decoder_s"] == pytest.approx(r["prefill_s"] - r["vision_s"])

@@ -1,7 +1,7 @@
 """Plain-PyTorch twins of the Triton ops (same signatures), used as the CPU path and as the tests' oracle.
 
 pool_bands and pool_pair (twins of pool.py), select_blocks (twin of estimate.py), block_sparse_attention (twin of
-block_sparse.py). Everything is computed in float32. Conventions: layout.py.
+block_sparse.py), rms_norm (twin of rms_norm.py, transformers' own formula). Everything is computed in float32. Conventions: layout.py.
 """
 from __future__ import annotations
 
@@ -155,3 +155,10 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, se
         del scores, allowed
         out[:, :, q0:q1] = (probs @ v[:, :, None, :keys].float()).reshape(b, hq, q1 - q0, d).to(out.dtype)
     return out
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """weight * (x / rms(x)) over the last dim, as transformers' Qwen RMSNorm modules compute it: in fp32, the
+    normalised x rounded to x's dtype, then the product with the weight (dtype promote_types(weight, x))."""
+    xf = x.float()
+    return weight * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)

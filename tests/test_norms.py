@@ -1,0 +1,57 @@
+"""prism_mm.norms: transformers' RMSNorm modules swapped for FusedRMSNorm, outputs unchanged."""
+import importlib
+
+import pytest
+import torch
+from conftest import DEVICE
+
+from prism_mm.norms import RMS_NORM_CLASSES, FusedRMSNorm, fuse_rms_norms
+
+MODULES = {"Qwen2RMSNorm": "qwen2", "Qwen2VLRMSNorm": "qwen2_vl", "Qwen2_5_VLRMSNorm": "qwen2_5_vl",
+           "Qwen3RMSNorm": "qwen3", "Qwen3VLTextRMSNorm": "qwen3_vl", "LlamaRMSNorm": "llama"}
+
+
+@pytest.mark.parametrize("name", RMS_NORM_CLASSES)
+def test_fused_norm_gives_what_each_swapped_transformers_class_gives(name):
+    """Every class fuse_rms_norms swaps computes exactly what FusedRMSNorm computes (its torch path: the same ops), in
+    bf16 with a bf16 weight and in fp32; a class whose formula changed in transformers fails here."""
+    cls = getattr(importlib.import_module(f"transformers.models.{MODULES[name]}.modeling_{MODULES[name]}"), name)
+    for dtype in (torch.bfloat16, torch.float32):
+        original = cls(96, eps=1e-5).to(dtype)
+        torch.nn.init.normal_(original.weight, 1.0, 0.2)
+        fused = FusedRMSNorm(original.weight, original.variance_epsilon, backend="torch")
+        x = 4 * torch.randn(3, 7, 96).to(dtype)
+        with torch.no_grad():
+            assert torch.equal(fused(x), original(x)), (name, dtype)
+
+
+@pytest.mark.parametrize("model_type", ["qwen2_5_vl", "qwen3_vl"])
+def test_fusing_the_norms_of_a_model_keeps_its_logits_and_weights(model_type):
+    """fuse_rms_norms on a tiny Qwen-VL model swaps every transformers RMSNorm (decoder layers, final norm, Qwen2.5-VL's
+    vision blocks and merger, Qwen3-VL's per-head q/k norms), shares the weight Parameters, keeps the state dict's keys
+    and gives the same logits on a video prompt."""
+    from prism_mm.testing.tiny import build_tiny_model, video_inputs
+
+    model = build_tiny_model(model_type).to(DEVICE)
+    inputs = {k: v.to(DEVICE) for k, v in video_inputs(model.config, frames=4, grid=8).items()}
+    expected_count = sum(type(m).__name__ in RMS_NORM_CLASSES for m in model.modules())
+    keys = list(model.state_dict())
+    weights = {n: m.weight for n, m in model.named_modules() if type(m).__name__ in RMS_NORM_CLASSES}
+    with torch.no_grad():
+        ref = model(**inputs).logits
+        assert fuse_rms_norms(model) == expected_count > 0
+        out = model(**inputs).logits
+    assert not any(type(m).__name__ in RMS_NORM_CLASSES for m in model.modules())
+    assert all(model.get_submodule(n).weight is w for n, w in weights.items())
+    assert list(model.state_dict()) == keys
+    tol = 0.0 if DEVICE == "cpu" else 1e-4  # CPU: the torch formula itself; CUDA: the kernel's own fp32 sum order
+    assert (out - ref).abs().max() <= tol * ref.abs().max()
+    assert fuse_rms_norms(model) == 0  # nothing left to swap
+
+
+def test_fused_norm_keeps_autograd():
+    """With autograd recording, FusedRMSNorm runs the torch formula: gradients reach the input and the weight."""
+    norm = FusedRMSNorm(torch.nn.Parameter(torch.ones(16)), 1e-6)
+    x = torch.randn(4, 16, requires_grad=True)
+    norm(x).pow(2).sum().backward()
+    assert x.grad is not None and norm.weight.grad is not None and norm.weight.grad.abs().sum() > 0
