@@ -68,7 +68,7 @@ def test_pool_pair_parts_are_aligned_disjoint_slices_of_one_buffer():
     spans = []
     for pooled in (pq, pk):
         for (buf, offset), part in zip(pooled.pointers(), pooled):
-            assert offset % pool.PART_ALIGN == 0
+            assert (4 * offset) % 128 == 0  # bytes from the buffer's start: 128-byte aligned as an allocation
             assert part.data_ptr() == buf.data_ptr() + 4 * offset and part.is_contiguous()
             spans.append((offset, offset + part.numel()))
     spans.sort()
@@ -101,6 +101,9 @@ def test_select_refuses_pooled_tensors_it_cannot_read():
     narrower = lay.Pooled(pq.high[..., :8].contiguous(), pq.low, pq.energy)
     with pytest.raises(ValueError, match="band dims"):
         estimate.select_blocks(pq, narrower, spec, n, n)
+    flat = lay.Pooled(pq.high[0], pq.low[0], pq.energy[0])  # 3-D parts
+    with pytest.raises(ValueError, match="q.high must be a contiguous float32"):
+        estimate.select_blocks(flat, pq, spec, n, n)
 
 
 @pytest.mark.parametrize(
@@ -355,6 +358,18 @@ def test_output_into_transposed_buffer():
     assert rel_err(buf.transpose(1, 2), torch_ops.block_sparse_attention(q, k, v, sel)) < TOL[torch.float32]
 
 
+def test_sparse_launch_refuses_kv_it_cannot_read():
+    """V of another shape than K, or K / V of another batch or head_dim than Q, are refused before any launch (a
+    cached launch plan is keyed on Q's and K's shapes)."""
+    b, h, n, d, bs = 1, 2, 64, 64, 16
+    q, k, v = (torch.randn(b, h, n, d, device=DEVICE) for _ in range(3))
+    sel = random_selection(b, h, n, n, bs, 0.5, DEVICE)
+    for bad_k, bad_v in ((k, torch.randn(2, h, n, d, device=DEVICE)), (k[..., :32], v[..., :32]),
+                         (torch.randn(2, h, n, d, device=DEVICE),) * 2):
+        with pytest.raises(ValueError, match="k and v"):
+            block_sparse.block_sparse_attention(q, bad_k, bad_v, sel)
+
+
 def test_launch_plans_are_kept_apart_by_layout():
     """The sparse launch's cached plan (grid, strides, tiles) is per kind of input: the same shapes with another
     memory layout of out, q or v get their own plan, and every call matches the torch twin with every element
@@ -364,13 +379,14 @@ def test_launch_plans_are_kept_apart_by_layout():
     sel = random_selection(b, h, n, n, bs, 0.5, DEVICE)
     expected = torch_ops.block_sparse_attention(q, k, v, sel)
     block_sparse._plans.clear()
-    for q_in, v_in, transposed_out in ((q, v, False), (q, v, True), (q.transpose(1, 2).contiguous().transpose(1, 2),
-                                                                      v, True), (q, v.clone(), False)):
+    blhd = lambda t: t.transpose(1, 2).contiguous().transpose(1, 2)  # noqa: E731 - transformers' memory layout
+    for q_in, v_in, transposed_out in ((q, v, False), (q, v, True), (blhd(q), v, True), (q, blhd(v), False),
+                                       (q, v.clone(), False)):
         buf = torch.full((b, n, h, d) if transposed_out else (b, h, n, d), float("nan"), device=DEVICE)
         out = buf.transpose(1, 2) if transposed_out else buf
         block_sparse.block_sparse_attention(q_in, k, v_in, sel, out=out)
         assert torch.isfinite(buf).all() and rel_err(out, expected) < TOL[torch.float32]
-    assert len(block_sparse._plans) == 3  # the last call has the first call's layouts: its plan is reused
+    assert len(block_sparse._plans) == 4  # the last call has the first call's layouts: its plan is reused
 
 
 def test_fast_select_is_a_superset_close_to_exact():

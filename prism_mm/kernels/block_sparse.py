@@ -328,6 +328,9 @@ def launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, selection: BlockSe
     """block_sparse_attention with a launch configuration: `tiles` overrides default_tiles()
     (BLOCK_M, BLOCK_N, num_warps, num_stages, maxnreg, DESC); for benchmarks and tests of the variants."""
     b, hq, q_len, d = q.shape
+    if v.shape != k.shape or k.shape[0] != b or k.shape[3] != d or hq % k.shape[1]:
+        raise ValueError(f"k and v must both be [batch, kv_heads, kv_len, head_dim] with q's batch and head_dim and "
+                         f"kv_heads dividing q's heads; got q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}")
     selection.check(b, hq, q_len, k.shape[2])
     out = torch.empty_like(q) if out is None else out
     scale = 1.0 / math.sqrt(d) if scale is None else scale

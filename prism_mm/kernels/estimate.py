@@ -209,8 +209,6 @@ def select_blocks(q: Pooled, k: Pooled, spec: SelectSpec, q_len: int, kv_len: in
 
 def _select(q: Pooled, k: Pooled, spec: SelectSpec, q_len: int, kv_len: int, ladder_min_kblocks: int) -> BlockSelection:
     """select_blocks with the ladder's switch-over point as a parameter (the tests force the ladder at small sizes)."""
-    b, hq, nqb, dh, dl = q.shape
-    hkv, nkb = k.shape[1], k.shape[2]
     for name, pooled in (("q", q), ("k", k)):
         if pooled.buffer is None:  # tensors from elsewhere (parts carved by the pooling kernel fit by construction)
             fits = [t.dtype is torch.float32 and t.dim() == 4 and t.is_contiguous() for t in pooled]
@@ -219,6 +217,10 @@ def _select(q: Pooled, k: Pooled, spec: SelectSpec, q_len: int, kv_len: int, lad
                 raise ValueError(f"{name}.{part} must be a contiguous float32 [B, H, blocks, dims] tensor")
             if pooled.low.shape[:3] != pooled.high.shape[:3] or pooled.energy.shape != (*pooled.high.shape[:3], 3):
                 raise ValueError(f"{name}'s band tensors disagree on batch / heads / blocks")
+    if q.device != k.device:
+        raise ValueError(f"pooled q and k must be on one device, got {q.device} and {k.device}")
+    b, hq, nqb, dh, dl = q.shape
+    hkv, nkb = k.shape[1], k.shape[2]
     if hq % hkv or k.shape[0] != b or k.shape[3:] != (dh, dl):
         raise ValueError("pooled q and k disagree on batch, heads or band dims")
     block_size = spec.block_size

@@ -152,7 +152,7 @@ class Pooled:
 
     def __init__(self, high: torch.Tensor, low: torch.Tensor, energy: torch.Tensor):
         self.buffer, self.offsets, self._parts = None, None, (high, low, energy)
-        self.shape = (*high.shape[:3], high.shape[3], low.shape[3])
+        self.shape = (*high.shape[:3], high.shape[-1], low.shape[-1])  # checked by the ops that take it
 
     @classmethod
     def carved(cls, buffer: torch.Tensor, offsets: tuple[int, int, int], shape: tuple[int, ...]) -> "Pooled":
