@@ -36,6 +36,7 @@ layer, the former default), with the peak memory of those decoder forwards.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import gc
 import math
@@ -51,9 +52,10 @@ from tqdm import tqdm
 from benchmarks.common import Results, describe_runs, fixed_density_selection, model_panels, \
     register_benchmark_attentions, run_info, save_figure
 from prism_mm import PrismConfig
+from prism_mm.attention import ATTN_NAME
 from prism_mm.models import load_model, set_attention, vision_tower
-from prism_mm.testing.tiny import build_tiny_model, build_tiny_processor
 from prism_mm.norms import fuse_rms_norms
+from prism_mm.testing.tiny import build_tiny_model, build_tiny_processor
 from prism_mm.vision import align_mlp_widths
 
 MODELS = ["Qwen/Qwen2.5-VL-7B-Instruct", "Qwen/Qwen3-VL-8B-Instruct"]
@@ -180,10 +182,37 @@ def layer_host_seconds(layers, forward, device, sleep_ms: float = 40.0, every: i
     return times
 
 
+@contextlib.contextmanager
+def attention_call_seconds(names: tuple[str, ...] = ("sdpa", ATTN_NAME)):
+    """Inside: every call of these AttentionInterface entries is timed on the host (perf_counter around the call) and
+    appended to the yielded list; the entries are registered back as they were on leaving."""
+    from transformers import AttentionInterface
+
+    originals = {name: AttentionInterface()[name] for name in names}
+    calls: list[float] = []
+
+    def timed(fn):
+        def call(*args, **kwargs):
+            t0 = time.perf_counter()
+            result = fn(*args, **kwargs)
+            calls.append(time.perf_counter() - t0)
+            return result
+        return call
+
+    for name, fn in originals.items():
+        AttentionInterface.register(name, timed(fn))
+    try:
+        yield calls
+    finally:
+        for name, fn in originals.items():
+            AttentionInterface.register(name, fn)
+
+
 def host_time(model, inputs: dict, reps: int = 4) -> list[dict]:
     """Per mode (dense SDPA; Prism's real selection path with max_density 1.0, no sync, and 0.8, one sync per layer):
     the host milliseconds per decoder layer (median over layers and `reps` forwards per mode, the modes interleaved,
-    GPU held busy, see layer_host_seconds), the GPU-synced time of a plain decoder forward and its peak memory (no KV
+    GPU held busy, see layer_host_seconds) and of the attention call inside each layer (timed where the model makes it,
+    between the layer's other work), the GPU-synced time of a plain decoder forward and its peak memory (no KV
     cache)."""
     device = next(model.parameters()).device
     cuda = device.type == "cuda"
@@ -227,14 +256,22 @@ def host_time(model, inputs: dict, reps: int = 4) -> list[dict]:
         rows.append({"mode": mode, "tokens": n, "total_s": sorted(totals)[reps // 2], "peak_gib": peak,
                      "mean_density": model.prism_stats.mean_density if max_density is not None else 1.0})
     timed: dict[str, list] = {mode: [] for mode, _ in modes}
-    for _ in range(reps):  # the modes interleaved, so that a slow stretch of the host falls on all of them
-        for mode, max_density in modes:
-            use(max_density)
-            timed[mode] += layer_host_seconds(lm.layers, forward, device)
+    with attention_call_seconds() as calls:
+        for _ in range(reps):  # the modes interleaved, so that a slow stretch of the host falls on all of them
+            for mode, max_density in modes:
+                use(max_density)
+                calls.clear()
+                layers = layer_host_seconds(lm.layers, forward, device)
+                if len(calls) != len(layers):
+                    raise RuntimeError(f"{len(calls)} attention calls in {len(layers)} decoder layers")
+                timed[mode] += [(t, synced, a) for (t, synced), a in zip(layers, calls)]
     for row in rows:
-        hosts = [t for t, synced in timed[row["mode"]] if not synced] or [t for t, _ in timed[row["mode"]]]
-        woken = [t for t, synced in timed[row["mode"]] if synced]
+        ahead = [(t, a) for t, synced, a in timed[row["mode"]] if not synced] or \
+            [(t, a) for t, _, a in timed[row["mode"]]]
+        woken = [t for t, synced, _ in timed[row["mode"]] if synced]
+        hosts = [t for t, _ in ahead]
         row.update({"host_ms_per_layer": 1e3 * statistics.median(hosts), "host_ms_per_layer_min": 1e3 * min(hosts),
+                    "attention_host_ms": 1e3 * statistics.median(a for _, a in ahead),
                     "layer_samples": len(hosts),
                     "host_ms_after_sync": 1e3 * statistics.median(woken) if woken else None})
         print(row, flush=True)
@@ -435,11 +472,12 @@ def table(data: dict) -> list[str]:
                   "every 4th layer, so the host never waits on a full launch queue: the host's own cost). \"running "
                   "ahead\": the layers between syncs, as in a prefill; \"after a sync\": the layer right after one "
                   "(rows without it were measured with a sync before every layer). A layer that synchronises shows "
-                  "about the sleep. Then the GPU-synced decoder forward (no KV cache) and its peak memory. Prism's "
+                  "about the sleep. \"of it the attention call\": the median host time of the attention function "
+                  "inside those layers (timed where the model calls it; blank in rows measured before it was). Then the GPU-synced decoder forward (no KV cache) and its peak memory. Prism's "
                   "real selection path, random weights:", "",
-                  "| model | tokens | mode | host ms / layer, running ahead | vs dense | after a sync | vs dense | "
-                  "synced total s | peak GiB | mean density | measured |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "| model | tokens | mode | host ms / layer, running ahead | vs dense | of it the attention call | "
+                  "after a sync | vs dense | synced total s | peak GiB | mean density | measured |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         dense = {(h["model"], h["tokens"]): h for h in meta["host_time"] if h["mode"] == "dense sdpa"}
         for h in meta["host_time"]:
             base = dense.get((h["model"], h["tokens"]))
@@ -448,9 +486,10 @@ def table(data: dict) -> list[str]:
             if woken is not None and base and base.get("host_ms_after_sync"):
                 woken_ratio = f"{woken / base['host_ms_after_sync']:.2f}x"
             peak = f"{h['peak_gib']:.2f}" if h.get("peak_gib") is not None else ""
+            call = f"{h['attention_host_ms']:.3f}" if h.get("attention_host_ms") is not None else ""
             lines.append(f"| {h['model'].split('/')[-1]} | {h['tokens']} | {h['mode']} | {h['host_ms_per_layer']:.3f} | "
-                         f"{ratio} | {'' if woken is None else f'{woken:.3f}'} | {woken_ratio} | {h['total_s']:.3f} | "
-                         f"{peak} | {h['mean_density']:.3f} | {h.get('measured', '')} |")
+                         f"{ratio} | {call} | {'' if woken is None else f'{woken:.3f}'} | {woken_ratio} | "
+                         f"{h['total_s']:.3f} | {peak} | {h['mean_density']:.3f} | {h.get('measured', '')} |")
     return lines
 
 

@@ -28,7 +28,7 @@ from prism_mm.kernels import ops as kernel_ops
 from prism_mm.selection import estimate
 
 sys.path.append(str(Path(__file__).resolve().parent.parent))  # benchmarks/, after any prism_mm on PYTHONPATH
-from benchmarks.video_e2e import layer_host_seconds
+from benchmarks.video_e2e import attention_call_seconds, layer_host_seconds
 from benchmarks.video_e2e import sleep_cycles_per_ms as cycles_per_ms
 
 
@@ -144,7 +144,6 @@ def layers(n: int, cpm: float, emit, reps: int = 3) -> None:
     import gc
 
     from transformers import Qwen2_5_VLForConditionalGeneration
-    from transformers.modeling_utils import AttentionInterface
 
     from prism_mm.models import enable_prism, set_attention, shipped_config
 
@@ -157,15 +156,6 @@ def layers(n: int, cpm: float, emit, reps: int = 3) -> None:
     lm = model.model.language_model
     embeds = torch.randn(1, n, config.text_config.hidden_size, device="cuda", dtype=torch.bfloat16)
     pos = torch.arange(n, device="cuda")[None].expand(3, 1, n)
-    attention_times: list[float] = []
-    interface = AttentionInterface()
-    for name in ("sdpa", "prism"):  # lab only: time each attention call where the model makes it
-        def timed(*args, _fn=interface[name], **kwargs):
-            t0 = time.perf_counter()
-            result = _fn(*args, **kwargs)
-            attention_times.append(time.perf_counter() - t0)
-            return result
-        AttentionInterface.register(name, timed)
     for mode, collect in (("sdpa", True), ("prism", True), ("sdpa", False), ("prism", False),
                           ("sdpa", True), ("prism", True)):
         set_attention(model, "dense" if mode == "sdpa" else "prism")
@@ -177,10 +167,11 @@ def layers(n: int, cpm: float, emit, reps: int = 3) -> None:
         forward()  # warm-up
         (gc.enable if collect else gc.disable)()
         timed_layers = []
-        for _ in range(reps):
-            attention_times.clear()
-            per_layer = layer_host_seconds(lm.layers, forward, "cuda")
-            timed_layers += [(t, synced, a) for (t, synced), a in zip(per_layer, attention_times)]
+        with attention_call_seconds() as attention_times:  # each attention call timed where the model makes it
+            for _ in range(reps):
+                attention_times.clear()
+                per_layer = layer_host_seconds(lm.layers, forward, "cuda")
+                timed_layers += [(t, synced, a) for (t, synced), a in zip(per_layer, attention_times)]
         gc.enable()
         ahead = [(t, a) for t, synced, a in timed_layers if not synced]
         woken = [t for t, synced, _ in timed_layers if synced]

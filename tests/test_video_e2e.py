@@ -48,6 +48,9 @@ def test_video_e2e_smoke_writes_consistent_stage_records(tmp_path):
     # 4 forwards x 2 layers per mode; on the CPU no layer follows a sync, so every layer counts as running ahead
     assert all(h["host_ms_per_layer"] > 0 and h["layer_samples"] == 4 * 2 and h["host_ms_after_sync"] is None
                for h in host)
+    # the attention call timed inside each layer: part of the layer's time
+    assert all(0 < h["attention_host_ms"] < h["host_ms_per_layer"] for h in host)
+    assert "of it the attention call" in (tmp_path / "video_e2e.md").read_text()
     # --host-time-only --merge: a new host table for one model, every row and run of the file kept as it was
     proc = subprocess.run([sys.executable, "-m", "benchmarks.video_e2e", "--smoke", "--out", str(tmp_path), "--merge",
                            "--host-time-only", "--models", "Qwen/Qwen3-VL-8B-Instruct"],
