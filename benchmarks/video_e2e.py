@@ -4,7 +4,9 @@ random weights, bf16) on a CUDA GPU.
 For each number of visual tokens, a synthetic video (random frames of 32 x 56 patches: 448 visual tokens per
 temporal patch) goes through
 - the processor: the model's real video processor and a chat prompt (the frames are already decoded and sized,
-  as qwen-vl-utils hands them over; file decoding is not timed here),
+  as qwen-vl-utils hands them over; file decoding is not timed here). The transformers row makes the pixels on
+  the CPU (transformers' default); prism_mm's rows on the GPU (the processor's device=, as prism_mm's pipeline
+  does; the forward then takes the same CPU-made pixels, equal up to float rounding). Both times are recorded,
 - one prefill forward of the whole model (model(**inputs), last-position logits, KV cache on, as generate's
   first step), timed as vision tower (sync hooks around it) and the rest (decoder prefill + first-token logits).
 Rows:
@@ -78,15 +80,19 @@ def synthetic_frames(vision_config, visual_tokens: int, frame_patches=FRAME_PATC
                          dtype=torch.uint8)
 
 
-def process(processor, frames: torch.Tensor, question: str = "What happens in this video?") -> tuple[dict, float]:
-    """The processor call of prism_mm.pipelines.video.build_inputs on decoded frames: (inputs, seconds)."""
+def process(processor, frames: torch.Tensor, question: str = "What happens in this video?",
+            device=None) -> tuple[dict, float]:
+    """The processor call of prism_mm.pipelines.video.build_inputs on decoded frames: (inputs, seconds); `device`: where
+    the video processor makes the pixels (None: the CPU, as transformers does by default)."""
     t0 = time.perf_counter()
     messages = [{"role": "user", "content": [{"type": "video", "video": "clip"}, {"type": "text", "text": question}]}]
     text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     n = frames.shape[0]
     meta = {"fps": 2.0, "frames_indices": list(range(n)), "total_num_frames": n}
     inputs = processor(text=[text], videos=[frames], video_metadata=[meta], do_resize=False, do_sample_frames=False,
-                       return_tensors="pt")
+                       return_tensors="pt", **({"device": str(device)} if device is not None else {}))
+    if device is not None:
+        sync(device)
     return dict(inputs), time.perf_counter() - t0
 
 
@@ -294,7 +300,12 @@ def measure(model, processor, name: str, tokens: list[int], reps: int, device, g
         inputs, processor_s = process(processor, frames)
         inputs["pixel_values_videos"] = inputs["pixel_values_videos"].to(model.dtype)
         visual = int((inputs["input_ids"] == model.config.video_token_id).sum())
-        prepared[target] = (inputs, processor_s, visual, frames.shape)
+        on_device_s = None  # prism_mm's pipeline makes the pixels on the model's GPU (transformers' device=)
+        if device.type == "cuda":
+            process(processor, frames, device=device)  # warm-up: CUDA kernels of the processor's ops
+            on_device, on_device_s = process(processor, frames, device=device)
+            del on_device
+        prepared[target] = (inputs, (processor_s, on_device_s), visual, frames.shape)
         del frames
     rows, aligned, fused = [], [False], [False]
 
@@ -302,7 +313,10 @@ def measure(model, processor, name: str, tokens: list[int], reps: int, device, g
         if vision == "varlen" and not aligned[0]:
             aligned[0] = align_mlp_widths(vision_tower(model)) > 0
         for target in tqdm([warmup_tokens, *tokens], desc=f"{name.split('/')[-1]} {label}", leave=False):
-            cpu_inputs, processor_s, visual, shape = prepared[target]
+            cpu_inputs, (cpu_s, on_device_s), visual, shape = prepared[target]
+            # transformers' row: pixels made on the CPU, as shipped; ours: on the model's GPU when it has one
+            on_gpu = vision != "sdpa" and on_device_s is not None
+            processor_s = on_device_s if on_gpu else cpu_s
             inputs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in cpu_inputs.items()}
             n = inputs["input_ids"].shape[1]
             for key in [k for k in selections if len(k) == 3]:  # per-layer selections of another row
@@ -325,6 +339,7 @@ def measure(model, processor, name: str, tokens: list[int], reps: int, device, g
                    "decoder_density": (sum(density) / len(density) if isinstance(density, list) else
                                        density if density is not None else 1.0),
                    **({"layer_densities": density} if isinstance(density, list) else {}), "processor_s": processor_s,
+                   "processor_device": device.type if on_gpu else "cpu", "processor_cpu_s": cpu_s,
                    "frames": shape[0], "frame_size": [shape[-1], shape[-2]], "benchmark_selections_gib": held_gib,
                    **timed_prefill(model, inputs, reps)}
             row["decoder_s"] = row["prefill_s"] - row["vision_s"]
@@ -445,14 +460,16 @@ def ordered(rows: list[dict]) -> list[dict]:
 def table(data: dict) -> list[str]:
     meta = data["meta"]
     lines = [f"# Time to the first token on long videos (random weights, bf16) on {meta['device']}", "",
-             ("Processor (decoded frames -> patches + prompt), then one prefill forward of the whole model (vision "
+             ("Processor (decoded frames -> patches + prompt; where it makes the pixels in brackets: transformers' row "
+              "on the CPU as shipped, prism_mm's on the GPU as its pipeline does; rows without it: the CPU), then one "
+              "prefill forward of the whole model (vision "
               "tower timed by sync hooks; the rest is the decoder prefill and the first token's logits). "
               "Each point: mean of the listed forwards after one warm-up per row (runs after 16:00: also one at the point's "
               "size). The fixed-density rows hold their "
               "pre-drawn block selections through the forward (in brackets after the peak: Prism itself computes "
               "each layer's selection inside that layer and frees it). Runs:"), "",
              *describe_runs(meta), "",
-             "| model | visual tokens | row | tower MLP aligned | processor s | vision s | decoder s | first token s "
+             "| model | visual tokens | row | tower MLP aligned | processor s (pixels on) | vision s | decoder s | first token s "
              "| vs transformers | prefill vs transformers | prefill vs varlen+dense | vision vs transformers "
              "| peak GiB (of it the benchmark's selections) |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -462,7 +479,7 @@ def table(data: dict) -> list[str]:
             peak += f" ({r['benchmark_selections_gib']:.2f})"
         aligned = "yes" if r.get("vision_mlp_aligned") else "no"
         lines.append(f"| {r['model'].split('/')[-1]} | {r['visual_tokens']} | {r['row']} | {aligned} | "
-                     f"{r['processor_s']:.2f} | "
+                     f"{r['processor_s']:.2f} ({r.get('processor_device', 'cpu')}) | "
                      f"{r['vision_s']:.2f} | {r['decoder_s']:.2f} | {r['first_token_s']:.2f} | "
                      f"{r['speedup_vs_transformers']:.2f}x | {r['prefill_speedup_vs_transformers']:.2f}x | "
                      f"{r['prefill_speedup_vs_varlen_dense']:.2f}x | {r['vision_speedup_vs_transformers']:.1f}x | "

@@ -201,3 +201,22 @@ def test_rms_norm_real_sizes_bf16(rows, cols):
     assert got.dtype == torch.bfloat16
     assert torch.allclose(got.float(), expected.float(), rtol=1.6e-2, atol=1.6e-2)
     assert (got != expected).float().mean() < 0.01  # most elements bit-equal: the same roundings
+
+
+def test_processor_makes_the_pixels_on_the_gpu_as_on_the_cpu():
+    """The video processor with device="cuda" (prism_mm's pipeline and video_e2e's rows) gives the CPU's tensors, the
+    pixels made on the GPU (Qwen2.5-VL's real video processor, 8K visual tokens of random frames)."""
+    pytest.importorskip("torchvision")
+    from benchmarks.video_e2e import process, synthetic_frames
+    from prism_mm.models import shipped_config
+    from prism_mm.testing.tiny import build_tiny_processor
+
+    processor = build_tiny_processor("qwen2_5_vl", real_vocab=True)
+    frames = synthetic_frames(shipped_config("Qwen/Qwen2.5-VL-7B-Instruct").vision_config, 8192)
+    cpu, _ = process(processor, frames)
+    gpu, _ = process(processor, frames, device=torch.device("cuda"))
+    assert gpu["pixel_values_videos"].is_cuda and gpu.keys() == cpu.keys()
+    for key, value in cpu.items():
+        got = gpu[key].cpu()
+        assert torch.allclose(got.float(), value.float(), rtol=1e-6, atol=1e-6) if key == "pixel_values_videos" \
+            else torch.equal(got, value), key

@@ -39,6 +39,7 @@ def test_video_e2e_smoke_writes_consistent_stage_records(tmp_path):
             assert [r["decoder_density"] for r in mine[-2:]] == [1.0, 0.1]
             assert mine[4]["layer_densities"] == pytest.approx([0.2, 0.8]) and mine[4]["decoder_density"] == pytest.approx(0.5)
             for r in mine:
+                assert r["processor_device"] == "cpu" and r["processor_cpu_s"] == r["processor_s"]  # no GPU here
                 assert 0 < r["vision_s"] < r["prefill_s"]
                 assert r["decoder_s"] == pytest.approx(r["prefill_s"] - r["vision_s"])
                 assert r["first_token_s"] == pytest.approx(r["processor_s"] + r["prefill_s"])

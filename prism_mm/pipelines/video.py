@@ -189,8 +189,13 @@ def sample_frames(path: str, opts: VideoOptions, model_type: str):
     return video.round().clamp(0, 255).to(torch.uint8), metadata, info
 
 
-def build_inputs(processor, model_config, video_path: str, question: str, opts: VideoOptions) -> PreparedVideo:
-    """Chat prompt with one video and a question -> processor tensors, plus what was used."""
+def build_inputs(processor, model_config, video_path: str, question: str, opts: VideoOptions,
+                 device: str | None = None) -> PreparedVideo:
+    """Chat prompt with one video and a question -> processor tensors, plus what was used.
+
+    device: where the video processor rescales, normalises and patchifies the frames (transformers' `device`
+    argument; None: the CPU). With the model's GPU, the uint8 frames travel there and the float pixels are made there.
+    """
     model_type = model_config.model_type
     if model_type not in MODEL_PATCH:
         raise VideoError(f"video input needs a Qwen-VL model ({', '.join(MODEL_PATCH)}), got {model_type!r}")
@@ -205,7 +210,7 @@ def build_inputs(processor, model_config, video_path: str, question: str, opts: 
         # with do_resize=False the flag changes nothing here, and setting it silences newer transformers' warning.
         video_processor.cap_pixels_per_frame = True
     inputs = processor(text=[text], videos=[frames], video_metadata=[meta], do_resize=False, do_sample_frames=False,
-                       return_tensors="pt")
+                       return_tensors="pt", **({"device": str(device)} if device is not None else {}))
     video_token = getattr(model_config, "video_token_id", None)
     visual = int((inputs["input_ids"] == video_token).sum()) if video_token is not None else 0
     return PreparedVideo(dict(inputs), info, frames.shape[0], (frames.shape[-1], frames.shape[-2]), visual,
