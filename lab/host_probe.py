@@ -171,6 +171,7 @@ def layers(n: int, cpm: float, emit, reps: int = 3) -> None:
             for _ in range(reps):
                 attention_times.clear()
                 per_layer = layer_host_seconds(lm.layers, forward, "cuda")
+                assert len(per_layer) == len(attention_times), "one attention call per decoder layer"
                 timed_layers += [(t, synced, a) for (t, synced), a in zip(per_layer, attention_times)]
         gc.enable()
         ahead = [(t, a) for t, synced, a in timed_layers if not synced]

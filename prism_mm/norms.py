@@ -35,13 +35,22 @@ class FusedRMSNorm(torch.nn.Module):
         return f"{tuple(self.weight.shape)}, eps={self.variance_epsilon}, fused"
 
 
+def _hooked(module: torch.nn.Module) -> bool:
+    """Hooks that a swap would drop: accelerate's (device_map dispatch, offloading) or any forward hook."""
+    return hasattr(module, "_hf_hook") or bool(module._forward_hooks) or bool(module._forward_pre_hooks)
+
+
 def fuse_rms_norms(model: torch.nn.Module, backend: str = "auto") -> int:
-    """Replace the model's transformers RMSNorm modules (RMS_NORM_CLASSES) by FusedRMSNorm; returns how many."""
+    """Replace the model's transformers RMSNorm modules (RMS_NORM_CLASSES) by FusedRMSNorm; returns how many.
+    Modules with hooks (accelerate's dispatch or offloading of that module, a user's forward hooks) are kept as they
+    are: the swap would drop their hooks."""
     swaps = []
     for parent in model.modules():
         for name, child in parent.named_children():
-            if type(child).__name__ in RMS_NORM_CLASSES and isinstance(getattr(child, "weight", None), torch.nn.Parameter):
+            if (type(child).__name__ in RMS_NORM_CLASSES and isinstance(getattr(child, "weight", None), torch.nn.Parameter)
+                    and not _hooked(child)):
                 swaps.append((parent, name, child))
     for parent, name, child in swaps:
-        setattr(parent, name, FusedRMSNorm(child.weight, float(child.variance_epsilon), backend))
+        fused = FusedRMSNorm(child.weight, float(child.variance_epsilon), backend)
+        setattr(parent, name, fused.train(child.training))
     return len(swaps)

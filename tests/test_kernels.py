@@ -517,6 +517,8 @@ def test_rms_norm_matches_transformers_formula(rows, cols, dtype, weight_fp32):
     weight = (1 + 0.1 * torch.randn(cols, generator=g)).to(DEVICE, torch.float32 if weight_fp32 else dtype)
     got = rms_norm.rms_norm(x, weight, 1e-6)
     expected = torch_ops.rms_norm(x, weight, 1e-6)
+    wide = (3 * torch.randn(rows, cols + 7, generator=g)).to(DEVICE, dtype)[:, :cols]  # rows 7 elements apart, no copy
+    assert torch.equal(rms_norm.rms_norm(wide, weight, 1e-6), rms_norm.rms_norm(wide.contiguous(), weight, 1e-6))
     assert got.shape == expected.shape and got.dtype == expected.dtype == torch.promote_types(weight.dtype, dtype)
     # fp32 sums in another order: at most one rounding step of the input dtype (the normalised row's) apart, on every
     # element (an unwritten element would be far off)
@@ -524,3 +526,5 @@ def test_rms_norm_matches_transformers_formula(rows, cols, dtype, weight_fp32):
     assert torch.allclose(got.float(), expected.float(), rtol=step, atol=step), (got.float() - expected.float()).abs().max()
     with pytest.raises(ValueError, match="weight must be"):
         rms_norm.rms_norm(x, weight[:-1], 1e-6)
+    with pytest.raises(ValueError, match="float16 / bfloat16 / float32"):
+        rms_norm.rms_norm(x.double(), weight, 1e-6)

@@ -39,6 +39,12 @@ MAX_COLS = 16384  # one row in registers
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """weight * (x / rms(x)) over the last dim, rounded as transformers' Qwen RMSNorm (see the module docstring).
     x [..., N] float16 / bfloat16 / float32, weight [N]; returns x's shape in promote_types(weight, x)."""
+    if x.dim() == 0 or x.dtype not in (torch.float16, torch.bfloat16, torch.float32) or weight.dtype not in (
+            torch.float16, torch.bfloat16, torch.float32):
+        raise ValueError(f"rms_norm takes float16 / bfloat16 / float32 x of at least 1 dim and weight, got x "
+                         f"{x.dtype} {tuple(x.shape)} and weight {weight.dtype}")
+    if weight.device != x.device:
+        raise ValueError(f"rms_norm: weight on {weight.device}, x on {x.device}: move them to one device")
     n = x.shape[-1]
     if weight.dim() != 1 or weight.shape[0] != n:
         raise ValueError(f"rms_norm: weight must be [{n}] for x of shape {tuple(x.shape)}, got {tuple(weight.shape)}")
