@@ -175,12 +175,17 @@ def set_attention(model, attn: str, vision: str | None = None) -> None:
     name = ATTN_NAME if attn == "prism" else "sdpa"
     if model.config.model_type not in VL_MODEL_TYPES:
         model.set_attn_implementation(name)
-        return
-    choice = {"text_config": name}
-    if vision is not None:
-        vision_attention.register_with_transformers()
-        choice["vision_config"] = vision_attention.VISION_ATTN_NAME if vision == "varlen" else "sdpa"
-    model.set_attn_implementation(choice)
+    else:
+        choice = {"text_config": name}
+        if vision is not None:
+            vision_attention.register_with_transformers()
+            choice["vision_config"] = vision_attention.VISION_ATTN_NAME if vision == "varlen" else "sdpa"
+        model.set_attn_implementation(choice)
+    got = text_config(model.config)._attn_implementation
+    if got != name:  # transformers declines (with a logged warning) for classes it cannot switch at run time
+        raise RuntimeError(f"transformers kept attn_implementation={got!r} for {type(model).__name__} instead of {name!r} "
+                           "(it logs why): this model class cannot switch its attention after loading; use a model "
+                           "class whose attention goes through transformers' AttentionInterface")
 
 
 def _model_class(config):

@@ -442,8 +442,8 @@ def test_selection_that_does_not_fit_the_inputs_is_refused():
     for attention in (torch_ops.block_sparse_attention, block_sparse.block_sparse_attention):
         with pytest.raises(ValueError, match="q_len=64, kv_len=64"):
             attention(q[:, :, :48], q[:, :, :48], q[:, :, :48], sel)
-        with pytest.raises(ValueError, match="do not match"):
-            attention(q[:, :1], q, q, sel)
+        with pytest.raises(ValueError, match="do not match"):  # one query head, a selection for two
+            attention(q[:, :1], q[:, :1], q[:, :1], sel)
 
 
 

@@ -117,6 +117,17 @@ def test_set_attention_switches_the_text_decoder_and_rejects_unknown_names(tiny_
             set_attention(model, bad)
 
 
+def test_a_refused_switch_is_an_error_not_a_silent_dense_run(tiny_dir, monkeypatch):
+    """When transformers declines to switch a model's attention (it only logs a warning, e.g. for a class that does
+    not call AttentionInterface), enable_prism raises instead of leaving the model on SDPA."""
+    model = load(tiny_dir)
+    from transformers.modeling_utils import PreTrainedModel
+
+    monkeypatch.setattr(PreTrainedModel, "_can_set_attn_implementation", classmethod(lambda cls: False))
+    with pytest.raises(RuntimeError, match="kept attn_implementation='sdpa'"):
+        enable_prism(model, ALL_BLOCKS)
+
+
 def test_load_model_errors(tmp_path):
     with pytest.raises(ValueError, match="attn"):
         load_model("whatever", attn="sparse")
