@@ -307,11 +307,12 @@ def measure(model, processor, name: str, tokens: list[int], reps: int, device, g
             torch.cuda.empty_cache()  # its float intermediates (GBs at 128K) are not kept for the forwards
         prepared[target] = (inputs, (processor_s, on_device_s), visual, frames.shape)
         del frames
-    rows, aligned, fused = [], [False], [False]
+    rows, aligned, fused = [], False, False
 
     def run(label: str, vision: str, density) -> None:
-        if vision == "varlen" and not aligned[0]:
-            aligned[0] = align_mlp_widths(vision_tower(model)) > 0
+        nonlocal aligned
+        if vision == "varlen" and not aligned:
+            aligned = align_mlp_widths(vision_tower(model)) > 0
         for target in tqdm([warmup_tokens, *tokens], desc=f"{name.split('/')[-1]} {label}", leave=False):
             cpu_inputs, (cpu_s, on_device_s), visual, shape = prepared[target]
             # transformers' row: pixels made on the CPU, as shipped; ours: on the model's GPU when it has one
@@ -335,7 +336,7 @@ def measure(model, processor, name: str, tokens: list[int], reps: int, device, g
             if target == warmup_tokens:      # allocator growth stay out of the timings
                 continue
             row = {"model": name, "visual_tokens": visual, "tokens": n, "row": label, "vision_attention": vision,
-                   "vision_mlp_aligned": aligned[0] and vision == "varlen", "fused_norms": fused[0],
+                   "vision_mlp_aligned": aligned and vision == "varlen", "fused_norms": fused,
                    "decoder_density": (sum(density) / len(density) if isinstance(density, list) else
                                        density if density is not None else 1.0),
                    **({"layer_densities": density} if isinstance(density, list) else {}), "processor_s": processor_s,
@@ -359,7 +360,7 @@ def measure(model, processor, name: str, tokens: list[int], reps: int, device, g
     if fused_rows and rows_too:  # last: the swap is not undone
         from prism_mm.norms import fuse_rms_norms  # here: lab probes import this module against older packages
 
-        fused[0] = fuse_rms_norms(model) > 0
+        fused = fuse_rms_norms(model) > 0
         for spec in fused_rows:
             run(*spec)
     for visual in {r["visual_tokens"] for r in rows}:
