@@ -26,7 +26,8 @@ align_mlp_widths, as enable_prism does; same outputs); the transformers row runs
 A second table gives the host time per decoder layer (the GPU held busy by a sleep before every 4th layer, so the host
 never waits on a full launch queue: its own cost, running ahead as in a prefill, and apart from it the layers right
 after a sync) for dense SDPA and Prism's real selection path with max_density 1.0 (no sync) and 0.8 (one sync per
-layer, the former default), with the peak memory of those decoder forwards.
+layer, the former default), with the peak memory of those decoder forwards; with --fused-norms also dense and Prism 1.0
+with the fused RMSNorm modules (swapped in for those modes only).
 
     python -m benchmarks.video_e2e                        # both models: benchmarks/results/video_e2e-<device>.*
     python -m benchmarks.video_e2e --models Qwen/Qwen3-VL-8B-Instruct --merge
@@ -213,8 +214,26 @@ def attention_call_seconds(names: tuple[str, ...] = ("sdpa", ATTN_NAME)):
             AttentionInterface.register(name, fn)
 
 
-def host_time(model, inputs: dict, reps: int = 4) -> list[dict]:
-    """Per mode (dense SDPA; Prism's real selection path with max_density 1.0, no sync, and 0.8, one sync per layer):
+class NormSwitch:
+    """Switches a model between transformers' RMSNorm modules and prism_mm's fused ones (the host table's modes)."""
+
+    def __init__(self, model):
+        from prism_mm.norms import RMS_NORM_CLASSES, fuse_rms_norms  # here: lab probes import older packages
+
+        found = [(parent, name, child) for parent in model.modules() for name, child in parent.named_children()
+                 if type(child).__name__ in RMS_NORM_CLASSES]
+        fuse_rms_norms(model)
+        self.pairs = [(parent, name, child, getattr(parent, name)) for parent, name, child in found]
+        self.use(False)
+
+    def use(self, fused: bool) -> None:
+        for parent, name, original, swapped in self.pairs:
+            setattr(parent, name, swapped if fused else original)
+
+
+def host_time(model, inputs: dict, reps: int = 4, fused_norms: bool = False) -> list[dict]:
+    """Per mode (dense SDPA; Prism's real selection path with max_density 1.0, no sync, and 0.8, one sync per layer;
+    with `fused_norms` also dense and Prism 1.0 with prism_mm's fused RMSNorm modules, switched back after):
     the host milliseconds per decoder layer (median over layers and `reps` forwards per mode, the modes interleaved,
     GPU held busy, see layer_host_seconds) and of the attention call inside each layer (timed where the model makes it,
     between the layer's other work), the GPU-synced time of a plain decoder forward and its peak memory (no KV
@@ -233,9 +252,15 @@ def host_time(model, inputs: dict, reps: int = 4) -> list[dict]:
         with torch.no_grad():
             lm(inputs_embeds=embeds, position_ids=pos, use_cache=False)
 
-    modes = (("dense sdpa", None), ("prism, max_density 1.0", 1.0), ("prism, max_density 0.8", 0.8))
+    modes = [("dense sdpa", None, False), ("prism, max_density 1.0", 1.0, False), ("prism, max_density 0.8", 0.8, False)]
+    switch = None
+    if fused_norms:
+        switch = NormSwitch(model)
+        modes += [("dense sdpa + fused norms", None, True), ("prism + fused norms, max_density 1.0", 1.0, True)]
 
-    def use(max_density):
+    def use(max_density, fused):
+        if switch is not None:
+            switch.use(fused)
         if max_density is None:
             set_attention(model, "dense")
             return
@@ -245,8 +270,8 @@ def host_time(model, inputs: dict, reps: int = 4) -> list[dict]:
         set_attention(model, "prism")
 
     rows = []
-    for mode, max_density in modes:
-        use(max_density)
+    for mode, max_density, fused in modes:
+        use(max_density, fused)
         forward()  # warm-up
         sync(device)
         if cuda:
@@ -258,13 +283,13 @@ def host_time(model, inputs: dict, reps: int = 4) -> list[dict]:
             sync(device)
             totals.append(time.perf_counter() - t0)
         peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
-        rows.append({"mode": mode, "tokens": n, "total_s": sorted(totals)[reps // 2], "peak_gib": peak,
+        rows.append({"mode": mode, "tokens": n, "total_s": sorted(totals)[reps // 2], "peak_gib": peak, "fused_norms": fused,
                      "mean_density": model.prism_stats.mean_density if max_density is not None else 1.0})
-    timed: dict[str, list] = {mode: [] for mode, _ in modes}
+    timed: dict[str, list] = {mode: [] for mode, _, _ in modes}
     with attention_call_seconds() as calls:
         for _ in range(reps):  # the modes interleaved, so that a slow stretch of the host falls on all of them
-            for mode, max_density in modes:
-                use(max_density)
+            for mode, max_density, fused in modes:
+                use(max_density, fused)
                 calls.clear()
                 layers = layer_host_seconds(lm.layers, forward, device)
                 if len(calls) != len(layers):
@@ -280,6 +305,8 @@ def host_time(model, inputs: dict, reps: int = 4) -> list[dict]:
                     "layer_samples": len(hosts),
                     "host_ms_after_sync": 1e3 * statistics.median(woken) if woken else None})
         print(row, flush=True)
+    if switch is not None:
+        switch.use(False)
     return rows
 
 
@@ -356,7 +383,8 @@ def measure(model, processor, name: str, tokens: list[int], reps: int, device, g
     host_rows = []
     if host:
         inputs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in prepared[tokens[0]][0].items()}
-        host_rows = [{"model": name, "measured": time.strftime("%Y-%m-%d %H:%M"), **h} for h in host_time(model, inputs)]
+        host_rows = [{"model": name, "measured": time.strftime("%Y-%m-%d %H:%M"), **h}
+                     for h in host_time(model, inputs, fused_norms=bool(fused_rows))]
     if fused_rows and rows_too:  # last: the swap is not undone
         from prism_mm.norms import fuse_rms_norms  # here: lab probes import this module against older packages
 

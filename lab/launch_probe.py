@@ -75,7 +75,12 @@ def main():
     args, cpm, emit = probe_cli()
     from prism_mm.attention import _attend, check_qkv, fallback_reason
     from prism_mm.kernels import block_sparse, estimate as est_mod, ops as kernel_ops, pool
-    from prism_mm.selection import _spec, band_index, estimate
+    from prism_mm import selection as selection_module
+    from prism_mm.selection import band_index, estimate
+
+    def _spec(q, cfg):  # older trees: selection._spec; from 2026-12-02 on: selection.recipe
+        old = getattr(selection_module, "_spec", None)
+        return old(q, cfg) if old is not None else selection_module.recipe(q, cfg, bands)[0]
     from prism_mm.stats import PrismRunStats, PrismStats
 
     for n in args.tokens:

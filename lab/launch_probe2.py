@@ -88,7 +88,7 @@ def main():
                     *sel.kv_num_blocks.stride(), *sel.kv_indices.stride()[:3],
                     hq, hq // hkv_, n, kv_len, *k_rows, *v_rows)
             m("args")
-            launcher = getattr(bs, "_sparse_launch", bs._block_sparse_fwd)  # CachedLaunch where the tree has it
+            launcher = getattr(bs, "sparse_launch", getattr(bs, "_sparse_launch", bs._block_sparse_fwd))  # CachedLaunch where the tree has it
             launcher[grid](*argv, HEAD_DIM=d, D_P2=next_pow2(d), SEL_BLOCK=128, **cfg_t)
             m("launch")
 

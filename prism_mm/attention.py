@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from .config import PrismConfig
 from .kernels import ops as kernel_ops
 from .kernels.layout import causal_block_count
-from .selection import estimate
+from .selection import estimate, recipe
 from .spectral import RopeLayout, SpectralBands
 from .stats import PrismRunStats, PrismStats
 
@@ -113,6 +113,10 @@ def _attend(q, k, v, config: PrismConfig, bands: SpectralBands, scale: float, op
     Returns the output in transformers' layout [B, Lq, Hq, D] (contiguous when sparse) and its PrismStats."""
     b, hq, q_len, d = q.shape
     selection = None
+    if not reason and config.max_density >= 1.0:  # nothing to decide between selecting and attending: one op
+        spec, index = recipe(q, config, bands)
+        out, selection = ops.select_and_attend(q, k, v, spec, index, scale)
+        return out, PrismStats.of_selection(selection)
     if not reason:
         selection = estimate(q, k, config, bands, ops)
         if config.max_density < 1.0 and float(selection.density().mean()) > config.max_density:

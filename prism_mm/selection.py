@@ -15,7 +15,7 @@ from .kernels import ops as kernel_ops
 from .kernels.layout import BandIndex, BlockSelection, SelectSpec
 from .spectral import SpectralBands
 
-__all__ = ["BlockSelection", "band_index", "estimate"]
+__all__ = ["BlockSelection", "band_index", "estimate", "recipe"]
 
 
 @functools.lru_cache(maxsize=64)
@@ -32,36 +32,35 @@ def _config_spec(config: PrismConfig, head_dim: int, **overrides) -> SelectSpec:
     return SelectSpec(**{**fields, **overrides})
 
 
-def _spec(q: torch.Tensor, config: PrismConfig, **overrides) -> SelectSpec:
-    """The SelectSpec of `config` at q's head_dim (built once per config, head_dim and overrides)."""
-    return _config_spec(config, q.shape[-1], **overrides)
-
-
-def _select(q, k, spec: SelectSpec, bands: BandIndex, ops) -> BlockSelection:
-    pooled_q, pooled_k = ops.pool_pair(q, k, spec.block_size, bands)
-    return ops.select_blocks(pooled_q, pooled_k, spec, q.shape[2], k.shape[2])
-
-
-def _prism(q: torch.Tensor, k: torch.Tensor, config: PrismConfig, bands: BandIndex, ops) -> BlockSelection:
+def _prism(config: PrismConfig, head_dim: int, bands: SpectralBands, device) -> tuple[SelectSpec, BandIndex]:
     """The paper's selection: pool Q and K into band vectors + energies, then calibrated dual-band top-p per row."""
-    return _select(q, k, _spec(q, config), bands, ops)
+    return _config_spec(config, head_dim), band_index(bands, head_dim, device)
 
 
-def _cutoff(q: torch.Tensor, k: torch.Tensor, config: PrismConfig, bands: BandIndex, ops) -> BlockSelection:
+def _cutoff(config: PrismConfig, head_dim: int, bands: SpectralBands, device) -> tuple[SelectSpec, BandIndex]:
     """Prism's two calibrated band probabilities, averaged; one cutoff for every head and row (config.cutoff)."""
-    return _select(q, k, _spec(q, config, cutoff=config.cutoff), bands, ops)
+    return _config_spec(config, head_dim, cutoff=config.cutoff), band_index(bands, head_dim, device)
 
 
-def _meanpool(q: torch.Tensor, k: torch.Tensor, config: PrismConfig, bands: BandIndex, ops) -> BlockSelection:
+def _meanpool(config: PrismConfig, head_dim: int, bands: SpectralBands, device) -> tuple[SelectSpec, BandIndex]:
     """The baseline Prism improves on: mean-pooled Q . K over all dims, no calibration, top-p per row
     (threshold_high). Both "bands" are every dim, so the union of the two top-p sets is one set."""
-    d = q.shape[-1]
-    every_dim = band_index(SpectralBands(high=tuple(range(d)), low=tuple(range(d))), d, q.device)
-    spec = _spec(q, config, calibrate=False, threshold_low=config.threshold_high)
-    return _select(q, k, spec, every_dim, ops)
+    every_dim = band_index(SpectralBands(high=tuple(range(head_dim)), low=tuple(range(head_dim))), head_dim, device)
+    return _config_spec(config, head_dim, calibrate=False, threshold_low=config.threshold_high), every_dim
 
 
 METHODS = {"prism": _prism, "cutoff": _cutoff, "meanpool": _meanpool}
+
+
+@functools.lru_cache(maxsize=256)
+def _recipe(config: PrismConfig, head_dim: int, bands: SpectralBands, device: torch.device):
+    return METHODS[config.method](config, head_dim, bands, device)
+
+
+def recipe(q: torch.Tensor, config: PrismConfig, bands: SpectralBands) -> tuple[SelectSpec, BandIndex]:
+    """What the ops need to select for q's head_dim and device under config.method: the SelectSpec and the band
+    index (made once per config, bands, head_dim and device)."""
+    return _recipe(config, q.shape[-1], bands, q.device)
 
 
 def estimate(q: torch.Tensor, k: torch.Tensor, config: PrismConfig, bands: SpectralBands,
@@ -71,4 +70,6 @@ def estimate(q: torch.Tensor, k: torch.Tensor, config: PrismConfig, bands: Spect
     `backend` is "auto" / "triton" / "torch", or an ops set already resolved by prism_mm.kernels.ops.
     """
     ops = kernel_ops(backend, q.device) if isinstance(backend, str) else backend
-    return METHODS[config.method](q, k, config, band_index(bands, q.shape[-1], q.device), ops)
+    spec, index = recipe(q, config, bands)
+    pooled_q, pooled_k = ops.pool_pair(q, k, spec.block_size, index)
+    return ops.select_blocks(pooled_q, pooled_k, spec, q.shape[2], k.shape[2])

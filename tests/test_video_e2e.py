@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_video_e2e_smoke_writes_consistent_stage_records(tmp_path):
     """Also the row at recorded per-layer densities: a fidelity-style file with 3 layers (2 heads each) maps onto
     the tiny models' 2 decoder layers by relative depth (first and last); and, with --fused-norms, the rows run after
-    the RMSNorm swap, marked as such."""
+    the RMSNorm swap, marked as such, and the host table's modes with fused norms."""
     fidelity = tmp_path / "fid.json"
     fidelity.write_text(json.dumps({"by_tokens": {"32768": {"prism_head_density": {
         "0.93": {"0": [0.1, 0.3], "1": [0.5, 0.5], "2": [0.7, 0.9]}}}}}))
@@ -45,7 +45,11 @@ def test_video_e2e_smoke_writes_consistent_stage_records(tmp_path):
                 assert r["first_token_s"] == pytest.approx(r["processor_s"] + r["prefill_s"])
                 assert r["speedup_vs_transformers"] == pytest.approx(mine[0]["first_token_s"] / r["first_token_s"])
     host = data["meta"]["host_time"]
-    assert [h["mode"] for h in host] == ["dense sdpa", "prism, max_density 1.0", "prism, max_density 0.8"] * 2
+    # with --fused-norms the host table also has the fused-norm modes (the swap undone after it: the fused rows above
+    # ran after the host table and found transformers' modules to swap)
+    assert [h["mode"] for h in host] == ["dense sdpa", "prism, max_density 1.0", "prism, max_density 0.8",
+                                         "dense sdpa + fused norms", "prism + fused norms, max_density 1.0"] * 2
+    assert [h["fused_norms"] for h in host] == [False] * 3 + [True] * 2 + [False] * 3 + [True] * 2
     # 4 forwards x 2 layers per mode; on the CPU no layer follows a sync, so every layer counts as running ahead
     assert all(h["host_ms_per_layer"] > 0 and h["layer_samples"] == 4 * 2 and h["host_ms_after_sync"] is None
                for h in host)

@@ -181,7 +181,7 @@ def _block_sparse_fwd(
              out.to(O.dtype.element_ty), mask=qmask)
 
 
-_sparse_launch = CachedLaunch(_block_sparse_fwd)
+sparse_launch = CachedLaunch(_block_sparse_fwd)
 
 
 def _ensure_tma_allocator() -> None:
@@ -327,6 +327,15 @@ def launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, selection: BlockSe
            out: torch.Tensor | None = None, tiles: dict | None = None) -> torch.Tensor:
     """block_sparse_attention with a launch configuration: `tiles` overrides default_tiles()
     (BLOCK_M, BLOCK_N, num_warps, num_stages, maxnreg, DESC); for benchmarks and tests of the variants."""
+    out, grid, args, kwargs = launch_args(q, k, v, selection, scale, out, tiles)
+    sparse_launch[grid](*args, **kwargs)
+    return out
+
+
+def launch_args(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, selection: BlockSelection,
+                scale: float | None = None, out: torch.Tensor | None = None, tiles: dict | None = None):
+    """(out, grid, positional args, keyword args) of the sparse launch; checks the inputs. With DESC 2 the K and V
+    arguments are host tensor descriptors over k and v (the plan's geometry)."""
     b, hq, q_len, d = q.shape
     if v.shape != k.shape or k.shape[0] != b or k.shape[3] != d or hq % k.shape[1]:
         raise ValueError(f"k and v must both be [batch, kv_heads, kv_len, head_dim] with q's batch and head_dim and "
@@ -337,13 +346,16 @@ def launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, selection: BlockSe
     plan = _plan(q, k, v, out, selection, tiles)
     k_arg, v_arg = k, v
     if plan.descriptors is not None:
-        from triton.tools.tensor_descriptor import TensorDescriptor
-
-        (k_shape, k_strides, k_block), (v_shape, v_strides, v_block) = plan.descriptors
-        k_arg = TensorDescriptor(k, list(k_shape), list(k_strides), list(k_block))  # base: only its address
-        v_arg = TensorDescriptor(v, list(v_shape), list(v_strides), list(v_block))
+        k_arg, v_arg = (descriptor(t, geometry) for t, geometry in zip((k, v), plan.descriptors))
     elif plan.options["DESC"] == 1:
         _ensure_tma_allocator()
-    _sparse_launch[plan.grid](q, k_arg, v_arg, out, selection.kv_num_blocks, selection.kv_indices,
-                              scale * 1.4426950408889634, *plan.ints, **plan.options)
-    return out
+    args = (q, k_arg, v_arg, out, selection.kv_num_blocks, selection.kv_indices, scale * 1.4426950408889634, *plan.ints)
+    return out, plan.grid, args, plan.options
+
+
+def descriptor(t: torch.Tensor, geometry):
+    """A host TMA descriptor over t with geometry (shape, strides, block) from rows_layout."""
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    shape, strides, block = geometry
+    return TensorDescriptor(t, list(shape), list(strides), list(block))  # base: only its address

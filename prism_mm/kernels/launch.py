@@ -93,20 +93,35 @@ class CachedLaunch:
     def __getitem__(self, grid):
         return lambda *args, **kwargs: self.launch(grid, args, kwargs)
 
-    def launch(self, grid, args, kwargs):
-        if (not self.enabled or _hook_installed() or len(args) != self.n_runtime or callable(grid)
-                or self.fn.pre_run_hooks):
-            return self.fn[grid](*args, **kwargs)
+    def key(self, args, kwargs):
+        """The cache key of a launch with these arguments on the current device, or None where it is not cached
+        (a kind not summarised, an unhashable keyword argument, or this launcher disabled)."""
+        if not self.enabled or len(args) != self.n_runtime:
+            return None
         kinds = tuple([a if type(a) is int else arg_kind(a) for a in args])
         if None in kinds:
-            return self.fn[grid](*args, **kwargs)
-        device = torch.cuda.current_device()
+            return None
         # Triton's own options that change what it compiles (its debug mode, instrumentation) are part of the key
         knobs = (getattr(_knobs.runtime, "debug", None), getattr(_knobs.compilation, "instrumentation_mode", None))
-        key = (device, kinds, tuple(kwargs.items()), knobs)
+        return (torch.cuda.current_device(), kinds, tuple(kwargs.items()), knobs)
+
+    def entry(self, args, kwargs):
+        """The kept (compiled kernel, constexpr values) of a launch like this one, or None if none is kept."""
+        key = self.key(args, kwargs)
         try:
-            found = self.compiled.get(key)
+            return None if key is None else self.compiled.get(key)
         except TypeError:  # an unhashable keyword argument: not cached
+            return None
+
+    def launch(self, grid, args, kwargs):
+        if not self.enabled or _hook_installed() or callable(grid) or self.fn.pre_run_hooks:
+            return self.fn[grid](*args, **kwargs)
+        key = self.key(args, kwargs)
+        try:
+            found = None if key is None else self.compiled.get(key)
+        except TypeError:  # an unhashable keyword argument: not cached
+            key = None
+        if key is None:
             return self.fn[grid](*args, **kwargs)
         if found is None:
             kernel = self.fn[grid](*args, **kwargs)
@@ -118,8 +133,14 @@ class CachedLaunch:
                 self.compiled[key] = (kernel, tuple(kwargs[name] for name in self.constexprs))
             return kernel
         kernel, constants = found
-        g = (*grid, 1, 1)
-        kernel.run(g[0], g[1], g[2], _current_stream(device), kernel.function, kernel.packed_metadata,
-                   None, None, None, *args, *constants)
+        run_compiled(kernel, grid, key[0], args, constants)
         self.hits += 1
         return kernel
+
+
+def run_compiled(kernel, grid, device: int, args, constants) -> None:
+    """Launch a compiled Triton kernel through its own launcher on `device`'s current stream, as Triton's dispatch
+    ends up doing (no launch metadata, no hooks: callers check _hook_installed first)."""
+    g = (*grid, 1, 1)
+    kernel.run(g[0], g[1], g[2], _current_stream(device), kernel.function, kernel.packed_metadata,
+               None, None, None, *args, *constants)

@@ -1,0 +1,143 @@
+"""Prism's sparse path on the GPU in one host call: pool Q and K, select key blocks, attend (three launches).
+
+select_and_attend(q, k, v, spec, bands, scale) -> (out, selection) is pool_pair, select_blocks and
+block_sparse_attention in a row, with out in transformers' layout [B, Lq, Hq, D] (contiguous). Called op by op, each
+launch checks its inputs, derives its arguments and keys its compiled kernel again, and in a prefill every layer repeats
+that work for inputs of one kind. So the first call of a kind (shapes, strides, dtypes, device, 16-byte alignment of
+q, k and v, the SelectSpec, the band dims, the scale, Triton's debug options) runs the three ops and keeps a `Replay`:
+each launch's compiled kernel, grid and arguments, with the per-call tensors marked by role. A later call of that kind
+allocates the four outputs, builds K's and V's TMA descriptors and launches the three compiled kernels through their own
+launchers. The outputs are fresh allocations, 16-byte aligned like the first call's (the CUDA caching allocator's
+blocks are 512-byte aligned), so they specialise the kernels as the first call's did. Where a launch is not kept (the interpreter, a kernel CachedLaunch does not cache) every call takes the ops'
+path, as does every call while a profiler's launch hook is installed. Twin: torch_ops.select_and_attend.
+"""
+from __future__ import annotations
+
+import torch
+
+from . import block_sparse, estimate, pool
+from .launch import _hook_installed, _knobs, run_compiled
+from .layout import BandIndex, BlockSelection, SelectSpec
+
+MAX_REPLAYS = 256
+_replays: dict = {}
+
+
+class _Launch:
+    """One kept launch: the compiled kernel and its constexpr values, the grid, and the positional arguments with the
+    per-call tensors left as roles (`slots`: (position, role))."""
+
+    __slots__ = ("kernel", "constants", "grid", "template", "slots")
+
+    def __init__(self, entry, grid, args, roles: dict):
+        self.kernel, self.constants = entry
+        self.grid = grid
+        self.template = list(args)
+        self.slots = []
+        for i, arg in enumerate(args):
+            role = roles.get(id(arg))
+            if role is not None:
+                self.slots.append((i, role))
+                self.template[i] = None
+            elif not isinstance(arg, (int, float)):
+                raise TypeError(f"argument {i} ({type(arg).__name__}) has no role")  # an object only this call has
+
+    def __call__(self, device: int, values: dict) -> None:
+        args = self.template.copy()
+        for i, role in self.slots:
+            args[i] = values[role]
+        run_compiled(self.kernel, self.grid, device, args, self.constants)
+
+
+class Replay:
+    """The three launches of one kind of input, and the outputs' shapes; `hits` counts the calls it served."""
+
+    def __init__(self, launches, device: torch.device, buffer_elems: int, counts_shape, indices_shape, out_shape,
+                 descriptors, block_size: int, q_len: int, kv_len: int):
+        self.launches = launches
+        self.device, self.index = device, device.index
+        self.buffer_elems, self.counts_shape, self.indices_shape, self.out_shape = (
+            buffer_elems, counts_shape, indices_shape, out_shape)
+        self.descriptors = descriptors
+        self.block_size, self.q_len, self.kv_len = block_size, q_len, kv_len
+        self.hits = 0
+
+    def __call__(self, q, k, v, bands: BandIndex):
+        device = self.device
+        counts = torch.empty(self.counts_shape, device=device, dtype=torch.int32)
+        indices = torch.empty(self.indices_shape, device=device, dtype=torch.int32)
+        out = torch.empty(self.out_shape, device=device, dtype=q.dtype)
+        values = {"q": q, "k": k, "v": v, "high_pos": bands.high_pos, "low_pos": bands.low_pos, "out": out,
+                  "buffer": torch.empty(self.buffer_elems, device=device, dtype=torch.float32),
+                  "counts": counts, "indices": indices}
+        if self.descriptors is not None:
+            values["k_desc"] = block_sparse.descriptor(k, self.descriptors[0])
+            values["v_desc"] = block_sparse.descriptor(v, self.descriptors[1])
+        for launch in self.launches:
+            launch(self.index, values)
+        self.hits += 1
+        return out, BlockSelection(counts, indices, self.block_size, self.q_len, self.kv_len)
+
+
+def _key(q, k, v, spec: SelectSpec, bands: BandIndex, scale: float):
+    knobs = (getattr(_knobs.runtime, "debug", None), getattr(_knobs.compilation, "instrumentation_mode", None))
+    return (q.shape, q.stride(), k.shape, k.stride(), v.shape, v.stride(), q.dtype, k.dtype, v.dtype, q.device,
+            q.data_ptr() % 16 == 0, k.data_ptr() % 16 == 0, v.data_ptr() % 16 == 0, spec,
+            bands.high_idx.numel(), bands.low_idx.numel(), scale, knobs)
+
+
+def _through_ops(q, k, v, spec: SelectSpec, bands: BandIndex, scale: float, keep: bool):
+    """The three launches as the ops make them; with `keep`, also the Replay of this kind of input (or None where a
+    launch is not kept)."""
+    b, hq, q_len, d = q.shape
+    (pq, pk), pool_grid, pool_args, pool_kwargs = pool.launch_args([q, k], spec.block_size, bands)
+    pool.pool_launch[pool_grid](*pool_args, **pool_kwargs)
+    selection, select_grid, select_args, select_kwargs = estimate.launch_args(pq, pk, spec, q_len, k.shape[2])
+    estimate.select_launch[select_grid](*select_args, **select_kwargs)
+    out = torch.empty(b, q_len, hq, d, device=q.device, dtype=q.dtype)
+    _, sparse_grid, sparse_args, sparse_kwargs = block_sparse.launch_args(q, k, v, selection, scale, out.transpose(1, 2))
+    block_sparse.sparse_launch[sparse_grid](*sparse_args, **sparse_kwargs)
+    if not keep:
+        return out, selection, None
+    launched = ((pool.pool_launch, pool_grid, pool_args, pool_kwargs),
+                (estimate.select_launch, select_grid, select_args, select_kwargs),
+                (block_sparse.sparse_launch, sparse_grid, sparse_args, sparse_kwargs))
+    k_desc, v_desc = sparse_args[1], sparse_args[2]
+    descriptors = None
+    if k_desc is not k:  # host TMA descriptors: their geometry, the base filled in per call
+        descriptors = tuple((tuple(t.shape), tuple(t.strides), tuple(t.block_shape)) for t in (k_desc, v_desc))
+    roles = {id(q): "q", id(k): "k", id(v): "v", id(bands.high_pos): "high_pos", id(bands.low_pos): "low_pos",
+             id(pq.buffer): "buffer", id(selection.kv_num_blocks): "counts", id(selection.kv_indices): "indices",
+             id(sparse_args[3]): "out", id(k_desc): "k_desc" if descriptors else "k",
+             id(v_desc): "v_desc" if descriptors else "v"}
+    launches = []
+    for launcher, grid, args, kwargs in launched:
+        entry = launcher.entry(args, kwargs)
+        try:
+            launches.append(_Launch(entry, grid, args, roles) if entry is not None else None)
+        except TypeError:
+            entry = None
+        if entry is None:
+            return out, selection, None
+    replay = Replay(launches, q.device, pq.buffer.numel(), tuple(selection.kv_num_blocks.shape),
+                    tuple(selection.kv_indices.shape), tuple(out.shape), descriptors, spec.block_size, q_len, k.shape[2])
+    return out, selection, replay
+
+
+def select_and_attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, spec: SelectSpec, bands: BandIndex,
+                      scale: float) -> tuple[torch.Tensor, BlockSelection]:
+    """Prism's sparse attention of q [B, Hq, Lq, D] over k/v [B, Hkv, Lk, D]: the block selection of `spec` over the
+    pooled bands, then causal block-sparse attention with `scale`. Returns (out [B, Lq, Hq, D], the selection)."""
+    if _knobs is None or not getattr(pool.pool_launch, "enabled", False):  # interpreter or old Triton: op by op
+        out, selection, _ = _through_ops(q, k, v, spec, bands, scale, keep=False)
+        return out, selection
+    key = _key(q, k, v, spec, bands, scale)
+    replay = _replays.get(key)
+    if replay is not None and not _hook_installed():
+        return replay(q, k, v, bands)
+    out, selection, made = _through_ops(q, k, v, spec, bands, scale, keep=replay is None)
+    if made is not None:
+        if len(_replays) >= MAX_REPLAYS:
+            _replays.clear()
+        _replays[key] = made
+    return out, selection
