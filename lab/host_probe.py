@@ -130,10 +130,13 @@ def components(n: int, cpm: float, emit) -> None:
     }
     if hasattr(ops, "pool_qk"):
         cases["pool_qk(q, k)"] = lambda: ops.pool_qk(q, k, cfg.block_size, bi)
+    if hasattr(ops, "select_and_attend"):  # from 2026-12-02: the three launches replayed per kind of input
+        cases["select_and_attend"] = lambda: ops.select_and_attend(q, k, v, spec, bi, d ** -0.5)
     for name, fn in cases.items():
-        calls = 3 if "sdpa" in name or "prism_attention" in name or "block_sparse" in name else 20
+        calls = 3 if any(part in name for part in ("sdpa", "prism_attention", "block_sparse", "select_and")) else 20
         emit({"what": "component", "name": name, "tokens": n, "host_us": host_us(fn, cpm, calls=calls)})
-    for name in ("estimate()", "block_sparse_attention"):  # GPU time, for the record that host savings cost none
+    for name in ("estimate()", "block_sparse_attention", "select_and_attend")[:3 if "select_and_attend" in cases else 2]:
+        # GPU time, for the record that host savings cost none
         emit({"what": "gpu time", "name": name, "tokens": n,
               "gpu_ms": triton.testing.do_bench(cases[name], warmup=50, rep=300, return_mode="median")})
 
