@@ -17,8 +17,9 @@ Rows:
 - with --layer-densities FIDELITY_JSON: one more row at per-layer densities measured on real weights (the mean
   over heads of each layer's density in benchmarks.fidelity's "prism_head_density", for --layer-density-knob at
   --layer-density-tokens; layers mapped by relative depth when the source model has another layer count)
-- with --fused-norms, last (after the host table): dense and Prism 0.1 again after prism_mm.norms.fuse_rms_norms has
-  replaced transformers' RMSNorm modules (decoder; Qwen2.5-VL's tower too) by one Triton launch each
+- prism_mm's rows run with its fused RMSNorm modules (prism_mm.norms, enable_prism's default: one Triton launch per
+  norm in the decoder and Qwen2.5-VL's tower), the transformers row with transformers' own; with --norm-ablation also
+  dense and Prism 0.1 with transformers' norms (what the norms contribute)
 Each point: the mean of --reps forwards after an untimed warm-up forward per row (at --warmup-visual-tokens) and one
 at the point's own size;
 peak GPU memory. The varlen rows also zero-pad the tower's MLP widths to GEMM-friendly sizes (prism_mm.vision.
@@ -26,15 +27,15 @@ align_mlp_widths, as enable_prism does; same outputs); the transformers row runs
 A second table gives the host time per decoder layer (the GPU held busy by a sleep before every 4th layer, so the host
 never waits on a full launch queue: its own cost, running ahead as in a prefill, and apart from it the layers right
 after a sync) for dense SDPA and Prism's real selection path with max_density 1.0 (no sync) and 0.8 (one sync per
-layer, the former default), with the peak memory of those decoder forwards; with --fused-norms also dense and Prism 1.0
-with the fused RMSNorm modules (swapped in for those modes only).
+layer, the former default), and dense and Prism 1.0 with the fused RMSNorm modules, with the peak memory of those
+decoder forwards.
 
     python -m benchmarks.video_e2e                        # both models: benchmarks/results/video_e2e-<device>.*
     python -m benchmarks.video_e2e --models Qwen/Qwen3-VL-8B-Instruct --merge
     python -m benchmarks.video_e2e --smoke --out /tmp/e2e # tiny models on the CPU: checks the code path only
     python -m benchmarks.video_e2e --layer-densities benchmarks/results/fidelity-qwen2.5-coder-0.5b.json --merge
     python -m benchmarks.video_e2e --models Qwen/Qwen2.5-VL-7B-Instruct --tokens 32768 --host-time-only --merge
-    python -m benchmarks.video_e2e --models Qwen/Qwen2.5-VL-7B-Instruct --tokens 131072 --fused-norms --out /tmp/e2e
+    python -m benchmarks.video_e2e --models Qwen/Qwen2.5-VL-7B-Instruct --tokens 131072 --norm-ablation --out /tmp/e2e
 """
 from __future__ import annotations
 
@@ -62,12 +63,13 @@ from prism_mm.vision import align_mlp_widths
 
 MODELS = ["Qwen/Qwen2.5-VL-7B-Instruct", "Qwen/Qwen3-VL-8B-Instruct"]
 FRAME_PATCHES = (32, 56)  # patches per frame (height, width)
-ROWS = [("transformers (sdpa)", "sdpa", None), ("varlen vision + dense", "varlen", None),
-        ("varlen vision + Prism 0.25", "varlen", 0.25), ("varlen vision + Prism 0.1", "varlen", 0.1)]
+# (label, vision attention, decoder density (None: dense), prism_mm's fused RMSNorm modules)
+ROWS = [("transformers (sdpa)", "sdpa", None, False), ("varlen vision + dense", "varlen", None, True),
+        ("varlen vision + Prism 0.25", "varlen", 0.25, True), ("varlen vision + Prism 0.1", "varlen", 0.1, True)]
 BS = 128
-# With --fused-norms, after the host table: the model's RMSNorm modules swapped for prism_mm.norms.FusedRMSNorm
-FUSED_ROWS = [("varlen vision + fused norms + dense", "varlen", None),
-              ("varlen vision + fused norms + Prism 0.1", "varlen", 0.1)]
+# With --norm-ablation: prism_mm's rows with transformers' RMSNorm modules
+NORM_ABLATION_ROWS = [("varlen vision + transformers' norms + dense", "varlen", None, False),
+                      ("varlen vision + transformers' norms + Prism 0.1", "varlen", 0.1, False)]
 
 
 def synthetic_frames(vision_config, visual_tokens: int, frame_patches=FRAME_PATCHES, seed: int = 0) -> torch.Tensor:
@@ -230,10 +232,17 @@ class NormSwitch:
         for parent, name, original, swapped in self.pairs:
             setattr(parent, name, swapped if fused else original)
 
+    @property
+    def fused(self) -> bool:
+        """The model holds the fused modules now (read from the model, not from the last use())."""
+        from prism_mm.norms import FusedRMSNorm
 
-def host_time(model, inputs: dict, reps: int = 4, fused_norms: bool = False) -> list[dict]:
+        return bool(self.pairs) and all(isinstance(getattr(parent, name), FusedRMSNorm) for parent, name, *_ in self.pairs)
+
+
+def host_time(model, inputs: dict, norms: NormSwitch, reps: int = 4) -> list[dict]:
     """Per mode (dense SDPA; Prism's real selection path with max_density 1.0, no sync, and 0.8, one sync per layer;
-    with `fused_norms` also dense and Prism 1.0 with prism_mm's fused RMSNorm modules, switched back after):
+    all with transformers' RMSNorm modules; then dense and Prism 1.0 with prism_mm's fused ones, through `norms`):
     the host milliseconds per decoder layer (median over layers and `reps` forwards per mode, the modes interleaved,
     GPU held busy, see layer_host_seconds) and of the attention call inside each layer (timed where the model makes it,
     between the layer's other work), the GPU-synced time of a plain decoder forward and its peak memory (no KV
@@ -252,15 +261,11 @@ def host_time(model, inputs: dict, reps: int = 4, fused_norms: bool = False) -> 
         with torch.no_grad():
             lm(inputs_embeds=embeds, position_ids=pos, use_cache=False)
 
-    modes = [("dense sdpa", None, False), ("prism, max_density 1.0", 1.0, False), ("prism, max_density 0.8", 0.8, False)]
-    switch = None
-    if fused_norms:
-        switch = NormSwitch(model)
-        modes += [("dense sdpa + fused norms", None, True), ("prism + fused norms, max_density 1.0", 1.0, True)]
+    modes = [("dense sdpa", None, False), ("prism, max_density 1.0", 1.0, False), ("prism, max_density 0.8", 0.8, False),
+             ("dense sdpa + fused norms", None, True), ("prism + fused norms, max_density 1.0", 1.0, True)]
 
     def use(max_density, fused):
-        if switch is not None:
-            switch.use(fused)
+        norms.use(fused)
         if max_density is None:
             set_attention(model, "dense")
             return
@@ -283,7 +288,8 @@ def host_time(model, inputs: dict, reps: int = 4, fused_norms: bool = False) -> 
             sync(device)
             totals.append(time.perf_counter() - t0)
         peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
-        rows.append({"mode": mode, "tokens": n, "total_s": sorted(totals)[reps // 2], "peak_gib": peak, "fused_norms": fused,
+        rows.append({"mode": mode, "tokens": n, "total_s": sorted(totals)[reps // 2], "peak_gib": peak,
+                     "fused_norms": norms.fused,
                      "mean_density": model.prism_stats.mean_density if max_density is not None else 1.0})
     timed: dict[str, list] = {mode: [] for mode, _, _ in modes}
     with attention_call_seconds() as calls:
@@ -305,18 +311,15 @@ def host_time(model, inputs: dict, reps: int = 4, fused_norms: bool = False) -> 
                     "layer_samples": len(hosts),
                     "host_ms_after_sync": 1e3 * statistics.median(woken) if woken else None})
         print(row, flush=True)
-    if switch is not None:
-        switch.use(False)
     return rows
 
 
 def measure(model, processor, name: str, tokens: list[int], reps: int, device, gen, frame_patches=FRAME_PATCHES,
             block_size: int = BS, warmup_tokens: int = 8192, host: bool = True,
-            extra_rows: tuple = (), rows_too: bool = True, fused_rows: tuple = ()) -> tuple[list[dict], list[dict]]:
+            extra_rows: tuple = (), rows_too: bool = True) -> tuple[list[dict], list[dict]]:
     """Every row at every size for one loaded model (rows outer: transformers' row runs on the tower as shipped,
-    before prism_mm.vision.align_mlp_widths pads its MLPs for the varlen rows); then the host-time rows; then
-    `fused_rows`, after prism_mm.norms.fuse_rms_norms has swapped the model's RMSNorm modules.
-    extra_rows: (label, "varlen", [density per decoder layer]) rows after ROWS."""
+    before prism_mm.vision.align_mlp_widths pads its MLPs for the varlen rows); then the host-time rows.
+    extra_rows: (label, "varlen", density or [density per decoder layer], fused norms) rows after ROWS."""
     heads = model.config.get_text_config().num_attention_heads
     selections: dict = {}
     register_benchmark_attentions(selections)
@@ -334,10 +337,12 @@ def measure(model, processor, name: str, tokens: list[int], reps: int, device, g
             torch.cuda.empty_cache()  # its float intermediates (GBs at 128K) are not kept for the forwards
         prepared[target] = (inputs, (processor_s, on_device_s), visual, frames.shape)
         del frames
-    rows, aligned, fused = [], False, False
+    rows, aligned = [], False
+    norms = NormSwitch(model)  # transformers' RMSNorm modules or prism_mm's fused ones, per row
 
-    def run(label: str, vision: str, density) -> None:
+    def run(label: str, vision: str, density, fused: bool) -> None:
         nonlocal aligned
+        norms.use(fused)
         if vision == "varlen" and not aligned:
             aligned = align_mlp_widths(vision_tower(model)) > 0
         for target in tqdm([warmup_tokens, *tokens], desc=f"{name.split('/')[-1]} {label}", leave=False):
@@ -363,7 +368,7 @@ def measure(model, processor, name: str, tokens: list[int], reps: int, device, g
             if target == warmup_tokens:      # allocator growth stay out of the timings
                 continue
             row = {"model": name, "visual_tokens": visual, "tokens": n, "row": label, "vision_attention": vision,
-                   "vision_mlp_aligned": aligned and vision == "varlen", "fused_norms": fused,
+                   "vision_mlp_aligned": aligned and vision == "varlen", "fused_norms": norms.fused,
                    "decoder_density": (sum(density) / len(density) if isinstance(density, list) else
                                        density if density is not None else 1.0),
                    **({"layer_densities": density} if isinstance(density, list) else {}), "processor_s": processor_s,
@@ -384,13 +389,8 @@ def measure(model, processor, name: str, tokens: list[int], reps: int, device, g
     if host:
         inputs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in prepared[tokens[0]][0].items()}
         host_rows = [{"model": name, "measured": time.strftime("%Y-%m-%d %H:%M"), **h}
-                     for h in host_time(model, inputs, fused_norms=bool(fused_rows))]
-    if fused_rows and rows_too:  # last: the swap is not undone
-        from prism_mm.norms import fuse_rms_norms  # here: lab probes import this module against older packages
-
-        fused = fuse_rms_norms(model) > 0
-        for spec in fused_rows:
-            run(*spec)
+                     for h in host_time(model, inputs, norms)]
+    norms.use(False)
     for visual in {r["visual_tokens"] for r in rows}:
         base = next(r for r in rows if r["visual_tokens"] == visual and r["row"] == ROWS[0][0])
         ours_dense = next(r for r in rows if r["visual_tokens"] == visual and r["row"] == ROWS[1][0])
@@ -410,10 +410,10 @@ def load(name: str, device, smoke: bool):
         model = build_tiny_model(model_type, layers=2)
         from prism_mm.models import enable_prism
 
-        enable_prism(model, PrismConfig.video(min_sparse_len=0, block_size=16), vision="sdpa")
+        enable_prism(model, PrismConfig.video(min_sparse_len=0, block_size=16), vision="sdpa", fused_norms=False)
         return model, build_tiny_processor(model_type)
     model, _ = load_model(name, attn="prism", prism=PrismConfig.video(), dtype="bfloat16", device_map=str(device),
-                          random_weights=True, vision="sdpa")  # measure() aligns the tower after the baseline row
+                          random_weights=True, vision="sdpa", fused_norms=False)  # measure(): per row
     return model, build_tiny_processor(model.config.model_type, real_vocab=True)
 
 
@@ -427,8 +427,8 @@ def main():
     ap.add_argument("--host-time-only", action="store_true",
                     help="only the host-time table (at the first --tokens), into --merge's file; its rows are kept")
     ap.add_argument("--smoke", action="store_true", help="tiny random models on the CPU, small sizes (a code check)")
-    ap.add_argument("--fused-norms", action="store_true",
-                    help="also the rows of FUSED_ROWS, after prism_mm.norms.fuse_rms_norms (run last: not undone)")
+    ap.add_argument("--norm-ablation", action="store_true",
+                    help="also the rows of NORM_ABLATION_ROWS: prism_mm's rows with transformers' RMSNorm modules")
     ap.add_argument("--layer-densities", type=Path, metavar="FIDELITY_JSON",
                     help="add a row at the per-layer densities a benchmarks.fidelity results file recorded on real weights")
     ap.add_argument("--layer-density-knob", default="0.93", help="which recorded selection (prism threshold or cutoff@c)")
@@ -460,11 +460,12 @@ def main():
             layers = model.config.get_text_config().num_hidden_layers
             dens = layer_densities(args.layer_densities, args.layer_density_knob, args.layer_density_tokens, layers)
             extra = ((f"varlen vision + Prism at real densities ({args.layer_densities.stem}, "
-                      f"{args.layer_density_knob}, {args.layer_density_tokens // 1024}K)", "varlen", dens),)
-        fused = FUSED_ROWS if args.fused_norms else ()
+                      f"{args.layer_density_knob}, {args.layer_density_tokens // 1024}K)", "varlen", dens, True),)
+        if args.norm_ablation:
+            extra += tuple(NORM_ABLATION_ROWS)
         got, got_host = measure(model, processor, name, args.tokens, args.reps, device, gen,
                                 warmup_tokens=args.warmup_visual_tokens, host=not args.no_host_time,
-                                extra_rows=extra, rows_too=not args.host_time_only, fused_rows=fused, **shape)
+                                extra_rows=extra, rows_too=not args.host_time_only, **shape)
         rows, host = rows + got, host + got_host
         del model
         gc.collect()
@@ -483,7 +484,7 @@ def main():
 def ordered(rows: list[dict]) -> list[dict]:
     """Rows by model (first seen), visual tokens, then ROWS order."""
     models = list(dict.fromkeys(r["model"] for r in rows))
-    labels = [label for label, _, _ in ROWS]
+    labels = [label for label, *_ in ROWS]
     rank = lambda label: labels.index(label) if label in labels else len(labels)  # noqa: E731 - extra rows last
     return sorted(rows, key=lambda r: (models.index(r["model"]), r["visual_tokens"], rank(r["row"]), r["row"]))
 
@@ -500,16 +501,17 @@ def table(data: dict) -> list[str]:
               "pre-drawn block selections through the forward (in brackets after the peak: Prism itself computes "
               "each layer's selection inside that layer and frees it). Runs:"), "",
              *describe_runs(meta), "",
-             "| model | visual tokens | row | tower MLP aligned | processor s (pixels on) | vision s | decoder s | first token s "
-             "| vs transformers | prefill vs transformers | prefill vs varlen+dense | vision vs transformers "
+             "| model | visual tokens | row | tower MLP aligned | RMSNorm | processor s (pixels on) | vision s | decoder s "
+             "| first token s | vs transformers | prefill vs transformers | prefill vs varlen+dense | vision vs transformers "
              "| peak GiB (of it the benchmark's selections) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in ordered(data["rows"]):
         peak = f"{r['peak_gib']:.2f}" if r.get("peak_gib") is not None else ""
         if peak and r.get("benchmark_selections_gib"):
             peak += f" ({r['benchmark_selections_gib']:.2f})"
         aligned = "yes" if r.get("vision_mlp_aligned") else "no"
-        lines.append(f"| {r['model'].split('/')[-1]} | {r['visual_tokens']} | {r['row']} | {aligned} | "
+        norm = "fused" if r.get("fused_norms") else "transformers'"
+        lines.append(f"| {r['model'].split('/')[-1]} | {r['visual_tokens']} | {r['row']} | {aligned} | {norm} | "
                      f"{r['processor_s']:.2f} ({r.get('processor_device', 'cpu')}) | "
                      f"{r['vision_s']:.2f} | {r['decoder_s']:.2f} | {r['first_token_s']:.2f} | "
                      f"{r['speedup_vs_transformers']:.2f}x | {r['prefill_speedup_vs_transformers']:.2f}x | "

@@ -71,3 +71,23 @@ def test_swap_keeps_hooked_modules_and_the_training_flag():
     model(torch.randn(2, 8))
     assert calls == [1]
 
+
+
+def test_prism_fuses_the_norms_by_default_and_dense_loads_as_shipped(tmp_path):
+    """enable_prism swaps the RMSNorm modules unless fused_norms=False; load_model fuses them with attn="prism" and
+    leaves transformers' modules with attn="dense" (the model as shipped), unless told otherwise."""
+    from prism_mm import enable_prism
+    from prism_mm.models import load_model
+    from prism_mm.testing.tiny import build_tiny_model, save_tiny
+
+    def fused(model):
+        kinds = {type(m).__name__ for m in model.modules()}
+        assert ("FusedRMSNorm" in kinds) != bool(kinds & set(RMS_NORM_CLASSES)), kinds  # all swapped or none
+        return "FusedRMSNorm" in kinds
+
+    assert fused(enable_prism(build_tiny_model("qwen2_5_vl")))
+    assert not fused(enable_prism(build_tiny_model("qwen2_5_vl"), fused_norms=False))
+    path = save_tiny("qwen2_5_vl", tmp_path / "tiny")
+    assert fused(load_model(str(path), attn="prism")[0])
+    assert not fused(load_model(str(path), attn="dense")[0])
+    assert fused(load_model(str(path), attn="dense", fused_norms=True)[0])

@@ -13,13 +13,14 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_video_e2e_smoke_writes_consistent_stage_records(tmp_path):
     """Also the row at recorded per-layer densities: a fidelity-style file with 3 layers (2 heads each) maps onto
-    the tiny models' 2 decoder layers by relative depth (first and last); and, with --fused-norms, the rows run after
-    the RMSNorm swap, marked as such, and the host table's modes with fused norms."""
+    the tiny models' 2 decoder layers by relative depth (first and last); prism_mm's rows run with its fused RMSNorm
+    modules and the transformers row with transformers' own, and --norm-ablation adds two rows with transformers'
+    norms; the host table has its fused-norm modes."""
     fidelity = tmp_path / "fid.json"
     fidelity.write_text(json.dumps({"by_tokens": {"32768": {"prism_head_density": {
         "0.93": {"0": [0.1, 0.3], "1": [0.5, 0.5], "2": [0.7, 0.9]}}}}}))
     proc = subprocess.run([sys.executable, "-m", "benchmarks.video_e2e", "--smoke", "--out", str(tmp_path), "--reps", "1",
-                           "--layer-densities", str(fidelity), "--fused-norms"],
+                           "--layer-densities", str(fidelity), "--norm-ablation"],
                           cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     data = json.loads((tmp_path / "video_e2e.json").read_text())
@@ -27,7 +28,7 @@ def test_video_e2e_smoke_writes_consistent_stage_records(tmp_path):
     rows = data["rows"]
     real = "varlen vision + Prism at real densities (fid, 0.93, 32K)"
     labels = ["transformers (sdpa)", "varlen vision + dense", "varlen vision + Prism 0.25", "varlen vision + Prism 0.1",
-              real, "varlen vision + fused norms + dense", "varlen vision + fused norms + Prism 0.1"]
+              real, "varlen vision + transformers' norms + dense", "varlen vision + transformers' norms + Prism 0.1"]
     for model in ("Qwen/Qwen2.5-VL-7B-Instruct", "Qwen/Qwen3-VL-8B-Instruct"):
         sizes = sorted({r["visual_tokens"] for r in rows if r["model"] == model})
         assert len(sizes) == 2
@@ -35,7 +36,7 @@ def test_video_e2e_smoke_writes_consistent_stage_records(tmp_path):
             mine = [r for r in rows if r["model"] == model and r["visual_tokens"] == size]
             assert [r["row"] for r in mine] == labels
             assert [r["vision_attention"] for r in mine] == ["sdpa"] + ["varlen"] * 6
-            assert [r["fused_norms"] for r in mine] == [False] * 5 + [True] * 2
+            assert [r["fused_norms"] for r in mine] == [False] + [True] * 4 + [False] * 2
             assert [r["decoder_density"] for r in mine[-2:]] == [1.0, 0.1]
             assert mine[4]["layer_densities"] == pytest.approx([0.2, 0.8]) and mine[4]["decoder_density"] == pytest.approx(0.5)
             for r in mine:
@@ -45,8 +46,7 @@ def test_video_e2e_smoke_writes_consistent_stage_records(tmp_path):
                 assert r["first_token_s"] == pytest.approx(r["processor_s"] + r["prefill_s"])
                 assert r["speedup_vs_transformers"] == pytest.approx(mine[0]["first_token_s"] / r["first_token_s"])
     host = data["meta"]["host_time"]
-    # with --fused-norms the host table also has the fused-norm modes (the swap undone after it: the fused rows above
-    # ran after the host table and found transformers' modules to swap)
+    # the host table's modes: transformers' norms, then dense and Prism 1.0 with the fused ones
     assert [h["mode"] for h in host] == ["dense sdpa", "prism, max_density 1.0", "prism, max_density 0.8",
                                          "dense sdpa + fused norms", "prism + fused norms, max_density 1.0"] * 2
     assert [h["fused_norms"] for h in host] == [False] * 3 + [True] * 2 + [False] * 3 + [True] * 2
@@ -63,7 +63,7 @@ def test_video_e2e_smoke_writes_consistent_stage_records(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     again = json.loads((tmp_path / "video_e2e.json").read_text())
     assert again["rows"] == rows and again["meta"]["runs"] == data["meta"]["runs"]
-    assert [h["model"] for h in again["meta"]["host_time"]] == ["Qwen/Qwen3-VL-8B-Instruct"] * 3
+    assert [h["model"] for h in again["meta"]["host_time"]] == ["Qwen/Qwen3-VL-8B-Instruct"] * 5
     assert all(h["measured"] for h in again["meta"]["host_time"])
 
 

@@ -161,7 +161,8 @@ class VideoSession:
     def set_attention(self, attn: str) -> None:
         """"prism": Prism on the text decoder and the session's vision attention (`vision`, default the batched
         varlen entry); "dense": transformers' SDPA in the tower and the decoder (with vision="varlen" the tower's
-        MLP widths stay zero-padded, see prism_mm.vision.align_mlp_widths). ValueError for anything else."""
+        MLP widths stay zero-padded, see prism_mm.vision.align_mlp_widths, and the fused RMSNorm modules stay: the
+        comparison isolates attention). ValueError for anything else."""
         if attn != self.attn:
             set_attention(self.model, attn, self.vision if attn == "prism" else "sdpa")
             self.attn = attn
