@@ -190,7 +190,8 @@ def test_cached_launches_write_what_triton_dispatch_writes():
 
 def test_select_and_attend_replays_what_the_ops_launch():
     """select_and_attend's second call with inputs of the same kind replays the three kept launches (a Replay hit) and
-    writes exactly the selection and output the ops write one by one; transformers' [B, L, H, D] Q and a Q that is not
+    writes exactly the selection and output the ops write one by one, also for other K / V of that kind (the kept TMA
+    descriptors re-pointed, and holding no K / V between calls); transformers' [B, L, H, D] Q and a Q that is not
     16-byte aligned (a new kind: its own replay) both match; a launch hook installed (a profiler) takes the ops' path."""
     from triton import knobs
 
@@ -203,7 +204,7 @@ def test_select_and_attend_replays_what_the_ops_launch():
     q = torch.randn(1, n, hq, d, device="cuda", dtype=torch.bfloat16).transpose(1, 2)
     k, v = (torch.randn(1, hkv, n, d, device="cuda", dtype=torch.bfloat16) for _ in range(2))
 
-    def by_ops(q):
+    def by_ops(q, k=k, v=v):
         pq, pk = pool.pool_pair(q, k, bs, index)
         sel = estimate.select_blocks(pq, pk, spec, n, n)
         out = torch.full((1, n, hq, d), float("nan"), device="cuda", dtype=q.dtype)
@@ -223,6 +224,10 @@ def test_select_and_attend_replays_what_the_ops_launch():
     second = sparse_call.select_and_attend(q, k, v, spec, index, 0.1)
     assert replay.hits == 1 and same(first, second) and same(by_ops(q), second)
     assert second[0].shape == (1, n, hq, d) and second[0].is_contiguous()
+    assert replay.descriptors is not None and all(desc.base is None for desc in replay.descriptors)
+    k2, v2 = (torch.randn_like(k) for _ in range(2))
+    other = sparse_call.select_and_attend(q, k2, v2, spec, index, 0.1)
+    assert replay.hits == 2 and same(by_ops(q, k2, v2), other) and not torch.equal(other[0], second[0])
 
     buf = torch.empty(q.numel() + 1, device="cuda", dtype=q.dtype)
     q_off = buf[1:].view(1, n, hq, d).transpose(1, 2)
@@ -230,7 +235,7 @@ def test_select_and_attend_replays_what_the_ops_launch():
     assert q_off.data_ptr() % 16
     for _ in range(2):
         got = sparse_call.select_and_attend(q_off, k, v, spec, index, 0.1)
-    assert len(sparse_call._replays) == 2 and replay.hits == 1 and same(by_ops(q_off), got)
+    assert len(sparse_call._replays) == 2 and replay.hits == 2 and same(by_ops(q_off), got)
 
     hook = lambda *args, **kwargs: None  # noqa: E731
     chain = knobs.runtime.launch_enter_hook  # triton >= 3.5: a chain; before: one callable or None
@@ -240,7 +245,7 @@ def test_select_and_attend_replays_what_the_ops_launch():
         hooked = sparse_call.select_and_attend(q, k, v, spec, index, 0.1)
     finally:
         chain.remove(hook) if hasattr(chain, "remove") else setattr(knobs.runtime, "launch_enter_hook", chain)
-    assert replay.hits == 1 and same(second, hooked)
+    assert replay.hits == 2 and same(second, hooked)
 
 
 @pytest.mark.parametrize("rows,cols", [(33_000, 3584), (65_537, 1280), (4_099, 4096), (50_000, 128)])

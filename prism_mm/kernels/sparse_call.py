@@ -6,10 +6,11 @@ launch checks its inputs, derives its arguments and keys its compiled kernel aga
 that work for inputs of one kind. So the first call of a kind (shapes, strides, dtypes, device, 16-byte alignment of
 q, k and v, the SelectSpec, the band dims, the scale, Triton's debug options) runs the three ops and keeps a `Replay`:
 each launch's compiled kernel, grid and arguments, with the per-call tensors marked by role. A later call of that kind
-allocates the four outputs, builds K's and V's TMA descriptors and launches the three compiled kernels through their own
-launchers. The outputs are fresh allocations, 16-byte aligned like the first call's (the CUDA caching allocator's
-blocks are 512-byte aligned), so they specialise the kernels as the first call's did. Where a launch is not kept (the interpreter, a kernel CachedLaunch does not cache) every call takes the ops'
-path, as does every call while a profiler's launch hook is installed. Twin: torch_ops.select_and_attend.
+allocates the four outputs, points K's and V's kept TMA descriptors at this call's K and V and launches the three
+compiled kernels through their own launchers. The outputs are fresh allocations, 16-byte aligned like the first call's
+(the CUDA caching allocator's blocks are 512-byte aligned), so they specialise the kernels as the first call's did.
+Where a launch is not kept (the interpreter, a kernel CachedLaunch does not cache) every call takes the ops' path, as
+does every call while a profiler's launch hook is installed. Twin: torch_ops.select_and_attend.
 """
 from __future__ import annotations
 
@@ -58,7 +59,13 @@ class Replay:
         self.device, self.index = device, device.index
         self.buffer_elems, self.counts_shape, self.indices_shape, self.out_shape = (
             buffer_elems, counts_shape, indices_shape, out_shape)
+        # K's and V's host TMA descriptors (the first call's, checked by Triton when made): each call sets their base to
+        # its K / V for the launch and clears it after (Triton encodes the descriptor when it launches, so one object
+        # serves every call, and no K / V stays referenced between calls)
         self.descriptors = descriptors
+        if descriptors is not None:
+            for desc in descriptors:
+                desc.base = None
         self.block_size, self.q_len, self.kv_len = block_size, q_len, kv_len
         self.hits = 0
 
@@ -70,11 +77,16 @@ class Replay:
         values = {"q": q, "k": k, "v": v, "high_pos": bands.high_pos, "low_pos": bands.low_pos, "out": out,
                   "buffer": torch.empty(self.buffer_elems, device=device, dtype=torch.float32),
                   "counts": counts, "indices": indices}
-        if self.descriptors is not None:
-            values["k_desc"] = block_sparse.descriptor(k, self.descriptors[0])
-            values["v_desc"] = block_sparse.descriptor(v, self.descriptors[1])
-        for launch in self.launches:
-            launch(self.index, values)
+        descriptors = self.descriptors
+        if descriptors is not None:
+            k_desc, v_desc = values["k_desc"], values["v_desc"] = descriptors
+            k_desc.base, v_desc.base = k, v
+        try:
+            for launch in self.launches:
+                launch(self.index, values)
+        finally:
+            if descriptors is not None:
+                k_desc.base = v_desc.base = None
         self.hits += 1
         return out, BlockSelection(counts, indices, self.block_size, self.q_len, self.kv_len)
 
@@ -104,8 +116,8 @@ def _through_ops(q, k, v, spec: SelectSpec, bands: BandIndex, scale: float, keep
                 (block_sparse.sparse_launch, sparse_grid, sparse_args, sparse_kwargs))
     k_desc, v_desc = sparse_args[1], sparse_args[2]
     descriptors = None
-    if k_desc is not k:  # host TMA descriptors: their geometry, the base filled in per call
-        descriptors = tuple((tuple(t.shape), tuple(t.strides), tuple(t.block_shape)) for t in (k_desc, v_desc))
+    if k_desc is not k:  # host TMA descriptors (their base is set per call)
+        descriptors = (k_desc, v_desc)
     roles = {id(q): "q", id(k): "k", id(v): "v", id(bands.high_pos): "high_pos", id(bands.low_pos): "low_pos",
              id(pq.buffer): "buffer", id(selection.kv_num_blocks): "counts", id(selection.kv_indices): "indices",
              id(sparse_args[3]): "out", id(k_desc): "k_desc" if descriptors else "k",
