@@ -420,6 +420,52 @@ def test_select_and_attend_matches_its_twin(b, hq, hkv, q_len, kv_len, bs, d, dt
     assert torch.isfinite(out).all() and rel_err(out, ref_out) < TOL[dtype]
 
 
+def test_replay_launches_with_each_calls_own_tensors(monkeypatch):
+    """A Replay passes each call's tensors in the recorded roles and the recorded scalars as they were: K's and V's
+    descriptors are copies of the kept ones on this call's K / V (the kept ones hold no tensor), outputs are fresh;
+    an argument object with no role cannot be recorded. The compiled launcher is recorded, not run (it needs a GPU;
+    tests/test_gpu_sizes.py runs the real one)."""
+    from types import SimpleNamespace
+
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    from prism_mm.kernels import sparse_call
+
+    launched = []
+    monkeypatch.setattr(sparse_call, "run_compiled",
+                        lambda kernel, grid, device, args, constants: launched.append((kernel, grid, args, constants)))
+
+    def tensors():
+        return {name: torch.randn(8, 16) for name in ("q", "k", "v", "high_pos", "low_pos")}
+
+    first = tensors()
+    k_desc, v_desc = (TensorDescriptor(first[n], [8, 16], [16, 1], [8, 16]) for n in ("k", "v"))
+    buffer, counts, indices, out = torch.empty(3), torch.empty(1), torch.empty(2), torch.empty(4)
+    roles = {id(t): n for n, t in first.items()}
+    roles.update({id(buffer): "buffer", id(counts): "counts", id(indices): "indices", id(out): "out",
+                  id(k_desc): "k_desc", id(v_desc): "v_desc"})
+    pool_launch = sparse_call._Launch(("pool", (16,)), (5,), (first["q"], first["k"], buffer, first["high_pos"],
+                                                              first["low_pos"], 0, 96, 17), roles)
+    sparse_launch = sparse_call._Launch(("sparse", (64,)), (9, 1), (first["q"], k_desc, v_desc, out, counts, indices,
+                                                                    0.125, 3), roles)
+    with pytest.raises(TypeError, match="no role"):
+        sparse_call._Launch(("x", ()), (1,), (torch.zeros(1),), roles)
+    replay = sparse_call.Replay([pool_launch, sparse_launch], torch.device("cpu"), 3, (1,), (2,), (4,),
+                                (k_desc, v_desc), False, 16, 8, 8)
+    assert k_desc.base is None and v_desc.base is None
+    now = tensors()
+    got, selection = replay(now["q"], now["k"], now["v"], SimpleNamespace(high_pos=now["high_pos"], low_pos=now["low_pos"]))
+    (kernel, grid, args, constants), (kernel2, grid2, args2, constants2) = launched
+    assert (kernel, grid, constants, kernel2, grid2, constants2) == ("pool", (5,), (16,), "sparse", (9, 1), (64,))
+    assert [a is now[n] for a, n in zip(args[:5], ("q", "k", "buffer", "high_pos", "low_pos")) if n in now] == [True] * 4
+    assert args[2].shape == (3,) and args[2] is not buffer and args[5:] == [0, 96, 17]
+    assert args2[0] is now["q"] and args2[3] is got and args2[4] is selection.kv_num_blocks
+    assert args2[5] is selection.kv_indices and args2[6:] == [0.125, 3]
+    assert args2[1].base is now["k"] and args2[2].base is now["v"] and args2[1] is not k_desc
+    assert (args2[1].shape, args2[1].strides, args2[1].block_shape) == ([8, 16], [16, 1], [8, 16])
+    assert k_desc.base is None and v_desc.base is None and replay.hits == 1
+
+
 def test_each_op_has_one_signature_across_backends():
     """The Triton launchers and their torch twins take the same parameters, so callers never branch on backend."""
     import inspect

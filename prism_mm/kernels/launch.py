@@ -106,7 +106,10 @@ class CachedLaunch:
         return (torch.cuda.current_device(), kinds, tuple(kwargs.items()), knobs)
 
     def entry(self, args, kwargs):
-        """The kept (compiled kernel, constexpr values) of a launch like this one, or None if none is kept."""
+        """The kept (compiled kernel, constexpr values) of a launch like this one, or None if none is kept (also while
+        the kernel has pre-run hooks, which only Triton's dispatch runs)."""
+        if not self.enabled or self.fn.pre_run_hooks:
+            return None
         key = self.key(args, kwargs)
         try:
             return None if key is None else self.compiled.get(key)

@@ -6,13 +6,15 @@ launch checks its inputs, derives its arguments and keys its compiled kernel aga
 that work for inputs of one kind. So the first call of a kind (shapes, strides, dtypes, device, 16-byte alignment of
 q, k and v, the SelectSpec, the band dims, the scale, Triton's debug options) runs the three ops and keeps a `Replay`:
 each launch's compiled kernel, grid and arguments, with the per-call tensors marked by role. A later call of that kind
-allocates the four outputs, points K's and V's kept TMA descriptors at this call's K and V and launches the three
+allocates the four outputs, copies K's and V's kept TMA descriptors onto this call's K and V and launches the three
 compiled kernels through their own launchers. The outputs are fresh allocations, 16-byte aligned like the first call's
 (the CUDA caching allocator's blocks are 512-byte aligned), so they specialise the kernels as the first call's did.
 Where a launch is not kept (the interpreter, a kernel CachedLaunch does not cache) every call takes the ops' path, as
 does every call while a profiler's launch hook is installed. Twin: torch_ops.select_and_attend.
 """
 from __future__ import annotations
+
+import copy
 
 import torch
 
@@ -54,18 +56,18 @@ class Replay:
     """The three launches of one kind of input, and the outputs' shapes; `hits` counts the calls it served."""
 
     def __init__(self, launches, device: torch.device, buffer_elems: int, counts_shape, indices_shape, out_shape,
-                 descriptors, block_size: int, q_len: int, kv_len: int):
+                 descriptors, device_descriptors: bool, block_size: int, q_len: int, kv_len: int):
         self.launches = launches
         self.device, self.index = device, device.index
         self.buffer_elems, self.counts_shape, self.indices_shape, self.out_shape = (
             buffer_elems, counts_shape, indices_shape, out_shape)
-        # K's and V's host TMA descriptors (the first call's, checked by Triton when made): each call sets their base to
-        # its K / V for the launch and clears it after (Triton encodes the descriptor when it launches, so one object
-        # serves every call, and no K / V stays referenced between calls)
+        # K's and V's host TMA descriptors (the first call's, checked by Triton when made) as templates: each call
+        # copies them (no checks re-run) with its own K / V as the base; the templates hold no tensor
         self.descriptors = descriptors
         if descriptors is not None:
             for desc in descriptors:
                 desc.base = None
+        self.device_descriptors = device_descriptors  # DESC 1: Triton's allocator must be set where the launch runs
         self.block_size, self.q_len, self.kv_len = block_size, q_len, kv_len
         self.hits = 0
 
@@ -77,16 +79,13 @@ class Replay:
         values = {"q": q, "k": k, "v": v, "high_pos": bands.high_pos, "low_pos": bands.low_pos, "out": out,
                   "buffer": torch.empty(self.buffer_elems, device=device, dtype=torch.float32),
                   "counts": counts, "indices": indices}
-        descriptors = self.descriptors
-        if descriptors is not None:
-            k_desc, v_desc = values["k_desc"], values["v_desc"] = descriptors
+        if self.descriptors is not None:
+            k_desc, v_desc = values["k_desc"], values["v_desc"] = tuple(copy.copy(d) for d in self.descriptors)
             k_desc.base, v_desc.base = k, v
-        try:
-            for launch in self.launches:
-                launch(self.index, values)
-        finally:
-            if descriptors is not None:
-                k_desc.base = v_desc.base = None
+        elif self.device_descriptors:
+            block_sparse._ensure_tma_allocator()
+        for launch in self.launches:
+            launch(self.index, values)
         self.hits += 1
         return out, BlockSelection(counts, indices, self.block_size, self.q_len, self.kv_len)
 
@@ -94,14 +93,18 @@ class Replay:
 def _key(q, k, v, spec: SelectSpec, bands: BandIndex, scale: float):
     knobs = (getattr(_knobs.runtime, "debug", None), getattr(_knobs.compilation, "instrumentation_mode", None))
     return (q.shape, q.stride(), k.shape, k.stride(), v.shape, v.stride(), q.dtype, k.dtype, v.dtype, q.device,
-            q.data_ptr() % 16 == 0, k.data_ptr() % 16 == 0, v.data_ptr() % 16 == 0, spec,
-            bands.high_idx.numel(), bands.low_idx.numel(), scale, knobs)
+            torch.cuda.current_device(), q.data_ptr() % 16 == 0, k.data_ptr() % 16 == 0, v.data_ptr() % 16 == 0, spec,
+            bands.high_idx.numel(), bands.low_idx.numel(), bands.high_pos.numel(), scale, knobs)
 
 
 def _through_ops(q, k, v, spec: SelectSpec, bands: BandIndex, scale: float, keep: bool):
     """The three launches as the ops make them; with `keep`, also the Replay of this kind of input (or None where a
     launch is not kept)."""
     b, hq, q_len, d = q.shape
+    if not q.device == k.device == v.device:
+        raise ValueError(f"q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
+    if len({id(q), id(k), id(v)}) < 3:  # one tensor in two roles: its launches cannot be told apart by object
+        keep = False
     (pq, pk), pool_grid, pool_args, pool_kwargs = pool.launch_args([q, k], spec.block_size, bands)
     pool.pool_launch[pool_grid](*pool_args, **pool_kwargs)
     selection, select_grid, select_args, select_kwargs = estimate.launch_args(pq, pk, spec, q_len, k.shape[2])
@@ -132,7 +135,8 @@ def _through_ops(q, k, v, spec: SelectSpec, bands: BandIndex, scale: float, keep
         if entry is None:
             return out, selection, None
     replay = Replay(launches, q.device, pq.buffer.numel(), tuple(selection.kv_num_blocks.shape),
-                    tuple(selection.kv_indices.shape), tuple(out.shape), descriptors, spec.block_size, q_len, k.shape[2])
+                    tuple(selection.kv_indices.shape), tuple(out.shape), descriptors, sparse_kwargs["DESC"] == 1,
+                    spec.block_size, q_len, k.shape[2])
     return out, selection, replay
 
 
