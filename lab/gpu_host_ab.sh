@@ -16,13 +16,6 @@ for round in 1 2; do
       2>> "$OUT/host_probe.err"
   done
 done
-python3 - "$OUT/host_probe.jsonl" <<'PY'
-import json, sys
-for line in open(sys.argv[1]):
-    r = json.loads(line)
-    if r["what"] == "decoder layer":
-        print(r["label"], r["mode"], "gc" if r["gc"] else "nogc", *(f"{k[:-10]}={r[k]:.0f}" for k in r if k.endswith("_us_median")))
-    elif r["what"] == "component" and r["name"] in ("prism_attention_forward", "transformers sdpa_attention_forward", "estimate()", "block_sparse_attention", "pool_pair(q, k)", "select_blocks"):
-        print(r["label"], r["name"], f"{r['host_us']:.0f}")
-PY
+python3 lab/host_probe_summary.py "$OUT/host_probe.jsonl" prism_attention_forward "transformers sdpa_attention_forward" \
+  "estimate()" block_sparse_attention "pool_pair(q, k)" select_blocks
 (unset PYTHONPATH; python3 lab/estimation_ab.py --old .stage/old "$OLD_LABEL" --rounds 1) 2>&1 | tee "$OUT/estimation_ab.txt" | tail -3

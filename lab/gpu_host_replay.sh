@@ -17,18 +17,8 @@ for round in 1 2; do
       2>> "$OUT/host_probe.err"
   done
 done
-python3 - "$OUT/host_probe.jsonl" <<'PY'
-import json, sys
-for line in open(sys.argv[1]):
-    r = json.loads(line)
-    if r["what"] == "decoder layer":
-        print(r["label"], r["mode"], "gc" if r["gc"] else "nogc", *(f"{k[:-10]}={r[k]:.0f}" for k in r if k.endswith("_us_median")))
-    elif r["what"] == "component" and r["name"] in ("prism_attention_forward", "transformers sdpa_attention_forward",
-                                                    "estimate()", "block_sparse_attention", "select_and_attend", "torch x.add_(1)"):
-        print(r["label"], r["name"], f"{r['host_us']:.0f}")
-    elif r["what"] == "gpu time":
-        print(r["label"], "GPU", r["name"], f"{r['gpu_ms']:.3f} ms")
-PY
+python3 lab/host_probe_summary.py "$OUT/host_probe.jsonl" --gpu-time prism_attention_forward \
+  "transformers sdpa_attention_forward" "estimate()" block_sparse_attention select_and_attend "torch x.add_(1)"
 tail -3 "$OUT/host_probe.err"
 cp benchmarks/results/video_e2e-h200.* "$OUT/"
 timeout 170 python3 -m benchmarks.video_e2e --models Qwen/Qwen2.5-VL-7B-Instruct --tokens 32768 --host-time-only --merge \

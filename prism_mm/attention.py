@@ -119,7 +119,7 @@ def _attend(q, k, v, config: PrismConfig, bands: SpectralBands, scale: float, op
         return out, PrismStats.of_selection(selection)
     if not reason:
         selection = estimate(q, k, config, bands, ops)
-        if config.max_density < 1.0 and float(selection.density().mean()) > config.max_density:
+        if float(selection.density().mean()) > config.max_density:  # max_density < 1.0 here
             reason = "selection denser than max_density"
     if reason:
         _warn_fallback(reason, q_len, k.shape[2])

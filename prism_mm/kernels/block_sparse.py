@@ -228,13 +228,11 @@ def rows_layout(t: torch.Tensor, block_rows: int):
 
 def rows_descriptor(t: torch.Tensor, block_rows: int):
     """rows_layout's descriptor over t: (descriptor, rows per batch, rows per head, columns per head), or None."""
-    from triton.tools.tensor_descriptor import TensorDescriptor
-
     layout = rows_layout(t, block_rows)
     if layout is None:
         return None
-    (shape, strides, block), rows = layout
-    return (TensorDescriptor(t, list(shape), list(strides), list(block)), *rows)  # base: only its address
+    geometry, rows = layout
+    return (descriptor(t, geometry), *rows)
 
 
 def default_tiles(block_size: int, head_dim: int, use_tma: bool = False) -> dict:

@@ -148,8 +148,8 @@ def _select_kernel(
 ):
     """The band vectors and energies of Q and K are at element offsets *_o of their pointers (parts of one buffer, or
     separate tensors at offset 0). Every ladder step in one launch: step s (width W_FIRST << s) owns the programs
-    after those of the steps before it; its rows are those whose causal key range fits its width (the rule of `ladder`, which sizes the
-    grid), the last step takes the remaining rows."""
+    after those of the steps before it; its rows are those whose causal key range fits its width (the rule of
+    `ladder`, which sizes the grid), the last step takes the remaining rows."""
     pid = tl.program_id(0)
     pid_bh = tl.program_id(1)
     offset = kv_len - q_len

@@ -128,11 +128,11 @@ def _through_ops(q, k, v, spec: SelectSpec, bands: BandIndex, scale: float, keep
     launches = []
     for launcher, grid, args, kwargs in launched:
         entry = launcher.entry(args, kwargs)
-        try:
-            launches.append(_Launch(entry, grid, args, roles) if entry is not None else None)
-        except TypeError:
-            entry = None
         if entry is None:
+            return out, selection, None
+        try:
+            launches.append(_Launch(entry, grid, args, roles))
+        except TypeError:  # an argument object this call alone has: not recorded
             return out, selection, None
     replay = Replay(launches, q.device, pq.buffer.numel(), tuple(selection.kv_num_blocks.shape),
                     tuple(selection.kv_indices.shape), tuple(out.shape), descriptors, sparse_kwargs["DESC"] == 1,
