@@ -14,8 +14,6 @@ does every call while a profiler's launch hook is installed. Twin: torch_ops.sel
 """
 from __future__ import annotations
 
-import copy
-
 import torch
 
 from . import block_sparse, estimate, pool
@@ -80,14 +78,20 @@ class Replay:
                   "buffer": torch.empty(self.buffer_elems, device=device, dtype=torch.float32),
                   "counts": counts, "indices": indices}
         if self.descriptors is not None:
-            k_desc, v_desc = values["k_desc"], values["v_desc"] = tuple(copy.copy(d) for d in self.descriptors)
-            k_desc.base, v_desc.base = k, v
+            values["k_desc"], values["v_desc"] = _on(self.descriptors[0], k), _on(self.descriptors[1], v)
         elif self.device_descriptors:
             block_sparse._ensure_tma_allocator()
         for launch in self.launches:
             launch(self.index, values)
         self.hits += 1
         return out, BlockSelection(counts, indices, self.block_size, self.q_len, self.kv_len)
+
+
+def _on(template, base):
+    """A copy of a kept descriptor with `base` (its checks are not re-run: the kind of input is the template's)."""
+    desc = object.__new__(type(template))
+    desc.__dict__ = {**template.__dict__, "base": base}
+    return desc
 
 
 def _key(q, k, v, spec: SelectSpec, bands: BandIndex, scale: float):
