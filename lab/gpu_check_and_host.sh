@@ -8,7 +8,4 @@ timeout 200 python3 -m pytest -q tests/test_gpu_sizes.py -k "replays or cached o
   -p no:cacheprovider 2>&1 | tee "$OUT/pytest-gpu-replay.log" | tail -3
 timeout 120 python3 -m pytest -q tests/test_kernels.py -p no:cacheprovider \
   -k "select_and_attend or launch or signature or descriptor or replay" 2>&1 | tee "$OUT/pytest-gpu-kernels.log" | tail -3
-cp benchmarks/results/video_e2e-h200.json benchmarks/results/video_e2e-h200.md "$OUT/"
-timeout 220 python3 -m benchmarks.video_e2e --models Qwen/Qwen2.5-VL-7B-Instruct --tokens 32768 --host-time-only --merge \
-  --warmup-visual-tokens 4096 --out "$OUT" 2>&1 | grep "^| Qwen2.5" | tail -5
-rm -f "$OUT/video_e2e-h200.png"
+bash lab/gpu_host_table.sh "$OUT" 220
