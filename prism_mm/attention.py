@@ -3,15 +3,16 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
 
 from .config import PrismConfig
 from .kernels import ops as kernel_ops
-from .kernels.layout import causal_block_count
-from .selection import estimate, recipe
+from .kernels.layout import BandIndex, SelectSpec, causal_block_count
+from .selection import recipe, select
 from .spectral import RopeLayout, SpectralBands
 from .stats import PrismRunStats, PrismStats
 
@@ -19,8 +20,23 @@ SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 SUPPORTED_HEAD_DIMS = (32, 64, 80, 96, 128, 256)
 
 
+def _takes(q, k, v) -> bool:
+    """True if the kernels take q, k, v as they are: check_qkv's rules as one expression, for the common case of
+    inputs that pass (a prefill checks every layer); False sends check_qkv to name the problem."""
+    try:
+        qs, ks, dtype = q.shape, k.shape, q.dtype
+        return (len(qs) == 4 and len(ks) == 4 and ks == v.shape and dtype == k.dtype == v.dtype
+                and dtype in SUPPORTED_DTYPES and qs[0] == ks[0] and qs[3] == ks[3] and qs[3] in SUPPORTED_HEAD_DIMS
+                and ks[1] > 0 and qs[1] % ks[1] == 0 and qs[2] <= ks[2] and q.device == k.device == v.device
+                and isinstance(q, torch.Tensor) and isinstance(k, torch.Tensor) and isinstance(v, torch.Tensor))
+    except (AttributeError, TypeError):
+        return False
+
+
 def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
     """Raise ValueError naming the problem for inputs the kernels cannot take."""
+    if _takes(q, k, v):
+        return
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not isinstance(t, torch.Tensor) or t.dim() != 4:
             raise ValueError(f"{name} must be a 4-D tensor [batch, heads, tokens, head_dim], got {getattr(t, 'shape', type(t))}")
@@ -37,7 +53,7 @@ def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
         raise ValueError(f"q {tuple(q.shape)} and k {tuple(k.shape)} disagree on batch or head_dim")
     if d not in SUPPORTED_HEAD_DIMS:
         raise ValueError(f"head_dim {d} is not supported; supported head dims: {SUPPORTED_HEAD_DIMS}")
-    if hq % k.shape[1]:
+    if k.shape[1] == 0 or hq % k.shape[1]:
         raise ValueError(f"query heads ({hq}) must be a multiple of key/value heads ({k.shape[1]})")
     if q_len > k.shape[2]:
         raise ValueError(f"q_len ({q_len}) exceeds kv_len ({k.shape[2]}): queries must be the last kv positions")
@@ -107,18 +123,18 @@ def _warn_fallback(reason: str, q_len: int, kv_len: int) -> None:
                   PrismFallbackWarning, stacklevel=3)
 
 
-def _attend(q, k, v, config: PrismConfig, bands: SpectralBands, scale: float, ops, reason: str,
+def _attend(q, k, v, config: PrismConfig, spec: SelectSpec, index: BandIndex, scale: float, ops, reason: str,
             mask: torch.Tensor | None = None) -> tuple[torch.Tensor, PrismStats]:
-    """Selection + sparse attention, or the one dense path when `reason` (or a too dense selection) says so.
-    Returns the output in transformers' layout [B, Lq, Hq, D] (contiguous when sparse) and its PrismStats."""
+    """Selection (spec and index: config's recipe for q) + sparse attention, or the one dense path when `reason` (or a
+    too dense selection) says so. Returns the output in transformers' layout [B, Lq, Hq, D] (contiguous when sparse)
+    and its PrismStats."""
     b, hq, q_len, d = q.shape
     selection = None
     if not reason and config.max_density >= 1.0:  # nothing to decide between selecting and attending: one op
-        spec, index = recipe(q, config, bands)
         out, selection = ops.select_and_attend(q, k, v, spec, index, scale)
         return out, PrismStats.of_selection(selection)
     if not reason:
-        selection = estimate(q, k, config, bands, ops)
+        selection = select(q, k, spec, index, ops)
         if float(selection.density().mean()) > config.max_density:  # max_density < 1.0 here
             reason = "selection denser than max_density"
     if reason:
@@ -170,8 +186,8 @@ def prism_attention(
     check_qkv(q, k, v)
     ops = kernel_ops(backend, q.device)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
-    bands = _bands_for(config, q.shape[-1], bands, rope)
-    out, stats = _attend(q, k, v, config, bands, scale, ops, fallback_reason(config, q.shape[2], k.shape[2]))
+    spec, index = recipe(q, config, _bands_for(config, q.shape[-1], bands, rope))
+    out, stats = _attend(q, k, v, config, spec, index, scale, ops, fallback_reason(config, q.shape[2], k.shape[2]))
     out = out.transpose(1, 2)
     return (out, stats) if return_stats else out
 
@@ -190,6 +206,21 @@ class PrismLayer:
     bands: SpectralBands
     stats: PrismRunStats
     backend: str = "auto"
+    _kept: tuple | None = field(default=None, init=False, repr=False, compare=False)
+
+    def prepared(self, q: torch.Tensor) -> tuple[SimpleNamespace, SelectSpec, BandIndex]:
+        """The ops, SelectSpec and band index for q's head_dim and device. Resolved on the first call and kept while
+        config, bands and backend are the objects they were (assigning a new config re-resolves) and q's head_dim and
+        device stay: a prefill asks once per layer and forward, and looks nothing up by hashing the config."""
+        head_dim, device = q.shape[-1], q.device
+        kept = self._kept
+        if (kept is not None and kept[0] is self.config and kept[1] is self.bands and kept[2] == self.backend
+                and kept[3] == head_dim and kept[4] == device):
+            return kept[5]
+        ops = kernel_ops(self.backend, device)
+        found = (ops, *recipe(q, self.config, self.bands))
+        self._kept = (self.config, self.bands, self.backend, head_dim, device, found)
+        return found
 
 
 def _is_aligned_causal(mask: torch.Tensor, q_len: int, kv_len: int) -> bool:
@@ -230,8 +261,8 @@ def prism_attention_forward(
     if not reason:
         check_qkv(query, key, value)
     scale = 1.0 / math.sqrt(query.shape[-1]) if scaling is None else scaling
-    ops = kernel_ops(layer.backend, query.device)
-    out, stats = _attend(query, key, value, layer.config, layer.bands, scale, ops, reason, attention_mask)
+    ops, spec, index = layer.prepared(query)
+    out, stats = _attend(query, key, value, layer.config, spec, index, scale, ops, reason, attention_mask)
     if stats.sparse and layer.stats.check_against_dense:
         stats.dense_rel_err = dense_rel_err(out.transpose(1, 2), query, key, value, scale, attention_mask)
     if not layer.stats.keep_selections:

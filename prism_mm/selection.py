@@ -15,7 +15,7 @@ from .kernels import ops as kernel_ops
 from .kernels.layout import BandIndex, BlockSelection, SelectSpec
 from .spectral import SpectralBands
 
-__all__ = ["BlockSelection", "band_index", "estimate", "recipe"]
+__all__ = ["BlockSelection", "band_index", "estimate", "recipe", "select"]
 
 
 @functools.lru_cache(maxsize=64)
@@ -70,6 +70,10 @@ def estimate(q: torch.Tensor, k: torch.Tensor, config: PrismConfig, bands: Spect
     `backend` is "auto" / "triton" / "torch", or an ops set already resolved by prism_mm.kernels.ops.
     """
     ops = kernel_ops(backend, q.device) if isinstance(backend, str) else backend
-    spec, index = recipe(q, config, bands)
+    return select(q, k, *recipe(q, config, bands), ops)
+
+
+def select(q: torch.Tensor, k: torch.Tensor, spec: SelectSpec, index: BandIndex, ops: SimpleNamespace) -> BlockSelection:
+    """estimate's selection from a recipe already made (the SelectSpec and band index) with resolved ops."""
     pooled_q, pooled_k = ops.pool_pair(q, k, spec.block_size, index)
     return ops.select_blocks(pooled_q, pooled_k, spec, q.shape[2], k.shape[2])

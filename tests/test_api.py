@@ -104,11 +104,34 @@ def test_rope_layout_drives_the_bands():
         (lambda: (torch.randn(1, 4, 120, 64), torch.randn(1, 4, 100, 64), torch.randn(1, 4, 100, 64)), "exceeds kv_len"),
         (lambda: (torch.randn(1, 4, 100, 64), torch.randn(1, 4, 100, 64), torch.randn(1, 4, 90, 64)), "same shape"),
         (lambda: (torch.randn(2, 4, 100, 64), torch.randn(1, 4, 100, 64), torch.randn(1, 4, 100, 64)), "batch"),
+        (lambda: (torch.randn(1, 4, 100, 64), torch.randn(1, 0, 100, 64), torch.randn(1, 0, 100, 64)), "multiple"),
+        (lambda: (torch.randn(1, 4, 100, 64).numpy(), torch.randn(1, 4, 100, 64), torch.randn(1, 4, 100, 64)), "4-D"),
     ],
 )
 def test_bad_inputs_raise_clear_errors(make, match):
     with pytest.raises(ValueError, match=match):
         prism_attention(*make(), PrismConfig(min_sparse_len=0))
+
+
+def test_a_layer_keeps_its_recipe_until_its_config_changes():
+    """PrismLayer.prepared resolves the ops, SelectSpec and band index once and hands the same back while config,
+    bands and backend are the same objects; a newly assigned config (as benchmarks assign per row) is used at once."""
+    from dataclasses import replace
+
+    from prism_mm.attention import PrismLayer
+    from prism_mm.stats import PrismRunStats
+
+    q, _, _ = qkv(d=64)
+    cfg = PrismConfig(block_size=32, min_sparse_len=0).with_threshold(0.8)
+    layer = PrismLayer(cfg, RopeLayout(head_dim=64).bands(*cfg.band_dims(64)), PrismRunStats(), backend="torch")
+    ops, spec, index = first = layer.prepared(q)
+    assert layer.prepared(q) is first and ops.name == "torch"
+    assert (spec.threshold_high, spec.block_size, spec.head_dim, index.head_dim) == (0.8, 32, 64, 64)
+    layer.config = replace(cfg, threshold_high=0.5)
+    _, spec, _ = layer.prepared(q)
+    assert spec.threshold_high == 0.5 and layer.prepared(q)[1] is spec
+    layer.config = replace(cfg, block_size=64)  # an equal copy of nothing kept: resolved again, its own block size
+    assert layer.prepared(q)[1].block_size == 64
 
 
 def test_bad_backend_and_device_mismatch():

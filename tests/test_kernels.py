@@ -421,9 +421,10 @@ def test_select_and_attend_matches_its_twin(b, hq, hkv, q_len, kv_len, bs, d, dt
 
 
 def test_replay_launches_with_each_calls_own_tensors(monkeypatch):
-    """A Replay passes each call's tensors in the recorded roles and the recorded scalars as they were: K's and V's
-    descriptors are copies of the kept ones on this call's K / V (the kept ones hold no tensor), outputs are fresh;
-    an argument object with no role cannot be recorded. The compiled launcher is recorded, not run (it needs a GPU;
+    """A Replay passes each call's tensors in the recorded roles, as their addresses, and the recorded scalars as they
+    were: K's and V's descriptors are copies of the kept ones on this call's K / V (the kept ones hold no tensor),
+    outputs are fresh (the indices and, 512-byte aligned after them, the pooled buffer in one scratch); an argument
+    object with no role cannot be recorded. The compiled launcher is recorded, not run (it needs a GPU;
     tests/test_gpu_sizes.py runs the real one)."""
     from types import SimpleNamespace
 
@@ -432,8 +433,9 @@ def test_replay_launches_with_each_calls_own_tensors(monkeypatch):
     from prism_mm.kernels import sparse_call
 
     launched = []
-    monkeypatch.setattr(sparse_call, "run_compiled",
-                        lambda kernel, grid, device, args, constants: launched.append((kernel, grid, args, constants)))
+    monkeypatch.setattr(sparse_call, "launch",
+                        lambda kernel, grid, stream, args, constants: launched.append((kernel, grid, stream, args, constants)))
+    monkeypatch.setattr(sparse_call, "_current_stream", lambda device: 77)
 
     def tensors():
         return {name: torch.randn(8, 16) for name in ("q", "k", "v", "high_pos", "low_pos")}
@@ -450,17 +452,22 @@ def test_replay_launches_with_each_calls_own_tensors(monkeypatch):
                                                                     0.125, 3), roles)
     with pytest.raises(TypeError, match="no role"):
         sparse_call._Launch(("x", ()), (1,), (torch.zeros(1),), roles)
-    replay = sparse_call.Replay([pool_launch, sparse_launch], torch.device("cpu"), 3, (1,), (2,), (4,),
+    replay = sparse_call.Replay([pool_launch, sparse_launch], torch.device("cpu"), 3, (1,), (2, 3), (4,),
                                 (k_desc, v_desc), False, 16, 8, 8)
     assert k_desc.base is None and v_desc.base is None
     now = tensors()
     got, selection = replay(now["q"], now["k"], now["v"], SimpleNamespace(high_pos=now["high_pos"], low_pos=now["low_pos"]))
-    (kernel, grid, args, constants), (kernel2, grid2, args2, constants2) = launched
-    assert (kernel, grid, constants, kernel2, grid2, constants2) == ("pool", (5,), (16,), "sparse", (9, 1), (64,))
-    assert [a is now[n] for a, n in zip(args[:5], ("q", "k", "buffer", "high_pos", "low_pos")) if n in now] == [True] * 4
-    assert args[2].shape == (3,) and args[2] is not buffer and args[5:] == [0, 96, 17]
-    assert args2[0] is now["q"] and args2[3] is got and args2[4] is selection.kv_num_blocks
-    assert args2[5] is selection.kv_indices and args2[6:] == [0.125, 3]
+    (kernel, grid, stream, args, constants), (kernel2, grid2, stream2, args2, constants2) = launched
+    assert (kernel, grid, constants, kernel2, grid2, constants2) == ("pool", (5, 1, 1), (16,), "sparse", (9, 1, 1), (64,))
+    assert stream == stream2 == 77
+    assert [args[i] for i in (0, 1, 3, 4)] == [now[n].data_ptr() for n in ("q", "k", "high_pos", "low_pos")]
+    indices = selection.kv_indices
+    assert indices.shape == (2, 3) and indices.is_contiguous() and indices.dtype == torch.int32
+    assert args[2] == indices.data_ptr() + 512 and args[2] != buffer.data_ptr() and args[5:] == [0, 96, 17]
+    assert indices.untyped_storage().nbytes() == 512 + 3 * 4  # the pooled buffer's 3 fp32 after the indices
+    assert args2[0] == now["q"].data_ptr() and args2[3] == got.data_ptr() and got.shape == (4,)
+    assert args2[4] == selection.kv_num_blocks.data_ptr() and selection.kv_num_blocks.shape == (1,)
+    assert args2[5] == indices.data_ptr() and args2[6:] == [0.125, 3]
     assert args2[1].base is now["k"] and args2[2].base is now["v"] and args2[1] is not k_desc
     assert (args2[1].shape, args2[1].strides, args2[1].block_shape) == ([8, 16], [16, 1], [8, 16])
     assert k_desc.base is None and v_desc.base is None and replay.hits == 1

@@ -6,18 +6,22 @@ launch checks its inputs, derives its arguments and keys its compiled kernel aga
 that work for inputs of one kind. So the first call of a kind (shapes, strides, dtypes, device, 16-byte alignment of
 q, k and v, the SelectSpec, the band dims, the scale, Triton's debug options) runs the three ops and keeps a `Replay`:
 each launch's compiled kernel, grid and arguments, with the per-call tensors marked by role. A later call of that kind
-allocates the four outputs, copies K's and V's kept TMA descriptors onto this call's K and V and launches the three
-compiled kernels through their own launchers. The outputs are fresh allocations, 16-byte aligned like the first call's
-(the CUDA caching allocator's blocks are 512-byte aligned), so they specialise the kernels as the first call's did.
+makes three allocations (the output, the selection's counts, one scratch for its indices and the pooled bands), copies
+K's and V's kept TMA descriptors onto this call's K and V and launches the three compiled kernels through their own
+launchers, the tensors passed as device addresses. The outputs are fresh allocations, 16-byte aligned like the first
+call's (the CUDA caching allocator's blocks are 512-byte aligned, the scratch's parts too), so they specialise the
+kernels as the first call's did.
 Where a launch is not kept (the interpreter, a kernel CachedLaunch does not cache) every call takes the ops' path, as
 does every call while a profiler's launch hook is installed. Twin: torch_ops.select_and_attend.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 from . import block_sparse, estimate, pool
-from .launch import _hook_installed, _knobs, run_compiled
+from .launch import _current_stream, _hook_installed, _knobs
 from .layout import BandIndex, BlockSelection, SelectSpec
 
 MAX_REPLAYS = 256
@@ -25,14 +29,15 @@ _replays: dict = {}
 
 
 class _Launch:
-    """One kept launch: the compiled kernel and its constexpr values, the grid, and the positional arguments with the
-    per-call tensors left as roles (`slots`: (position, role))."""
+    """One kept launch: the compiled kernel's launcher, function and metadata, its constexpr values, the grid, and the
+    positional arguments with the per-call tensors left as roles (`slots`: (position, role))."""
 
     __slots__ = ("kernel", "constants", "grid", "template", "slots")
 
     def __init__(self, entry, grid, args, roles: dict):
-        self.kernel, self.constants = entry
-        self.grid = grid
+        self.kernel, constants = entry
+        self.constants = tuple(constants)
+        self.grid = (*grid, 1, 1)[:3]
         self.template = list(args)
         self.slots = []
         for i, arg in enumerate(args):
@@ -43,22 +48,35 @@ class _Launch:
             elif not isinstance(arg, (int, float)):
                 raise TypeError(f"argument {i} ({type(arg).__name__}) has no role")  # an object only this call has
 
-    def __call__(self, device: int, values: dict) -> None:
+    def __call__(self, stream: int, values: dict) -> None:
         args = self.template.copy()
         for i, role in self.slots:
             args[i] = values[role]
-        run_compiled(self.kernel, self.grid, device, args, self.constants)
+        launch(self.kernel, self.grid, stream, args, self.constants)
+
+
+def launch(kernel, grid: tuple[int, int, int], stream: int, args, constants) -> None:
+    """A compiled kernel through its own launcher on `stream` (run_compiled with the grid and stream resolved)."""
+    kernel.run(*grid, stream, kernel.function, kernel.packed_metadata, None, None, None, *args, *constants)
 
 
 class Replay:
-    """The three launches of one kind of input, and the outputs' shapes; `hits` counts the calls it served."""
+    """The three launches of one kind of input, and the outputs' shapes; `hits` counts the calls it served.
+
+    A call makes three allocations: the output, the selection's counts and one int32 scratch that holds the
+    selection's indices and, 512-byte aligned after them, the pooled buffer (which the selection kernel alone reads).
+    Tensors reach the launchers as device addresses (ints), which Triton's launcher takes as they are; the kind of
+    input, and so the 16-byte alignment the kernels were compiled for, is the first call's."""
 
     def __init__(self, launches, device: torch.device, buffer_elems: int, counts_shape, indices_shape, out_shape,
                  descriptors, device_descriptors: bool, block_size: int, q_len: int, kv_len: int):
         self.launches = launches
-        self.device, self.index = device, device.index
+        self.device, self.index = device, device.index if device.index is not None else 0
         self.buffer_elems, self.counts_shape, self.indices_shape, self.out_shape = (
             buffer_elems, counts_shape, indices_shape, out_shape)
+        self.indices_strides = tuple(math.prod(indices_shape[i + 1:]) for i in range(len(indices_shape)))
+        self.buffer_offset = -(-math.prod(indices_shape) // 128) * 128  # int32 elements: 512 bytes
+        self.scratch_elems = self.buffer_offset + buffer_elems  # the pooled buffer is fp32: 4 bytes, as int32
         # K's and V's host TMA descriptors (the first call's, checked by Triton when made) as templates: each call
         # copies them (no checks re-run) with its own K / V as the base; the templates hold no tensor
         self.descriptors = descriptors
@@ -72,17 +90,20 @@ class Replay:
     def __call__(self, q, k, v, bands: BandIndex):
         device = self.device
         counts = torch.empty(self.counts_shape, device=device, dtype=torch.int32)
-        indices = torch.empty(self.indices_shape, device=device, dtype=torch.int32)
+        scratch = torch.empty(self.scratch_elems, device=device, dtype=torch.int32)
         out = torch.empty(self.out_shape, device=device, dtype=q.dtype)
-        values = {"q": q, "k": k, "v": v, "high_pos": bands.high_pos, "low_pos": bands.low_pos, "out": out,
-                  "buffer": torch.empty(self.buffer_elems, device=device, dtype=torch.float32),
-                  "counts": counts, "indices": indices}
+        indices = scratch.as_strided(self.indices_shape, self.indices_strides)
+        at = scratch.data_ptr()
+        values = {"q": q.data_ptr(), "k": k.data_ptr(), "v": v.data_ptr(), "high_pos": bands.high_pos.data_ptr(),
+                  "low_pos": bands.low_pos.data_ptr(), "out": out.data_ptr(), "buffer": at + 4 * self.buffer_offset,
+                  "counts": counts.data_ptr(), "indices": at}
         if self.descriptors is not None:
             values["k_desc"], values["v_desc"] = _on(self.descriptors[0], k), _on(self.descriptors[1], v)
         elif self.device_descriptors:
             block_sparse._ensure_tma_allocator()
-        for launch in self.launches:
-            launch(self.index, values)
+        stream = _current_stream(self.index)
+        for kept in self.launches:
+            kept(stream, values)
         self.hits += 1
         return out, BlockSelection(counts, indices, self.block_size, self.q_len, self.kv_len)
 
