@@ -519,9 +519,13 @@ def test_selection_that_does_not_fit_the_inputs_is_refused():
 
 
 def test_causal_block_count_is_the_causal_mask_sum():
-    """layout.causal_block_count (plain Python, on every attention call's path) counts the causal block mask's pairs,
-    for whole and partial blocks, chunks late in a prefill (offsets not a multiple of the block) and one query."""
-    for q_len, kv_len, bs in ((200, 200, 32), (61, 200, 16), (1, 999, 64), (128, 128, 128), (300, 5000, 128)):
+    """layout.causal_block_count (closed form, on every attention call's path) counts the causal block mask's pairs,
+    for whole and partial blocks, chunks late in a prefill (offsets not a multiple of the block, or a multiple), one
+    query, q_len == kv_len and every small combination of lengths and block sizes."""
+    cases = [(200, 200, 32), (61, 200, 16), (1, 999, 64), (128, 128, 128), (300, 5000, 128), (256, 384, 128),
+             (1, 1, 16), (33536, 33536, 128)]
+    cases += [(q, kv, bs) for bs in (1, 3, 16, 32) for kv in range(1, 70, 3) for q in range(1, kv + 1, 2)]
+    for q_len, kv_len, bs in cases:
         expected = int(lay.causal_block_mask(q_len, kv_len, bs).sum())
         assert lay.causal_block_count(q_len, kv_len, bs) == expected, (q_len, kv_len, bs)
 

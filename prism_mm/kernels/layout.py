@@ -14,7 +14,6 @@
 """
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass
 
@@ -55,13 +54,19 @@ def block_density(kv_num_blocks: torch.Tensor, causal_blocks: int) -> torch.Tens
     return kv_num_blocks.sum(dim=-1).float() / causal_blocks
 
 
-@functools.lru_cache(maxsize=256)
 def causal_block_count(q_len: int, kv_len: int, block_size: int) -> int:
-    """Number of (query block, key block) pairs a dense causal pass computes (the sum of causal_block_mask), in plain
-    Python: no tensor work on an attention call's path."""
-    offset = kv_len - q_len
-    return sum((min(offset + (i + 1) * block_size, kv_len) - 1) // block_size + 1
-               for i in range(num_blocks(q_len, block_size)))
+    """Number of (query block, key block) pairs a dense causal pass computes (the sum of causal_block_mask), in closed
+    form: no tensor work and no loop over the blocks on an attention call's path (the cached loop it replaces cost
+    ~180 us at 128K on this machine's CPU for every new length, e.g. each chunk of a chunked prefill).
+
+    Query block i < q_len // block_size ends at key position offset + (i + 1) * block_size - 1 (offset = kv_len -
+    q_len), so it sees (offset - 1) // block_size + i + 2 key blocks; a ragged last query block sees every key block.
+    """
+    full = q_len // block_size
+    count = full * ((kv_len - q_len - 1) // block_size + 1) + full * (full + 1) // 2
+    if num_blocks(q_len, block_size) > full:
+        count += num_blocks(kv_len, block_size)
+    return count
 
 
 def indices_from_block_mask(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
