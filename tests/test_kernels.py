@@ -473,6 +473,27 @@ def test_replay_launches_with_each_calls_own_tensors(monkeypatch):
     assert k_desc.base is None and v_desc.base is None and replay.hits == 1
 
 
+def test_replay_keeps_only_descriptors_it_can_copy_by_fields():
+    """The Replay copies kept TMA descriptors by their instance dict (sparse_call._on); a descriptor type without one
+    (slots, as a later Triton might make it) is reported not copyable, so those calls take the ops' path instead of
+    failing; Triton's own TensorDescriptor is copyable and its copy has the new base and the template's geometry."""
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    from prism_mm.kernels import sparse_call
+
+    class Slotted:
+        __slots__ = ("base", "shape")
+
+    slotted = Slotted()
+    slotted.base, slotted.shape = torch.zeros(4), [4]
+    desc = TensorDescriptor(torch.zeros(8, 16), [8, 16], [16, 1], [8, 16])
+    assert not sparse_call._copyable(slotted) and not sparse_call._copyable(object())
+    assert sparse_call._copyable(desc)
+    other = torch.ones(8, 16)
+    copy = sparse_call._on(desc, other)
+    assert copy.base is other and copy is not desc and (copy.shape, copy.strides) == (desc.shape, desc.strides)
+
+
 def test_each_op_has_one_signature_across_backends():
     """The Triton launchers and their torch twins take the same parameters, so callers never branch on backend."""
     import inspect

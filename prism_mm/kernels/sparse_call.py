@@ -108,6 +108,14 @@ class Replay:
         return out, BlockSelection(counts, indices, self.block_size, self.q_len, self.kv_len)
 
 
+def _copyable(desc) -> bool:
+    """True if _on can copy `desc` by its fields: a plain instance dict holding its base (Triton 3.6 to 3.8's
+    TensorDescriptor dataclass). A descriptor type without one (slots, say) is not kept: those calls take the ops'
+    path."""
+    fields = getattr(desc, "__dict__", None)
+    return isinstance(fields, dict) and "base" in fields
+
+
 def _on(template, base):
     """A copy of a kept descriptor with `base` (its checks are not re-run: the kind of input is the template's)."""
     desc = object.__new__(type(template))
@@ -145,6 +153,8 @@ def _through_ops(q, k, v, spec: SelectSpec, bands: BandIndex, scale: float, keep
     k_desc, v_desc = sparse_args[1], sparse_args[2]
     descriptors = None
     if k_desc is not k:  # host TMA descriptors (their base is set per call)
+        if not (_copyable(k_desc) and _copyable(v_desc)):
+            return out, selection, None
         descriptors = (k_desc, v_desc)
     roles = {id(q): "q", id(k): "k", id(v): "v", id(bands.high_pos): "high_pos", id(bands.low_pos): "low_pos",
              id(pq.buffer): "buffer", id(selection.kv_num_blocks): "counts", id(selection.kv_indices): "indices",
