@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import SimpleNamespace
 
 import torch
@@ -123,10 +123,10 @@ def _warn_fallback(reason: str, q_len: int, kv_len: int) -> None:
                   PrismFallbackWarning, stacklevel=3)
 
 
-def _attend(q, k, v, config: PrismConfig, spec: SelectSpec, index: BandIndex, scale: float, ops, reason: str,
-            mask: torch.Tensor | None = None) -> tuple[torch.Tensor, PrismStats]:
-    """Selection (spec and index: config's recipe for q) + sparse attention, or the one dense path when `reason` (or a
-    too dense selection) says so. Returns the output in transformers' layout [B, Lq, Hq, D] (contiguous when sparse)
+def _attend(q, k, v, config: PrismConfig, spec: SelectSpec | None, index: BandIndex | None, scale: float, ops,
+            reason: str, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, PrismStats]:
+    """Selection (spec and index: config's recipe for q; None when `reason` is set) + sparse attention, or the one dense
+    path when `reason` (or a too dense selection) says so. Returns the output in transformers' layout [B, Lq, Hq, D] (contiguous when sparse)
     and its PrismStats."""
     b, hq, q_len, d = q.shape
     selection = None
@@ -186,8 +186,10 @@ def prism_attention(
     check_qkv(q, k, v)
     ops = kernel_ops(backend, q.device)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
-    spec, index = recipe(q, config, _bands_for(config, q.shape[-1], bands, rope))
-    out, stats = _attend(q, k, v, config, spec, index, scale, ops, fallback_reason(config, q.shape[2], k.shape[2]))
+    bands = _bands_for(config, q.shape[-1], bands, rope)
+    reason = fallback_reason(config, q.shape[2], k.shape[2])
+    spec, index = recipe(q, config, bands) if not reason else (None, None)
+    out, stats = _attend(q, k, v, config, spec, index, scale, ops, reason)
     out = out.transpose(1, 2)
     return (out, stats) if return_stats else out
 
@@ -206,7 +208,15 @@ class PrismLayer:
     bands: SpectralBands
     stats: PrismRunStats
     backend: str = "auto"
-    _kept: tuple | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self._kept: tuple | None = None  # what prepared() resolved, and for which config, bands, backend, q
+
+    def __getstate__(self) -> dict:  # the kept ops are functions of this process: pickles and copies resolve again
+        return {**self.__dict__, "_kept": None}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update({**state, "_kept": None})
 
     def prepared(self, q: torch.Tensor) -> tuple[SimpleNamespace, SelectSpec, BandIndex]:
         """The ops, SelectSpec and band index for q's head_dim and device. Resolved on the first call and kept while
@@ -261,7 +271,7 @@ def prism_attention_forward(
     if not reason:
         check_qkv(query, key, value)
     scale = 1.0 / math.sqrt(query.shape[-1]) if scaling is None else scaling
-    ops, spec, index = layer.prepared(query)
+    ops, spec, index = layer.prepared(query) if not reason else (None, None, None)  # dense needs no recipe
     out, stats = _attend(query, key, value, layer.config, spec, index, scale, ops, reason, attention_mask)
     if stats.sparse and layer.stats.check_against_dense:
         stats.dense_rel_err = dense_rel_err(out.transpose(1, 2), query, key, value, scale, attention_mask)

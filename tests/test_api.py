@@ -130,8 +130,37 @@ def test_a_layer_keeps_its_recipe_until_its_config_changes():
     layer.config = replace(cfg, threshold_high=0.5)
     _, spec, _ = layer.prepared(q)
     assert spec.threshold_high == 0.5 and layer.prepared(q)[1] is spec
-    layer.config = replace(cfg, block_size=64)  # an equal copy of nothing kept: resolved again, its own block size
-    assert layer.prepared(q)[1].block_size == 64
+    layer.config = replace(cfg, block_size=64)
+    wide = layer.prepared(q)
+    assert (wide[1].block_size, wide[1].threshold_high) == (64, 0.8)
+    layer.config = replace(layer.config)  # equal but another object: resolved again, to the same recipe
+    again = layer.prepared(q)
+    assert again is not wide and again[1] == wide[1] and layer.prepared(q) is again
+    layer.backend = "triton"  # the interpreter runs Triton on the CPU here (TRITON_INTERPRET=1)
+    assert layer.prepared(q)[0].name == "triton"
+    q_wide, _, _ = qkv(d=128)
+    layer.bands = RopeLayout(head_dim=128).bands(*cfg.band_dims(128))
+    assert layer.prepared(q_wide)[1].head_dim == 128 and layer.prepared(q_wide)[2].head_dim == 128
+
+
+def test_a_layer_pickles_and_copies_after_resolving_its_ops():
+    """PrismLayer drops what prepared() kept (the Triton ops are process-local wrappers) when pickled or copied: the
+    model can be saved after a prefill, and the copy resolves its ops again."""
+    import copy
+    import pickle
+
+    from prism_mm.attention import PrismLayer
+    from prism_mm.stats import PrismRunStats
+
+    q, _, _ = qkv(d=64)
+    cfg = PrismConfig(block_size=32, min_sparse_len=0)
+    layer = PrismLayer(cfg, RopeLayout(head_dim=64).bands(*cfg.band_dims(64)), PrismRunStats(), backend="triton")
+    ops, spec, _ = layer.prepared(q)
+    for other in (pickle.loads(pickle.dumps(layer)), copy.deepcopy(layer), copy.copy(layer)):
+        assert other._kept is None and other.config == cfg and other.backend == "triton"
+        got_ops, got_spec, _ = other.prepared(q)
+        assert got_ops is ops and got_spec == spec  # the process's one ops set; the same recipe
+    assert layer._kept is not None and layer == pickle.loads(pickle.dumps(layer))
 
 
 def test_bad_backend_and_device_mismatch():

@@ -435,7 +435,6 @@ def test_replay_launches_with_each_calls_own_tensors(monkeypatch):
     launched = []
     monkeypatch.setattr(sparse_call, "launch",
                         lambda kernel, grid, stream, args, constants: launched.append((kernel, grid, stream, args, constants)))
-    monkeypatch.setattr(sparse_call, "_current_stream", lambda device: 77)
 
     def tensors():
         return {name: torch.randn(8, 16) for name in ("q", "k", "v", "high_pos", "low_pos")}
@@ -452,14 +451,16 @@ def test_replay_launches_with_each_calls_own_tensors(monkeypatch):
                                                                     0.125, 3), roles)
     with pytest.raises(TypeError, match="no role"):
         sparse_call._Launch(("x", ()), (1,), (torch.zeros(1),), roles)
-    replay = sparse_call.Replay([pool_launch, sparse_launch], torch.device("cpu"), 3, (1,), (2, 3), (4,),
+    streams = []
+    monkeypatch.setattr(sparse_call, "_current_stream", lambda device: streams.append(device) or 77)
+    replay = sparse_call.Replay([pool_launch, sparse_launch], torch.device("cpu"), 5, 3, (1,), (2, 3), (4,),
                                 (k_desc, v_desc), False, 16, 8, 8)
     assert k_desc.base is None and v_desc.base is None
     now = tensors()
     got, selection = replay(now["q"], now["k"], now["v"], SimpleNamespace(high_pos=now["high_pos"], low_pos=now["low_pos"]))
     (kernel, grid, stream, args, constants), (kernel2, grid2, stream2, args2, constants2) = launched
     assert (kernel, grid, constants, kernel2, grid2, constants2) == ("pool", (5, 1, 1), (16,), "sparse", (9, 1, 1), (64,))
-    assert stream == stream2 == 77
+    assert stream == stream2 == 77 and streams == [5]  # the launch device's current stream, looked up once
     assert [args[i] for i in (0, 1, 3, 4)] == [now[n].data_ptr() for n in ("q", "k", "high_pos", "low_pos")]
     indices = selection.kv_indices
     assert indices.shape == (2, 3) and indices.is_contiguous() and indices.dtype == torch.int32
@@ -473,10 +474,10 @@ def test_replay_launches_with_each_calls_own_tensors(monkeypatch):
     assert k_desc.base is None and v_desc.base is None and replay.hits == 1
 
 
-def test_replay_keeps_only_descriptors_it_can_copy_by_fields():
-    """The Replay copies kept TMA descriptors by their instance dict (sparse_call._on); a descriptor type without one
-    (slots, as a later Triton might make it) is reported not copyable, so those calls take the ops' path instead of
-    failing; Triton's own TensorDescriptor is copyable and its copy has the new base and the template's geometry."""
+def test_descriptor_copy_by_fields_and_which_descriptors_allow_it():
+    """sparse_call._copyable (which descriptors a Replay may keep): a descriptor type without an instance dict (slots,
+    as a later Triton might make it) is not copyable, Triton's own TensorDescriptor is; sparse_call._on's copy of it
+    has the new base and the template's geometry and leaves the template as it was."""
     from triton.tools.tensor_descriptor import TensorDescriptor
 
     from prism_mm.kernels import sparse_call
@@ -492,6 +493,7 @@ def test_replay_keeps_only_descriptors_it_can_copy_by_fields():
     other = torch.ones(8, 16)
     copy = sparse_call._on(desc, other)
     assert copy.base is other and copy is not desc and (copy.shape, copy.strides) == (desc.shape, desc.strides)
+    assert desc.base is not other and desc.base.shape == (8, 16)
 
 
 def test_each_op_has_one_signature_across_backends():

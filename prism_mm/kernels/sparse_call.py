@@ -66,12 +66,16 @@ class Replay:
     A call makes three allocations: the output, the selection's counts and one int32 scratch that holds the
     selection's indices and, 512-byte aligned after them, the pooled buffer (which the selection kernel alone reads).
     Tensors reach the launchers as device addresses (ints), which Triton's launcher takes as they are; the kind of
-    input, and so the 16-byte alignment the kernels were compiled for, is the first call's."""
+    input, and so the 16-byte alignment the kernels were compiled for, is the first call's. The launches go to the
+    current stream of `launch_device`, the device that was current when the first call launched (part of the key).
+    A kept selection's indices hold the scratch, so the pooled buffer too (Qwen2.5-VL-7B shapes: 5.5 MB beside the
+    indices' 7.7 MB at 33K tokens, 21 MB beside 118 MB at 128K); only kept selections (keep_selections) pay it."""
 
-    def __init__(self, launches, device: torch.device, buffer_elems: int, counts_shape, indices_shape, out_shape,
-                 descriptors, device_descriptors: bool, block_size: int, q_len: int, kv_len: int):
+    def __init__(self, launches, device: torch.device, launch_device: int, buffer_elems: int, counts_shape,
+                 indices_shape, out_shape, descriptors, device_descriptors: bool, block_size: int, q_len: int,
+                 kv_len: int):
         self.launches = launches
-        self.device, self.index = device, device.index if device.index is not None else 0
+        self.device, self.launch_device = device, launch_device
         self.buffer_elems, self.counts_shape, self.indices_shape, self.out_shape = (
             buffer_elems, counts_shape, indices_shape, out_shape)
         self.indices_strides = tuple(math.prod(indices_shape[i + 1:]) for i in range(len(indices_shape)))
@@ -101,7 +105,7 @@ class Replay:
             values["k_desc"], values["v_desc"] = _on(self.descriptors[0], k), _on(self.descriptors[1], v)
         elif self.device_descriptors:
             block_sparse._ensure_tma_allocator()
-        stream = _current_stream(self.index)
+        stream = _current_stream(self.launch_device)
         for kept in self.launches:
             kept(stream, values)
         self.hits += 1
@@ -169,7 +173,7 @@ def _through_ops(q, k, v, spec: SelectSpec, bands: BandIndex, scale: float, keep
             launches.append(_Launch(entry, grid, args, roles))
         except TypeError:  # an argument object this call alone has: not recorded
             return out, selection, None
-    replay = Replay(launches, q.device, pq.buffer.numel(), tuple(selection.kv_num_blocks.shape),
+    replay = Replay(launches, q.device, torch.cuda.current_device(), pq.buffer.numel(), tuple(selection.kv_num_blocks.shape),
                     tuple(selection.kv_indices.shape), tuple(out.shape), descriptors, sparse_kwargs["DESC"] == 1,
                     spec.block_size, q_len, k.shape[2])
     return out, selection, replay
