@@ -8,14 +8,7 @@ export PYTHONUNBUFFERED=1
 OLD_LABEL=${1:-old}
 PYTHONPATH=$PWD python3 -m pytest -q tests/test_gpu_sizes.py tests/test_api.py tests/test_kernels.py -p no:cacheprovider \
   2>&1 | tee "$OUT/pytest-gpu.log" | tail -3
-for round in 1 2; do
-  for side in old new; do
-    pkg=$PWD; [ "$side" = old ] && pkg=$PWD/.stage/old
-    label=$side; [ "$side" = old ] && label=$OLD_LABEL
-    PYTHONPATH=$pkg python3 lab/host_probe.py --tokens 33536 --label "$label-r$round" >> "$OUT/host_probe.jsonl" \
-      2>> "$OUT/host_probe.err"
-  done
-done
+bash lab/host_probe_rounds.sh 2 "$OLD_LABEL" 0
 python3 lab/host_probe_summary.py "$OUT/host_probe.jsonl" prism_attention_forward "transformers sdpa_attention_forward" \
   "estimate()" block_sparse_attention "pool_pair(q, k)" select_blocks
 (unset PYTHONPATH; python3 lab/estimation_ab.py --old .stage/old "$OLD_LABEL" --rounds 1) 2>&1 | tee "$OUT/estimation_ab.txt" | tail -3

@@ -10,13 +10,7 @@ PYTHONPATH=$PWD timeout 200 python3 -m pytest -q tests/test_gpu_sizes.py tests/t
   | tee "$OUT/pytest-gpu.log" | tail -3
 PYTHONPATH=$PWD timeout 120 python3 -m pytest -q tests/test_kernels.py -p no:cacheprovider \
   -k "select_and_attend or launch or signature or rms or descriptor" 2>&1 | tee "$OUT/pytest-gpu-kernels.log" | tail -3
-for round in 1 2; do
-  for side in old new; do
-    pkg=$PWD; [ "$side" = old ] && pkg=$PWD/.stage/old
-    PYTHONPATH=$pkg timeout 100 python3 lab/host_probe.py --tokens 33536 --label "$side-r$round" >> "$OUT/host_probe.jsonl" \
-      2>> "$OUT/host_probe.err"
-  done
-done
+bash lab/host_probe_rounds.sh 2 old 100
 python3 lab/host_probe_summary.py "$OUT/host_probe.jsonl" --gpu-time prism_attention_forward \
   "transformers sdpa_attention_forward" "estimate()" block_sparse_attention select_and_attend "torch x.add_(1)"
 tail -3 "$OUT/host_probe.err"

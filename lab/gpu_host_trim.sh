@@ -12,13 +12,7 @@ if [ "${2:-0}" != 1 ]; then
   PYTHONPATH=$PWD timeout 170 python3 -m pytest -q tests/test_gpu_sizes.py tests/test_api.py tests/test_kernels.py \
     -p no:cacheprovider -k "$tests or descriptor or replay" 2>&1 | tee "$OUT/pytest-gpu.log" | tail -3
 fi
-for round in $(seq "$rounds"); do
-  for side in old new; do
-    pkg=$PWD; [ "$side" = old ] && pkg=$PWD/.stage/old
-    PYTHONPATH=$pkg timeout 100 python3 lab/host_probe.py --tokens 33536 --label "$side-r$round" >> "$OUT/host_probe.jsonl" \
-      2>> "$OUT/host_probe.err"
-  done
-done
+bash lab/host_probe_rounds.sh "$rounds" old 100
 python3 lab/host_probe_summary.py "$OUT/host_probe.jsonl" prism_attention_forward \
   "transformers sdpa_attention_forward" select_and_attend "torch x.add_(1)"
 tail -3 "$OUT/host_probe.err"

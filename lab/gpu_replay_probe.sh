@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # One call on a lent GPU machine (repo root; $OUT comes back), 2026-12-02 (fifth session): lab/replay_probe.py at 33K
-# three times (the host moves between runs), after the host-path trims.
+# RUNS times (default 3: the host moves between runs), each within TIMEOUT seconds (default 150), after the host-path
+# trims, and one line per piece with its times. Usage: bash lab/gpu_replay_probe.sh [RUNS [TIMEOUT]]
 set -uo pipefail
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD
-for r in 1 2 3; do
-  timeout 150 python3 lab/replay_probe.py --tokens 33536 --label "r$r" >> "$OUT/replay_probe.jsonl" 2>> "$OUT/replay_probe.err"
+for r in $(seq "${1:-3}"); do
+  timeout "${2:-150}" python3 lab/replay_probe.py --tokens 33536 --label "r$r" >> "$OUT/replay_probe.jsonl" 2>> "$OUT/replay_probe.err"
 done
 python3 - "$OUT/replay_probe.jsonl" <<'PY'
 import json, sys, collections
