@@ -267,10 +267,14 @@ def prism_attention_forward(
             "call prism_mm.enable_prism(model, PrismConfig(...)) or load with prism_mm.load_model(..., attn='prism')"
         )
     q_len, kv_len = query.shape[2], key.shape[2]
+    scale = 1.0 / math.sqrt(query.shape[-1]) if scaling is None else scaling
+    if q_len == 1 and module.layer_idx in layer.stats.layers:
+        # a decoding step after this layer's prefill: dense SDPA and nothing else (the run keeps the prefill's record,
+        # which a decoding step never overwrites), so generating a token costs what transformers' SDPA path does
+        return dense_attention(query, key, value, scale, attention_mask).transpose(1, 2), None
     reason = fallback_reason(layer.config, q_len, kv_len, attention_mask, kwargs.get("sliding_window"), dropout)
     if not reason:
         check_qkv(query, key, value)
-    scale = 1.0 / math.sqrt(query.shape[-1]) if scaling is None else scaling
     ops, spec, index = layer.prepared(query) if not reason else (None, None, None)  # dense needs no recipe
     out, stats = _attend(query, key, value, layer.config, spec, index, scale, ops, reason, attention_mask)
     if stats.sparse and layer.stats.check_against_dense:

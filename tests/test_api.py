@@ -69,6 +69,47 @@ def test_short_inputs_fall_back_to_dense():
     assert rel_err(out, dense_causal_attention(q, k, v)) < 1e-5
 
 
+def test_a_decoding_step_after_the_prefill_is_dense_sdpa_and_nothing_else():
+    """prism_attention_forward on one query token of a layer whose prefill is recorded: the output is dense attention's,
+    the torch ops are exactly dense_attention's (no stats tensors, no launch of Prism's) and the prefill's record
+    stays. The very first call of a layer with one token still records it."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from prism_mm.attention import PrismLayer, prism_attention_forward
+    from prism_mm.stats import PrismRunStats
+
+    class Ops(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.names = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.names.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    q, k, v = qkv(q_len=1, kv_len=300)
+    cfg = PrismConfig(block_size=32, min_sparse_len=0)
+
+    class Attention(torch.nn.Module):
+        layer_idx = 3
+
+    module = Attention()
+    module.prism = PrismLayer(cfg, RopeLayout(head_dim=q.shape[-1]).bands(*cfg.band_dims(q.shape[-1])), PrismRunStats(),
+                              backend="torch")
+    prism_attention_forward(module, q, k, v, None)  # no prefill recorded yet: this one records
+    first = module.prism.stats.layers[3]
+    assert first.q_len == 1 and not first.sparse and first.reason == "decoding"
+    q2 = torch.randn_like(q)
+    with Ops() as decode:
+        out, weights = prism_attention_forward(module, q2, k, v, None)
+    with Ops() as plain:
+        ref = dense_attention(q2, k, v, q.shape[-1] ** -0.5)
+    assert decode.names == plain.names + ["aten.transpose.int"], (decode.names, plain.names)
+    assert weights is None and out.shape == (1, 1, q.shape[1], q.shape[-1])
+    assert rel_err(out.transpose(1, 2), ref) < 1e-6 and rel_err(out.transpose(1, 2), dense_causal_attention(q2, k, v)) < 1e-5
+    assert module.prism.stats.layers[3] is first
+
+
 class ReversedRope(RopeLayout):
     """A layout whose pair frequencies rise with the pair index (no real model has this): its bands are the
     opposite ends of plain RoPE's, so any code path that ignored the layout would select differently."""
