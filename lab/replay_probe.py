@@ -1,7 +1,8 @@
 """Where the host time of one Prism attention call goes, piece by piece, on the replayed path (GPU held busy behind a
 sleep, as lab/host_probe.py measures). Each piece of select_and_attend's replay is timed alone: the key, the three
 allocations, the arguments, the descriptor copies, each of the three launches through the compiled kernel's launcher,
-and the record of the call (PrismStats.of_selection: its causal block count). One JSON line per piece.
+and the record of the call (PrismStats.of_selection: its causal block count); also one decoding step, Prism's
+entry against transformers' SDPA entry. One JSON line per piece.
 
     python lab/replay_probe.py --tokens 33536 --label new > replay.jsonl
 """
@@ -16,6 +17,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from host_probe import attention_inputs, host_us, probe_cli
 
+from prism_mm.attention import prism_attention_forward
 from prism_mm.kernels import sparse_call
 from prism_mm.kernels.launch import _current_stream
 from prism_mm.stats import PrismStats
@@ -70,6 +72,13 @@ def pieces(n: int, cpm: float, emit) -> None:
     }
     for i, kept in enumerate(replay.launches):
         cases[f"launch {i} ({getattr(kept.kernel, 'name', i)})"] = lambda kept=kept: kept(stream, values)
+    q1 = q[:, :, -1:]  # a decoding step over the same keys, after the layer's prefill record (made above)
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    a.prism_forward()
+    cases["prism_attention_forward, decoding"] = lambda: prism_attention_forward(a.mod, q1, k, v, None, scaling=d ** -0.5)
+    cases["transformers sdpa_attention_forward, decoding"] = lambda: sdpa_attention_forward(a.mod, q1, k, v, None,
+                                                                                             scaling=d ** -0.5)
     for name, fn in cases.items():
         emit({"what": "piece", "name": name, "tokens": n, "host_us": host_us(fn, cpm, calls=3 if "launch" in name
                                                                               or "attend" in name or "forward" in name
