@@ -3,9 +3,22 @@ import pytest
 import torch
 from conftest import DEVICE, rel_err
 from generators import dense_causal_attention
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from prism_mm import PrismConfig, RopeLayout, dense_attention, estimate, prism_attention
 from prism_mm.kernels import torch_ops
+
+
+class Ops(TorchDispatchMode):
+    """Records the names of the torch ops run inside it (what a host path asks of torch, op by op)."""
+
+    def __init__(self):
+        super().__init__()
+        self.names = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.append(str(func))
+        return func(*args, **(kwargs or {}))
 
 
 def qkv(b=1, hq=4, hkv=2, q_len=200, kv_len=200, d=64, dtype=torch.float32):
@@ -73,19 +86,8 @@ def test_a_decoding_step_after_the_prefill_is_dense_sdpa_and_nothing_else():
     """prism_attention_forward on one query token of a layer whose prefill is recorded: the output is dense attention's,
     the torch ops are exactly dense_attention's (no stats tensors, no launch of Prism's) and the prefill's record
     stays. The very first call of a layer with one token still records it."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-
     from prism_mm.attention import PrismLayer, prism_attention_forward
     from prism_mm.stats import PrismRunStats
-
-    class Ops(TorchDispatchMode):
-        def __init__(self):
-            super().__init__()
-            self.names = []
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            self.names.append(str(func))
-            return func(*args, **(kwargs or {}))
 
     q, k, v = qkv(q_len=1, kv_len=300)
     cfg = PrismConfig(block_size=32, min_sparse_len=0)
@@ -336,7 +338,7 @@ def test_a_sparse_layer_launches_three_kernels_and_no_torch_compute(monkeypatch)
     index): exactly three Triton launches (Q and K pooled together, the selection with every ladder step, the sparse
     attention) and, besides them, only four allocations and one view: no reduction for the stats' density, no copy, no host
     read (on a machine without CUDA the Triton kernels run in the CPU interpreter)."""
-    from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
+    from torch.utils._python_dispatch import _disable_current_modes
 
     from prism_mm.attention import PrismLayer, prism_attention_forward
     from prism_mm.kernels import block_sparse, estimate, pool
@@ -359,15 +361,6 @@ def test_a_sparse_layer_launches_three_kernels_and_no_torch_compute(monkeypatch)
                                (block_sparse, "sparse_launch", "_block_sparse_fwd")):
         assert getattr(module, attr).fn.__name__ == name
         monkeypatch.setattr(module, attr, Counted(name, getattr(module, attr)))
-
-    class Ops(TorchDispatchMode):
-        def __init__(self):
-            super().__init__()
-            self.names = []
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            self.names.append(str(func))
-            return func(*args, **(kwargs or {}))
 
     n, hq, hkv, d = 200, 4, 2, 64
     q = torch.randn(1, n, hq, d, device=DEVICE).transpose(1, 2)  # transformers' memory layout
