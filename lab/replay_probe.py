@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from host_probe import attention_inputs, host_us, probe_cli
@@ -36,7 +37,7 @@ def pieces(n: int, cpm: float, emit) -> None:
     sparse_call._replays.clear()
     ops.select_and_attend(q, k, v, spec, index, d ** -0.5)
     (replay,) = sparse_call._replays.values()
-    stream = _current_stream(q.device.index)
+    stream = _current_stream(replay.launch_device)
     out, sel = replay(q, k, v, index)
     scratch = torch.empty(replay.scratch_elems, device=q.device, dtype=torch.int32)
     values = {"q": q.data_ptr(), "k": k.data_ptr(), "v": v.data_ptr(), "high_pos": index.high_pos.data_ptr(),
@@ -66,15 +67,13 @@ def pieces(n: int, cpm: float, emit) -> None:
         "torch.empty(counts)": lambda: torch.empty(replay.counts_shape, device=q.device, dtype=torch.int32),
         "9 data_ptr": lambda: [t.data_ptr() for t in (q, k, v, q, k, v, q, k, v)],
         "2 descriptor copies": lambda: (sparse_call._on(replay.descriptors[0], k), sparse_call._on(replay.descriptors[1], v)),
-        "current stream": lambda: _current_stream(q.device.index),
+        "current stream": lambda: _current_stream(replay.launch_device),
         "torch.cuda.current_device": torch.cuda.current_device,
         "PrismStats.of_selection": lambda: PrismStats.of_selection(sel),
     }
     for i, kept in enumerate(replay.launches):
         cases[f"launch {i} ({getattr(kept.kernel, 'name', i)})"] = lambda kept=kept: kept(stream, values)
     q1 = q[:, :, -1:]  # a decoding step over the same keys, after the layer's prefill record (made above)
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
     a.prism_forward()
     cases["prism_attention_forward, decoding"] = lambda: prism_attention_forward(a.mod, q1, k, v, None, scaling=d ** -0.5)
     cases["transformers sdpa_attention_forward, decoding"] = lambda: sdpa_attention_forward(a.mod, q1, k, v, None,

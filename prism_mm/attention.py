@@ -126,8 +126,8 @@ def _warn_fallback(reason: str, q_len: int, kv_len: int) -> None:
 def _attend(q, k, v, config: PrismConfig, spec: SelectSpec | None, index: BandIndex | None, scale: float, ops,
             reason: str, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, PrismStats]:
     """Selection (spec and index: config's recipe for q; None when `reason` is set) + sparse attention, or the one dense
-    path when `reason` (or a too dense selection) says so. Returns the output in transformers' layout [B, Lq, Hq, D] (contiguous when sparse)
-    and its PrismStats."""
+    path when `reason` (or a too dense selection) says so. Returns the output in transformers' layout [B, Lq, Hq, D]
+    (contiguous when sparse) and its PrismStats."""
     b, hq, q_len, d = q.shape
     selection = None
     if not reason and config.max_density >= 1.0:  # nothing to decide between selecting and attending: one op

@@ -433,7 +433,7 @@ def test_replay_launches_with_each_calls_own_tensors(monkeypatch):
     from prism_mm.kernels import sparse_call
 
     launched = []
-    monkeypatch.setattr(sparse_call, "launch",
+    monkeypatch.setattr(sparse_call, "run_on_stream",
                         lambda kernel, grid, stream, args, constants: launched.append((kernel, grid, stream, args, constants)))
 
     def tensors():

@@ -144,6 +144,10 @@ class CachedLaunch:
 def run_compiled(kernel, grid, device: int, args, constants) -> None:
     """Launch a compiled Triton kernel through its own launcher on `device`'s current stream, as Triton's dispatch
     ends up doing (no launch metadata, no hooks: callers check _hook_installed first)."""
-    g = (*grid, 1, 1)
-    kernel.run(g[0], g[1], g[2], _current_stream(device), kernel.function, kernel.packed_metadata,
-               None, None, None, *args, *constants)
+    run_on_stream(kernel, (*grid, 1, 1)[:3], _current_stream(device), args, constants)
+
+
+def run_on_stream(kernel, grid: tuple[int, int, int], stream: int, args, constants) -> None:
+    """run_compiled with the grid already three-dimensional and the stream resolved (for callers that launch several
+    kernels per call and keep their grids)."""
+    kernel.run(*grid, stream, kernel.function, kernel.packed_metadata, None, None, None, *args, *constants)

@@ -21,7 +21,7 @@ import math
 import torch
 
 from . import block_sparse, estimate, pool
-from .launch import _current_stream, _hook_installed, _knobs
+from .launch import _current_stream, _hook_installed, _knobs, run_on_stream
 from .layout import BandIndex, BlockSelection, SelectSpec
 
 MAX_REPLAYS = 256
@@ -29,8 +29,8 @@ _replays: dict = {}
 
 
 class _Launch:
-    """One kept launch: the compiled kernel's launcher, function and metadata, its constexpr values, the grid, and the
-    positional arguments with the per-call tensors left as roles (`slots`: (position, role))."""
+    """One kept launch: the compiled kernel and its constexpr values, the grid (three-dimensional), and the positional
+    arguments with the per-call tensors left as roles (`slots`: (position, role))."""
 
     __slots__ = ("kernel", "constants", "grid", "template", "slots")
 
@@ -52,12 +52,8 @@ class _Launch:
         args = self.template.copy()
         for i, role in self.slots:
             args[i] = values[role]
-        launch(self.kernel, self.grid, stream, args, self.constants)
+        run_on_stream(self.kernel, self.grid, stream, args, self.constants)
 
-
-def launch(kernel, grid: tuple[int, int, int], stream: int, args, constants) -> None:
-    """A compiled kernel through its own launcher on `stream` (run_compiled with the grid and stream resolved)."""
-    kernel.run(*grid, stream, kernel.function, kernel.packed_metadata, None, None, None, *args, *constants)
 
 
 class Replay:
@@ -76,8 +72,7 @@ class Replay:
                  kv_len: int):
         self.launches = launches
         self.device, self.launch_device = device, launch_device
-        self.buffer_elems, self.counts_shape, self.indices_shape, self.out_shape = (
-            buffer_elems, counts_shape, indices_shape, out_shape)
+        self.counts_shape, self.indices_shape, self.out_shape = counts_shape, indices_shape, out_shape
         self.indices_strides = tuple(math.prod(indices_shape[i + 1:]) for i in range(len(indices_shape)))
         self.buffer_offset = -(-math.prod(indices_shape) // 128) * 128  # int32 elements: 512 bytes
         self.scratch_elems = self.buffer_offset + buffer_elems  # the pooled buffer is fp32: 4 bytes, as int32
