@@ -543,10 +543,16 @@ def table(data: dict) -> list[str]:
     return lines
 
 
+def short_label(row: str) -> str:
+    """A row's name on the plot's axis: "Prism real" for the real-density row (its source is in the table)."""
+    row = row.replace("varlen vision + ", "varlen+").replace(" (sdpa)", "")
+    return "varlen+Prism real" if "real densities" in row else row
+
+
 def plot(data: dict, path: Path) -> None:
     """Per model, a stacked bar per (visual tokens, row): processor, vision tower, decoder + first token."""
     rows = data["rows"]
-    fig, panels = model_panels(rows, 7, 4.5)
+    fig, panels = model_panels(rows, 9, 5)
     stages = (("processor_s", "processor", "tab:gray"), ("vision_s", "vision tower", "tab:orange"),
               ("decoder_s", "decoder prefill + first token", "tab:blue"))
     for ax, model in panels:
@@ -558,7 +564,7 @@ def plot(data: dict, path: Path) -> None:
             ax.bar(xs, vals, bottom=bottom, color=color, label=label)
             bottom = vals if bottom is None else [a + b for a, b in zip(bottom, vals)]
         for x, r in zip(xs, mine):
-            labels.append(f"{r['visual_tokens'] // 1024}K\n{r['row'].replace('varlen vision + ', 'varlen+')}")
+            labels.append(f"{r['visual_tokens'] // 1024}K {short_label(r['row'])}")
             ax.text(x, r["first_token_s"], f"{r['speedup_vs_transformers']:.2f}x", ha="center", va="bottom", fontsize=7)
         ax.set_xticks(list(xs), labels, fontsize=6, rotation=90)
         ax.set(ylabel="seconds to the first token", title=f"{model.split('/')[-1]} on {data['meta']['device']}")
