@@ -1,6 +1,6 @@
 """Where the host time of one Prism attention call goes, piece by piece, on the replayed path (GPU held busy behind a
 sleep, as lab/host_probe.py measures). Each piece of select_and_attend's replay is timed alone: the key, the three
-allocations, the arguments, the descriptor copies, each of the three launches through the compiled kernel's launcher,
+allocations, the arguments, the descriptor copies, each of the three launches (DirectLaunch, and through the compiled kernel's launcher),
 and the record of the call (PrismStats.of_selection: its causal block count); also one decoding step, Prism's
 entry against transformers' SDPA entry. One JSON line per piece.
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from unittest import mock
 
 import torch
 import torch.nn.functional as F
@@ -44,7 +45,7 @@ def pieces(n: int, cpm: float, emit) -> None:
               "low_pos": index.low_pos.data_ptr(), "out": out.data_ptr(),
               "buffer": scratch.data_ptr() + 4 * replay.buffer_offset, "counts": sel.kv_num_blocks.data_ptr(),
               "indices": scratch.data_ptr()}
-    if replay.descriptors is not None:
+    if replay.descriptors is not None:  # for the launches through Triton's launchers
         values["k_desc"] = sparse_call._on(replay.descriptors[0], k)
         values["v_desc"] = sparse_call._on(replay.descriptors[1], v)
 
@@ -72,7 +73,17 @@ def pieces(n: int, cpm: float, emit) -> None:
         "PrismStats.of_selection": lambda: PrismStats.of_selection(sel),
     }
     for i, kept in enumerate(replay.launches):
-        cases[f"launch {i} ({getattr(kept.kernel, 'name', i)})"] = lambda kept=kept: kept(stream, values)
+        cases[f"launch {i} ({type(kept).__name__})"] = lambda kept=kept: kept(stream, values)
+    # the same kind of input replayed through Triton's launchers (no DirectLaunch), for an A/B in this run
+    sparse_call._replays.clear()
+    with mock.patch.object(sparse_call.DirectLaunch, "of", return_value=None):
+        ops.select_and_attend(q, k, v, spec, index, d ** -0.5)
+    (through,) = sparse_call._replays.values()
+    sparse_call._replays.clear()
+    sparse_call._replays[sparse_call._key(q, k, v, spec, index, d ** -0.5)] = replay
+    cases["replay through Triton's launchers"] = lambda: through(q, k, v, index)
+    for i, kept in enumerate(through.launches):
+        cases[f"launch {i} ({type(kept).__name__}, through Triton's launcher)"] = lambda kept=kept: kept(stream, values)
     q1 = q[:, :, -1:]  # a decoding step over the same keys, after the layer's prefill record (made above)
     a.prism_forward()
     cases["prism_attention_forward, decoding"] = lambda: prism_attention_forward(a.mod, q1, k, v, None, scaling=d ** -0.5)

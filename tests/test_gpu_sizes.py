@@ -191,11 +191,14 @@ def test_cached_launches_write_what_triton_dispatch_writes():
 def test_select_and_attend_replays_what_the_ops_launch():
     """select_and_attend's second call with inputs of the same kind replays the three kept launches (a Replay hit) and
     writes exactly the selection and output the ops write one by one, also for other K / V of that kind (the kept TMA
-    descriptors re-pointed, and holding no K / V between calls); transformers' [B, L, H, D] Q and a Q that is not
+    descriptors re-pointed or, through DirectLaunch on Triton 3.6, encoded per call from K's and V's addresses, and
+    holding no K / V between calls); transformers' [B, L, H, D] Q and a Q that is not
     16-byte aligned (a new kind: its own replay) both match; a launch hook installed (a profiler) takes the ops' path."""
+    import triton
     from triton import knobs
 
     from prism_mm.kernels import block_sparse, estimate, pool, sparse_call
+    from prism_mm.kernels.launch import DirectLaunch
 
     bs, n, hq, hkv, d = 128, 5000, 8, 2, 128
     bands = RopeLayout(head_dim=d).bands(64, 96)
@@ -225,6 +228,8 @@ def test_select_and_attend_replays_what_the_ops_launch():
     assert replay.hits == 1 and same(first, second) and same(by_ops(q), second)
     assert second[0].shape == (1, n, hq, d) and second[0].is_contiguous()
     assert replay.descriptors is not None and all(desc.base is None for desc in replay.descriptors)
+    if triton.__version__.startswith("3.6."):  # the launcher form DirectLaunch knows: all three go straight to C
+        assert all(isinstance(x, DirectLaunch) for x in replay.launches) and not replay.copies_descriptors
     k2, v2 = (torch.randn_like(k) for _ in range(2))
     other = sparse_call.select_and_attend(q, k2, v2, spec, index, 0.1)
     assert replay.hits == 2 and same(by_ops(q, k2, v2), other) and not torch.equal(other[0], second[0])

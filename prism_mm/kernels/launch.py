@@ -151,3 +151,80 @@ def run_on_stream(kernel, grid: tuple[int, int, int], stream: int, args, constan
     """run_compiled with the grid already three-dimensional and the stream resolved (for callers that launch several
     kernels per call and keep their grids)."""
     kernel.run(*grid, stream, kernel.function, kernel.packed_metadata, None, None, None, *args, *constants)
+
+
+class DirectLaunch:
+    """One compiled launch made straight through the C function below Triton 3.6's CudaLauncher, with the argument
+    list built once: `CudaLauncher.__call__` (scratch checks) and, for kernels with host TMA descriptors, Triton's
+    Python wrapper `inner` (a loop over every argument that expands each descriptor into its CUtensorMap, shape and
+    strides) are skipped. Per call: the stream, the tensors' device addresses and, per descriptor, one
+    `fill_tma_descriptor` on its new base with the geometry the first call's descriptor had.
+
+    `DirectLaunch.of(...)` returns None where the launcher is not of that form (another Triton, a kernel that needs
+    global or profile scratch, a descriptor Triton lowered without TMA or with padded fp4); callers then launch
+    through `run_on_stream`."""
+
+    __slots__ = ("descriptor_slots", "fill", "launch", "slots", "template")
+
+    @classmethod
+    def of(cls, kernel, grid: tuple[int, int, int], args, constants, roles, descriptors: dict):
+        """args: the positional arguments, their per-call entries given as roles (`roles[position]`); descriptors:
+        position -> (role of the base tensor, the first call's TensorDescriptor)."""
+        run = kernel.run
+        call = vars(type(run)).get("__call__")
+        if (type(run).__name__ != "CudaLauncher" or getattr(call, "__code__", None) is None
+                or call.__code__.co_argcount != 6  # 3.6: (self, gridX, gridY, gridZ, stream, function, *args)
+                or getattr(run, "global_scratch_size", 1) or getattr(run, "profile_scratch_size", 1)
+                or not hasattr(run, "launch_cooperative_grid") or not hasattr(run, "launch_pdl")):
+            return None
+        launch, meta = run.launch, {}
+        code = getattr(launch, "__code__", None)
+        if code is not None:  # Triton's descriptor wrapper around the C function
+            if sorted(code.co_freevars) != ["launcher", "tensordesc_indices", "tensordesc_meta"]:
+                return None
+            cells = {name: cell.cell_contents for name, cell in zip(code.co_freevars, launch.__closure__)}
+            positions, metas = sorted(cells["tensordesc_indices"]), cells["tensordesc_meta"]
+            if positions != sorted(descriptors) or len(metas) != len(positions) or any(m is None for m in metas):
+                return None
+            meta, launch = dict(zip(positions, metas)), cells["launcher"]
+        elif descriptors:
+            return None
+        from triton.runtime import driver
+
+        fill = getattr(driver.active.utils, "fill_tma_descriptor", None)
+        if descriptors and fill is None:
+            return None
+        from triton.backends.nvidia.driver import TMA_DTYPE_DEVICE_TO_HOST
+
+        self = cls()
+        self.launch, self.fill = launch, fill
+        # what Triton 3.6's launcher passes before the kernel's arguments: grid (3), stream, function, cooperative,
+        # pdl, global and profile scratch, the packed metadata, launch metadata and the two launch hooks
+        self.template = [*grid, None, kernel.function, run.launch_cooperative_grid, run.launch_pdl, None, None,
+                         kernel.packed_metadata, None, None, None]
+        self.slots, self.descriptor_slots = [], []
+        for i, arg in enumerate([*args, *constants]):
+            if i in descriptors:
+                role, desc = descriptors[i]
+                m = meta[i]
+                if m.get("fp4_padded") or list(desc.strides)[-1] != 1:
+                    return None
+                shape, strides = [int(s) for s in desc.shape], [int(s) for s in desc.strides]
+                geometry = (m["swizzle"], m["elem_size"], TMA_DTYPE_DEVICE_TO_HOST[m["elem_type"]], m["block_size"],
+                            shape, strides, 1 if desc.padding == "nan" else 0)
+                self.descriptor_slots.append((len(self.template), role, geometry))
+                self.template += [None, *shape, *strides]
+            else:
+                if i in roles:
+                    self.slots.append((len(self.template), roles[i]))
+                self.template.append(None if i in roles else arg)
+        return self
+
+    def __call__(self, stream: int, values: dict) -> None:
+        args = self.template.copy()
+        args[3] = stream
+        for i, role in self.slots:
+            args[i] = values[role]
+        for i, role, geometry in self.descriptor_slots:
+            args[i] = self.fill(values[role], *geometry)
+        self.launch(*args)

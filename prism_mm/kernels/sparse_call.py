@@ -6,9 +6,11 @@ launch checks its inputs, derives its arguments and keys its compiled kernel aga
 that work for inputs of one kind. So the first call of a kind (shapes, strides, dtypes, device, 16-byte alignment of
 q, k and v, the SelectSpec, the band dims, the scale, Triton's debug options) runs the three ops and keeps a `Replay`:
 each launch's compiled kernel, grid and arguments, with the per-call tensors marked by role. A later call of that kind
-makes three allocations (the output, the selection's counts, one scratch for its indices and the pooled bands), copies
-K's and V's kept TMA descriptors onto this call's K and V and launches the three compiled kernels through their own
-launchers, the tensors passed as device addresses. The outputs are fresh allocations, 16-byte aligned like the first
+makes three allocations (the output, the selection's counts, one scratch for its indices and the pooled bands) and
+launches the three compiled kernels, the tensors passed as device addresses: on Triton 3.6 straight through the C
+launch function below each kernel's launcher (launch.DirectLaunch: the argument lists built once, K's and V's TMA
+descriptors encoded from their addresses), elsewhere through the launchers, with K's and V's kept descriptors copied
+onto this call's K and V. The outputs are fresh allocations, 16-byte aligned like the first
 call's (the CUDA caching allocator's blocks are 512-byte aligned, the scratch's parts too), so they specialise the
 kernels as the first call's did.
 Where a launch is not kept (the interpreter, a kernel CachedLaunch does not cache) every call takes the ops' path, as
@@ -21,11 +23,18 @@ import math
 import torch
 
 from . import block_sparse, estimate, pool
-from .launch import _current_stream, _hook_installed, _knobs, run_on_stream
+from .launch import (
+    DirectLaunch,
+    _current_stream,
+    _hook_installed,
+    _knobs,
+    run_on_stream,
+)
 from .layout import BandIndex, BlockSelection, SelectSpec
 
 MAX_REPLAYS = 256
 _replays: dict = {}
+_BASE_OF = {"k_desc": "k", "v_desc": "v"}  # a descriptor's role -> its base tensor's role
 
 
 class _Launch:
@@ -79,6 +88,8 @@ class Replay:
         # K's and V's host TMA descriptors (the first call's, checked by Triton when made) as templates: each call
         # copies them (no checks re-run) with its own K / V as the base; the templates hold no tensor
         self.descriptors = descriptors
+        # a DirectLaunch encodes its descriptors from K's / V's addresses: no copies for it
+        self.copies_descriptors = descriptors is not None and not all(isinstance(x, DirectLaunch) for x in launches)
         if descriptors is not None:
             for desc in descriptors:
                 desc.base = None
@@ -96,7 +107,7 @@ class Replay:
         values = {"q": q.data_ptr(), "k": k.data_ptr(), "v": v.data_ptr(), "high_pos": bands.high_pos.data_ptr(),
                   "low_pos": bands.low_pos.data_ptr(), "out": out.data_ptr(), "buffer": at + 4 * self.buffer_offset,
                   "counts": counts.data_ptr(), "indices": at}
-        if self.descriptors is not None:
+        if self.copies_descriptors:
             values["k_desc"], values["v_desc"] = _on(self.descriptors[0], k), _on(self.descriptors[1], v)
         elif self.device_descriptors:
             block_sparse._ensure_tma_allocator()
@@ -165,9 +176,13 @@ def _through_ops(q, k, v, spec: SelectSpec, bands: BandIndex, scale: float, keep
         if entry is None:
             return out, selection, None
         try:
-            launches.append(_Launch(entry, grid, args, roles))
+            kept = _Launch(entry, grid, args, roles)
         except TypeError:  # an argument object this call alone has: not recorded
             return out, selection, None
+        kept_descriptors = {i: (_BASE_OF[role], args[i]) for i, role in kept.slots if role in _BASE_OF}
+        direct = DirectLaunch.of(kept.kernel, kept.grid, args, kept.constants,
+                                 {i: role for i, role in kept.slots if i not in kept_descriptors}, kept_descriptors)
+        launches.append(direct or kept)
     replay = Replay(launches, q.device, torch.cuda.current_device(), pq.buffer.numel(), tuple(selection.kv_num_blocks.shape),
                     tuple(selection.kv_indices.shape), tuple(out.shape), descriptors, sparse_kwargs["DESC"] == 1,
                     spec.block_size, q_len, k.shape[2])
