@@ -1,7 +1,7 @@
 """Where the host time of one Prism attention call goes, piece by piece, on the replayed path (GPU held busy behind a
 sleep, as lab/host_probe.py measures). Each piece of select_and_attend's replay is timed alone: the key, the three
-allocations, the arguments, the descriptor copies, each of the three launches (DirectLaunch, and through the compiled kernel's launcher),
-and the record of the call (PrismStats.of_selection: its causal block count); also one decoding step, Prism's
+allocations, the arguments, the descriptor copies (the fallback's), each of the three launches (DirectLaunch, and
+through the kernel's launcher), and the record of the call (PrismStats.of_selection: its causal block count); also one decoding step, Prism's
 entry against transformers' SDPA entry. One JSON line per piece.
 
     python lab/replay_probe.py --tokens 33536 --label new > replay.jsonl
@@ -67,13 +67,14 @@ def pieces(n: int, cpm: float, emit) -> None:
         "3 allocations + as_strided": allocations,
         "torch.empty(counts)": lambda: torch.empty(replay.counts_shape, device=q.device, dtype=torch.int32),
         "9 data_ptr": lambda: [t.data_ptr() for t in (q, k, v, q, k, v, q, k, v)],
-        "2 descriptor copies": lambda: (sparse_call._on(replay.descriptors[0], k), sparse_call._on(replay.descriptors[1], v)),
+        "2 descriptor copies (the fallback's)": lambda: (sparse_call._on(replay.descriptors[0], k), sparse_call._on(replay.descriptors[1], v)),
         "current stream": lambda: _current_stream(replay.launch_device),
         "torch.cuda.current_device": torch.cuda.current_device,
         "PrismStats.of_selection": lambda: PrismStats.of_selection(sel),
     }
     for i, kept in enumerate(replay.launches):
-        cases[f"launch {i} ({type(kept).__name__})"] = lambda kept=kept: kept(stream, values)
+        name = f"launch {i} ({getattr(kept.kernel, 'name', i)}, {type(kept).__name__})"
+        cases[name] = lambda kept=kept: kept(stream, values)
     # the same kind of input replayed through Triton's launchers (no DirectLaunch), for an A/B in this run
     sparse_call._replays.clear()
     with mock.patch.object(sparse_call.DirectLaunch, "of", return_value=None):
@@ -83,7 +84,8 @@ def pieces(n: int, cpm: float, emit) -> None:
     sparse_call._replays[sparse_call._key(q, k, v, spec, index, d ** -0.5)] = replay
     cases["replay through Triton's launchers"] = lambda: through(q, k, v, index)
     for i, kept in enumerate(through.launches):
-        cases[f"launch {i} ({type(kept).__name__}, through Triton's launcher)"] = lambda kept=kept: kept(stream, values)
+        name = f"launch {i} ({getattr(kept.kernel, 'name', i)}, through Triton's launcher)"
+        cases[name] = lambda kept=kept: kept(stream, values)
     q1 = q[:, :, -1:]  # a decoding step over the same keys, after the layer's prefill record (made above)
     a.prism_forward()
     cases["prism_attention_forward, decoding"] = lambda: prism_attention_forward(a.mod, q1, k, v, None, scaling=d ** -0.5)

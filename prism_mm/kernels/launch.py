@@ -164,7 +164,7 @@ class DirectLaunch:
     global or profile scratch, a descriptor Triton lowered without TMA or with padded fp4); callers then launch
     through `run_on_stream`."""
 
-    __slots__ = ("descriptor_slots", "fill", "launch", "slots", "template")
+    __slots__ = ("descriptor_slots", "fill", "kernel", "launch", "slots", "template")
 
     @classmethod
     def of(cls, kernel, grid: tuple[int, int, int], args, constants, roles, descriptors: dict):
@@ -189,14 +189,20 @@ class DirectLaunch:
             meta, launch = dict(zip(positions, metas)), cells["launcher"]
         elif descriptors:
             return None
-        from triton.runtime import driver
-
-        fill = getattr(driver.active.utils, "fill_tma_descriptor", None)
-        if descriptors and fill is None:
+        try:
+            from triton.backends.nvidia import driver as nvidia
+            from triton.runtime import driver
+        except ImportError:
             return None
-        from triton.backends.nvidia.driver import TMA_DTYPE_DEVICE_TO_HOST
+        if getattr(nvidia, "_BASE_ARGS_FORMAT", None) != "iiiKKppOOOOOO":  # the 13 leading arguments built below
+            return None
+        fill = getattr(driver.active.utils, "fill_tma_descriptor", None)
+        to_host = getattr(nvidia, "TMA_DTYPE_DEVICE_TO_HOST", None)
+        if descriptors and (fill is None or to_host is None):
+            return None
 
         self = cls()
+        self.kernel = kernel  # kept alive with its function handle
         self.launch, self.fill = launch, fill
         # what Triton 3.6's launcher passes before the kernel's arguments: grid (3), stream, function, cooperative,
         # pdl, global and profile scratch, the packed metadata, launch metadata and the two launch hooks
@@ -210,7 +216,7 @@ class DirectLaunch:
                 if m.get("fp4_padded") or list(desc.strides)[-1] != 1:
                     return None
                 shape, strides = [int(s) for s in desc.shape], [int(s) for s in desc.strides]
-                geometry = (m["swizzle"], m["elem_size"], TMA_DTYPE_DEVICE_TO_HOST[m["elem_type"]], m["block_size"],
+                geometry = (m["swizzle"], m["elem_size"], to_host[m["elem_type"]], m["block_size"],
                             shape, strides, 1 if desc.padding == "nan" else 0)
                 self.descriptor_slots.append((len(self.template), role, geometry))
                 self.template += [None, *shape, *strides]

@@ -7,10 +7,10 @@ that work for inputs of one kind. So the first call of a kind (shapes, strides, 
 q, k and v, the SelectSpec, the band dims, the scale, Triton's debug options) runs the three ops and keeps a `Replay`:
 each launch's compiled kernel, grid and arguments, with the per-call tensors marked by role. A later call of that kind
 makes three allocations (the output, the selection's counts, one scratch for its indices and the pooled bands) and
-launches the three compiled kernels, the tensors passed as device addresses: on Triton 3.6 straight through the C
-launch function below each kernel's launcher (launch.DirectLaunch: the argument lists built once, K's and V's TMA
-descriptors encoded from their addresses), elsewhere through the launchers, with K's and V's kept descriptors copied
-onto this call's K and V. The outputs are fresh allocations, 16-byte aligned like the first
+launches the three compiled kernels, the tensors passed as device addresses: where the launcher has Triton 3.6's
+form, straight through the C launch function below it (launch.DirectLaunch: the argument lists built once, K's and
+V's TMA descriptors encoded from their addresses), else through the launcher, with K's and V's kept descriptors
+copied onto this call's K and V. The outputs are fresh allocations, 16-byte aligned like the first
 call's (the CUDA caching allocator's blocks are 512-byte aligned, the scratch's parts too), so they specialise the
 kernels as the first call's did.
 Where a launch is not kept (the interpreter, a kernel CachedLaunch does not cache) every call takes the ops' path, as
@@ -85,11 +85,13 @@ class Replay:
         self.indices_strides = tuple(math.prod(indices_shape[i + 1:]) for i in range(len(indices_shape)))
         self.buffer_offset = -(-math.prod(indices_shape) // 128) * 128  # int32 elements: 512 bytes
         self.scratch_elems = self.buffer_offset + buffer_elems  # the pooled buffer is fp32: 4 bytes, as int32
-        # K's and V's host TMA descriptors (the first call's, checked by Triton when made) as templates: each call
-        # copies them (no checks re-run) with its own K / V as the base; the templates hold no tensor
+        # K's and V's host TMA descriptors (the first call's, checked by Triton when made) as templates: where the
+        # sparse launch is a _Launch, each call copies them (no checks re-run) with its own K / V as the base; the
+        # templates hold no tensor
         self.descriptors = descriptors
-        # a DirectLaunch encodes its descriptors from K's / V's addresses: no copies for it
-        self.copies_descriptors = descriptors is not None and not all(isinstance(x, DirectLaunch) for x in launches)
+        # a DirectLaunch encodes its descriptors from K's / V's addresses; only a _Launch that takes them needs copies
+        self.copies_descriptors = any(isinstance(x, _Launch) and any(role in _BASE_OF for _, role in x.slots)
+                                      for x in launches)
         if descriptors is not None:
             for desc in descriptors:
                 desc.base = None
