@@ -1,0 +1,91 @@
+"""Experiment (sixth session): is file decoding worth parallelising? It is the stage before the processor that
+video_e2e does not time. A 720p H.264 clip is written (PyAV, libx264 ultrafast, key frame every 250 frames, a moving
+square over a gradient with a sparse noise texture, ~35 Mbit/s). Then, at qwen-vl-utils' 2 fps sampling:
+- one decord reader as qwen-vl-utils opens it (num_threads=0: ffmpeg's own threads);
+- the same reader with one thread;
+- the sorted indices split into W contiguous runs, each decoded by its own one-thread reader in a thread (decord
+  calls release the GIL), checked equal to the single reader's frames.
+Also timed: qwen-vl-utils' bicubic antialiased resize to 420x784, the per-frame size video_e2e uses. One JSON line
+per measurement.
+
+    python lab/decode_probe.py --seconds 60 --workers 1 2 4 > decode.jsonl
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import av
+import decord
+import numpy as np
+import torch
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms import functional as tvf
+
+
+def write_clip(path: str, seconds: float, fps: int = 30, height: int = 720, width: int = 1280) -> int:
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:height, 0:width]
+    background = np.stack([xx * 255 // (width - 1), yy * 255 // (height - 1), np.full_like(xx, 96)], -1).astype(np.uint8)
+    n = int(seconds * fps)
+    with av.open(path, mode="w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.options = {"preset": "ultrafast", "g": "250"}
+        for i in range(n):
+            frame = background.copy()
+            x0 = int((width - 120) * i / n)
+            frame[200:320, x0:x0 + 120] = (220, 30, 30)
+            frame[::7, ::5] = rng.integers(0, 255, frame[::7, ::5].shape, dtype=np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return n
+
+
+def in_runs(path: str, indices: list[int], workers: int) -> np.ndarray:
+    size = -(-len(indices) // workers)
+    parts = [indices[i:i + size] for i in range(0, len(indices), size)]
+    with ThreadPoolExecutor(max_workers=len(parts)) as pool:
+        arrays = list(pool.map(lambda p: decord.VideoReader(path, num_threads=1).get_batch(p).asnumpy(), parts))
+    return np.concatenate(arrays)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seconds", type=float, default=60.0)
+    ap.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])
+    ap.add_argument("--repeats", type=int, default=2)
+    args = ap.parse_args()
+    emit = lambda **r: print(json.dumps({"cores": os.cpu_count(), **r}), flush=True)  # noqa: E731
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "clip.mp4")
+        t0 = time.perf_counter()
+        n = write_clip(path, args.seconds)
+        emit(what="clip", frames=n, seconds=args.seconds, mbytes=os.path.getsize(path) / 2**20,
+             write_s=time.perf_counter() - t0)
+        indices = torch.linspace(0, n - 1, int(args.seconds * 2)).round().long().tolist()
+        reference = decord.VideoReader(path).get_batch(indices).asnumpy()  # warms the file cache too
+        for _ in range(args.repeats):
+            for threads in (0, 1):
+                t0 = time.perf_counter()
+                decord.VideoReader(path, num_threads=threads).get_batch(indices).asnumpy()
+                emit(what="one reader", num_threads=threads, frames=len(indices), s=time.perf_counter() - t0)
+            for w in args.workers:
+                t0 = time.perf_counter()
+                got = in_runs(path, indices, w)
+                emit(what="runs", workers=w, frames=len(indices), s=time.perf_counter() - t0,
+                     equal=bool(np.array_equal(got, reference)))
+        video = torch.from_numpy(reference).permute(0, 3, 1, 2)
+        t0 = time.perf_counter()
+        tvf.resize(video, [420, 784], interpolation=InterpolationMode.BICUBIC, antialias=True)
+        emit(what="resize to 420x784", frames=len(indices), s=time.perf_counter() - t0)
+
+
+if __name__ == "__main__":
+    main()
