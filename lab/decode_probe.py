@@ -62,7 +62,7 @@ def main():
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])
     ap.add_argument("--repeats", type=int, default=2)
     args = ap.parse_args()
-    emit = lambda **r: print(json.dumps({"cores": os.cpu_count(), **r}), flush=True)  # noqa: E731
+    emit = lambda **r: print(json.dumps({"cores": os.cpu_count(), **r}), flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "clip.mp4")
         t0 = time.perf_counter()
