@@ -285,3 +285,19 @@ def test_processor_makes_the_pixels_on_the_gpu_as_on_the_cpu():
         got = gpu[key].cpu()
         assert torch.allclose(got.float(), value.float(), rtol=1e-6, atol=1e-6) if key == "pixel_values_videos" \
             else torch.equal(got, value), key
+
+
+def test_frames_resized_on_the_gpu_as_on_the_cpu():
+    """resize_frames on the GPU (the pipeline's path when the model is on one): 720p uint8 frames to 420x784 with
+    qwen-vl-utils' filter, in chunks, back on the CPU as uint8; every value within one level of the CPU resize and
+    at least 99% of them equal (the float rounding of the two devices differs only at rounding boundaries)."""
+    pytest.importorskip("torchvision")
+    from prism_mm.pipelines.video import RESIZE_CHUNK, resize_frames
+
+    frames = torch.randint(0, 256, (RESIZE_CHUNK + 3, 3, 720, 1280), dtype=torch.uint8,
+                           generator=torch.Generator().manual_seed(0))
+    gpu, cpu = resize_frames(frames, (420, 784), "cuda"), resize_frames(frames, (420, 784))
+    assert gpu.device.type == "cpu" and gpu.dtype == torch.uint8
+    assert gpu.shape == cpu.shape == (RESIZE_CHUNK + 3, 3, 420, 784)
+    diff = (gpu.int() - cpu.int()).abs()
+    assert int(diff.max()) <= 1 and float((diff == 0).float().mean()) >= 0.99

@@ -54,6 +54,49 @@ def test_sampling_obeys_pixel_limits_and_time_range(clip):
     assert all(8 <= i <= 24 for i in meta["frames_indices"]) and part.shape[0] == 4
 
 
+@pytest.mark.parametrize("model_type,kw", [
+    ("qwen2_5_vl", dict(fps=2.0)), ("qwen2_5_vl", dict(fps=4.0, max_frames=6)),
+    ("qwen2_5_vl", dict(fps=2.0, max_pixels=28 * 28 * 8, min_pixels=28 * 28 * 4)),
+    ("qwen3_vl", dict(fps=4.0, total_pixels=32 * 32 * 24, min_pixels=32 * 32 * 2)),
+    ("qwen2_5_vl", dict(fps=4.0, total_pixels=28 * 28 * 40, min_pixels=28 * 28)),
+    ("qwen2_5_vl", dict(fps=3.0, start=1.0, end=3.5))])
+def test_sampling_equals_qwen_vl_utils_fetch_video(clip, model_type, kw):
+    """sample_frames reads and sizes the frames itself (to resize them where the processor runs): its frames are
+    exactly fetch_video's (rounded to uint8 as the pipeline used them) and its metadata is fetch_video's."""
+    from qwen_vl_utils import fetch_video
+
+    from prism_mm.pipelines.video import MODEL_PATCH
+
+    opts = VideoOptions(**kw)
+    ele = {"video": clip, "fps": opts.fps}
+    for key, value in (("max_frames", opts.max_frames), ("min_pixels", opts.min_pixels), ("max_pixels", opts.max_pixels),
+                       ("total_pixels", opts.total_pixels), ("video_start", opts.start), ("video_end", opts.end)):
+        if value is not None:
+            ele[key] = value
+    if opts.max_frames is not None:
+        ele["min_frames"] = min(4, opts.max_frames)
+    (expected, expected_meta), _ = fetch_video(ele, image_patch_size=MODEL_PATCH[model_type], return_video_sample_fps=True,
+                                               return_video_metadata=True)
+    frames, meta, _ = sample_frames(clip, opts, model_type)
+    assert frames.dtype == torch.uint8 and torch.equal(frames, expected.round().clamp(0, 255).to(torch.uint8))
+    assert meta == expected_meta
+
+
+def test_resize_in_chunks_equals_one_resize(monkeypatch):
+    """resize_frames resizes RESIZE_CHUNK frames at a time into one uint8 tensor: equal to one bicubic antialiased
+    resize of all frames (qwen-vl-utils' filter), for a chunk size that does not divide the frame count."""
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms import functional as tvf
+
+    from prism_mm.pipelines import video
+
+    frames = torch.randint(0, 256, (11, 3, 45, 70), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    monkeypatch.setattr(video, "RESIZE_CHUNK", 4)
+    got = video.resize_frames(frames, (28, 56))
+    expected = tvf.resize(frames, [28, 56], interpolation=InterpolationMode.BICUBIC, antialias=True)
+    assert got.shape == (11, 3, 28, 56) and got.dtype == torch.uint8 and torch.equal(got, expected)
+
+
 def test_inputs_count_visual_tokens(clip, tiny):
     from transformers import AutoConfig, AutoProcessor
 

@@ -168,13 +168,14 @@ class VideoSession:
             self.attn = attn
 
     def prepare(self, video: str, question: str, options: VideoOptions | None = None) -> PreparedVideo:
-        """Decode and sample the video, build the chat prompt and the processor tensors (the pixels on the session's
-        GPU when it has one: the processor normalises and patchifies them there)."""
+        """Decode and sample the video, build the chat prompt and the processor tensors (on the session's GPU when
+        it has one, the frames are resized there and the processor normalises and patchifies them there)."""
         t0 = time.perf_counter()
         cuda = self.device.startswith("cuda")
         with tqdm(total=1, desc="decoding video", disable=not self.progress, leave=False) as bar:
+            on_gpu = self.device if cuda else None
             prepared = build_inputs(self.processor, self.model.config, video, question, options or VideoOptions(),
-                                    device=self.device if cuda else None)
+                                    device=on_gpu, resize_device=on_gpu)
             if cuda:
                 torch.cuda.synchronize(self.device)  # the processor's GPU work belongs to this stage's time
             bar.update(1)

@@ -167,8 +167,15 @@ def _quiet_backend_choice(fetch_video) -> None:
             choose()
 
 
-def sample_frames(path: str, opts: VideoOptions, model_type: str):
-    """Decode, sample and resize with qwen-vl-utils. Returns (frames uint8 [T,3,H,W], metadata, info)."""
+RESIZE_CHUNK = 16  # frames moved to the device and resized at a time (4K frames: ~1.6 GB of float copies there)
+
+
+def sample_frames(path: str, opts: VideoOptions, model_type: str, device: str | None = None):
+    """Sample, decode and resize as qwen-vl-utils' fetch_video does. Returns (frames uint8 [T,3,H,W], metadata,
+    info). With decord, the frames are read here with qwen-vl-utils' frame choice and sizing (the same frames and
+    metadata as fetch_video's, tested) and resized on `device` (None: the CPU; the frames come back to the CPU
+    either way); on a GPU its float rounding may move a value by one level against the CPU's. Without decord,
+    fetch_video reads and resizes on the CPU."""
     fetch_video = require("qwen_vl_utils", "video", "sampling video frames").fetch_video
 
     _quiet_backend_choice(fetch_video)
@@ -181,6 +188,8 @@ def sample_frames(path: str, opts: VideoOptions, model_type: str):
             ele[key] = value
     if opts.max_frames is not None:
         ele["min_frames"] = min(4, opts.max_frames)
+    if info.backend == "decord":
+        return _sample_decord(path, ele, info, MODEL_PATCH[model_type], device)
     try:
         (video, metadata), _ = fetch_video(ele, image_patch_size=MODEL_PATCH[model_type],
                                            return_video_sample_fps=True, return_video_metadata=True)
@@ -189,17 +198,78 @@ def sample_frames(path: str, opts: VideoOptions, model_type: str):
     return video.round().clamp(0, 255).to(torch.uint8), metadata, info
 
 
+def _sample_decord(path: str, ele: dict, info: VideoInfo, patch: int, device: str | None):
+    import decord
+
+    try:
+        indices, in_range = _frame_choice(ele, info.frames, info.fps)
+        with native_stderr_captured() as native:
+            try:
+                frames = decord.VideoReader(path).get_batch(indices).asnumpy()  # ffmpeg's own threads, as qwen-vl-utils
+            except Exception as e:  # noqa: BLE001 - decord raises its own error types
+                first = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
+                raise VideoError(f"cannot decode frames of {path} ({_native_reason(native, first)}); re-encode it, "
+                                 "e.g. ffmpeg -i in.mp4 -c:v libx264 out.mp4") from None
+        frames = torch.from_numpy(frames).permute(0, 3, 1, 2)
+        size = _frame_size(ele, frames.shape[0], frames.shape[-2], frames.shape[-1], patch)
+    except VideoError:
+        raise
+    except ValueError as e:  # qwen-vl-utils' checks of the range and the frame counts
+        raise VideoError(f"cannot sample frames from {path}: {e}") from None
+    metadata = {"fps": info.fps, "frames_indices": indices, "total_num_frames": in_range, "video_backend": "decord"}
+    return resize_frames(frames, size, device), metadata, info
+
+
+def _frame_choice(ele: dict, total_frames: int, video_fps: float) -> tuple[list[int], int]:
+    """qwen-vl-utils' sampled frame indices for `ele` (fps / nframes, min / max_frames, video_start / video_end) and
+    the number of frames in its time range, computed as its decord reader does, with its helpers."""
+    from qwen_vl_utils.vision_process import calculate_video_frame_range, smart_nframes
+
+    start, end, in_range = calculate_video_frame_range(ele, total_frames, video_fps)
+    n = smart_nframes(ele, total_frames=in_range, video_fps=video_fps)
+    return torch.linspace(start, end, n).round().long().tolist(), in_range
+
+
+def _frame_size(ele: dict, frames: int, height: int, width: int, patch: int) -> tuple[int, int]:
+    """qwen-vl-utils' (height, width) for `frames` frames of height x width under ele's min_pixels, max_pixels and
+    total_pixels (its defaults for missing keys), as its fetch_video sizes a video."""
+    from qwen_vl_utils import vision_process as vp
+
+    factor = patch * vp.SPATIAL_MERGE_SIZE
+    floor = ele.get("min_pixels", vp.VIDEO_MIN_TOKEN_NUM * factor * factor)
+    budget = ele.get("total_pixels", vp.MODEL_SEQ_LEN * factor * factor * 0.9)
+    cap = max(min(vp.VIDEO_MAX_TOKEN_NUM * factor * factor, budget / frames * vp.FRAME_FACTOR), int(floor * 1.05))
+    return vp.smart_resize(height, width, factor=factor, min_pixels=floor, max_pixels=min(ele.get("max_pixels", cap), cap))
+
+
+def resize_frames(frames: torch.Tensor, size: tuple[int, int], device: str | None = None) -> torch.Tensor:
+    """uint8 CPU frames [T, 3, H, W] resized to size (height, width) with qwen-vl-utils' filter (bicubic,
+    antialiased) on `device` (None: the CPU), RESIZE_CHUNK frames at a time; returned as uint8 on the CPU, where the
+    processor takes them as it always has."""
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms import functional as tvf
+
+    target = torch.device("cpu" if device is None else device)
+    out = torch.empty((frames.shape[0], frames.shape[1], *size), dtype=torch.uint8)
+    for i in range(0, frames.shape[0], RESIZE_CHUNK):
+        part = frames[i:i + RESIZE_CHUNK].to(target)
+        out[i:i + RESIZE_CHUNK] = tvf.resize(part, list(size), interpolation=InterpolationMode.BICUBIC,
+                                             antialias=True).cpu()
+    return out
+
+
 def build_inputs(processor, model_config, video_path: str, question: str, opts: VideoOptions,
-                 device: str | None = None) -> PreparedVideo:
+                 device: str | None = None, resize_device: str | None = None) -> PreparedVideo:
     """Chat prompt with one video and a question -> processor tensors, plus what was used.
 
     device: where the video processor rescales, normalises and patchifies the frames (transformers' `device`
     argument; None: the CPU). With the model's GPU, the uint8 frames travel there and the float pixels are made there.
+    resize_device: where the decoded frames are resized to the sampled size (sample_frames; None: the CPU).
     """
     model_type = model_config.model_type
     if model_type not in MODEL_PATCH:
         raise VideoError(f"video input needs a Qwen-VL model ({', '.join(MODEL_PATCH)}), got {model_type!r}")
-    frames, metadata, info = sample_frames(video_path, opts, model_type)
+    frames, metadata, info = sample_frames(video_path, opts, model_type, resize_device)
     messages = [{"role": "user", "content": [{"type": "video", "video": video_path}, {"type": "text", "text": question}]}]
     text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     meta = {"fps": float(metadata["fps"]), "frames_indices": list(metadata["frames_indices"]),
