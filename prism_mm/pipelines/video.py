@@ -2,8 +2,9 @@
 
 Decoding: decord (PyAV via torchvision only if decord is missing); frame sampling by fps and/or a
 frame cap within an optional [start, end] time range, and resizing under min/max/total pixel
-budgets, both by qwen-vl-utils (the reference Qwen-VL preprocessing). Every bad input raises a
-VideoError whose message names the fix.
+budgets, both by qwen-vl-utils' rules (the reference Qwen-VL preprocessing: with decord computed
+here with its helpers, so the resize can run on the session's GPU; else its fetch_video). Every
+bad input raises a VideoError whose message names the fix.
 """
 from __future__ import annotations
 
