@@ -65,17 +65,10 @@ def test_sampling_equals_qwen_vl_utils_fetch_video(clip, model_type, kw):
     exactly fetch_video's (rounded to uint8 as the pipeline used them) and its metadata is fetch_video's."""
     from qwen_vl_utils import fetch_video
 
-    from prism_mm.pipelines.video import MODEL_PATCH
+    from prism_mm.pipelines.video import MODEL_PATCH, fetch_video_request
 
     opts = VideoOptions(**kw)
-    ele = {"video": clip, "fps": opts.fps}
-    for key, value in (("max_frames", opts.max_frames), ("min_pixels", opts.min_pixels), ("max_pixels", opts.max_pixels),
-                       ("total_pixels", opts.total_pixels), ("video_start", opts.start), ("video_end", opts.end)):
-        if value is not None:
-            ele[key] = value
-    if opts.max_frames is not None:
-        ele["min_frames"] = min(4, opts.max_frames)
-    (expected, expected_meta), _ = fetch_video(ele, image_patch_size=MODEL_PATCH[model_type], return_video_sample_fps=True,
+    (expected, expected_meta), _ = fetch_video(fetch_video_request(clip, opts), image_patch_size=MODEL_PATCH[model_type], return_video_sample_fps=True,
                                                return_video_metadata=True)
     frames, meta, _ = sample_frames(clip, opts, model_type)
     assert frames.dtype == torch.uint8 and torch.equal(frames, expected.round().clamp(0, 255).to(torch.uint8))

@@ -168,6 +168,18 @@ def _quiet_backend_choice(fetch_video) -> None:
             choose()
 
 
+def fetch_video_request(path: str, opts: VideoOptions) -> dict:
+    """The request dict qwen-vl-utils' fetch_video takes for `opts` (what sample_frames samples by)."""
+    ele = {"video": path, "fps": opts.fps}
+    for key, value in (("max_frames", opts.max_frames), ("min_pixels", opts.min_pixels), ("max_pixels", opts.max_pixels),
+                       ("total_pixels", opts.total_pixels), ("video_start", opts.start), ("video_end", opts.end)):
+        if value is not None:
+            ele[key] = value
+    if opts.max_frames is not None:
+        ele["min_frames"] = min(4, opts.max_frames)
+    return ele
+
+
 RESIZE_CHUNK = 16  # frames moved to the device and resized at a time (4K frames: ~1.6 GB of float copies there)
 
 
@@ -182,13 +194,7 @@ def sample_frames(path: str, opts: VideoOptions, model_type: str, device: str | 
     _quiet_backend_choice(fetch_video)
     info = probe(path)
     check_range(info, opts)
-    ele = {"video": path, "fps": opts.fps}
-    for key, value in (("max_frames", opts.max_frames), ("min_pixels", opts.min_pixels), ("max_pixels", opts.max_pixels),
-                       ("total_pixels", opts.total_pixels), ("video_start", opts.start), ("video_end", opts.end)):
-        if value is not None:
-            ele[key] = value
-    if opts.max_frames is not None:
-        ele["min_frames"] = min(4, opts.max_frames)
+    ele = fetch_video_request(path, opts)
     if info.backend == "decord":
         return _sample_decord(path, ele, info, MODEL_PATCH[model_type], device)
     try:
