@@ -1,8 +1,8 @@
 """Where the host time of one Prism attention call goes, piece by piece, on the replayed path (GPU held busy behind a
 sleep, as lab/host_probe.py measures). Each piece of select_and_attend's replay is timed alone: the key, the three
 allocations, the arguments, the descriptor copies (the fallback's), each of the three launches (DirectLaunch, and
-through the kernel's launcher), and the record of the call (PrismStats.of_selection: its causal block count); also one decoding step, Prism's
-entry against transformers' SDPA entry. One JSON line per piece.
+through the kernel's launcher), and the record of the call (PrismStats.of_selection: its causal block count); also
+one decoding step, Prism's entry against transformers' SDPA entry. One JSON line per piece.
 
     python lab/replay_probe.py --tokens 33536 --label new > replay.jsonl
 """

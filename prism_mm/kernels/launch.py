@@ -169,7 +169,7 @@ class DirectLaunch:
     @classmethod
     def of(cls, kernel, grid: tuple[int, int, int], args, constants, roles, descriptors: dict):
         """args: the positional arguments, their per-call entries given as roles (`roles[position]`); descriptors:
-        position -> (role of the base tensor, the first call's TensorDescriptor)."""
+        position -> (role of the base tensor, the first call's TensorDescriptor), which take precedence over roles."""
         run = kernel.run
         call = vars(type(run)).get("__call__")
         if (type(run).__name__ != "CudaLauncher" or getattr(call, "__code__", None) is None

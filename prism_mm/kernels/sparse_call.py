@@ -182,8 +182,7 @@ def _through_ops(q, k, v, spec: SelectSpec, bands: BandIndex, scale: float, keep
         except TypeError:  # an argument object this call alone has: not recorded
             return out, selection, None
         kept_descriptors = {i: (_BASE_OF[role], args[i]) for i, role in kept.slots if role in _BASE_OF}
-        direct = DirectLaunch.of(kept.kernel, kept.grid, args, kept.constants,
-                                 {i: role for i, role in kept.slots if i not in kept_descriptors}, kept_descriptors)
+        direct = DirectLaunch.of(kept.kernel, kept.grid, args, kept.constants, dict(kept.slots), kept_descriptors)
         launches.append(direct or kept)
     replay = Replay(launches, q.device, torch.cuda.current_device(), pq.buffer.numel(), tuple(selection.kv_num_blocks.shape),
                     tuple(selection.kv_indices.shape), tuple(out.shape), descriptors, sparse_kwargs["DESC"] == 1,

@@ -96,6 +96,12 @@ def native_stderr_captured():
             lines.extend(line.strip() for line in sink.read().decode(errors="replace").splitlines() if line.strip())
 
 
+def _first_line(error: Exception) -> str:
+    """An exception's first message line (120 characters at most), or its type's name when it has no message."""
+    text = str(error).strip()
+    return text.splitlines()[0][:120] if text else type(error).__name__
+
+
 def _native_reason(lines: list[str], fallback: str) -> str:
     """The most telling native log line ("moov atom not found"), without its "[decoder @ 0x...]" prefix."""
     for line in lines:
@@ -124,7 +130,7 @@ def probe(path: str) -> VideoInfo:
                 if frames > 1:
                     vr[frames - 1]  # a truncated file fails here rather than mid-sampling
             except Exception as e:  # noqa: BLE001 - decord raises its own error types
-                error = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
+                error = _first_line(e)
         if error is not None:
             raise VideoError(f"cannot decode {path}: not a video or corrupt ({_native_reason(native, error)}); "
                              "re-encode it, e.g. ffmpeg -i in.mp4 -c:v libx264 out.mp4")
@@ -210,13 +216,15 @@ def _sample_decord(path: str, ele: dict, info: VideoInfo, patch: int, device: st
 
     try:
         indices, in_range = _frame_choice(ele, info.frames, info.fps)
-        with native_stderr_captured() as native:
+        error = None
+        with native_stderr_captured() as native:  # its lines are there once the block has ended
             try:
                 frames = decord.VideoReader(path).get_batch(indices).asnumpy()  # ffmpeg's own threads, as qwen-vl-utils
             except Exception as e:  # noqa: BLE001 - decord raises its own error types
-                first = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
-                raise VideoError(f"cannot decode frames of {path} ({_native_reason(native, first)}); re-encode it, "
-                                 "e.g. ffmpeg -i in.mp4 -c:v libx264 out.mp4") from None
+                error = _first_line(e)
+        if error is not None:
+            raise VideoError(f"cannot decode frames of {path} ({_native_reason(native, error)}); re-encode it, "
+                             "e.g. ffmpeg -i in.mp4 -c:v libx264 out.mp4")
         frames = torch.from_numpy(frames).permute(0, 3, 1, 2)
         size = _frame_size(ele, frames.shape[0], frames.shape[-2], frames.shape[-1], patch)
     except VideoError:
@@ -246,7 +254,8 @@ def _frame_size(ele: dict, frames: int, height: int, width: int, patch: int) -> 
     floor = ele.get("min_pixels", vp.VIDEO_MIN_TOKEN_NUM * factor * factor)
     budget = ele.get("total_pixels", vp.MODEL_SEQ_LEN * factor * factor * 0.9)
     cap = max(min(vp.VIDEO_MAX_TOKEN_NUM * factor * factor, budget / frames * vp.FRAME_FACTOR), int(floor * 1.05))
-    return vp.smart_resize(height, width, factor=factor, min_pixels=floor, max_pixels=min(ele.get("max_pixels", cap), cap))
+    cap = min(ele.get("max_pixels", cap), cap)
+    return vp.smart_resize(height, width, factor=factor, min_pixels=floor, max_pixels=cap)
 
 
 def resize_frames(frames: torch.Tensor, size: tuple[int, int], device: str | None = None) -> torch.Tensor:
