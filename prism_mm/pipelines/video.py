@@ -1,6 +1,8 @@
 """Video decoding and sampling -> model inputs for a Qwen-VL chat prompt.
 
-Decoding: decord (PyAV via torchvision only if decord is missing); frame sampling by fps and/or a
+Decoding: decord numbers the frames (PyAV via torchvision only if decord is missing); the sampled frames are read
+by pipelines.frames (PyAV decoders in parallel over key-frame segments, the same frames as decord's, byte for byte)
+or, where that cannot number them as decord does, by decord itself; frame sampling by fps and/or a
 frame cap within an optional [start, end] time range, and resizing under min/max/total pixel
 budgets, both by qwen-vl-utils' rules (the reference Qwen-VL preprocessing: with decord computed
 here with its helpers, so the resize can run on the session's GPU; else its fetch_video). Every
@@ -20,6 +22,7 @@ import torch
 from .._optional import require
 
 MODEL_PATCH = {"qwen2_vl": 14, "qwen2_5_vl": 14, "qwen3_vl": 16}
+READERS = ("parallel", "decord")
 
 
 class VideoError(ValueError):
@@ -37,8 +40,14 @@ class VideoOptions:
     total_pixels: int | None = None  # budget over all frames (bounds the visual token count)
     start: float | None = None  # seconds
     end: float | None = None  # seconds
+    reader: str = "parallel"  # "parallel": pipelines.frames' decoders over key-frame segments; "decord": one decord reader
+    decode_workers: int | None = None  # decoders of the parallel reader (None: the machine's cores, at most 16)
 
     def __post_init__(self):
+        if self.reader not in READERS:
+            raise VideoError(f"reader must be one of {', '.join(READERS)}, got {self.reader!r}")
+        if self.decode_workers is not None and self.decode_workers < 1:
+            raise VideoError(f"decode_workers must be >= 1, got {self.decode_workers}")
         if self.fps <= 0:
             raise VideoError(f"fps must be > 0, got {self.fps}")
         if self.max_frames is not None and self.max_frames < 2:
@@ -191,10 +200,11 @@ RESIZE_CHUNK = 16  # frames moved to the device and resized at a time (4K frames
 
 def sample_frames(path: str, opts: VideoOptions, model_type: str, device: str | None = None):
     """Sample, decode and resize as qwen-vl-utils' fetch_video does. Returns (frames uint8 [T,3,H,W], metadata,
-    info). With decord, the frames are read here with qwen-vl-utils' frame choice and sizing (the same frames and
-    metadata as fetch_video's, tested) and resized on `device` (None: the CPU; the frames come back to the CPU
-    either way); on a GPU its float rounding may move a value by one level against the CPU's. Without decord,
-    fetch_video reads and resizes on the CPU."""
+    info). With decord, the frames are chosen here with qwen-vl-utils' frame choice and sizing, read by opts.reader
+    (the parallel reader where it numbers the frames as decord does, else decord; the same frames and metadata as
+    fetch_video's but for metadata["video_backend"], tested) and resized on `device` (None: the CPU; the frames come
+    back to the CPU either way); on a GPU its float rounding may move a value by one level against the CPU's.
+    Without decord, fetch_video reads and resizes on the CPU."""
     fetch_video = require("qwen_vl_utils", "video", "sampling video frames").fetch_video
 
     _quiet_backend_choice(fetch_video)
@@ -202,7 +212,7 @@ def sample_frames(path: str, opts: VideoOptions, model_type: str, device: str | 
     check_range(info, opts)
     ele = fetch_video_request(path, opts)
     if info.backend == "decord":
-        return _sample_decord(path, ele, info, MODEL_PATCH[model_type], device)
+        return _sample_decord(path, ele, info, MODEL_PATCH[model_type], device, opts)
     try:
         (video, metadata), _ = fetch_video(ele, image_patch_size=MODEL_PATCH[model_type],
                                            return_video_sample_fps=True, return_video_metadata=True)
@@ -211,15 +221,35 @@ def sample_frames(path: str, opts: VideoOptions, model_type: str, device: str | 
     return video.round().clamp(0, 255).to(torch.uint8), metadata, info
 
 
-def _sample_decord(path: str, ele: dict, info: VideoInfo, patch: int, device: str | None):
+def _read_parallel(path: str, indices: list[int], info: VideoInfo, workers: int | None):
+    """The frames by pipelines.frames, or None where it cannot number them as decord does (decord then reads)."""
+    try:
+        from . import frames as reader
+        import av
+    except ImportError:
+        return None
+    try:
+        index = reader.FrameIndex.of(path)
+        if len(index.pts) != info.frames or (index.width, index.height) != (info.width, info.height):
+            return None  # not decord's frame list: decord reads it
+        return reader.read_frames(path, indices, index, workers)
+    except (reader.FrameIndexError, av.FFmpegError, IndexError):
+        return None
+
+
+def _sample_decord(path: str, ele: dict, info: VideoInfo, patch: int, device: str | None, opts: VideoOptions):
     import decord
 
     try:
         indices, in_range = _frame_choice(ele, info.frames, info.fps)
-        error = None
+        error, backend = None, "decord"
         with native_stderr_captured() as native:  # its lines are there once the block has ended
             try:
-                frames = decord.VideoReader(path).get_batch(indices).asnumpy()  # ffmpeg's own threads, as qwen-vl-utils
+                frames = _read_parallel(path, indices, info, opts.decode_workers) if opts.reader == "parallel" else None
+                if frames is None:
+                    frames = decord.VideoReader(path).get_batch(indices).asnumpy()  # ffmpeg's threads, as qwen-vl-utils
+                else:
+                    backend = "decord frame choice, parallel PyAV reader"
             except Exception as e:  # noqa: BLE001 - decord raises its own error types
                 error = _first_line(e)
         if error is not None:
@@ -231,7 +261,7 @@ def _sample_decord(path: str, ele: dict, info: VideoInfo, patch: int, device: st
         raise
     except ValueError as e:  # qwen-vl-utils' checks of the range and the frame counts
         raise VideoError(f"cannot sample frames from {path}: {e}") from None
-    metadata = {"fps": info.fps, "frames_indices": indices, "total_num_frames": in_range, "video_backend": "decord"}
+    metadata = {"fps": info.fps, "frames_indices": indices, "total_num_frames": in_range, "video_backend": backend}
     return resize_frames(frames, size, device), metadata, info
 
 

@@ -37,3 +37,34 @@ def make_demo_video(path: str | Path, seconds: float = 6.0, fps: int = 8, height
         for packet in stream.encode():
             container.mux(packet)
     return path
+
+
+def make_h264_clip(path: str | Path, frames: int, fps: int = 30, width: int = 320, height: int = 176, gop: int = 24,
+                   bframes: int = 3, open_gop: bool = False, variable_rate: bool = False, seed: int = 0) -> Path:
+    """Write an H.264 clip of noisy frames with a key frame every `gop` frames and up to `bframes` B-frames in a row
+    (open GOPs on request); variable_rate spaces the frames 20-59 ms apart on a 1/1000 s time base."""
+    import fractions
+
+    av = require("av", "video", "writing demo clips")
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.options = {"g": str(gop), "bf": str(bframes), **({"x264-params": "open-gop=1"} if open_gop else {})}
+        if variable_rate:
+            stream.codec_context.time_base = fractions.Fraction(1, 1000)
+        t = 0
+        for i in range(frames):
+            image = (rng.integers(0, 64, (height, width, 3)) + i * 3 % 192).astype(np.uint8)
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            if variable_rate:
+                frame.pts, frame.time_base = t, fractions.Fraction(1, 1000)
+                t += int(rng.integers(20, 60))
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
