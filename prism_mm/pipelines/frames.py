@@ -123,9 +123,11 @@ def _decode_run(path: str, index: FrameIndex, start_key: int, frames: list[int],
         raise FrameIndexError(f"{path}: frames {sorted(todo)[:4]} were not decoded")
 
 
-def read_frames(path: str, indices: list[int], index: FrameIndex | None = None, workers: int | None = None) -> np.ndarray:
+def read_frames(path: str, indices: list[int], index: FrameIndex | None = None, workers: int | None = None,
+                threads: int | None = None) -> np.ndarray:
     """Frames `indices` (decord's numbering; any order, repeats allowed) as uint8 [len(indices), H, W, 3] RGB, read by
-    up to `workers` decoders in parallel (None: the machine's cores, at most MAX_WORKERS)."""
+    up to `workers` decoders in parallel (None: the machine's cores, at most MAX_WORKERS), each with `threads` ffmpeg
+    threads (None: the cores shared out among the runs)."""
     index = index or FrameIndex.of(path)
     if any(not 0 <= i < len(index.pts) for i in indices):
         raise IndexError(f"frame indices must be in [0, {len(index.pts)}), got {min(indices)}..{max(indices)}")
@@ -136,7 +138,7 @@ def read_frames(path: str, indices: list[int], index: FrameIndex | None = None, 
         slots.setdefault(i, []).append(slot)
     out = np.empty((len(indices), index.height, index.width, 3), dtype=np.uint8)
     runs = plan_runs(index, sorted(slots), workers)
-    threads = max(1, cores // max(len(runs), 1))
+    threads = threads or max(1, cores // max(len(runs), 1))
     if len(runs) == 1:
         _decode_run(path, index, *runs[0], slots, out, threads)
         return out
