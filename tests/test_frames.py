@@ -98,3 +98,20 @@ def test_out_of_range_frames_are_refused(clips):
     index = reader.FrameIndex.of(clips["mpeg4"])
     with pytest.raises(IndexError, match=r"frame indices must be in \[0, 40\)"):
         reader.read_frames(clips["mpeg4"], [0, 40], index)
+
+
+def test_probe_is_not_repeated_for_an_unchanged_file(clips, tmp_path):
+    """probe() decodes the last frame to catch truncated files; a second probe of the same unchanged file returns
+    the first one's result without opening it, and a rewritten file is probed again."""
+    import shutil
+
+    from prism_mm.pipelines import video
+
+    path = tmp_path / "copy.mp4"
+    shutil.copy(clips["h264 odd size"], path)
+    first = video.probe(str(path))
+    calls = video._probe.cache_info().misses
+    assert video.probe(str(path)) is first and video._probe.cache_info().misses == calls
+    shutil.copy(clips["h264 B-frames"], path)
+    second = video.probe(str(path))
+    assert video._probe.cache_info().misses == calls + 1 and (second.frames, second.width) == (150, 320)

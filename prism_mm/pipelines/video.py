@@ -11,6 +11,7 @@ bad input raises a VideoError whose message names the fix.
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import os
 import sys
@@ -60,7 +61,7 @@ class VideoOptions:
             raise VideoError(f"start ({self.start}s) must be before end ({self.end}s)")
 
 
-@dataclass
+@dataclass(frozen=True)
 class VideoInfo:
     path: str
     fps: float
@@ -120,20 +121,28 @@ def _native_reason(lines: list[str], fallback: str) -> str:
 
 
 def probe(path: str) -> VideoInfo:
-    """Open the video and read its metadata; VideoError for missing, unreadable or empty files."""
+    """Open the video and read its metadata; VideoError for missing, unreadable or empty files. The check decodes the
+    last frame (back from its key frame): a file probed before, unchanged since (path, size, mtime), is not probed
+    again (the CLI probes before loading the model, sample_frames after)."""
     if not os.path.exists(path):
         raise VideoError(f"video not found: {path} (check the path)")
     if os.path.isdir(path):
         raise VideoError(f"{path} is a directory; pass a video file")
-    if os.path.getsize(path) == 0:
+    stat = os.stat(path)
+    if stat.st_size == 0:
         raise VideoError(f"{path} is empty (0 bytes); pass a real video file")
+    return _probe(os.path.abspath(path), stat.st_size, stat.st_mtime_ns, path)
+
+
+@functools.lru_cache(maxsize=64)
+def _probe(key: str, size: int, mtime_ns: int, path: str) -> VideoInfo:
     try:
         import decord
 
         error = None
         with native_stderr_captured() as native:
             try:
-                vr = decord.VideoReader(path, num_threads=1)
+                vr = decord.VideoReader(path, num_threads=0)  # ffmpeg's threads for the last frame's decoding
                 frames, fps = len(vr), float(vr.get_avg_fps())
                 h, w = vr[0].shape[:2] if frames else (0, 0)
                 if frames > 1:
