@@ -94,7 +94,7 @@ def plan_runs(index: FrameIndex, wanted: list[int], workers: int) -> list[tuple[
 
 
 def _decode_run(path: str, index: FrameIndex, start_key: int, frames: list[int], slots: dict[int, list[int]],
-                out: np.ndarray, threads: int) -> None:
+                out: np.ndarray, threads: int, written) -> None:
     import av
 
     position = {p: i for i, p in enumerate(index.pts)}
@@ -116,6 +116,8 @@ def _decode_run(path: str, index: FrameIndex, start_key: int, frames: list[int],
                                           f"{out.shape[2]}x{out.shape[1]}")
                 for slot in slots[i]:
                     out[slot] = rgb
+                if written is not None:
+                    written(slots[i])
                 todo.discard(i)
             if i >= last and not todo:
                 return
@@ -124,10 +126,12 @@ def _decode_run(path: str, index: FrameIndex, start_key: int, frames: list[int],
 
 
 def read_frames(path: str, indices: list[int], index: FrameIndex | None = None, workers: int | None = None,
-                threads: int | None = None) -> np.ndarray:
+                threads: int | None = None, written=None, out: np.ndarray | None = None) -> np.ndarray:
     """Frames `indices` (decord's numbering; any order, repeats allowed) as uint8 [len(indices), H, W, 3] RGB, read by
     up to `workers` decoders in parallel (None: the machine's cores, at most MAX_WORKERS), each with `threads` ffmpeg
-    threads (None: the cores shared out among the runs)."""
+    threads (None: the cores shared out among the runs). `written(slots)`, when given, is called from the decoding
+    threads with the output rows each frame has just filled (so a caller can use frames while others decode);
+    `out`, when given, is the array filled (of the shape and dtype returned)."""
     index = index or FrameIndex.of(path)
     if any(not 0 <= i < len(index.pts) for i in indices):
         raise IndexError(f"frame indices must be in [0, {len(index.pts)}), got {min(indices)}..{max(indices)}")
@@ -136,13 +140,17 @@ def read_frames(path: str, indices: list[int], index: FrameIndex | None = None, 
     slots: dict[int, list[int]] = {}
     for slot, i in enumerate(indices):
         slots.setdefault(i, []).append(slot)
-    out = np.empty((len(indices), index.height, index.width, 3), dtype=np.uint8)
+    shape = (len(indices), index.height, index.width, 3)
+    if out is None:
+        out = np.empty(shape, dtype=np.uint8)
+    elif out.shape != shape or out.dtype != np.uint8:
+        raise ValueError(f"out must be uint8 {shape}, got {out.dtype} {out.shape}")
     runs = plan_runs(index, sorted(slots), workers)
     threads = threads or max(1, cores // max(len(runs), 1))
     if len(runs) == 1:
-        _decode_run(path, index, *runs[0], slots, out, threads)
+        _decode_run(path, index, *runs[0], slots, out, threads, written)
         return out
     with ThreadPoolExecutor(max_workers=len(runs)) as pool:
-        for done in [pool.submit(_decode_run, path, index, key, frames, slots, out, threads) for key, frames in runs]:
+        for done in [pool.submit(_decode_run, path, index, key, frames, slots, out, threads, written) for key, frames in runs]:
             done.result()
     return out
