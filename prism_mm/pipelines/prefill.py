@@ -79,8 +79,10 @@ def _positions(model, inputs: dict) -> torch.Tensor:
     return position_ids
 
 
-def chunked_prefill(model, inputs: dict, chunks: ChunkConfig) -> PrefillState:
-    """Prefill a Qwen-VL model (processor outputs for one video prompt, batch 1) chunk by chunk."""
+def chunked_prefill(model, inputs: dict, chunks: ChunkConfig, features: tuple | None = None) -> PrefillState:
+    """Prefill a Qwen-VL model (processor outputs for one video prompt, batch 1) chunk by chunk. `features`: the
+    video's vision-tower output (features [video tokens, hidden], deepstack list or None) when it was computed
+    already (pipelines.stream); the inputs then need no pixel values."""
     from transformers import DynamicCache
 
     ids = inputs["input_ids"]
@@ -96,9 +98,9 @@ def chunked_prefill(model, inputs: dict, chunks: ChunkConfig) -> PrefillState:
     with torch.no_grad():
         embeds = model.get_input_embeddings()(ids)
         deepstack, visual_mask = None, None
-        if inputs.get("pixel_values_videos") is not None:
-            feats, deepstack = _vision_features(model, inputs["pixel_values_videos"], inputs["video_grid_thw"],
-                                                chunks.vision_frames)
+        if features is not None or inputs.get("pixel_values_videos") is not None:
+            feats, deepstack = features or _vision_features(model, inputs["pixel_values_videos"],
+                                                            inputs["video_grid_thw"], chunks.vision_frames)
             visual_mask = ids == model.config.video_token_id
             if int(visual_mask.sum()) != feats.shape[0]:
                 raise ValueError(f"the prompt has {int(visual_mask.sum())} video tokens but the video gives "

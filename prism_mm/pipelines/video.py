@@ -230,8 +230,9 @@ def sample_frames(path: str, opts: VideoOptions, model_type: str, device: str | 
     return video.round().clamp(0, 255).to(torch.uint8), metadata, info
 
 
-def _read_parallel(path: str, indices: list[int], info: VideoInfo, workers: int | None):
-    """The frames by pipelines.frames, or None where it cannot number them as decord does (decord then reads)."""
+def _read_parallel(path: str, indices: list[int], info: VideoInfo, workers: int | None, written=None, out=None):
+    """The frames by pipelines.frames (read_frames' `written` and `out`), or None where it cannot number them as
+    decord does (decord then reads)."""
     try:
         from . import frames as reader
         import av
@@ -241,7 +242,7 @@ def _read_parallel(path: str, indices: list[int], info: VideoInfo, workers: int 
         index = reader.FrameIndex.of(path)
         if len(index.pts) != info.frames or (index.width, index.height) != (info.width, info.height):
             return None  # not decord's frame list: decord reads it
-        return reader.read_frames(path, indices, index, workers)
+        return reader.read_frames(path, indices, index, workers, written=written, out=out)
     except (reader.FrameIndexError, av.FFmpegError, IndexError):
         return None
 
@@ -321,10 +322,22 @@ def build_inputs(processor, model_config, video_path: str, question: str, opts: 
     argument; None: the CPU). With the model's GPU, the uint8 frames travel there and the float pixels are made there.
     resize_device: where the decoded frames are resized to the sampled size (sample_frames; None: the CPU).
     """
+    model_type = check_model_type(model_config)
+    frames, metadata, info = sample_frames(video_path, opts, model_type, resize_device)
+    inputs = prompt_inputs(processor, frames, metadata, video_path, question, device)
+    return prepared_video(inputs, model_config, info, frames.shape[0], (frames.shape[-1], frames.shape[-2]))
+
+
+def check_model_type(model_config) -> str:
     model_type = model_config.model_type
     if model_type not in MODEL_PATCH:
         raise VideoError(f"video input needs a Qwen-VL model ({', '.join(MODEL_PATCH)}), got {model_type!r}")
-    frames, metadata, info = sample_frames(video_path, opts, model_type, resize_device)
+    return model_type
+
+
+def prompt_inputs(processor, frames: torch.Tensor, metadata: dict, video_path: str, question: str,
+                  device: str | None = None) -> dict:
+    """The processor's tensors for the chat prompt of one video (uint8 frames [T, 3, H, W], sized) and a question."""
     messages = [{"role": "user", "content": [{"type": "video", "video": video_path}, {"type": "text", "text": question}]}]
     text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     meta = {"fps": float(metadata["fps"]), "frames_indices": list(metadata["frames_indices"]),
@@ -336,7 +349,10 @@ def build_inputs(processor, model_config, video_path: str, question: str, opts: 
         video_processor.cap_pixels_per_frame = True
     inputs = processor(text=[text], videos=[frames], video_metadata=[meta], do_resize=False, do_sample_frames=False,
                        return_tensors="pt", **({"device": str(device)} if device is not None else {}))
+    return dict(inputs)
+
+
+def prepared_video(inputs: dict, model_config, info: VideoInfo, frames: int, frame_size: tuple[int, int]) -> PreparedVideo:
     video_token = getattr(model_config, "video_token_id", None)
     visual = int((inputs["input_ids"] == video_token).sum()) if video_token is not None else 0
-    return PreparedVideo(dict(inputs), info, frames.shape[0], (frames.shape[-1], frames.shape[-2]), visual,
-                         int(inputs["input_ids"].shape[1]))
+    return PreparedVideo(inputs, info, frames, frame_size, visual, int(inputs["input_ids"].shape[1]))

@@ -1,0 +1,193 @@
+"""Streamed video prefill: the file's decoding overlapped with the processor and the vision tower.
+
+    features, prepared = stream_video(model, processor, "clip.mp4", "What happens?", VideoOptions(), "cuda")
+    state = chunked_prefill(model, prepared.inputs, ChunkConfig(decoder_tokens=...), features)
+
+Without streaming, the decoder prefill waits for three stages in a row: decoding every sampled frame, the processor
+over all of them, the vision tower over all of them. Decoding is CPU work (pipelines.frames' decoders, in threads)
+and the other two are GPU work, so here they run at once:
+
+1. The plan, before any frame is decoded: probe, qwen-vl-utils' frame choice and frame size (sample_frames' own), and
+   the prompt: the processor run over stand-in frames of that size (zeros, on the device), so that input_ids, the
+   grid and the timestamps are the processor's own for this video; its pixels are dropped.
+2. The decoders fill one frame array in background threads and report each frame as it lands.
+3. The calling thread takes the temporal patches (frame pairs) whose two frames have landed, up to `batch_pairs` at a
+   time: resizes them on the device, runs the video processor and then the vision tower on them, and copies the
+   features to their patches' rows. The tower's attention never crosses temporal patches and its positions depend on
+   a patch's place inside its frame only, so a patch's features do not depend on which patches share its call:
+   they are those of one whole-video call (tested against sample_frames + the processor + the tower).
+
+Files the parallel reader cannot number as decord does are read by decord first, and then streamed the same way
+(no overlap with decoding then).
+"""
+from __future__ import annotations
+
+import queue
+import threading
+import time
+
+import numpy as np
+import torch
+
+from . import frames as reader
+from .prefill import _vision_features
+from .video import (
+    MODEL_PATCH,
+    PreparedVideo,
+    VideoError,
+    VideoOptions,
+    _frame_choice,
+    _frame_size,
+    _read_parallel,
+    check_model_type,
+    check_range,
+    fetch_video_request,
+    native_stderr_captured,
+    prepared_video,
+    probe,
+    prompt_inputs,
+    resize_frames,
+)
+
+BATCH_PAIRS = 16  # temporal patches per vision-tower call while streaming
+
+
+def stream_video(model, processor, video_path: str, question: str, opts: VideoOptions, device: str | None = None,
+                 batch_pairs: int = BATCH_PAIRS) -> tuple[tuple, PreparedVideo]:
+    """The video's vision-tower features (features [video tokens, hidden], deepstack list or None), computed while
+    the file decodes, and its PreparedVideo (the processor's prompt tensors without pixel values; `seconds`: the
+    whole streamed stage, decoding and vision tower included)."""
+    if not isinstance(batch_pairs, int) or batch_pairs < 1:
+        raise ValueError(f"batch_pairs must be an int >= 1, got {batch_pairs!r}")
+    t0 = time.perf_counter()
+    model_type = check_model_type(model.config)
+    info = probe(video_path)
+    check_range(info, opts)
+    if info.backend != "decord":
+        raise VideoError("streaming needs decord (pip install decord) to number the frames; or run without streaming")
+    ele = fetch_video_request(video_path, opts)
+    try:
+        indices, in_range = _frame_choice(ele, info.frames, info.fps)
+        height, width = _frame_size(ele, len(indices), info.height, info.width, MODEL_PATCH[model_type])
+    except ValueError as e:
+        raise VideoError(f"cannot sample frames from {video_path}: {e}") from None
+    if len(indices) % 2:
+        raise VideoError(f"{len(indices)} frames sampled: streaming takes frame pairs; run without streaming")
+    metadata = {"fps": info.fps, "frames_indices": indices, "total_num_frames": in_range}
+    stand_in = torch.zeros((len(indices), 3, height, width), dtype=torch.uint8, device=device)
+    inputs = prompt_inputs(processor, stand_in, metadata, video_path, question, device)
+    del stand_in
+    inputs.pop("pixel_values_videos", None)
+    grid = inputs["video_grid_thw"]
+    features = _streamed_features(model, processor, video_path, indices, info, opts, (height, width), grid, device,
+                                  batch_pairs)
+    prepared = prepared_video(inputs, model.config, info, len(indices), (width, height))
+    prepared.seconds = time.perf_counter() - t0
+    return features, prepared
+
+
+def _streamed_features(model, processor, path, indices, info, opts, size, grid, device, batch_pairs):
+    pairs = len(indices) // 2
+    _, h, w = (int(x) for x in grid[0].tolist())
+    landed: queue.Queue = queue.Queue()
+    frames = np.empty((len(indices), info.height, info.width, 3), dtype=np.uint8)
+    failure: list[BaseException] = []
+
+    def decode():
+        try:
+            with native_stderr_captured():
+                done = None
+                if opts.reader == "parallel":
+                    done = _read_parallel(path, indices, info, opts.decode_workers,
+                                          written=landed.put, out=frames)
+                if done is None:  # decord reads the whole set, then every frame has landed
+                    import decord
+
+                    frames[:] = decord.VideoReader(path).get_batch(indices).asnumpy()
+                    landed.put(list(range(len(indices))))
+        except BaseException as e:  # noqa: BLE001 - re-raised in the calling thread
+            failure.append(e)
+        finally:
+            landed.put(None)
+
+    thread = threading.Thread(target=decode, name="prism_mm-decode", daemon=True)
+    thread.start()
+    have = np.zeros(len(indices), dtype=bool)
+    ready: list[int] = []  # pairs whose two frames have landed, not yet sent to the tower
+    out = _FeatureRows(pairs)
+    finished = False
+    while out.done < pairs:
+        block = not ready and not finished  # wait for a frame only when there is nothing to send
+        while True:
+            try:
+                item = landed.get(block=block)
+            except queue.Empty:
+                break
+            block = False
+            if item is None:  # the decoding thread has ended
+                finished = True
+                continue
+            for slot in item:
+                have[slot] = True
+                pair = slot // 2
+                if have[2 * pair] and have[2 * pair + 1] and pair not in out.sent:
+                    out.sent.add(pair)
+                    ready.append(pair)
+        if failure:
+            raise _decode_error(path, failure[0])
+        if not ready:
+            if finished:
+                raise VideoError(f"cannot decode frames of {path}: {pairs - out.done} frame pairs never arrived")
+            continue
+        batch, ready = ready[:batch_pairs], ready[batch_pairs:]
+        out.add(batch, _tower(model, processor, frames, batch, size, (h, w), device))
+    thread.join()
+    return out.result()
+
+
+def _decode_error(path: str, error: BaseException) -> VideoError:
+    if isinstance(error, VideoError):
+        return error
+    return VideoError(f"cannot decode frames of {path} ({str(error).strip()[:120] or type(error).__name__}); "
+                      "re-encode it, e.g. ffmpeg -i in.mp4 -c:v libx264 out.mp4")
+
+
+def _tower(model, processor, frames: np.ndarray, batch: list[int], size, hw, device):
+    """The vision tower's (features, deepstack) of frame pairs `batch`, in that order."""
+    slots = [f for pair in batch for f in (2 * pair, 2 * pair + 1)]
+    chunk = torch.from_numpy(frames[slots]).permute(0, 3, 1, 2)
+    chunk = resize_frames(chunk, size, device)
+    pixels = processor.video_processor(videos=[chunk], do_resize=False, do_sample_frames=False, return_tensors="pt",
+                                       **({"device": str(device)} if device is not None else {}))
+    grid = torch.tensor([[len(batch), *hw]], device=pixels["video_grid_thw"].device)
+    if not torch.equal(pixels["video_grid_thw"].cpu(), grid.cpu()):
+        raise RuntimeError(f"the processor made grid {pixels['video_grid_thw'].tolist()} for {len(batch)} pairs "
+                           f"of {hw}")
+    with torch.no_grad():
+        return _vision_features(model, pixels["pixel_values_videos"].to(model.device), grid.to(model.device), None)
+
+
+class _FeatureRows:
+    """The tower's outputs, per batch of pairs, gathered into the video's patch order at the end."""
+
+    def __init__(self, pairs: int):
+        self.pairs, self.done, self.sent = pairs, 0, set()
+        self.parts: list[tuple[list[int], torch.Tensor, list | None]] = []
+
+    def add(self, batch: list[int], output) -> None:
+        feats, deepstack = output
+        self.parts.append((batch, feats, deepstack))
+        self.done += len(batch)
+
+    def result(self) -> tuple:
+        order = [pair for batch, _, _ in self.parts for pair in batch]
+        feats = torch.cat([f for _, f, _ in self.parts])
+        per_pair = feats.shape[0] // self.pairs
+        rows = torch.empty(self.pairs, dtype=torch.long)
+        rows[torch.tensor(order)] = torch.arange(self.pairs)
+        gather = (rows[:, None] * per_pair + torch.arange(per_pair)).reshape(-1).to(feats.device)
+        deepstack = None
+        if self.parts[0][2] is not None:
+            deepstack = [torch.cat([d[i] for _, _, d in self.parts]).index_select(0, gather)
+                         for i in range(len(self.parts[0][2]))]
+        return feats.index_select(0, gather), deepstack

@@ -1,0 +1,77 @@
+"""Streamed video prefill (pipelines.stream): decoding overlapped with the processor and the vision tower gives the
+features, prompt and answer of sample_frames + the processor + the tower in one call."""
+import pytest
+import torch
+from conftest import rel_err
+
+pytest.importorskip("decord")
+pytest.importorskip("av")
+pytest.importorskip("qwen_vl_utils")
+
+from prism_mm import PrismConfig, load_model  # noqa: E402
+from prism_mm.pipelines import stream  # noqa: E402
+from prism_mm.pipelines.prefill import ChunkConfig, _vision_features, chunked_prefill, greedy_decode  # noqa: E402
+from prism_mm.pipelines.video import VideoError, VideoOptions, build_inputs  # noqa: E402
+from prism_mm.testing.clips import make_h264_clip  # noqa: E402
+from prism_mm.testing.tiny import save_tiny  # noqa: E402
+
+ALL_BLOCKS = PrismConfig(block_size=16, min_sparse_len=0).with_threshold(1.0)
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):  # 96 frames at 24 fps, a key frame every 12: at 4 fps, 16 frames (8 pairs) in 8 GOPs
+    return str(make_h264_clip(tmp_path_factory.mktemp("stream") / "clip.mp4", frames=96, fps=24, gop=12,
+                              width=112, height=84))
+
+
+@pytest.fixture(scope="module", params=["qwen2_5_vl", "qwen3_vl"])
+def tiny(request, tmp_path_factory):
+    path = save_tiny(request.param, tmp_path_factory.mktemp(request.param))
+    model, processor = load_model(str(path), attn="prism", prism=ALL_BLOCKS, dtype="float32", device_map="cpu")
+    return model, processor
+
+
+@pytest.mark.parametrize("batch_pairs,reader", [(1, "parallel"), (3, "parallel"), (16, "parallel"), (3, "decord")])
+def test_streamed_features_and_prompt_equal_the_whole_video_path(clip, tiny, batch_pairs, reader):
+    """Features (and Qwen3-VL's deepstack features) of the streamed tower calls, gathered in patch order, equal one
+    tower call over build_inputs' pixels; the prompt tensors equal build_inputs' but for the pixel values."""
+    model, processor = tiny
+    opts = VideoOptions(fps=4.0, reader=reader, decode_workers=4)
+    whole = build_inputs(processor, model.config, clip, "What moves?", opts)
+    with torch.no_grad():
+        feats, deep = _vision_features(model, whole.inputs["pixel_values_videos"], whole.inputs["video_grid_thw"], None)
+    (got, got_deep), prepared = stream.stream_video(model, processor, clip, "What moves?", opts,
+                                                    batch_pairs=batch_pairs)
+    assert prepared.frames_used == whole.frames_used == 16
+    assert (prepared.visual_tokens, prepared.total_tokens) == (whole.visual_tokens, whole.total_tokens)
+    assert set(prepared.inputs) == set(whole.inputs) - {"pixel_values_videos"}
+    for key, value in prepared.inputs.items():
+        assert torch.equal(value, whole.inputs[key]), key
+    assert got.shape == feats.shape and rel_err(got, feats) < 1e-5
+    assert (got_deep is None) == (deep is None)
+    for a, b in zip(got_deep or [], deep or []):
+        assert a.shape == b.shape and rel_err(a, b) < 1e-5
+
+
+def test_streamed_prefill_answers_as_generate(clip, tiny):
+    """chunked_prefill over the streamed features + greedy decoding gives model.generate's tokens on build_inputs'
+    tensors (thresholds 1.0)."""
+    model, processor = tiny
+    opts = VideoOptions(fps=4.0)
+    whole = build_inputs(processor, model.config, clip, "What moves?", opts)
+    with torch.no_grad():
+        expected = model.generate(**whole.inputs, max_new_tokens=4, do_sample=False)[:, whole.total_tokens:]
+    features, prepared = stream.stream_video(model, processor, clip, "What moves?", opts, batch_pairs=2)
+    state = chunked_prefill(model, prepared.inputs, ChunkConfig(decoder_tokens=prepared.total_tokens), features)
+    tokens = greedy_decode(model, state, max_new_tokens=4, eos_token_id=-1)
+    assert torch.equal(tokens, expected)
+
+
+def test_streaming_refuses_bad_input(clip, tiny, tmp_path):
+    model, processor = tiny
+    with pytest.raises(ValueError, match="batch_pairs must be an int >= 1"):
+        stream.stream_video(model, processor, clip, "q", VideoOptions(), batch_pairs=0)
+    with pytest.raises(VideoError, match="video not found"):
+        stream.stream_video(model, processor, str(tmp_path / "nope.mp4"), "q", VideoOptions())
+    with pytest.raises(VideoError, match="past the end"):
+        stream.stream_video(model, processor, clip, "q", VideoOptions(start=100.0))
