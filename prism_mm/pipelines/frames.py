@@ -128,15 +128,16 @@ def _decode_run(path: str, index: FrameIndex, start_key: int, frames: list[int],
 def read_frames(path: str, indices: list[int], index: FrameIndex | None = None, workers: int | None = None,
                 threads: int | None = None, written=None, out: np.ndarray | None = None) -> np.ndarray:
     """Frames `indices` (decord's numbering; any order, repeats allowed) as uint8 [len(indices), H, W, 3] RGB, read by
-    up to `workers` decoders in parallel (None: the machine's cores, at most MAX_WORKERS), each with `threads` ffmpeg
-    threads (None: the cores shared out among the runs). `written(slots)`, when given, is called from the decoding
+    up to `workers` decoders in parallel (None: half the machine's cores, at most MAX_WORKERS), each with `threads`
+    ffmpeg threads (None: twice the cores shared out among the runs, at most 16; on the H200 host's 16 cores 8
+    decoders x 4 threads were the fastest of 7 splits, lab/logs/reader_probe-h200-16cores.jsonl). `written(slots)`, when given, is called from the decoding
     threads with the output rows each frame has just filled (so a caller can use frames while others decode);
     `out`, when given, is the array filled (of the shape and dtype returned)."""
     index = index or FrameIndex.of(path)
     if any(not 0 <= i < len(index.pts) for i in indices):
         raise IndexError(f"frame indices must be in [0, {len(index.pts)}), got {min(indices)}..{max(indices)}")
     cores = os.cpu_count() or 1
-    workers = max(1, min(workers or cores, MAX_WORKERS))
+    workers = max(1, min(workers or max(cores // 2, 1), MAX_WORKERS))
     slots: dict[int, list[int]] = {}
     for slot, i in enumerate(indices):
         slots.setdefault(i, []).append(slot)
@@ -146,7 +147,7 @@ def read_frames(path: str, indices: list[int], index: FrameIndex | None = None, 
     elif out.shape != shape or out.dtype != np.uint8:
         raise ValueError(f"out must be uint8 {shape}, got {out.dtype} {out.shape}")
     runs = plan_runs(index, sorted(slots), workers)
-    threads = threads or max(1, cores // max(len(runs), 1))
+    threads = threads or max(1, min(2 * cores // max(len(runs), 1), 16))
     if len(runs) == 1:
         _decode_run(path, index, *runs[0], slots, out, threads, written)
         return out

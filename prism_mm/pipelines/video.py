@@ -42,7 +42,7 @@ class VideoOptions:
     start: float | None = None  # seconds
     end: float | None = None  # seconds
     reader: str = "parallel"  # "parallel": pipelines.frames' decoders over key-frame segments; "decord": one decord reader
-    decode_workers: int | None = None  # decoders of the parallel reader (None: the machine's cores, at most 16)
+    decode_workers: int | None = None  # decoders of the parallel reader (None: half the cores, at most 16)
 
     def __post_init__(self):
         if self.reader not in READERS:
