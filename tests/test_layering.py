@@ -15,7 +15,9 @@ LAYERS = [
     {"selection", "stats"},
     {"attention", "vision", "norms"},
     {"models", "testing"},
+    {"pipelines.frames"},
     {"pipelines.video", "pipelines.prefill"},
+    {"pipelines.stream"},
     {"pipelines.session"},
     {"pipelines.video_qa", "pipelines.demo", "eval"},  # front ends: none imports another
 ]

@@ -10,7 +10,12 @@ pytest.importorskip("qwen_vl_utils")
 
 from prism_mm import PrismConfig, load_model  # noqa: E402
 from prism_mm.pipelines import stream  # noqa: E402
-from prism_mm.pipelines.prefill import ChunkConfig, _vision_features, chunked_prefill, greedy_decode  # noqa: E402
+from prism_mm.pipelines.prefill import (  # noqa: E402
+    ChunkConfig,
+    _vision_features,
+    chunked_prefill,
+    greedy_decode,
+)
 from prism_mm.pipelines.video import VideoError, VideoOptions, build_inputs  # noqa: E402
 from prism_mm.testing.clips import make_h264_clip  # noqa: E402
 from prism_mm.testing.tiny import save_tiny  # noqa: E402

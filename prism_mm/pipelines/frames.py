@@ -45,7 +45,7 @@ class FrameIndex:
     height: int
 
     @classmethod
-    def of(cls, path: str) -> "FrameIndex":
+    def of(cls, path: str) -> FrameIndex:
         import av
 
         pts, key_pts = [], []

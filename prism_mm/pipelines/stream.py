@@ -17,7 +17,7 @@ and the other two are GPU work, so here they run at once:
    a patch's place inside its frame only, so a patch's features do not depend on which patches share its call:
    they are those of one whole-video call (tested against sample_frames + the processor + the tower).
 
-Files the parallel reader cannot number as decord does are read by decord first, and then streamed the same way
+Files the parallel reader (pipelines.frames) cannot number as decord does are read by decord first, and then streamed the same way
 (no overlap with decoding then).
 """
 from __future__ import annotations
@@ -29,7 +29,6 @@ import time
 import numpy as np
 import torch
 
-from . import frames as reader
 from .prefill import _vision_features
 from .video import (
     MODEL_PATCH,
