@@ -328,3 +328,36 @@ def test_check_device_names_the_fix(monkeypatch):
     assert check_device("cuda:0") == "cuda:0"
     with pytest.raises(ValueError, match=r"has 1 CUDA GPU\(s\), cuda:0..cuda:0"):
         check_device("cuda:1")
+
+
+def test_streamed_session_run_answers_as_the_unstreamed_run(clip, tiny):
+    """run_streamed (the video decoded while the tower runs, then the decoder prefill and greedy decoding) gives
+    run()'s answer and token counts (thresholds 1.0), and its record says the tower ran inside video_s."""
+    from prism_mm import PrismConfig
+
+    cfg = PrismConfig.video(block_size=16, min_sparse_len=0, max_density=1.0).with_threshold(1.0)
+    session = VideoSession(tiny, cfg, device="cpu")
+    opts = VideoOptions(fps=2.0, max_frames=6)
+    plain = session.run(session.prepare(clip, "What moves?", opts), "prism", 4)
+    streamed = session.run_streamed(clip, "What moves?", opts, "prism", 4)
+    assert streamed.streamed and not plain.streamed and streamed.answer == plain.answer
+    assert (streamed.frames, streamed.visual_tokens, streamed.total_tokens) == \
+        (plain.frames, plain.visual_tokens, plain.total_tokens) == (6, plain.visual_tokens, plain.total_tokens)
+    assert streamed.sparse_layers == streamed.layers == 2 and streamed.mean_density == 1.0
+    assert 0 < streamed.vision_s < streamed.video_s and streamed.prefill_s > 0
+    assert streamed.first_token_s == pytest.approx(streamed.video_s + streamed.prefill_s)
+
+
+def test_cli_stream_compare_reports_the_streamed_stage(clip, tiny, capsys):
+    code = main(["--video", clip, "--question", "What moves?", "--model", tiny, "--attn", "compare", "--max-frames",
+                 "4", "--max-new-tokens", "3", "--block-size", "16", "--min-sparse-len", "0", "--threshold", "1.0",
+                 "--stream", "--decode-workers", "2", "--no-progress"])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert out.count("video decoded while the vision tower ran") == 2 and "answers agree: True" in out
+    assert "not a speed measure" in out and "per decoder layer" not in out
+
+
+def test_cli_decode_workers_checked(clip, capsys):
+    code = main(["--video", clip, "--question", "q", "--model", "tiny-qwen2.5-vl", "--decode-workers", "0"])
+    assert code == 2 and capsys.readouterr().err.strip() == "error: --decode-workers must be >= 1, got 0"

@@ -23,10 +23,11 @@ from ..config import PrismConfig
 from ..models import VISION_ATTENTIONS, VL_MODEL_TYPES, enable_prism, load_model, set_attention, synchronize_gpus
 from ..testing.tiny import TINY_MODELS, build_tiny_processor, tiny_model_dir
 from .prefill import ChunkConfig, chunked_prefill, greedy_decode
+from .stream import stream_video
 from .video import PreparedVideo, VideoOptions, build_inputs
 
 DEFAULT_MODEL = "Qwen/Qwen2.5-VL-7B-Instruct"
-VIDEO_FIELDS = ("frames", "visual_tokens", "total_tokens", "video_s")
+VIDEO_FIELDS = ("frames", "visual_tokens", "total_tokens", "video_s")  # shared by a comparison's unstreamed runs
 
 
 def check_device(device: str | None) -> str:
@@ -62,8 +63,8 @@ class RunRecord:
 
     attn: str
     answer: str
-    prefill_s: float  # the prefill forward (vision tower + decoder), as model.prism_stats timed it
-    vision_s: float | None  # of which the vision tower (None without visual input)
+    prefill_s: float  # the prefill forward (vision tower + decoder), as model.prism_stats timed it; streamed: the decoder's
+    vision_s: float | None  # of which the vision tower (None without visual input); streamed: its share of video_s
     decode_s: float  # the rest of generate()
     new_tokens: int
     mean_density: float | None
@@ -75,6 +76,7 @@ class RunRecord:
     visual_tokens: int | None = None
     total_tokens: int | None = None
     video_s: float | None = None  # decoding + sampling + processor of the PreparedVideo it ran on
+    streamed: bool = False  # video_s also holds the vision tower, run while the file decoded (vision_s: its share)
 
     @property
     def total_s(self) -> float:
@@ -82,7 +84,7 @@ class RunRecord:
 
     @property
     def first_token_s(self) -> float:
-        """From the video file (when run on a PreparedVideo) to the first answer token."""
+        """From the video file (when run on a PreparedVideo or streamed) to the first answer token."""
         return (self.video_s or 0.0) + self.prefill_s
 
     def to_dict(self, video: bool = True) -> dict:
@@ -201,6 +203,50 @@ class VideoSession:
             record.total_tokens, record.video_s = prepared.total_tokens, prepared.seconds
         return record
 
+    def run_streamed(self, video: str, question: str, options: VideoOptions | None = None, attn: str | None = None,
+                     max_new_tokens: int = 128, warmup: bool = False) -> RunRecord:
+        """The video decoded while the vision tower runs (pipelines.stream), then the decoder prefill (in the
+        session's decoder chunks, else one) and greedy decoding, timed into a RunRecord whose video_s is the streamed
+        stage (decoding, processor and vision tower) and prefill_s the decoder prefill.
+
+        warmup=True first runs it once untimed with one new token (the video is decoded twice)."""
+        if attn is not None:
+            self.set_attention(attn)
+        if warmup:
+            self.run_streamed(video, question, options, None, 1)
+        cuda = self.device.startswith("cuda")
+        stats = self.model.prism_stats
+        stats.reset()
+        if cuda:
+            synchronize_gpus()
+        started = time.perf_counter()
+        with tqdm(total=1, desc=f"streaming video ({self.attn})", disable=not self.progress, leave=False) as bar:
+            features, prepared = stream_video(self.model, self.processor, video, question, options or VideoOptions(),
+                                              self.device if cuda else None)
+            if cuda:
+                synchronize_gpus()
+            bar.update(1)
+        prepared.seconds = time.perf_counter() - started
+        vision = stats.vision_seconds
+        inputs = {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in prepared.inputs.items()}
+        t0 = time.perf_counter()
+        tokens = self.chunks.decoder_tokens if self.chunks is not None else prepared.total_tokens
+        state = chunked_prefill(self.model, inputs, ChunkConfig(tokens), features)
+        if cuda:
+            synchronize_gpus()
+        prefill = time.perf_counter() - t0
+        new = greedy_decode(self.model, state, max_new_tokens)[0]
+        if cuda:
+            synchronize_gpus()
+        total = time.perf_counter() - t0
+        answer = self.processor.batch_decode(new[None], skip_special_tokens=True)[0].strip()
+        summary, prism = stats.summary(), self.attn == "prism"
+        return RunRecord(self.attn, answer, prefill, vision, total - prefill, int(new.numel()),
+                         stats.mean_density if prism else 1.0, stats.sparse_layers if prism else 0,
+                         summary["layers"], summary["dense_reasons"] if prism else [],
+                         stats.layer_report() if prism else [], prepared.frames_used, prepared.visual_tokens,
+                         prepared.total_tokens, prepared.seconds, streamed=True)
+
     def _generate(self, inputs: dict, max_new_tokens: int) -> RunRecord:
         attn, stats = self.attn, self.model.prism_stats
         stats.reset()
@@ -258,12 +304,14 @@ class VideoQA:
     def __init__(self, model: str = DEFAULT_MODEL, attn: str = "prism", prism: PrismConfig | None = None,
                  video: VideoOptions | None = None, max_new_tokens: int = 128, device: str | None = None,
                  dtype: str = "auto", random_weights: bool = False, progress: bool = True, vision: str = "varlen",
-                 chunks: ChunkConfig | None = None):
+                 chunks: ChunkConfig | None = None, stream: bool = False):
+        """stream: decode the video while the vision tower runs (VideoSession.run_streamed), per mode."""
         if attn not in ("prism", "dense", "compare"):
             raise ValueError(f"attn must be prism, dense or compare, got {attn!r}")
         if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
         self.attn, self.video_opts, self.max_new_tokens = attn, video or VideoOptions(), max_new_tokens
+        self.stream = stream
         self.session = VideoSession(model, prism, device, dtype, random_weights,
                                     attn="dense" if attn == "dense" else "prism", progress=progress, vision=vision,
                                     chunks=chunks)
@@ -274,26 +322,38 @@ class VideoQA:
         return self.session.prepare(video, question, self.video_opts)
 
     def __call__(self, video: str, question: str, warmup: bool | None = None) -> dict:
-        prepared = self.prepare(video, question)
         modes = ["dense", "prism"] if self.attn == "compare" else [self.attn]
         if warmup is None:  # one-time costs (kernel compiles, allocations) stay out of the timings
             warmup = self.device.startswith("cuda") or len(modes) > 1
-        runs = {mode: self.session.run(prepared, mode, self.max_new_tokens, warmup=warmup) for mode in modes}
+        if self.stream:
+            runs = {mode: self.session.run_streamed(video, question, self.video_opts, mode, self.max_new_tokens,
+                                                    warmup=warmup) for mode in modes}
+            first = next(iter(runs.values()))
+            shape = {"frames": first.frames, "visual_tokens": first.visual_tokens, "total_tokens": first.total_tokens}
+            video_s, prepared = (runs.get("prism") or runs["dense"]).video_s, None
+        else:
+            prepared = self.prepare(video, question)
+            runs = {mode: self.session.run(prepared, mode, self.max_new_tokens, warmup=warmup) for mode in modes}
+            shape = {"frames": prepared.frames_used, "visual_tokens": prepared.visual_tokens,
+                     "total_tokens": prepared.total_tokens}
+            video_s = prepared.seconds
         result = {
             "video": video, "question": question, "model": self.model_name,
-            "random_weights": self.session.random_weights, "device": self.session.device_name,
-            "frames": prepared.frames_used, "frame_size": list(prepared.frame_size),
-            "visual_tokens": prepared.visual_tokens, "total_tokens": prepared.total_tokens,
-            "video_seconds": round(prepared.info.duration, 3), "video_s": prepared.seconds,
-            "vision_attention": self.session.vision,
-            "runs": {m: r.to_dict(video=False) for m, r in runs.items()},
+            "random_weights": self.session.random_weights, "device": self.session.device_name, **shape,
+            "video_s": video_s, "streamed": self.stream, "vision_attention": self.session.vision,
+            "runs": {m: r.to_dict(video=self.stream) for m, r in runs.items()},
         }
+        if prepared is not None:
+            result["frame_size"] = list(prepared.frame_size)
+            result["video_seconds"] = round(prepared.info.duration, 3)
         main = runs.get("prism") or runs["dense"]
         result["answer"] = main.answer
         if len(runs) == 2:
-            result["prefill_speedup"] = runs["dense"].prefill_s / max(runs["prism"].prefill_s, 1e-9)
+            result["first_token_speedup"] = runs["dense"].first_token_s / max(runs["prism"].first_token_s, 1e-9)
+            if not self.stream:  # streamed, the tower's time is inside video_s
+                result["prefill_speedup"] = runs["dense"].prefill_s / max(runs["prism"].prefill_s, 1e-9)
             result["answers_agree"] = runs["dense"].answer == runs["prism"].answer
-            if self.session.chunks is None:  # the check is one unchunked pass: not for videos that need chunks
+            if self.session.chunks is None and prepared is not None:  # one unchunked pass over the pixels
                 result["layers_vs_dense"] = self.session.check_against_dense(prepared)
         return result
 
@@ -317,7 +377,8 @@ def format_report(r: dict) -> str:
     if r["random_weights"]:
         lines.append("NOTE: random weights - the answer is meaningless (the attention and its timings are real).")
     lines.append(f"answer: {printable(r['answer'])}")
-    lines.append(f"frames: {r['frames']} at {r['frame_size'][0]}x{r['frame_size'][1]} (width x height)  "
+    size = f" at {r['frame_size'][0]}x{r['frame_size'][1]} (width x height)" if "frame_size" in r else ""
+    lines.append(f"frames: {r['frames']}{size}  "
                  f"visual tokens: {r['visual_tokens']}  total tokens: {r['total_tokens']}  device: {r['device']}")
     for mode, run in r["runs"].items():
         dens = ""
@@ -326,9 +387,14 @@ def format_report(r: dict) -> str:
             if run["dense_reasons"]:
                 dens += f" (dense: {'; '.join(run['dense_reasons'])})"
         vision = run["vision_s"] or 0.0
-        lines.append(f"{mode:>6}: video {_secs(r['video_s'])} + vision tower {_secs(vision)} + decoder prefill "
-                     f"{_secs(run['prefill_s'] - vision)} = first token at {_secs(r['video_s'] + run['prefill_s'])}; "
-                     f"decode {_secs(run['decode_s'])} ({run['new_tokens']} tokens){dens}")
+        if run.get("streamed"):
+            stage = (f"video decoded while the vision tower ran {_secs(run['video_s'])} (tower {_secs(vision)} of it) "
+                     f"+ decoder prefill {_secs(run['prefill_s'])} = first token at "
+                     f"{_secs(run['video_s'] + run['prefill_s'])}")
+        else:
+            stage = (f"video {_secs(r['video_s'])} + vision tower {_secs(vision)} + decoder prefill "
+                     f"{_secs(run['prefill_s'] - vision)} = first token at {_secs(r['video_s'] + run['prefill_s'])}")
+        lines.append(f"{mode:>6}: {stage}; decode {_secs(run['decode_s'])} ({run['new_tokens']} tokens){dens}")
     if r.get("layers_vs_dense"):
         lines.append("per decoder layer, Prism against dense attention on the same inputs:")
         for row in r["layers_vs_dense"]:
@@ -339,11 +405,13 @@ def format_report(r: dict) -> str:
         if r["random_weights"]:
             lines.append("  (random weights spread attention evenly, so every dropped block costs accuracy; on real "
                          "weights see benchmarks/results/fidelity.md)")
-    if "prefill_speedup" in r:
+    if "first_token_speedup" in r:
         if r["device"] == "cpu":
             lines.append(CPU_TIMING_NOTE)
         else:
-            lines.append(f"prefill speed-up on {r['device']}: {r['prefill_speedup']:.2f}x (dense = transformers' SDPA in "
-                         f"the vision tower and the decoder; prism = {r['vision_attention']} vision attention + Prism)")
+            what = (f"prefill speed-up {r['prefill_speedup']:.2f}x, " if "prefill_speedup" in r else "") + \
+                f"first token {r['first_token_speedup']:.2f}x sooner"
+            lines.append(f"on {r['device']}: {what} (dense = transformers' SDPA in the vision tower and the decoder; "
+                         f"prism = {r['vision_attention']} vision attention + Prism)")
         lines.append(f"answers agree: {r['answers_agree']}")
     return "\n".join(lines)

@@ -56,6 +56,10 @@ def parse_args(argv=None):
                     help="prefill the decoder this many tokens at a time (bounds peak memory on very long videos)")
     ap.add_argument("--vision-chunk-frames", type=int,
                     help="with --chunk-tokens: run the vision tower on this many temporal patches at a time")
+    ap.add_argument("--stream", action="store_true",
+                    help="decode the video while the vision tower runs on the frames decoded so far (first token "
+                         "sooner on long videos; the per-layer check against dense is not run)")
+    ap.add_argument("--decode-workers", type=int, help="parallel decoders of the video file (default: half the cores)")
     ap.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda if available)")
     ap.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"])
     ap.add_argument("--random-weights", action="store_true", help="shipped architecture, random weights (speed runs)")
@@ -85,12 +89,15 @@ def main(argv=None) -> int:
     try:
         if args.max_new_tokens < 1:
             raise ValueError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+        if args.decode_workers is not None and args.decode_workers < 1:
+            raise ValueError(f"--decode-workers must be >= 1, got {args.decode_workers}")
         try:
             device = check_device(args.device)
         except ValueError as e:
             raise ValueError(f"--{e}") from None  # "--device 'gpu': ..."
         opts = VideoOptions(fps=args.fps, max_frames=args.max_frames, min_pixels=args.min_pixels,
-                            max_pixels=args.max_pixels, total_pixels=args.total_pixels, start=args.start, end=args.end)
+                            max_pixels=args.max_pixels, total_pixels=args.total_pixels, start=args.start, end=args.end,
+                            decode_workers=args.decode_workers)
         prism = prism_config(args)
         chunks = None
         if args.vision_chunk_frames is not None and args.chunk_tokens is None:
@@ -112,7 +119,8 @@ def main(argv=None) -> int:
 
             hf_logging.disable_progress_bar()
         qa = VideoQA(args.model, args.attn, prism, opts, args.max_new_tokens, device, args.dtype,
-                     args.random_weights, progress=not args.no_progress, vision=args.vision_attn, chunks=chunks)
+                     args.random_weights, progress=not args.no_progress, vision=args.vision_attn, chunks=chunks,
+                     stream=args.stream)
         result = qa(args.video, args.question)
     except (VideoError, ValueError, OSError) as e:  # ModelNotAvailableError is an OSError
         print(f"error: {e}", file=sys.stderr)
