@@ -20,7 +20,6 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-import av
 import decord
 import numpy as np
 import torch
@@ -29,24 +28,11 @@ from torchvision.transforms import functional as tvf
 
 
 def write_clip(path: str, seconds: float, fps: int = 30, height: int = 720, width: int = 1280) -> int:
-    rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[0:height, 0:width]
-    background = np.stack([xx * 255 // (width - 1), yy * 255 // (height - 1), np.full_like(xx, 96)], -1).astype(np.uint8)
-    n = int(seconds * fps)
-    with av.open(path, mode="w") as container:
-        stream = container.add_stream("libx264", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        stream.options = {"preset": "ultrafast", "g": "250"}
-        for i in range(n):
-            frame = background.copy()
-            x0 = int((width - 120) * i / n)
-            frame[200:320, x0:x0 + 120] = (220, 30, 30)
-            frame[::7, ::5] = rng.integers(0, 255, frame[::7, ::5].shape, dtype=np.uint8)
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return n
+    """The clip of this probe's logs (x264 ultrafast, a key frame every 250 frames), written by reader_probe's writer
+    (which encodes with all cores since the eighth session)."""
+    from reader_probe import write_clip as write
+
+    return write(path, seconds, "ultrafast", 250, fps, height, width)
 
 
 def in_runs(path: str, indices: list[int], workers: int, threads: int = 1) -> np.ndarray:
