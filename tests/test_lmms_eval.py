@@ -49,3 +49,21 @@ def test_lmms_eval_cli_prism_and_dense(tmp_path):
     dense = json.loads((stats / "summary-dense-rank0.json").read_text())
     assert summary["samples"] == 4 and summary["total_prefill_s"] > 0
     assert summary["prefill_speedup_prism_vs_dense"] == pytest.approx(dense["total_prefill_s"] / summary["total_prefill_s"])
+
+
+def test_model_arg_stream_gives_the_unstreamed_answer(tmp_path):
+    """prism_qwen_vl with stream=true decodes each video while the vision tower runs: same answer and visual tokens
+    as the default path (thresholds 1.0), and its record says it streamed."""
+    from prism_mm.eval.model import PrismQwenVL
+    from prism_mm.testing.clips import make_demo_video
+
+    model = str(save_tiny("qwen2_5_vl", tmp_path / "tiny"))
+    clip = str(make_demo_video(tmp_path / "clip.mp4", seconds=3, fps=8, height=112, width=168))
+    answers = {}
+    for stream in ("false", "true"):
+        lm = PrismQwenVL(pretrained=model, block_size=16, min_sparse_len=0, threshold=1.0, max_num_frames=4,
+                         stream=stream, stats_dir=str(tmp_path / "stats"))
+        answers[stream] = lm._answer("What moves?", [clip], {"max_new_tokens": 3})
+    (plain, plain_record), (streamed, streamed_record) = answers["false"], answers["true"]
+    assert streamed == plain and streamed_record["streamed"] and not plain_record["streamed"]
+    assert streamed_record["visual_tokens"] == plain_record["visual_tokens"] > 0

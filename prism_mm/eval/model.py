@@ -37,7 +37,7 @@ class PrismQwenVL(lmms):
                  threshold_high: float = 0.93, threshold_low: float = 0.93, min_sparse_len: int = 4096,
                  max_density: float = 1.0, calibrate=True, method: str = PrismConfig.method,
                  cutoff: float = PrismConfig.cutoff, dense_tail: int = PrismConfig.dense_tail, dtype: str = "auto",
-                 random_weights=False,
+                 random_weights=False, stream=False,
                  stats_dir: str = "prism_mm_stats", **kwargs):
         super().__init__()
         if kwargs:
@@ -61,7 +61,7 @@ class PrismQwenVL(lmms):
                                         method=str(method), cutoff=float(cutoff), dense_tail=int(dense_tail))
         if attn not in ("prism", "dense"):
             raise ValueError(f"attn must be prism or dense, got {attn!r}")
-        self.attn = attn
+        self.attn, self.stream = attn, _bool(stream)  # stream: decode each video while the vision tower runs
         self.session = VideoSession(pretrained, self.prism_config, device, dtype, _bool(random_weights), device_map,
                                     attn=attn)
         self.model, self.processor = self.session.model, self.session.processor
@@ -99,8 +99,12 @@ class PrismQwenVL(lmms):
         videos = [v for v in (visuals or []) if isinstance(v, str)]
         if len(videos) != 1:
             raise ValueError(f"prism_qwen_vl expects one video per question, got {len(videos)} visuals")
-        prepared = self.session.prepare(videos[0], context, self.video_options)
-        record = self.session.run(prepared, self.attn, int(gen_kwargs.get("max_new_tokens", 128)))
+        max_new_tokens = int(gen_kwargs.get("max_new_tokens", 128))
+        if self.stream:
+            record = self.session.run_streamed(videos[0], context, self.video_options, self.attn, max_new_tokens)
+        else:
+            prepared = self.session.prepare(videos[0], context, self.video_options)
+            record = self.session.run(prepared, self.attn, max_new_tokens)
         text = record.answer
         for stop in [u for u in gen_kwargs.get("until", []) or [] if u]:
             text = text.split(stop)[0]
