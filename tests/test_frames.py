@@ -115,3 +115,8 @@ def test_probe_is_not_repeated_for_an_unchanged_file(clips, tmp_path):
     shutil.copy(clips["h264 B-frames"], path)
     second = video.probe(str(path))
     assert video._probe.cache_info().misses == calls + 1 and (second.frames, second.width) == (150, 320)
+
+
+def test_no_frames_asked_gives_an_empty_array(clips):
+    got = reader.read_frames(clips["mpeg4"], [])
+    assert got.shape == (0, 112, 168, 3) and got.dtype == np.uint8

@@ -80,3 +80,66 @@ def test_streaming_refuses_bad_input(clip, tiny, tmp_path):
         stream.stream_video(model, processor, str(tmp_path / "nope.mp4"), "q", VideoOptions())
     with pytest.raises(VideoError, match="past the end"):
         stream.stream_video(model, processor, clip, "q", VideoOptions(start=100.0))
+
+
+def _whole_features(model, processor, clip, opts):
+    whole = build_inputs(processor, model.config, clip, "What moves?", opts)
+    with torch.no_grad():
+        return _vision_features(model, whole.inputs["pixel_values_videos"], whole.inputs["video_grid_thw"], None)[0]
+
+
+def test_a_parallel_read_given_up_midway_is_redone_by_decord(clip, tiny, monkeypatch):
+    """The parallel reader lands some frames (here: wrong ones, zeros) and then gives up: everything made from them is
+    dropped and decord's frames are streamed instead, so the features are the whole-video path's."""
+    from prism_mm.pipelines import frames as reader
+
+    model, processor = tiny
+    opts = VideoOptions(fps=4.0, decode_workers=4)
+    expected = _whole_features(model, processor, clip, opts)
+
+    def lands_zeros_then_fails(path, index, start_key, frames, slots, out, threads, written):
+        for f in frames[:4]:
+            out[slots[f]] = 0
+            written(slots[f])
+        raise reader.FrameIndexError("gave up")
+
+    monkeypatch.setattr(reader, "_decode_run", lands_zeros_then_fails)
+    (got, _), _ = stream.stream_video(model, processor, clip, "What moves?", opts, batch_pairs=1)
+    assert got.shape == expected.shape and rel_err(got, expected) < 1e-5
+
+
+def test_an_error_in_the_tower_stops_the_decoders_and_keeps_stderr(clip, tiny, monkeypatch, capfd):
+    """An exception in the calling thread while frames decode reaches the caller, the decoding thread has ended when
+    it does, and file descriptor 2 is the process's own again (the native-log capture is undone)."""
+    import os
+    import threading
+
+    model, processor = tiny
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("tower failed")
+
+    monkeypatch.setattr(stream, "_tower", boom)
+    with pytest.raises(RuntimeError, match="tower failed"):
+        stream.stream_video(model, processor, clip, "q", VideoOptions(fps=4.0, decode_workers=2))
+    assert not [t for t in threading.enumerate() if t.name == "prism_mm-decode"]
+    os.write(2, b"still here\n")
+    assert "still here" in capfd.readouterr().err
+
+
+def test_an_mpeg_ts_file_is_read_by_decord(tmp_path, tiny):
+    """MPEG-TS seeks by dts (a pts seek lands past the key frame): the parallel reader refuses the container, and
+    sample_frames and streaming read it with decord."""
+    from prism_mm.pipelines import frames as reader
+    from prism_mm.pipelines.video import sample_frames
+
+    ts = str(make_h264_clip(tmp_path / "clip.ts", frames=96, fps=24, gop=12, width=112, height=84))
+    with pytest.raises(reader.FrameIndexError, match="mpegts container"):
+        reader.FrameIndex.of(ts)
+    _, meta, _ = sample_frames(ts, VideoOptions(fps=4.0, decode_workers=4), "qwen2_5_vl")
+    assert meta["video_backend"] == "decord"
+    model, processor = tiny
+    opts = VideoOptions(fps=4.0, decode_workers=4)
+    (got, _), _ = stream.stream_video(model, processor, ts, "What moves?", opts)
+    expected = _whole_features(model, processor, ts, opts)
+    assert rel_err(got, expected) < 1e-5

@@ -14,7 +14,8 @@ at key frames instead:
    decord converts them) straight into the output array, and stops after its last.
 
 Files this cannot number as decord does (a packet without pts, a decoded frame whose pts no packet had, a stream
-without key frames, or no PyAV) raise FrameIndexError; callers read those with decord.
+without key frames, or no PyAV) and containers whose seek is not by pts (anything but MP4 / MOV and Matroska / WebM;
+MPEG-TS seeks by dts) raise FrameIndexError; callers read those with decord.
 
     index = FrameIndex.of(path)
     frames = read_frames(path, [0, 15, 30], index, workers=8)   # uint8 [3, H, W, 3]
@@ -29,6 +30,9 @@ from dataclasses import dataclass
 import numpy as np
 
 MAX_WORKERS = 16
+# Containers whose seek lands on the key frame of a pts (tested): others (MPEG-TS seeks by dts, and lands past it)
+# are read by decord.
+SEEKABLE_FORMATS = ("mov,mp4,m4a,3gp,3g2,mj2", "matroska,webm")
 
 
 class FrameIndexError(RuntimeError):
@@ -50,7 +54,12 @@ class FrameIndex:
 
         pts, key_pts = [], []
         with av.open(path) as container:
-            stream = container.streams.video[0]
+            if container.format.name not in SEEKABLE_FORMATS:
+                raise FrameIndexError(f"{path}: a {container.format.name} container (seeks by pts only in "
+                                      f"{' / '.join(SEEKABLE_FORMATS)})")
+            stream = container.streams.best("video")  # the stream decord reads (av_find_best_stream)
+            if stream is None:
+                raise FrameIndexError(f"{path}: no video stream")
             for packet in container.demux(stream):
                 if packet.size == 0:  # the demuxer's end-of-stream flush packet
                     continue
@@ -100,7 +109,7 @@ def _decode_run(path: str, index: FrameIndex, start_key: int, frames: list[int],
     position = {p: i for i, p in enumerate(index.pts)}
     last, todo = frames[-1], set(frames)
     with av.open(path) as container:
-        stream = container.streams.video[0]
+        stream = container.streams.best("video")
         stream.codec_context.thread_type = "AUTO" if threads > 1 else "SLICE"
         stream.codec_context.thread_count = threads
         if start_key > 0:
@@ -147,6 +156,8 @@ def read_frames(path: str, indices: list[int], index: FrameIndex | None = None, 
     elif out.shape != shape or out.dtype != np.uint8:
         raise ValueError(f"out must be uint8 {shape}, got {out.dtype} {out.shape}")
     runs = plan_runs(index, sorted(slots), workers)
+    if not runs:  # no frames asked for
+        return out
     threads = threads or max(1, min(2 * cores // max(len(runs), 1), 16))
     if len(runs) == 1:
         _decode_run(path, index, *runs[0], slots, out, threads, written)

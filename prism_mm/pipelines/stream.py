@@ -35,8 +35,10 @@ from .video import (
     PreparedVideo,
     VideoError,
     VideoOptions,
+    _first_line,
     _frame_choice,
     _frame_size,
+    _native_reason,
     _read_parallel,
     check_model_type,
     check_range,
@@ -85,25 +87,63 @@ def stream_video(model, processor, video_path: str, question: str, opts: VideoOp
     return features, prepared
 
 
+class _Stopped(Exception):
+    """Raised in a decoding thread once the calling thread has stopped waiting for frames."""
+
+
+class _DecodeFailed(Exception):
+    def __init__(self, error: BaseException):
+        super().__init__(str(error))
+        self.error = error
+
+
+RESET = "reset"  # queued when the parallel reader gave up after some frames landed: decord reads them all again
+
+
 def _streamed_features(model, processor, path, indices, info, opts, size, grid, device, batch_pairs):
+    """The features, with ffmpeg's and decord's native log lines captured in this thread (for the error message) and
+    the decoding thread stopped and joined before this returns or raises."""
+    failed = None
+    with native_stderr_captured() as native:
+        try:
+            return _stream_loop(model, processor, path, indices, info, opts, size, grid, device, batch_pairs)
+        except _DecodeFailed as e:
+            failed = e.error
+    if isinstance(failed, VideoError):
+        raise failed
+    raise VideoError(f"cannot decode frames of {path} ({_native_reason(native, _first_line(failed))}); re-encode it, "
+                     "e.g. ffmpeg -i in.mp4 -c:v libx264 out.mp4")
+
+
+def _stream_loop(model, processor, path, indices, info, opts, size, grid, device, batch_pairs):
     pairs = len(indices) // 2
     _, h, w = (int(x) for x in grid[0].tolist())
     landed: queue.Queue = queue.Queue()
     frames = np.empty((len(indices), info.height, info.width, 3), dtype=np.uint8)
     failure: list[BaseException] = []
+    stop = threading.Event()
+    wrote = threading.Event()
+
+    def written(slots):
+        if stop.is_set():
+            raise _Stopped
+        wrote.set()
+        landed.put(slots)
 
     def decode():
         try:
-            with native_stderr_captured():
-                done = None
-                if opts.reader == "parallel":
-                    done = _read_parallel(path, indices, info, opts.decode_workers,
-                                          written=landed.put, out=frames)
-                if done is None:  # decord reads the whole set, then every frame has landed
-                    import decord
+            done = None
+            if opts.reader == "parallel":
+                done = _read_parallel(path, indices, info, opts.decode_workers, written=written, out=frames)
+            if done is None:  # decord reads the whole set, then every frame has landed
+                import decord
 
-                    frames[:] = decord.VideoReader(path).get_batch(indices).asnumpy()
-                    landed.put(list(range(len(indices))))
+                if wrote.is_set():  # the parallel reader gave up midway: what landed is dropped first
+                    landed.put(RESET)
+                frames[:] = decord.VideoReader(path).get_batch(indices).asnumpy()
+                landed.put(list(range(len(indices))))
+        except _Stopped:
+            pass
         except BaseException as e:  # noqa: BLE001 - re-raised in the calling thread
             failure.append(e)
         finally:
@@ -111,44 +151,49 @@ def _streamed_features(model, processor, path, indices, info, opts, size, grid, 
 
     thread = threading.Thread(target=decode, name="prism_mm-decode", daemon=True)
     thread.start()
-    have = np.zeros(len(indices), dtype=bool)
-    ready: list[int] = []  # pairs whose two frames have landed, not yet sent to the tower
-    out = _FeatureRows(pairs)
-    finished = False
-    while out.done < pairs:
-        block = not ready and not finished  # wait for a frame only when there is nothing to send
-        while True:
-            try:
-                item = landed.get(block=block)
-            except queue.Empty:
-                break
-            block = False
-            if item is None:  # the decoding thread has ended
-                finished = True
+    try:
+        have = np.zeros(len(indices), dtype=bool)
+        ready: list[int] = []  # pairs whose two frames have landed, not yet sent to the tower
+        out = _FeatureRows(pairs)
+        finished = False
+        while out.done < pairs:
+            block = not ready and not finished  # wait for a frame only when there is nothing to send
+            while True:
+                try:
+                    item = landed.get(block=block)
+                except queue.Empty:
+                    break
+                block = False
+                if item is None:  # the decoding thread has ended
+                    finished = True
+                    continue
+                if item == RESET:  # everything made from the parallel reader's frames goes
+                    have[:] = False
+                    ready.clear()
+                    out = _FeatureRows(pairs)
+                    continue
+                for slot in item:
+                    have[slot] = True
+                    pair = slot // 2
+                    if have[2 * pair] and have[2 * pair + 1] and pair not in out.sent:
+                        out.sent.add(pair)
+                        ready.append(pair)
+            if failure:
+                raise _DecodeFailed(failure[0])
+            if not ready:
+                if finished:
+                    raise _DecodeFailed(VideoError(f"cannot decode frames of {path}: {pairs - out.done} frame pairs "
+                                                   "never arrived"))
                 continue
-            for slot in item:
-                have[slot] = True
-                pair = slot // 2
-                if have[2 * pair] and have[2 * pair + 1] and pair not in out.sent:
-                    out.sent.add(pair)
-                    ready.append(pair)
+            batch, ready = ready[:batch_pairs], ready[batch_pairs:]
+            out.add(batch, _tower(model, processor, frames, batch, size, (h, w), device))
+        thread.join()
         if failure:
-            raise _decode_error(path, failure[0])
-        if not ready:
-            if finished:
-                raise VideoError(f"cannot decode frames of {path}: {pairs - out.done} frame pairs never arrived")
-            continue
-        batch, ready = ready[:batch_pairs], ready[batch_pairs:]
-        out.add(batch, _tower(model, processor, frames, batch, size, (h, w), device))
-    thread.join()
-    return out.result()
-
-
-def _decode_error(path: str, error: BaseException) -> VideoError:
-    if isinstance(error, VideoError):
-        return error
-    return VideoError(f"cannot decode frames of {path} ({str(error).strip()[:120] or type(error).__name__}); "
-                      "re-encode it, e.g. ffmpeg -i in.mp4 -c:v libx264 out.mp4")
+            raise _DecodeFailed(failure[0])
+        return out.result()
+    finally:
+        stop.set()
+        thread.join()
 
 
 def _tower(model, processor, frames: np.ndarray, batch: list[int], size, hw, device):

@@ -123,7 +123,8 @@ def _native_reason(lines: list[str], fallback: str) -> str:
 def probe(path: str) -> VideoInfo:
     """Open the video and read its metadata; VideoError for missing, unreadable or empty files. The check decodes the
     last frame (back from its key frame): a file probed before, unchanged since (path, size, mtime), is not probed
-    again (the CLI probes before loading the model, sample_frames after)."""
+    again (the CLI probes before loading the model, sample_frames after); unchanged: the same path, device, inode,
+    size, mtime and ctime."""
     if not os.path.exists(path):
         raise VideoError(f"video not found: {path} (check the path)")
     if os.path.isdir(path):
@@ -131,11 +132,12 @@ def probe(path: str) -> VideoInfo:
     stat = os.stat(path)
     if stat.st_size == 0:
         raise VideoError(f"{path} is empty (0 bytes); pass a real video file")
-    return _probe(os.path.abspath(path), stat.st_size, stat.st_mtime_ns, path)
+    return _probe((os.path.abspath(path), stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns),
+                  path)
 
 
 @functools.lru_cache(maxsize=64)
-def _probe(key: str, size: int, mtime_ns: int, path: str) -> VideoInfo:
+def _probe(key: tuple, path: str) -> VideoInfo:  # key: the file's identity (ctime: no copy tool can set it)
     try:
         import decord
 
