@@ -139,9 +139,9 @@ def read_frames(path: str, indices: list[int], index: FrameIndex | None = None, 
     """Frames `indices` (decord's numbering; any order, repeats allowed) as uint8 [len(indices), H, W, 3] RGB, read by
     up to `workers` decoders in parallel (None: half the machine's cores, at most MAX_WORKERS), each with `threads`
     ffmpeg threads (None: twice the cores shared out among the runs, at most 16; on the H200 host's 16 cores 8
-    decoders x 4 threads were the fastest of 7 splits, lab/logs/reader_probe-h200-16cores.jsonl). `written(slots)`, when given, is called from the decoding
-    threads with the output rows each frame has just filled (so a caller can use frames while others decode);
-    `out`, when given, is the array filled (of the shape and dtype returned)."""
+    decoders x 4 threads were the fastest of 7 splits, lab/logs/reader_probe-h200-16cores.jsonl). `written(slots)`,
+    when given, is called from the decoding threads with the output rows each frame has just filled (so a caller can
+    use frames while others decode); `out`, when given, is the array filled (of the shape and dtype returned)."""
     index = index or FrameIndex.of(path)
     if any(not 0 <= i < len(index.pts) for i in indices):
         raise IndexError(f"frame indices must be in [0, {len(index.pts)}), got {min(indices)}..{max(indices)}")
@@ -163,6 +163,8 @@ def read_frames(path: str, indices: list[int], index: FrameIndex | None = None, 
         _decode_run(path, index, *runs[0], slots, out, threads, written)
         return out
     with ThreadPoolExecutor(max_workers=len(runs)) as pool:
-        for done in [pool.submit(_decode_run, path, index, key, frames, slots, out, threads, written) for key, frames in runs]:
+        futures = [pool.submit(_decode_run, path, index, key, frames, slots, out, threads, written)
+                   for key, frames in runs]
+        for done in futures:
             done.result()
     return out

@@ -239,13 +239,10 @@ class VideoSession:
         if cuda:
             synchronize_gpus()
         total = time.perf_counter() - t0
-        answer = self.processor.batch_decode(new[None], skip_special_tokens=True)[0].strip()
-        summary, prism = stats.summary(), self.attn == "prism"
-        return RunRecord(self.attn, answer, prefill, vision, total - prefill, int(new.numel()),
-                         stats.mean_density if prism else 1.0, stats.sparse_layers if prism else 0,
-                         summary["layers"], summary["dense_reasons"] if prism else [],
-                         stats.layer_report() if prism else [], prepared.frames_used, prepared.visual_tokens,
-                         prepared.total_tokens, prepared.seconds, streamed=True)
+        record = self._record(new, prefill, vision, total - prefill)
+        record.frames, record.visual_tokens = prepared.frames_used, prepared.visual_tokens
+        record.total_tokens, record.video_s, record.streamed = prepared.total_tokens, prepared.seconds, True
+        return record
 
     def _generate(self, inputs: dict, max_new_tokens: int) -> RunRecord:
         attn, stats = self.attn, self.model.prism_stats
@@ -271,11 +268,15 @@ class VideoSession:
         if cuda:
             synchronize_gpus()
         total = time.perf_counter() - t0
-        answer = self.processor.batch_decode(new[None], skip_special_tokens=True)[0].strip()
         prefill = stats.prefill_seconds or 0.0
+        return self._record(new, prefill, stats.vision_seconds, total - prefill)
+
+    def _record(self, new: torch.Tensor, prefill_s: float, vision_s: float | None, decode_s: float) -> RunRecord:
+        """The RunRecord of a generation that gave tokens `new`, with what model.prism_stats recorded of it."""
+        stats, prism = self.model.prism_stats, self.attn == "prism"
+        answer = self.processor.batch_decode(new[None], skip_special_tokens=True)[0].strip()
         summary = stats.summary()
-        prism = attn == "prism"
-        return RunRecord(attn, answer, prefill, stats.vision_seconds, total - prefill, int(new.numel()),
+        return RunRecord(self.attn, answer, prefill_s, vision_s, decode_s, int(new.numel()),
                          stats.mean_density if prism else 1.0, stats.sparse_layers if prism else 0,
                          summary["layers"], summary["dense_reasons"] if prism else [],
                          stats.layer_report() if prism else [])

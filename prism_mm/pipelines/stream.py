@@ -17,8 +17,8 @@ and the other two are GPU work, so here they run at once:
    a patch's place inside its frame only, so a patch's features do not depend on which patches share its call:
    they are those of one whole-video call (tested against sample_frames + the processor + the tower).
 
-Files the parallel reader (pipelines.frames) cannot number as decord does are read by decord first, and then streamed the same way
-(no overlap with decoding then).
+Files the parallel reader (pipelines.frames) cannot number as decord does are read by decord first, and then
+streamed the same way (no overlap with decoding then).
 """
 from __future__ import annotations
 
@@ -36,17 +36,16 @@ from .video import (
     VideoError,
     VideoOptions,
     _first_line,
-    _frame_choice,
-    _frame_size,
     _native_reason,
-    _read_parallel,
     check_model_type,
     check_range,
     fetch_video_request,
     native_stderr_captured,
+    plan_sample,
     prepared_video,
     probe,
     prompt_inputs,
+    read_sampled,
     resize_frames,
 )
 
@@ -67,11 +66,7 @@ def stream_video(model, processor, video_path: str, question: str, opts: VideoOp
     if info.backend != "decord":
         raise VideoError("streaming needs decord (pip install decord) to number the frames; or run without streaming")
     ele = fetch_video_request(video_path, opts)
-    try:
-        indices, in_range = _frame_choice(ele, info.frames, info.fps)
-        height, width = _frame_size(ele, len(indices), info.height, info.width, MODEL_PATCH[model_type])
-    except ValueError as e:
-        raise VideoError(f"cannot sample frames from {video_path}: {e}") from None
+    indices, in_range, (height, width) = plan_sample(video_path, ele, info, MODEL_PATCH[model_type])
     if len(indices) % 2:
         raise VideoError(f"{len(indices)} frames sampled: streaming takes frame pairs; run without streaming")
     metadata = {"fps": info.fps, "frames_indices": indices, "total_num_frames": in_range}
@@ -132,16 +127,11 @@ def _stream_loop(model, processor, path, indices, info, opts, size, grid, device
 
     def decode():
         try:
-            done = None
-            if opts.reader == "parallel":
-                done = _read_parallel(path, indices, info, opts.decode_workers, written=written, out=frames)
-            if done is None:  # decord reads the whole set, then every frame has landed
-                import decord
-
-                if wrote.is_set():  # the parallel reader gave up midway: what landed is dropped first
+            def dropped():  # decord reads the whole set: what the parallel reader landed before giving up goes
+                if wrote.is_set():
                     landed.put(RESET)
-                frames[:] = decord.VideoReader(path).get_batch(indices).asnumpy()
-                landed.put(list(range(len(indices))))
+
+            read_sampled(path, indices, info, opts, written=written, out=frames, before_decord=dropped)
         except _Stopped:
             pass
         except BaseException as e:  # noqa: BLE001 - re-raised in the calling thread

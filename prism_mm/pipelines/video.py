@@ -122,9 +122,8 @@ def _native_reason(lines: list[str], fallback: str) -> str:
 
 def probe(path: str) -> VideoInfo:
     """Open the video and read its metadata; VideoError for missing, unreadable or empty files. The check decodes the
-    last frame (back from its key frame): a file probed before, unchanged since (path, size, mtime), is not probed
-    again (the CLI probes before loading the model, sample_frames after); unchanged: the same path, device, inode,
-    size, mtime and ctime."""
+    last frame (back from its key frame): a file probed before and unchanged since (the same path, device, inode,
+    size, mtime and ctime) is not probed again (the CLI probes before loading the model, sample_frames after)."""
     if not os.path.exists(path):
         raise VideoError(f"video not found: {path} (check the path)")
     if os.path.isdir(path):
@@ -236,8 +235,9 @@ def _read_parallel(path: str, indices: list[int], info: VideoInfo, workers: int 
     """The frames by pipelines.frames (read_frames' `written` and `out`), or None where it cannot number them as
     decord does (decord then reads)."""
     try:
-        from . import frames as reader
         import av
+
+        from . import frames as reader
     except ImportError:
         return None
     try:
@@ -249,30 +249,52 @@ def _read_parallel(path: str, indices: list[int], info: VideoInfo, workers: int 
         return None
 
 
-def _sample_decord(path: str, ele: dict, info: VideoInfo, patch: int, device: str | None, opts: VideoOptions):
-    import decord
+PARALLEL_BACKEND = "decord frame choice, parallel PyAV reader"
 
+
+def plan_sample(path: str, ele: dict, info: VideoInfo, patch: int) -> tuple[list[int], int, tuple[int, int]]:
+    """qwen-vl-utils' frame indices for `ele`, the number of frames in its time range, and the (height, width) the
+    frames are resized to; VideoError for what its checks refuse."""
     try:
         indices, in_range = _frame_choice(ele, info.frames, info.fps)
-        error, backend = None, "decord"
-        with native_stderr_captured() as native:  # its lines are there once the block has ended
-            try:
-                frames = _read_parallel(path, indices, info, opts.decode_workers) if opts.reader == "parallel" else None
-                if frames is None:
-                    frames = decord.VideoReader(path).get_batch(indices).asnumpy()  # ffmpeg's threads, as qwen-vl-utils
-                else:
-                    backend = "decord frame choice, parallel PyAV reader"
-            except Exception as e:  # noqa: BLE001 - decord raises its own error types
-                error = _first_line(e)
-        if error is not None:
-            raise VideoError(f"cannot decode frames of {path} ({_native_reason(native, error)}); re-encode it, "
-                             "e.g. ffmpeg -i in.mp4 -c:v libx264 out.mp4")
-        frames = torch.from_numpy(frames).permute(0, 3, 1, 2)
-        size = _frame_size(ele, frames.shape[0], frames.shape[-2], frames.shape[-1], patch)
-    except VideoError:
-        raise
+        return indices, in_range, _frame_size(ele, len(indices), info.height, info.width, patch)
     except ValueError as e:  # qwen-vl-utils' checks of the range and the frame counts
         raise VideoError(f"cannot sample frames from {path}: {e}") from None
+
+
+def read_sampled(path: str, indices: list[int], info: VideoInfo, opts: VideoOptions, written=None, out=None,
+                 before_decord=None):
+    """(frames uint8 [len(indices), H, W, 3], backend) by opts.reader: the parallel reader (read_frames' `written`
+    and `out`) where it numbers the frames as decord does, else decord, which then calls `before_decord()` first, fills
+    `out` and passes `written` every slot at once. Raises what the readers raise."""
+    frames = _read_parallel(path, indices, info, opts.decode_workers, written, out) if opts.reader == "parallel" else None
+    if frames is not None:
+        return frames, PARALLEL_BACKEND
+    import decord
+
+    if before_decord is not None:
+        before_decord()
+    frames = decord.VideoReader(path).get_batch(indices).asnumpy()  # ffmpeg's threads, as qwen-vl-utils
+    if out is not None:
+        out[:] = frames
+        frames = out
+    if written is not None:
+        written(list(range(len(indices))))
+    return frames, "decord"
+
+
+def _sample_decord(path: str, ele: dict, info: VideoInfo, patch: int, device: str | None, opts: VideoOptions):
+    indices, in_range, size = plan_sample(path, ele, info, patch)
+    error = None
+    with native_stderr_captured() as native:  # its lines are there once the block has ended
+        try:
+            frames, backend = read_sampled(path, indices, info, opts)
+        except Exception as e:  # noqa: BLE001 - decord raises its own error types
+            error = _first_line(e)
+    if error is not None:
+        raise VideoError(f"cannot decode frames of {path} ({_native_reason(native, error)}); re-encode it, "
+                         "e.g. ffmpeg -i in.mp4 -c:v libx264 out.mp4")
+    frames = torch.from_numpy(frames).permute(0, 3, 1, 2)
     metadata = {"fps": info.fps, "frames_indices": indices, "total_num_frames": in_range, "video_backend": backend}
     return resize_frames(frames, size, device), metadata, info
 
