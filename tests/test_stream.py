@@ -16,7 +16,13 @@ from prism_mm.pipelines.prefill import (  # noqa: E402
     chunked_prefill,
     greedy_decode,
 )
-from prism_mm.pipelines.video import VideoError, VideoOptions, build_inputs  # noqa: E402
+from prism_mm.pipelines.video import (  # noqa: E402
+    VideoError,
+    VideoOptions,
+    build_inputs,
+    prompt_inputs,
+    sample_frames,
+)
 from prism_mm.testing.clips import make_h264_clip  # noqa: E402
 from prism_mm.testing.tiny import save_tiny  # noqa: E402
 
@@ -70,6 +76,31 @@ def test_streamed_prefill_answers_as_generate(clip, tiny):
     state = chunked_prefill(model, prepared.inputs, ChunkConfig(decoder_tokens=prepared.total_tokens), features)
     tokens = greedy_decode(model, state, max_new_tokens=4, eos_token_id=-1)
     assert torch.equal(tokens, expected)
+
+
+def test_stand_in_stream_decodes_nothing_and_gives_black_frames_features(clip, tiny, monkeypatch):
+    """stand_in=True (the streamed warm-up) never reads the file's frames; its prompt tensors are the real run's
+    and its features those of one tower call over black frames of the sampled count and size."""
+    model, processor = tiny
+    opts = VideoOptions(fps=4.0)
+    frames, meta, _ = sample_frames(clip, opts, model.config.model_type)
+    whole = build_inputs(processor, model.config, clip, "What moves?", opts)
+    black = prompt_inputs(processor, torch.zeros_like(frames), meta, clip, "What moves?", None)
+    with torch.no_grad():
+        feats, deep = _vision_features(model, black["pixel_values_videos"], black["video_grid_thw"], None)
+
+    def no_reading(*args, **kwargs):
+        raise AssertionError("the stand-in stream read the file's frames")
+
+    monkeypatch.setattr(stream, "read_sampled", no_reading)
+    (got, got_deep), prepared = stream.stream_video(model, processor, clip, "What moves?", opts, batch_pairs=3,
+                                                    stand_in=True)
+    for key, value in prepared.inputs.items():
+        assert torch.equal(value, whole.inputs[key]), key
+    assert got.shape == feats.shape and rel_err(got, feats) < 1e-5
+    assert (got_deep is None) == (deep is None)
+    for a, b in zip(got_deep or [], deep or []):
+        assert a.shape == b.shape and rel_err(a, b) < 1e-5
 
 
 def test_streaming_refuses_bad_input(clip, tiny, tmp_path):

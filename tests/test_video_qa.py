@@ -348,6 +348,45 @@ def test_streamed_session_run_answers_as_the_unstreamed_run(clip, tiny):
     assert streamed.first_token_s == pytest.approx(streamed.video_s + streamed.prefill_s)
 
 
+def test_streamed_warmup_reads_the_file_once_and_changes_no_answer(clip, tiny, monkeypatch):
+    """run_streamed(warmup=True) warms up on black stand-in frames: the file's frames are read once (by the timed
+    run), and the answer is the run without a warm-up's."""
+    from prism_mm import PrismConfig
+    from prism_mm.pipelines import stream
+
+    reads = []
+    real = stream.read_sampled
+    monkeypatch.setattr(stream, "read_sampled", lambda *a, **k: reads.append(1) or real(*a, **k))
+    cfg = PrismConfig.video(block_size=16, min_sparse_len=0, max_density=1.0).with_threshold(1.0)
+    session = VideoSession(tiny, cfg, device="cpu")
+    opts = VideoOptions(fps=2.0, max_frames=6)
+    cold = session.run_streamed(clip, "What moves?", opts, "prism", 4)
+    assert len(reads) == 1
+    warm = session.run_streamed(clip, "What moves?", opts, "prism", 4, warmup=True)
+    assert len(reads) == 2 and warm.answer == cold.answer and warm.new_tokens == cold.new_tokens
+
+
+def test_streamed_compare_checks_layers_against_dense_as_the_unstreamed_one(clip, tiny):
+    """VideoQA(stream=True) in compare mode reports the per-layer check against dense, made over the streamed
+    features: the same layers, kept blocks and (to 1e-4) errors as the unstreamed comparison's check."""
+    from prism_mm import PrismConfig
+
+    cfg = PrismConfig.video(block_size=16, min_sparse_len=0, max_density=1.0).with_threshold(0.6)
+    opts = VideoOptions(fps=2.0, max_frames=6)
+    qa = VideoQA(tiny, "compare", cfg, opts, max_new_tokens=2, device="cpu", progress=False)
+    plain = qa(clip, "What moves?", warmup=False)
+    qa.stream = True
+    streamed = qa(clip, "What moves?", warmup=False)
+    rows, expected = streamed["layers_vs_dense"], plain["layers_vs_dense"]
+    assert len(rows) == len(expected) == 2 and all(r["sparse"] for r in expected)
+    assert any(r["kept_blocks"] < r["total_blocks"] for r in expected)  # a check with something dropped
+    for got, want in zip(rows, expected):
+        assert (got["layer"], got["kept_blocks"], got["total_blocks"]) == \
+            (want["layer"], want["kept_blocks"], want["total_blocks"])
+        assert got["dense_rel_err"] == pytest.approx(want["dense_rel_err"], rel=1e-4, abs=1e-7)
+        assert "layers_vs_dense" not in streamed["runs"]["prism"]
+
+
 def test_cli_stream_compare_reports_the_streamed_stage(clip, tiny, capsys):
     code = main(["--video", clip, "--question", "What moves?", "--model", tiny, "--attn", "compare", "--max-frames",
                  "4", "--max-new-tokens", "3", "--block-size", "16", "--min-sparse-len", "0", "--threshold", "1.0",
@@ -355,7 +394,7 @@ def test_cli_stream_compare_reports_the_streamed_stage(clip, tiny, capsys):
     assert code == 0
     out = capsys.readouterr().out
     assert out.count("video decoded while the vision tower ran") == 2 and "answers agree: True" in out
-    assert "not a speed measure" in out and "per decoder layer" not in out
+    assert "not a speed measure" in out and "per decoder layer, Prism against dense" in out
 
 
 def test_cli_decode_workers_checked(clip, capsys):

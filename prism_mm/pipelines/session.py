@@ -77,6 +77,7 @@ class RunRecord:
     total_tokens: int | None = None
     video_s: float | None = None  # decoding + sampling + processor of the PreparedVideo it ran on
     streamed: bool = False  # video_s also holds the vision tower, run while the file decoded (vision_s: its share)
+    layers_vs_dense: list[dict] = field(default_factory=list)  # a streamed run's check against dense (not in to_dict)
 
     @property
     def total_s(self) -> float:
@@ -90,6 +91,7 @@ class RunRecord:
     def to_dict(self, video: bool = True) -> dict:
         """The record as a JSON-ready dict; video=False leaves out the video fields (shared by a comparison's runs)."""
         d = asdict(self)
+        del d["layers_vs_dense"]  # reported beside the runs (VideoQA's "layers_vs_dense")
         return d if video else {k: v for k, v in d.items() if k not in VIDEO_FIELDS}
 
 
@@ -191,8 +193,7 @@ class VideoSession:
         warmup=True first generates one token untimed (kernel compiles and allocations stay out of the timing).
         """
         prepared = prepared_or_inputs if isinstance(prepared_or_inputs, PreparedVideo) else None
-        inputs = prepared.inputs if prepared is not None else prepared_or_inputs
-        inputs = {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+        inputs = self._on_device(prepared.inputs if prepared is not None else prepared_or_inputs)
         if attn is not None:
             self.set_attention(attn)
         if warmup:
@@ -204,31 +205,44 @@ class VideoSession:
         return record
 
     def run_streamed(self, video: str, question: str, options: VideoOptions | None = None, attn: str | None = None,
-                     max_new_tokens: int = 128, warmup: bool = False) -> RunRecord:
+                     max_new_tokens: int = 128, warmup: bool = False,
+                     check_against_dense: bool = False) -> RunRecord:
         """The video decoded while the vision tower runs (pipelines.stream), then the decoder prefill (in the
         session's decoder chunks, else one) and greedy decoding, timed into a RunRecord whose video_s is the streamed
         stage (decoding, processor and vision tower) and prefill_s the decoder prefill.
 
-        warmup=True first runs it once untimed with one new token (the video is decoded twice)."""
+        warmup=True first runs it once untimed with one new token on black stand-in frames of the video's sampled
+        count and size (the file is decoded once). check_against_dense=True (a Prism run): afterwards, one untimed
+        prefill over the same features in which every sparse layer also runs dense attention; the record's
+        layers_vs_dense holds that report (as check_against_dense's)."""
         if attn is not None:
             self.set_attention(attn)
+        options = options or VideoOptions()
         if warmup:
-            self.run_streamed(video, question, options, None, 1)
+            self._streamed(video, question, options, 1, stand_in=True)
+        record, features, prepared = self._streamed(video, question, options, max_new_tokens)
+        if check_against_dense and self.attn == "prism":
+            record.layers_vs_dense = self._checked_prefill(prepared.inputs, features)
+        return record
+
+    def _streamed(self, video: str, question: str, options: VideoOptions, max_new_tokens: int,
+                  stand_in: bool = False) -> tuple[RunRecord, tuple, PreparedVideo]:
         cuda = self.device.startswith("cuda")
         stats = self.model.prism_stats
         stats.reset()
         if cuda:
             synchronize_gpus()
         started = time.perf_counter()
-        with tqdm(total=1, desc=f"streaming video ({self.attn})", disable=not self.progress, leave=False) as bar:
-            features, prepared = stream_video(self.model, self.processor, video, question, options or VideoOptions(),
-                                              self.device if cuda else None)
+        with tqdm(total=1, desc=f"streaming video ({self.attn})", disable=not self.progress or stand_in,
+                  leave=False) as bar:
+            features, prepared = stream_video(self.model, self.processor, video, question, options,
+                                              self.device if cuda else None, stand_in=stand_in)
             if cuda:
                 synchronize_gpus()
             bar.update(1)
         prepared.seconds = time.perf_counter() - started
         vision = stats.vision_seconds
-        inputs = {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in prepared.inputs.items()}
+        inputs = self._on_device(prepared.inputs)
         t0 = time.perf_counter()
         tokens = self.chunks.decoder_tokens if self.chunks is not None else prepared.total_tokens
         state = chunked_prefill(self.model, inputs, ChunkConfig(tokens), features)
@@ -236,13 +250,14 @@ class VideoSession:
             synchronize_gpus()
         prefill = time.perf_counter() - t0
         new = greedy_decode(self.model, state, max_new_tokens)[0]
+        del state
         if cuda:
             synchronize_gpus()
         total = time.perf_counter() - t0
         record = self._record(new, prefill, vision, total - prefill)
         record.frames, record.visual_tokens = prepared.frames_used, prepared.visual_tokens
         record.total_tokens, record.video_s, record.streamed = prepared.total_tokens, prepared.seconds, True
-        return record
+        return record, features, prepared
 
     def _generate(self, inputs: dict, max_new_tokens: int) -> RunRecord:
         attn, stats = self.attn, self.model.prism_stats
@@ -285,19 +300,28 @@ class VideoSession:
         """One untimed Prism prefill in which every sparse layer also runs dense attention on the same inputs:
         PrismRunStats.layer_report() with each layer's kept blocks and output error against dense."""
         inputs = prepared_or_inputs.inputs if isinstance(prepared_or_inputs, PreparedVideo) else prepared_or_inputs
-        inputs = {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+        return self._checked_prefill(inputs)
+
+    def _checked_prefill(self, inputs: dict, features: tuple | None = None) -> list[dict]:
+        """check_against_dense's report; with `features` (the tower's, streamed), one decoder pass over them."""
+        inputs = self._on_device(inputs)
         previous, stats = self.attn, self.model.prism_stats
         self.set_attention("prism")
         stats.reset()
         stats.check_against_dense = True
         try:
             with torch.no_grad():
-                self.model(**inputs)
+                if features is None:
+                    self.model(**inputs)
+                else:
+                    chunked_prefill(self.model, inputs, ChunkConfig(int(inputs["input_ids"].shape[1])), features)
             return stats.layer_report()
         finally:
             stats.check_against_dense = False
             self.set_attention(previous)
 
+    def _on_device(self, inputs: dict) -> dict:
+        return {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
 
 class VideoQA:
     """Python API mirroring the CLI: VideoQA(model=..., attn=...)(video, question) -> dict."""
@@ -326,9 +350,11 @@ class VideoQA:
         modes = ["dense", "prism"] if self.attn == "compare" else [self.attn]
         if warmup is None:  # one-time costs (kernel compiles, allocations) stay out of the timings
             warmup = self.device.startswith("cuda") or len(modes) > 1
+        check = len(modes) > 1 and self.session.chunks is None  # compare: one unchunked pass checked against dense
         if self.stream:
             runs = {mode: self.session.run_streamed(video, question, self.video_opts, mode, self.max_new_tokens,
-                                                    warmup=warmup) for mode in modes}
+                                                    warmup=warmup, check_against_dense=check)
+                    for mode in modes}
             first = next(iter(runs.values()))
             shape = {"frames": first.frames, "visual_tokens": first.visual_tokens, "total_tokens": first.total_tokens}
             video_s, prepared = (runs.get("prism") or runs["dense"]).video_s, None
@@ -354,8 +380,9 @@ class VideoQA:
             if not self.stream:  # streamed, the tower's time is inside video_s
                 result["prefill_speedup"] = runs["dense"].prefill_s / max(runs["prism"].prefill_s, 1e-9)
             result["answers_agree"] = runs["dense"].answer == runs["prism"].answer
-            if self.session.chunks is None and prepared is not None:  # one unchunked pass over the pixels
-                result["layers_vs_dense"] = self.session.check_against_dense(prepared)
+            if check:
+                result["layers_vs_dense"] = (runs["prism"].layers_vs_dense if self.stream
+                                             else self.session.check_against_dense(prepared))
         return result
 
 

@@ -53,10 +53,14 @@ BATCH_PAIRS = 32  # temporal patches per vision-tower call while streaming (16, 
 
 
 def stream_video(model, processor, video_path: str, question: str, opts: VideoOptions, device: str | None = None,
-                 batch_pairs: int = BATCH_PAIRS) -> tuple[tuple, PreparedVideo]:
+                 batch_pairs: int = BATCH_PAIRS, stand_in: bool = False) -> tuple[tuple, PreparedVideo]:
     """The video's vision-tower features (features [video tokens, hidden], deepstack list or None), computed while
     the file decodes, and its PreparedVideo (the processor's prompt tensors without pixel values; `seconds`: the
-    whole streamed stage, decoding and vision tower included)."""
+    whole streamed stage, decoding and vision tower included).
+
+    stand_in=True decodes nothing: black frames of the sampled count and size take the file's place, all landed at
+    once, so the processor, the tower's calls and the prompt have this video's shapes (a warm-up that compiles and
+    allocates what the real run will, without decoding the file twice)."""
     if not isinstance(batch_pairs, int) or batch_pairs < 1:
         raise ValueError(f"batch_pairs must be an int >= 1, got {batch_pairs!r}")
     t0 = time.perf_counter()
@@ -70,13 +74,19 @@ def stream_video(model, processor, video_path: str, question: str, opts: VideoOp
     if len(indices) % 2:
         raise VideoError(f"{len(indices)} frames sampled: streaming takes frame pairs; run without streaming")
     metadata = {"fps": info.fps, "frames_indices": indices, "total_num_frames": in_range}
-    stand_in = torch.zeros((len(indices), 3, height, width), dtype=torch.uint8, device=device)
-    inputs = prompt_inputs(processor, stand_in, metadata, video_path, question, device)
-    del stand_in
+    blank = torch.zeros((len(indices), 3, height, width), dtype=torch.uint8, device=device)
+    inputs = prompt_inputs(processor, blank, metadata, video_path, question, device)
+    del blank
     inputs.pop("pixel_values_videos", None)
     grid = inputs["video_grid_thw"]
-    features = _streamed_features(model, processor, video_path, indices, info, opts, (height, width), grid, device,
-                                  batch_pairs)
+    if stand_in:
+        def read(written, out, before_decord):
+            written(list(range(len(indices))))  # out is zeros
+    else:
+        def read(written, out, before_decord):
+            read_sampled(video_path, indices, info, opts, written=written, out=out, before_decord=before_decord)
+    features = _streamed_features(model, processor, video_path, read, len(indices), info, (height, width), grid,
+                                  device, batch_pairs)
     prepared = prepared_video(inputs, model.config, info, len(indices), (width, height))
     prepared.seconds = time.perf_counter() - t0
     return features, prepared
@@ -95,13 +105,14 @@ class _DecodeFailed(Exception):
 RESET = "reset"  # queued when the parallel reader gave up after some frames landed: decord reads them all again
 
 
-def _streamed_features(model, processor, path, indices, info, opts, size, grid, device, batch_pairs):
-    """The features, with ffmpeg's and decord's native log lines captured in this thread (for the error message) and
-    the decoding thread stopped and joined before this returns or raises."""
+def _streamed_features(model, processor, path, read, n_frames, info, size, grid, device, batch_pairs):
+    """The features of the `n_frames` frames that read(written, out, before_decord) puts into `out`, with ffmpeg's
+    and decord's native log lines captured in this thread (for the error message) and the decoding thread stopped
+    and joined before this returns or raises."""
     failed = None
     with native_stderr_captured() as native:
         try:
-            return _stream_loop(model, processor, path, indices, info, opts, size, grid, device, batch_pairs)
+            return _stream_loop(model, processor, path, read, n_frames, info, size, grid, device, batch_pairs)
         except _DecodeFailed as e:
             failed = e.error
     if isinstance(failed, VideoError):
@@ -110,11 +121,11 @@ def _streamed_features(model, processor, path, indices, info, opts, size, grid, 
                      "e.g. ffmpeg -i in.mp4 -c:v libx264 out.mp4")
 
 
-def _stream_loop(model, processor, path, indices, info, opts, size, grid, device, batch_pairs):
-    pairs = len(indices) // 2
+def _stream_loop(model, processor, path, read, n_frames, info, size, grid, device, batch_pairs):
+    pairs = n_frames // 2
     _, h, w = (int(x) for x in grid[0].tolist())
     landed: queue.Queue = queue.Queue()
-    frames = np.empty((len(indices), info.height, info.width, 3), dtype=np.uint8)
+    frames = np.zeros((n_frames, info.height, info.width, 3), dtype=np.uint8)  # fresh pages, as np.empty's
     failure: list[BaseException] = []
     stop = threading.Event()
     wrote = threading.Event()
@@ -131,7 +142,7 @@ def _stream_loop(model, processor, path, indices, info, opts, size, grid, device
                 if wrote.is_set():
                     landed.put(RESET)
 
-            read_sampled(path, indices, info, opts, written=written, out=frames, before_decord=dropped)
+            read(written, frames, dropped)
         except _Stopped:
             pass
         except BaseException as e:  # noqa: BLE001 - re-raised in the calling thread
@@ -142,7 +153,7 @@ def _stream_loop(model, processor, path, indices, info, opts, size, grid, device
     thread = threading.Thread(target=decode, name="prism_mm-decode", daemon=True)
     thread.start()
     try:
-        have = np.zeros(len(indices), dtype=bool)
+        have = np.zeros(n_frames, dtype=bool)
         ready: list[int] = []  # pairs whose two frames have landed, not yet sent to the tower
         out = _FeatureRows(pairs)
         finished = False

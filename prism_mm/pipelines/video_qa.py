@@ -58,7 +58,7 @@ def parse_args(argv=None):
                     help="with --chunk-tokens: run the vision tower on this many temporal patches at a time")
     ap.add_argument("--stream", action="store_true",
                     help="decode the video while the vision tower runs on the frames decoded so far (first token "
-                         "sooner on long videos; the per-layer check against dense is not run)")
+                         "sooner on long videos)")
     ap.add_argument("--decode-workers", type=int, help="parallel decoders of the video file (default: half the cores)")
     ap.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda if available)")
     ap.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"])

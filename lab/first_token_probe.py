@@ -1,0 +1,65 @@
+"""Experiment (ninth session): the whole time from a video file to the first answer token, streamed
+(VideoSession.run_streamed: decoding overlapped with the processor and the vision tower, then the decoder prefill)
+against in a row (VideoSession.prepare + run: decoding, processor, then one prefill forward), for dense and Prism,
+Qwen2.5-VL-7B with random weights (bf16) on a generated 720p H.264 clip sampled at 2 fps. Each (mode, path) is warmed
+up once on the clip itself (VideoQA's warm-up), then timed `--repeats` times, the paths interleaved. One JSON line per
+run: first_token_s = video_s + prefill_s of its RunRecord; the answers of the two paths are compared per mode.
+
+    python lab/first_token_probe.py --clip /tmp/clip300.mp4 --repeats 2
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+import torch
+
+from prism_mm.pipelines.session import VideoSession
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--clip", required=True)
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--max-new-tokens", type=int, default=8)
+    ap.add_argument("--modes", nargs="+", default=["dense", "prism"])
+    args = ap.parse_args()
+    emit = lambda **r: print(json.dumps({"cores": os.cpu_count(), "clip": os.path.basename(args.clip), **r}),
+                             flush=True)
+    t = time.perf_counter()
+    session = VideoSession("Qwen/Qwen2.5-VL-7B-Instruct", device="cuda", random_weights=True)
+    emit(what="load", s=time.perf_counter() - t, device=session.device_name)
+    question = "What happens in the video?"
+
+    def in_a_row(mode, warmup):
+        prepared = session.prepare(args.clip, question)
+        return session.run(prepared, mode, args.max_new_tokens, warmup=warmup)
+
+    def streamed(mode, warmup):
+        return session.run_streamed(args.clip, question, None, mode, args.max_new_tokens, warmup=warmup)
+
+    paths = {"in a row": in_a_row, "streamed": streamed}
+    for mode in args.modes:
+        for name, run in paths.items():
+            t = time.perf_counter()
+            run(mode, True)
+            emit(what="warm-up", mode=mode, path=name, s=time.perf_counter() - t)
+    for r in range(args.repeats):
+        for mode in args.modes:
+            answers = {}
+            for name, run in paths.items():
+                rec = run(mode, False)
+                answers[name] = rec.answer
+                emit(what="run", mode=mode, path=name, repeat=r, first_token_s=rec.first_token_s, video_s=rec.video_s,
+                     vision_s=rec.vision_s, prefill_s=rec.prefill_s, decode_s=rec.decode_s,
+                     visual_tokens=rec.visual_tokens, total_tokens=rec.total_tokens, mean_density=rec.mean_density,
+                     sparse_layers=rec.sparse_layers)
+                torch.cuda.empty_cache()
+            emit(what="answers", mode=mode, repeat=r, agree=len(set(answers.values())) == 1)
+    emit(what="peak", gib=torch.cuda.max_memory_allocated() / 2**30)
+
+
+if __name__ == "__main__":
+    main()
