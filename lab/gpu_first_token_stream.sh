@@ -10,7 +10,7 @@ export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD:/tmp/site
 write_clip('/tmp/clip300.part.mp4', 300, 'ultrafast', 250)" && mv -f /tmp/clip300.part.mp4 /tmp/clip300.mp4 ) \
   > "$OUT/clip.log" 2>&1 &
 writer=$!
-timeout 150 python3 -m pytest -q tests/test_frames.py tests/test_stream.py "tests/test_video_qa.py::test_streamed_warmup_reads_the_file_once_and_changes_no_answer" "tests/test_video_qa.py::test_streamed_compare_checks_layers_against_dense_as_the_unstreamed_one" -p no:cacheprovider 2>&1 \
+timeout 150 python3 -m pytest -q tests/test_frames.py tests/test_stream.py "tests/test_video_qa.py::test_streamed_warmup_reads_the_file_once_and_changes_no_answer" "tests/test_video_qa.py::test_streamed_compare_checks_layers_against_dense_as_the_unstreamed_one" "tests/test_video_qa.py::test_python_api_compare" -p no:cacheprovider 2>&1 \
   | tee "$OUT/pytest-gpu-host-mends.log" | tail -3
 wait $writer
 timeout 400 python3 lab/first_token_probe.py --clip /tmp/clip300.mp4 --repeats 2 2>&1 | grep -v Warning \

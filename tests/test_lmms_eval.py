@@ -41,19 +41,23 @@ def test_lmms_eval_cli_prism_and_dense(tmp_path):
         targets = [d["answer"] for d in json.loads((task_dir / "smoke.json").read_text())]  # doc_id = position
         expected = sum(parse_letter(s["answer"]) == targets[s["doc_id"]] for s in samples) / len(samples)
         assert acc == pytest.approx(expected)
-        for s in samples:  # one RunRecord per sample (plus task, doc_id, total_s)
-            assert set(s) >= {f.name for f in fields(RunRecord)} | {"task", "doc_id", "total_s"} and s["attn"] == attn
+        for s in samples:  # one RunRecord per sample (plus task, doc_id, total_s, first_token_s); streamed by default
+            assert set(s) >= ({f.name for f in fields(RunRecord)} - {"layers_vs_dense"}) | \
+                {"task", "doc_id", "total_s", "first_token_s"} and s["attn"] == attn
+            assert s["streamed"] and s["first_token_s"] == pytest.approx(s["video_s"] + s["prefill_s"])
             assert s["visual_tokens"] > 0 and s["prefill_s"] > 0 and 0 < s["mean_density"] <= 1
             assert (s["sparse_layers"] > 0) == (attn == "prism")
     summary = json.loads((stats / "summary-prism-rank0.json").read_text())
     dense = json.loads((stats / "summary-dense-rank0.json").read_text())
-    assert summary["samples"] == 4 and summary["total_prefill_s"] > 0
+    assert summary["samples"] == summary["streamed"] == 4 and summary["total_prefill_s"] > 0
     assert summary["prefill_speedup_prism_vs_dense"] == pytest.approx(dense["total_prefill_s"] / summary["total_prefill_s"])
+    assert summary["first_token_speedup_prism_vs_dense"] == \
+        pytest.approx(dense["total_first_token_s"] / summary["total_first_token_s"])
 
 
 def test_model_arg_stream_gives_the_unstreamed_answer(tmp_path):
-    """prism_qwen_vl with stream=true decodes each video while the vision tower runs: same answer and visual tokens
-    as the default path (thresholds 1.0), and its record says it streamed."""
+    """prism_qwen_vl with stream=true (the default) decodes each video while the vision tower runs: same answer and
+    visual tokens as stream=false (thresholds 1.0), and its record says it streamed."""
     from prism_mm.eval.model import PrismQwenVL
     from prism_mm.testing.clips import make_demo_video
 

@@ -125,13 +125,17 @@ def test_inputs_made_on_a_device_are_the_cpu_inputs_there(clip, tiny):
             assert torch.equal(there[key].cpu(), value), key
 
 
-def test_python_api_compare(clip, tiny):
+@pytest.mark.parametrize("stream", [True, False])
+def test_python_api_compare(clip, tiny, stream):
+    """compare mode, streamed (the default) or in a row: both runs, their speed-up and the per-layer check."""
     from prism_mm import PrismConfig
 
     cfg = PrismConfig.video(block_size=16, min_sparse_len=0, max_density=1.0).with_threshold(1.0)
     qa = VideoQA(tiny, attn="compare", prism=cfg, video=VideoOptions(fps=2.0, max_frames=4), max_new_tokens=4,
-                 progress=False)
+                 progress=False, **({} if stream else {"stream": False}))
     result = qa(clip, "Which way does the red square move?")
+    assert result["streamed"] is stream and result["frames"] == 4 and result["video_seconds"] == pytest.approx(5.0)
+    assert all(run["streamed"] is stream for run in result["runs"].values())
     assert set(result["runs"]) == {"dense", "prism"}
     assert result["answers_agree"]  # every block selected -> same greedy answer
     assert result["runs"]["prism"]["sparse_layers"] == 2 and result["runs"]["prism"]["mean_density"] == 1.0

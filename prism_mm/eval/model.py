@@ -37,7 +37,7 @@ class PrismQwenVL(lmms):
                  threshold_high: float = 0.93, threshold_low: float = 0.93, min_sparse_len: int = 4096,
                  max_density: float = 1.0, calibrate=True, method: str = PrismConfig.method,
                  cutoff: float = PrismConfig.cutoff, dense_tail: int = PrismConfig.dense_tail, dtype: str = "auto",
-                 random_weights=False, stream=False,
+                 random_weights=False, stream=True,
                  stats_dir: str = "prism_mm_stats", **kwargs):
         super().__init__()
         if kwargs:
@@ -61,7 +61,7 @@ class PrismQwenVL(lmms):
                                         method=str(method), cutoff=float(cutoff), dense_tail=int(dense_tail))
         if attn not in ("prism", "dense"):
             raise ValueError(f"attn must be prism or dense, got {attn!r}")
-        self.attn, self.stream = attn, _bool(stream)  # stream: decode each video while the vision tower runs
+        self.attn, self.stream = attn, _bool(stream)  # stream: decode each video while the vision tower runs (default)
         self.session = VideoSession(pretrained, self.prism_config, device, dtype, _bool(random_weights), device_map,
                                     attn=attn)
         self.model, self.processor = self.session.model, self.session.processor
@@ -100,16 +100,13 @@ class PrismQwenVL(lmms):
         if len(videos) != 1:
             raise ValueError(f"prism_qwen_vl expects one video per question, got {len(videos)} visuals")
         max_new_tokens = int(gen_kwargs.get("max_new_tokens", 128))
-        if self.stream:
-            record = self.session.run_streamed(videos[0], context, self.video_options, self.attn, max_new_tokens)
-        else:
-            prepared = self.session.prepare(videos[0], context, self.video_options)
-            record = self.session.run(prepared, self.attn, max_new_tokens)
+        record = self.session.run_video(videos[0], context, self.video_options, self.attn, max_new_tokens,
+                                        stream=self.stream)
         text = record.answer
         for stop in [u for u in gen_kwargs.get("until", []) or [] if u]:
             text = text.split(stop)[0]
         record = dataclasses.replace(record, answer=text.strip())
-        return record.answer, {**record.to_dict(), "total_s": record.total_s}
+        return record.answer, {**record.to_dict(), "total_s": record.total_s, "first_token_s": record.first_token_s}
 
     def generate_until(self, requests) -> list[str]:
         answers = []
@@ -132,7 +129,9 @@ class PrismQwenVL(lmms):
         prefill = [r["prefill_s"] for r in self.records if r["prefill_s"] is not None]
         dens = [r["mean_density"] for r in self.records if r["mean_density"] is not None]
         summary = {"model": self.pretrained, "attn": self.attn, "prism_config": vars(self.prism_config),
-                   "samples": len(self.records), "total_prefill_s": sum(prefill),
+                   "samples": len(self.records), "streamed": sum(bool(r["streamed"]) for r in self.records),
+                   "total_first_token_s": sum(r["first_token_s"] for r in self.records),
+                   "total_prefill_s": sum(prefill),
                    "mean_prefill_s": sum(prefill) / len(prefill) if prefill else None,
                    "mean_density": sum(dens) / len(dens) if dens else None,
                    "mean_visual_tokens": sum(r["visual_tokens"] for r in self.records) / max(len(self.records), 1)}
@@ -143,6 +142,9 @@ class PrismQwenVL(lmms):
                 dense_s = o["total_prefill_s"] if self.attn == "prism" else summary["total_prefill_s"]
                 prism_s = summary["total_prefill_s"] if self.attn == "prism" else o["total_prefill_s"]
                 summary["prefill_speedup_prism_vs_dense"] = dense_s / prism_s
+            if o.get("total_first_token_s") and summary["total_first_token_s"]:
+                mine, theirs = summary["total_first_token_s"], o["total_first_token_s"]
+                summary["first_token_speedup_prism_vs_dense"] = theirs / mine if self.attn == "prism" else mine / theirs
         path = self.stats_dir / f"summary-{suffix}.json"
         path.write_text(json.dumps(summary, indent=1))
         return path

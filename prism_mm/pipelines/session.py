@@ -23,11 +23,11 @@ from ..config import PrismConfig
 from ..models import VISION_ATTENTIONS, VL_MODEL_TYPES, enable_prism, load_model, set_attention, synchronize_gpus
 from ..testing.tiny import TINY_MODELS, build_tiny_processor, tiny_model_dir
 from .prefill import ChunkConfig, chunked_prefill, greedy_decode
-from .stream import stream_video
-from .video import PreparedVideo, VideoOptions, build_inputs
+from .stream import StreamingUnavailable, stream_video
+from .video import PreparedVideo, VideoOptions, build_inputs, probe
 
 DEFAULT_MODEL = "Qwen/Qwen2.5-VL-7B-Instruct"
-VIDEO_FIELDS = ("frames", "visual_tokens", "total_tokens", "video_s")  # shared by a comparison's unstreamed runs
+VIDEO_FIELDS = ("frames", "frame_size", "visual_tokens", "total_tokens", "video_s")  # shared by a comparison's unstreamed runs
 
 
 def check_device(device: str | None) -> str:
@@ -73,6 +73,7 @@ class RunRecord:
     dense_reasons: list[str] = field(default_factory=list)  # why Prism layers ran dense
     layer_report: list[dict] = field(default_factory=list)  # PrismRunStats.layer_report() of a prism run
     frames: int | None = None
+    frame_size: tuple[int, int] | None = None  # (width, height) of the sampled frames after resizing
     visual_tokens: int | None = None
     total_tokens: int | None = None
     video_s: float | None = None  # decoding + sampling + processor of the PreparedVideo it ran on
@@ -200,7 +201,8 @@ class VideoSession:
             self._generate(inputs, 1)
         record = self._generate(inputs, max_new_tokens)
         if prepared is not None:
-            record.frames, record.visual_tokens = prepared.frames_used, prepared.visual_tokens
+            record.frames, record.frame_size, record.visual_tokens = (prepared.frames_used, prepared.frame_size,
+                                                                      prepared.visual_tokens)
             record.total_tokens, record.video_s = prepared.total_tokens, prepared.seconds
         return record
 
@@ -224,6 +226,17 @@ class VideoSession:
         if check_against_dense and self.attn == "prism":
             record.layers_vs_dense = self._checked_prefill(prepared.inputs, features)
         return record
+
+    def run_video(self, video: str, question: str, options: VideoOptions | None = None, attn: str | None = None,
+                  max_new_tokens: int = 128, warmup: bool = False, stream: bool = True) -> RunRecord:
+        """One question about one video file: run_streamed where the video can be streamed (stream=True), else
+        prepare + run (record.streamed says which)."""
+        if stream:
+            try:
+                return self.run_streamed(video, question, options, attn, max_new_tokens, warmup)
+            except StreamingUnavailable:
+                pass
+        return self.run(self.prepare(video, question, options), attn, max_new_tokens, warmup)
 
     def _streamed(self, video: str, question: str, options: VideoOptions, max_new_tokens: int,
                   stand_in: bool = False) -> tuple[RunRecord, tuple, PreparedVideo]:
@@ -255,7 +268,8 @@ class VideoSession:
             synchronize_gpus()
         total = time.perf_counter() - t0
         record = self._record(new, prefill, vision, total - prefill)
-        record.frames, record.visual_tokens = prepared.frames_used, prepared.visual_tokens
+        record.frames, record.frame_size, record.visual_tokens = (prepared.frames_used, prepared.frame_size,
+                                                                  prepared.visual_tokens)
         record.total_tokens, record.video_s, record.streamed = prepared.total_tokens, prepared.seconds, True
         return record, features, prepared
 
@@ -329,8 +343,10 @@ class VideoQA:
     def __init__(self, model: str = DEFAULT_MODEL, attn: str = "prism", prism: PrismConfig | None = None,
                  video: VideoOptions | None = None, max_new_tokens: int = 128, device: str | None = None,
                  dtype: str = "auto", random_weights: bool = False, progress: bool = True, vision: str = "varlen",
-                 chunks: ChunkConfig | None = None, stream: bool = False):
-        """stream: decode the video while the vision tower runs (VideoSession.run_streamed), per mode."""
+                 chunks: ChunkConfig | None = None, stream: bool = True):
+        """stream: decode the video while the vision tower runs (VideoSession.run_streamed), per mode, where the
+        video can be streamed (else in a row: decoding, the processor, then the prefill; the result's "streamed"
+        says which); False: always in a row."""
         if attn not in ("prism", "dense", "compare"):
             raise ValueError(f"attn must be prism, dense or compare, got {attn!r}")
         if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
@@ -351,40 +367,38 @@ class VideoQA:
         if warmup is None:  # one-time costs (kernel compiles, allocations) stay out of the timings
             warmup = self.device.startswith("cuda") or len(modes) > 1
         check = len(modes) > 1 and self.session.chunks is None  # compare: one unchunked pass checked against dense
+        runs, prepared = None, None
         if self.stream:
-            runs = {mode: self.session.run_streamed(video, question, self.video_opts, mode, self.max_new_tokens,
-                                                    warmup=warmup, check_against_dense=check)
-                    for mode in modes}
-            first = next(iter(runs.values()))
-            shape = {"frames": first.frames, "visual_tokens": first.visual_tokens, "total_tokens": first.total_tokens}
-            video_s, prepared = (runs.get("prism") or runs["dense"]).video_s, None
-        else:
+            try:
+                runs = {mode: self.session.run_streamed(video, question, self.video_opts, mode, self.max_new_tokens,
+                                                        warmup=warmup, check_against_dense=check)
+                        for mode in modes}
+            except StreamingUnavailable:  # raised before the first run did any work: run it in a row
+                runs = None
+        if runs is None:
             prepared = self.prepare(video, question)
             runs = {mode: self.session.run(prepared, mode, self.max_new_tokens, warmup=warmup) for mode in modes}
-            shape = {"frames": prepared.frames_used, "visual_tokens": prepared.visual_tokens,
-                     "total_tokens": prepared.total_tokens}
-            video_s = prepared.seconds
+        main = runs.get("prism") or runs["dense"]
+        streamed = main.streamed
         result = {
             "video": video, "question": question, "model": self.model_name,
-            "random_weights": self.session.random_weights, "device": self.session.device_name, **shape,
-            "video_s": video_s, "streamed": self.stream, "vision_attention": self.session.vision,
-            "runs": {m: r.to_dict(video=self.stream) for m, r in runs.items()},
+            "random_weights": self.session.random_weights, "device": self.session.device_name,
+            "frames": main.frames, "frame_size": list(main.frame_size),
+            "video_seconds": round((prepared.info if prepared is not None else probe(video)).duration, 3),
+            "visual_tokens": main.visual_tokens, "total_tokens": main.total_tokens,
+            "video_s": main.video_s, "streamed": streamed, "vision_attention": self.session.vision,
+            "runs": {m: r.to_dict(video=streamed) for m, r in runs.items()},
         }
-        if prepared is not None:
-            result["frame_size"] = list(prepared.frame_size)
-            result["video_seconds"] = round(prepared.info.duration, 3)
-        main = runs.get("prism") or runs["dense"]
         result["answer"] = main.answer
         if len(runs) == 2:
             result["first_token_speedup"] = runs["dense"].first_token_s / max(runs["prism"].first_token_s, 1e-9)
-            if not self.stream:  # streamed, the tower's time is inside video_s
-                result["prefill_speedup"] = runs["dense"].prefill_s / max(runs["prism"].prefill_s, 1e-9)
+            # streamed, prefill_s is the decoder's alone (the tower ran inside video_s)
+            result["prefill_speedup"] = runs["dense"].prefill_s / max(runs["prism"].prefill_s, 1e-9)
             result["answers_agree"] = runs["dense"].answer == runs["prism"].answer
             if check:
-                result["layers_vs_dense"] = (runs["prism"].layers_vs_dense if self.stream
+                result["layers_vs_dense"] = (runs["prism"].layers_vs_dense if streamed
                                              else self.session.check_against_dense(prepared))
         return result
-
 
 def printable(text: str) -> str:
     """Text safe for a terminal: control and other non-printing characters as escapes (\\x1c), newlines kept."""
@@ -437,8 +451,8 @@ def format_report(r: dict) -> str:
         if r["device"] == "cpu":
             lines.append(CPU_TIMING_NOTE)
         else:
-            what = (f"prefill speed-up {r['prefill_speedup']:.2f}x, " if "prefill_speedup" in r else "") + \
-                f"first token {r['first_token_speedup']:.2f}x sooner"
+            what = (f"{'decoder ' if r.get('streamed') else ''}prefill speed-up {r['prefill_speedup']:.2f}x, first token "
+                    f"{r['first_token_speedup']:.2f}x sooner")
             lines.append(f"on {r['device']}: {what} (dense = transformers' SDPA in the vision tower and the decoder; "
                          f"prism = {r['vision_attention']} vision attention + Prism)")
         lines.append(f"answers agree: {r['answers_agree']}")

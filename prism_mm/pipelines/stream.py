@@ -68,11 +68,13 @@ def stream_video(model, processor, video_path: str, question: str, opts: VideoOp
     info = probe(video_path)
     check_range(info, opts)
     if info.backend != "decord":
-        raise VideoError("streaming needs decord (pip install decord) to number the frames; or run without streaming")
+        raise StreamingUnavailable("streaming needs decord (pip install decord) to number the frames; or run without "
+                                   "streaming")
     ele = fetch_video_request(video_path, opts)
     indices, in_range, (height, width) = plan_sample(video_path, ele, info, MODEL_PATCH[model_type])
     if len(indices) % 2:
-        raise VideoError(f"{len(indices)} frames sampled: streaming takes frame pairs; run without streaming")
+        raise StreamingUnavailable(f"{len(indices)} frames sampled: streaming takes frame pairs; run without "
+                                   "streaming")
     metadata = {"fps": info.fps, "frames_indices": indices, "total_num_frames": in_range}
     blank = torch.zeros((len(indices), 3, height, width), dtype=torch.uint8, device=device)
     inputs = prompt_inputs(processor, blank, metadata, video_path, question, device)
@@ -90,6 +92,11 @@ def stream_video(model, processor, video_path: str, question: str, opts: VideoOp
     prepared = prepared_video(inputs, model.config, info, len(indices), (width, height))
     prepared.seconds = time.perf_counter() - t0
     return features, prepared
+
+
+class StreamingUnavailable(VideoError):
+    """This video cannot be streamed (no decord to number its frames, an odd frame count); raised before any work,
+    so callers run it in a row instead (VideoQA and the lmms-eval model do)."""
 
 
 class _Stopped(Exception):

@@ -56,9 +56,10 @@ def parse_args(argv=None):
                     help="prefill the decoder this many tokens at a time (bounds peak memory on very long videos)")
     ap.add_argument("--vision-chunk-frames", type=int,
                     help="with --chunk-tokens: run the vision tower on this many temporal patches at a time")
-    ap.add_argument("--stream", action="store_true",
-                    help="decode the video while the vision tower runs on the frames decoded so far (first token "
-                         "sooner on long videos)")
+    ap.add_argument("--stream", action=argparse.BooleanOptionalAction, default=True,
+                    help="decode the video while the vision tower runs on the frames decoded so far (the default, "
+                         "where the video allows; first token sooner on long videos); --no-stream: decoding, the "
+                         "processor and the prefill in a row")
     ap.add_argument("--decode-workers", type=int, help="parallel decoders of the video file (default: half the cores)")
     ap.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda if available)")
     ap.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"])
