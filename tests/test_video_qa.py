@@ -391,6 +391,27 @@ def test_streamed_compare_checks_layers_against_dense_as_the_unstreamed_one(clip
         assert "layers_vs_dense" not in streamed["runs"]["prism"]
 
 
+def test_unstreamable_video_runs_in_a_row(clip, tiny, monkeypatch):
+    """Where stream_video refuses a video before any work (StreamingUnavailable: no decord, an odd frame count),
+    VideoQA and VideoSession.run_video run it in a row: the same answer, recorded as not streamed."""
+    from prism_mm.pipelines import session as session_module
+    from prism_mm.pipelines.stream import StreamingUnavailable
+
+    opts = VideoOptions(fps=2.0, max_frames=4)
+    qa = VideoQA(tiny, "prism", video=opts, max_new_tokens=3, device="cpu", progress=False)
+    streamed = qa(clip, "What moves?", warmup=False)
+
+    def refuse(*args, **kwargs):
+        raise StreamingUnavailable("5 frames sampled: streaming takes frame pairs; run without streaming")
+
+    monkeypatch.setattr(session_module, "stream_video", refuse)
+    in_a_row = qa(clip, "What moves?", warmup=False)
+    assert streamed["streamed"] and not in_a_row["streamed"] and in_a_row["answer"] == streamed["answer"]
+    assert in_a_row["visual_tokens"] == streamed["visual_tokens"] and in_a_row["frame_size"] == streamed["frame_size"]
+    record = qa.session.run_video(clip, "What moves?", opts, max_new_tokens=3)
+    assert not record.streamed and record.answer == streamed["answer"]
+
+
 def test_cli_stream_compare_reports_the_streamed_stage(clip, tiny, capsys):
     code = main(["--video", clip, "--question", "What moves?", "--model", tiny, "--attn", "compare", "--max-frames",
                  "4", "--max-new-tokens", "3", "--block-size", "16", "--min-sparse-len", "0", "--threshold", "1.0",
