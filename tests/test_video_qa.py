@@ -144,7 +144,8 @@ def test_python_api_compare(clip, tiny, stream):
     layers = result["layers_vs_dense"]  # the untimed check pass: every block kept -> dense output
     assert [row["layer"] for row in layers] == [0, 1]
     assert all(row["sparse"] and row["kept_blocks"] == row["total_blocks"] > 0 for row in layers)
-    assert all(row["dense_rel_err"] < 1e-5 for row in layers)
+    bound = 1e-5 if qa.model.dtype == torch.float32 else 2e-2  # fp32 on the CPU; bf16 on a GPU
+    assert all(row["dense_rel_err"] < bound for row in layers)
 
 
 def test_session_runs_into_one_record(clip, tiny):
