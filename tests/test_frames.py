@@ -36,8 +36,8 @@ def _decord(path, indices):
 
 @pytest.mark.parametrize("name", list(CLIPS))
 def test_frames_equal_decords_byte_for_byte(clips, name):
-    """Random frame sets (sorted; shuffled with repeats; every third frame) read by 1, 3 and 8 decoders are decord's
-    frames exactly, and every output frame is written (the output starts as uninitialised memory: checked against
+    """Random frame sets (sorted; shuffled with repeats; every third frame) read by 1, 3 and 8 decoders, in balanced
+    runs or in time order (4 runs a decoder), are decord's frames exactly, and every output frame is written (the output starts as uninitialised memory: checked against
     decord's frames, which differ from frame to frame)."""
     path = clips[name]
     index = reader.FrameIndex.of(path)
@@ -48,10 +48,10 @@ def test_frames_equal_decords_byte_for_byte(clips, name):
              rng.choice(n, size=19, replace=True).tolist(), list(range(1, n, 3))]
     for wanted in picks:
         expected = _decord(path, wanted)
-        for workers in (1, 3, 8):
-            got = reader.read_frames(path, wanted, index, workers=workers)
+        for workers, in_order in ((1, False), (3, False), (8, False), (1, True), (3, True)):
+            got = reader.read_frames(path, wanted, index, workers=workers, in_order=in_order)
             assert got.shape == expected.shape and got.dtype == np.uint8
-            assert np.array_equal(got, expected), (name, workers)
+            assert np.array_equal(got, expected), (name, workers, in_order)
 
 
 def test_runs_cover_the_frames_from_their_key_frames(clips):
@@ -68,6 +68,23 @@ def test_runs_cover_the_frames_from_their_key_frames(clips):
             assert not [k for k in index.keys if key < k <= frames[0]]
         spans = [frames[-1] - key + 1 for key, frames in runs]
         assert max(spans) <= 2 * min(spans) + 24, spans  # one GOP of slack at the ends
+
+
+def test_in_order_reading_lands_the_beginning_first(clips, monkeypatch):
+    """in_order=True: 4 runs per decoder, submitted earliest first to a pool of `workers` threads; with one decoder
+    thread (threads=1) the frames land exactly in time order, and each `written` call names the slots just filled."""
+    path = clips["h264 B-frames"]
+    index = reader.FrameIndex.of(path)
+    wanted = list(range(0, len(index.pts), 4))
+    plans = []
+    real = reader.plan_runs
+    monkeypatch.setattr(reader, "plan_runs", lambda *a: plans.append(a[2]) or real(*a))
+    landed = []
+    got = reader.read_frames(path, wanted, index, workers=1, threads=1, written=landed.extend, in_order=True)
+    assert plans == [reader.IN_ORDER_RUNS] and landed == list(range(len(wanted)))
+    assert np.array_equal(got, _decord(path, wanted))
+    reader.read_frames(path, wanted, index, workers=2, in_order=False)
+    assert plans[-1] == 2
 
 
 def test_sample_frames_takes_the_parallel_reader_and_falls_back_to_decord(clips, monkeypatch):

@@ -78,6 +78,36 @@ def test_streamed_prefill_answers_as_generate(clip, tiny):
     assert torch.equal(tokens, expected)
 
 
+@pytest.mark.parametrize("batch_pairs", [1, 3])
+def test_pipelined_prefill_runs_chunks_while_the_tower_still_has_pairs_and_answers_as_generate(
+        clip, tiny, batch_pairs, monkeypatch):
+    """stream_prefill: decoder chunks run as soon as the video features they read have landed, between tower calls
+    (a chunk runs before the tower's last call), and the finished prefill + greedy decoding gives model.generate's
+    tokens on build_inputs' tensors (thresholds 1.0); the features equal the whole-video tower call's."""
+    model, processor = tiny
+    opts = VideoOptions(fps=4.0)
+    whole = build_inputs(processor, model.config, clip, "What moves?", opts)
+    with torch.no_grad():
+        expected = model.generate(**whole.inputs, max_new_tokens=4, do_sample=False)[:, whole.total_tokens:]
+        feats, _ = _vision_features(model, whole.inputs["pixel_values_videos"], whole.inputs["video_grid_thw"], None)
+    events = []
+    tower, step = stream._tower, stream.ChunkedPrefill.step
+    monkeypatch.setattr(stream, "_tower", lambda *a: events.append("tower") or tower(*a))
+    monkeypatch.setattr(stream.ChunkedPrefill, "step", lambda self, *a: events.append("chunk") or step(self, *a))
+    chunk = max(16, whole.visual_tokens // 5)
+    prefill, (got, got_deep), prepared = stream.stream_prefill(model, processor, clip, "What moves?", opts,
+                                                        ChunkConfig(decoder_tokens=chunk), batch_pairs=batch_pairs)
+    assert rel_err(got, feats) < 1e-5
+    last_tower = len(events) - 1 - events[::-1].index("tower")
+    assert "chunk" in events[:last_tower], events  # a chunk ran while pairs were still to go through the tower
+    assert 0 < prefill.next < len(prefill.bounds) + 1
+    while not prefill.done:
+        prefill.step(got, got_deep)
+    tokens = greedy_decode(model, prefill.state(), max_new_tokens=4, eos_token_id=-1)
+    assert torch.equal(tokens, expected)
+    assert prepared.total_tokens == whole.total_tokens
+
+
 def test_stand_in_stream_decodes_nothing_and_gives_black_frames_features(clip, tiny, monkeypatch):
     """stand_in=True (the streamed warm-up) never reads the file's frames; its prompt tensors are the real run's
     and its features those of one tower call over black frames of the sampled count and size."""

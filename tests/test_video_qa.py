@@ -353,6 +353,27 @@ def test_streamed_session_run_answers_as_the_unstreamed_run(clip, tiny):
     assert streamed.first_token_s == pytest.approx(streamed.video_s + streamed.prefill_s)
 
 
+def test_streamed_chunked_session_pipelines_the_decoder_and_answers_as_unchunked(clip, tiny, capsys):
+    """A session with decoder chunks streams with the prefill pipelined (stream_prefill): the answer of the
+    unchunked, unstreamed run (thresholds 1.0), the chunks counted in the record, and the CLI's report says so."""
+    from prism_mm import PrismConfig
+    from prism_mm.pipelines.prefill import ChunkConfig
+
+    cfg = PrismConfig.video(block_size=16, min_sparse_len=0, max_density=1.0).with_threshold(1.0)
+    opts = VideoOptions(fps=2.0, max_frames=6)
+    plain_session = VideoSession(tiny, cfg, device="cpu")
+    plain = plain_session.run(plain_session.prepare(clip, "What moves?", opts), "prism", 4)
+    session = VideoSession(tiny, cfg, device="cpu", chunks=ChunkConfig(decoder_tokens=48))
+    streamed = session.run_streamed(clip, "What moves?", opts, "prism", 4)
+    assert streamed.streamed and streamed.answer == plain.answer
+    assert streamed.decoder_chunks == -(-plain.total_tokens // 48) > 1
+    assert 1 <= streamed.decoder_chunks_streamed <= streamed.decoder_chunks
+    code = main(["--video", clip, "--question", "What moves?", "--model", tiny, "--max-frames", "4",
+                 "--max-new-tokens", "2", "--block-size", "16", "--min-sparse-len", "0", "--threshold", "1.0",
+                 "--chunk-tokens", "48", "--no-progress"])
+    assert code == 0 and re.search(r"vision tower and \d+ of \d+ decoder chunks ran", capsys.readouterr().out)
+
+
 def test_streamed_warmup_reads_the_file_once_and_changes_no_answer(clip, tiny, monkeypatch):
     """run_streamed(warmup=True) warms up on black stand-in frames: the file's frames are read once (by the timed
     run), and the answer is the run without a warm-up's."""

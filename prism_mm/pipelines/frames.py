@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 
 MAX_WORKERS = 16
+IN_ORDER_RUNS = 4  # runs per decoder when read in time order
 # Containers whose seek lands on the key frame of a pts (tested): others (MPEG-TS seeks by dts, and lands past it)
 # are read by decord.
 SEEKABLE_FORMATS = ("mov,mp4,m4a,3gp,3g2,mj2", "matroska,webm")
@@ -135,13 +136,16 @@ def _decode_run(path: str, index: FrameIndex, start_key: int, frames: list[int],
 
 
 def read_frames(path: str, indices: list[int], index: FrameIndex | None = None, workers: int | None = None,
-                threads: int | None = None, written=None, out: np.ndarray | None = None) -> np.ndarray:
+                threads: int | None = None, written=None, out: np.ndarray | None = None,
+                in_order: bool = False) -> np.ndarray:
     """Frames `indices` (decord's numbering; any order, repeats allowed) as uint8 [len(indices), H, W, 3] RGB, read by
     up to `workers` decoders in parallel (None: half the machine's cores, at most MAX_WORKERS), each with `threads`
     ffmpeg threads (None: twice the cores shared out among the runs, at most 16; on the H200 host's 16 cores 8
     decoders x 4 threads were the fastest of 7 splits, lab/logs/reader_probe-h200-16cores.jsonl). `written(slots)`,
     when given, is called from the decoding threads with the output rows each frame has just filled (so a caller can
-    use frames while others decode); `out`, when given, is the array filled (of the shape and dtype returned)."""
+    use frames while others decode); `out`, when given, is the array filled (of the shape and dtype returned).
+    in_order=True cuts IN_ORDER_RUNS runs per decoder, taken earliest first, so that the frames land roughly in
+    time order (a consumer of `written` that needs the video's beginning first: the pipelined prefill)."""
     index = index or FrameIndex.of(path)
     if any(not 0 <= i < len(index.pts) for i in indices):
         raise IndexError(f"frame indices must be in [0, {len(index.pts)}), got {min(indices)}..{max(indices)}")
@@ -155,16 +159,22 @@ def read_frames(path: str, indices: list[int], index: FrameIndex | None = None, 
         out = np.empty(shape, dtype=np.uint8)
     elif out.shape != shape or out.dtype != np.uint8:
         raise ValueError(f"out must be uint8 {shape}, got {out.dtype} {out.shape}")
-    runs = plan_runs(index, sorted(slots), workers)
+    runs = plan_runs(index, sorted(slots), workers * (IN_ORDER_RUNS if in_order else 1))
     if not runs:  # no frames asked for
         return out
-    threads = threads or max(1, min(2 * cores // max(len(runs), 1), 16))
+    decoders = min(workers, len(runs))
+    threads = threads or max(1, min(2 * cores // decoders, 16))
     if len(runs) == 1:
         _decode_run(path, index, *runs[0], slots, out, threads, written)
         return out
-    with ThreadPoolExecutor(max_workers=len(runs)) as pool:
+    with ThreadPoolExecutor(max_workers=decoders) as pool:  # runs are taken in submission (time) order
         futures = [pool.submit(_decode_run, path, index, key, frames, slots, out, threads, written)
                    for key, frames in runs]
-        for done in futures:
-            done.result()
+        try:
+            for done in futures:
+                done.result()
+        except BaseException:
+            for waiting in futures:  # runs not started yet are not decoded for nothing
+                waiting.cancel()
+            raise
     return out

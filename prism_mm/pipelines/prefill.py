@@ -79,55 +79,105 @@ def _positions(model, inputs: dict) -> torch.Tensor:
     return position_ids
 
 
+class ChunkedPrefill:
+    """chunked_prefill one decoder chunk at a time, each as soon as the video features it needs exist:
+
+        prefill = ChunkedPrefill(model, inputs, ChunkConfig(decoder_tokens=16384))
+        while not prefill.done and prefill.needs() <= rows_ready:
+            prefill.step(features, deepstack)      # features: the video's rows [0, rows_ready) are final
+        state = prefill.state()
+
+    needs() is the number of leading feature rows (in the prompt's video token order) the next chunk reads; rows past
+    it may be unwritten. pipelines.stream runs chunks this way while the video still decodes. Construction resets
+    model.prism_stats (the chunks record into it)."""
+
+    def __init__(self, model, inputs: dict, chunks: ChunkConfig):
+        from transformers import DynamicCache
+
+        ids = inputs["input_ids"]
+        if ids.shape[0] != 1:
+            raise ValueError(f"chunked_prefill takes one prompt (batch 1), got batch {ids.shape[0]}")
+        if inputs.get("pixel_values") is not None:
+            raise ValueError("chunked_prefill takes video prompts; images (pixel_values) are not supported: run them "
+                             "unchunked")
+        self.model, self.lm = model, model.model.language_model
+        stats = getattr(model, "prism_stats", None)
+        if stats is not None:
+            stats.reset()
+        with torch.no_grad():
+            self.embeds = model.get_input_embeddings()(ids)
+            self.positions = _positions(model, inputs)
+        self.visual_mask = ids == model.config.video_token_id
+        vision = getattr(model.config, "vision_config", None)
+        self.deepstack = bool(getattr(vision, "deepstack_visual_indexes", None))  # Qwen3-VL
+        self.visual_rows = int(self.visual_mask.sum())
+        try:
+            self.cache = DynamicCache(config=model.config)
+        except TypeError:  # transformers versions whose DynamicCache takes no config
+            self.cache = DynamicCache()
+        n = ids.shape[1]
+        self.prompt_tokens = n
+        self.bounds = [(s, min(n, s + chunks.decoder_tokens)) for s in range(0, n, chunks.decoder_tokens)]
+        before = torch.cumsum(self.visual_mask[0].to(torch.int64), 0).tolist()  # visual tokens up to each position
+        self.rows = [(before[s - 1] if s else 0, before[e - 1]) for s, e in self.bounds]  # each chunk's feature rows
+        self.next, self.hidden = 0, None
+
+    @property
+    def done(self) -> bool:
+        return self.next == len(self.bounds)
+
+    def needs(self) -> int:
+        """The feature rows the next chunk reads: rows [0, needs()) must be final before step()."""
+        return self.rows[self.next][1]
+
+    def step(self, features: torch.Tensor | None, deepstack: list | None = None) -> None:
+        """Run the next chunk; `features` [>= needs() rows, hidden] (None for a prompt without video tokens),
+        `deepstack` Qwen3-VL's per-layer lists of the same rows."""
+        (s, e), (first, last) = self.bounds[self.next], self.rows[self.next]
+        if last and (features is None or features.shape[0] < last):
+            raise ValueError(f"chunk {self.next} reads feature rows up to {last}, got "
+                             f"{0 if features is None else features.shape[0]}")
+        if last > first and self.deepstack and deepstack is None:
+            raise ValueError("this model's decoder takes deepstack features with the video features (Qwen3-VL): pass "
+                             "the vision tower's deepstack list")
+        embeds, extra = self.embeds[:, s:e], {}
+        with torch.no_grad():
+            if last > first:
+                chunk_mask = self.visual_mask[:, s:e]
+                embeds = embeds.masked_scatter(chunk_mask[..., None], features[first:last].to(embeds.dtype))
+                if deepstack is not None:  # Qwen3-VL: the deepstack features of the visual tokens inside this chunk
+                    extra = {"visual_pos_masks": chunk_mask,
+                             "deepstack_visual_embeds": [d[first:last] for d in deepstack]}
+            out = self.lm(inputs_embeds=embeds, position_ids=self.positions[..., s:e], past_key_values=self.cache,
+                          use_cache=True, **extra)
+        self.hidden = out.last_hidden_state[:, -1:]
+        self.next += 1
+
+    def state(self) -> PrefillState:
+        """The PrefillState once every chunk has run."""
+        if not self.done:
+            raise RuntimeError(f"{len(self.bounds) - self.next} chunks have not run")
+        with torch.no_grad():
+            logits = self.model.lm_head(self.hidden)[:, -1]
+        return PrefillState(self.cache, logits, self.prompt_tokens)
+
+
 def chunked_prefill(model, inputs: dict, chunks: ChunkConfig, features: tuple | None = None) -> PrefillState:
     """Prefill a Qwen-VL model (processor outputs for one video prompt, batch 1) chunk by chunk. `features`: the
     video's vision-tower output (features [video tokens, hidden], deepstack list or None) when it was computed
     already (pipelines.stream); the inputs then need no pixel values."""
-    from transformers import DynamicCache
-
-    ids = inputs["input_ids"]
-    if ids.shape[0] != 1:
-        raise ValueError(f"chunked_prefill takes one prompt (batch 1), got batch {ids.shape[0]}")
-    if inputs.get("pixel_values") is not None:
-        raise ValueError("chunked_prefill takes video prompts; images (pixel_values) are not supported: run them "
-                         "unchunked")
-    lm = model.model.language_model
-    stats = getattr(model, "prism_stats", None)
-    if stats is not None:
-        stats.reset()
-    with torch.no_grad():
-        embeds = model.get_input_embeddings()(ids)
-        deepstack, visual_mask = None, None
-        if features is not None or inputs.get("pixel_values_videos") is not None:
+    prefill = ChunkedPrefill(model, inputs, chunks)
+    feats, deepstack = None, None
+    if features is not None or inputs.get("pixel_values_videos") is not None:
+        with torch.no_grad():
             feats, deepstack = features or _vision_features(model, inputs["pixel_values_videos"],
                                                             inputs["video_grid_thw"], chunks.vision_frames)
-            visual_mask = ids == model.config.video_token_id
-            if int(visual_mask.sum()) != feats.shape[0]:
-                raise ValueError(f"the prompt has {int(visual_mask.sum())} video tokens but the video gives "
-                                 f"{feats.shape[0]} features")
-            embeds = embeds.masked_scatter(visual_mask[..., None], feats.to(embeds.dtype))
-        positions = _positions(model, inputs)
-        try:
-            cache = DynamicCache(config=model.config)
-        except TypeError:  # transformers versions whose DynamicCache takes no config
-            cache = DynamicCache()
-        n = ids.shape[1]
-        hidden = None
-        for s in range(0, n, chunks.decoder_tokens):
-            e = min(n, s + chunks.decoder_tokens)
-            extra = {}
-            if deepstack is not None:  # Qwen3-VL: the deepstack features of the visual tokens inside this chunk
-                chunk_mask = visual_mask[:, s:e]
-                first = int(visual_mask[:, :s].sum())
-                count = int(chunk_mask.sum())
-                if count:
-                    extra = {"visual_pos_masks": chunk_mask,
-                             "deepstack_visual_embeds": [d[first:first + count] for d in deepstack]}
-            out = lm(inputs_embeds=embeds[:, s:e], position_ids=positions[..., s:e], past_key_values=cache,
-                     use_cache=True, **extra)
-            hidden = out.last_hidden_state[:, -1:]
-        logits = model.lm_head(hidden)[:, -1]
-    return PrefillState(cache, logits, n)
+        if prefill.visual_rows != feats.shape[0]:
+            raise ValueError(f"the prompt has {prefill.visual_rows} video tokens but the video gives "
+                             f"{feats.shape[0]} features")
+    while not prefill.done:
+        prefill.step(feats, deepstack)
+    return prefill.state()
 
 
 def greedy_decode(model, state: PrefillState, max_new_tokens: int, eos_token_id: int | None = None) -> torch.Tensor:

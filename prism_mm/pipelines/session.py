@@ -23,7 +23,7 @@ from ..config import PrismConfig
 from ..models import VISION_ATTENTIONS, VL_MODEL_TYPES, enable_prism, load_model, set_attention, synchronize_gpus
 from ..testing.tiny import TINY_MODELS, build_tiny_processor, tiny_model_dir
 from .prefill import ChunkConfig, chunked_prefill, greedy_decode
-from .stream import StreamingUnavailable, stream_video
+from .stream import StreamingUnavailable, stream_prefill, stream_video
 from .video import PreparedVideo, VideoOptions, build_inputs, probe
 
 DEFAULT_MODEL = "Qwen/Qwen2.5-VL-7B-Instruct"
@@ -64,6 +64,7 @@ class RunRecord:
     attn: str
     answer: str
     prefill_s: float  # the prefill forward (vision tower + decoder), as model.prism_stats timed it; streamed: the decoder's
+    # (with decoder chunks: those left when the last video features landed)
     vision_s: float | None  # of which the vision tower (None without visual input); streamed: its share of video_s
     decode_s: float  # the rest of generate()
     new_tokens: int
@@ -78,6 +79,10 @@ class RunRecord:
     total_tokens: int | None = None
     video_s: float | None = None  # decoding + sampling + processor of the PreparedVideo it ran on
     streamed: bool = False  # video_s also holds the vision tower, run while the file decoded (vision_s: its share)
+    # streamed with decoder chunks (a session's ChunkConfig): how many of them ran inside video_s, as their video
+    # features landed, and how many there were (the rest are prefill_s)
+    decoder_chunks_streamed: int = 0
+    decoder_chunks: int = 1
     layers_vs_dense: list[dict] = field(default_factory=list)  # a streamed run's check against dense (not in to_dict)
 
     @property
@@ -248,17 +253,27 @@ class VideoSession:
         started = time.perf_counter()
         with tqdm(total=1, desc=f"streaming video ({self.attn})", disable=not self.progress or stand_in,
                   leave=False) as bar:
-            features, prepared = stream_video(self.model, self.processor, video, question, options,
-                                              self.device if cuda else None, stand_in=stand_in)
+            on = self.device if cuda else None
+            if self.chunks is None:
+                features, prepared = stream_video(self.model, self.processor, video, question, options, on,
+                                                  stand_in=stand_in)
+            else:  # the decoder's chunks run as their features land
+                pipeline, features, prepared = stream_prefill(self.model, self.processor, video, question, options,
+                                                             self.chunks, on, stand_in=stand_in)
             if cuda:
                 synchronize_gpus()
             bar.update(1)
         prepared.seconds = time.perf_counter() - started
         vision = stats.vision_seconds
-        inputs = self._on_device(prepared.inputs)
+        overlapped = (pipeline.next, len(pipeline.bounds)) if self.chunks is not None else (0, 1)
         t0 = time.perf_counter()
-        tokens = self.chunks.decoder_tokens if self.chunks is not None else prepared.total_tokens
-        state = chunked_prefill(self.model, inputs, ChunkConfig(tokens), features)
+        if self.chunks is None:
+            state = chunked_prefill(self.model, self._on_device(prepared.inputs), ChunkConfig(prepared.total_tokens),
+                                    features)
+        else:
+            while not pipeline.done:
+                pipeline.step(*features)
+            state = pipeline.state()
         if cuda:
             synchronize_gpus()
         prefill = time.perf_counter() - t0
@@ -271,6 +286,7 @@ class VideoSession:
         record.frames, record.frame_size, record.visual_tokens = (prepared.frames_used, prepared.frame_size,
                                                                   prepared.visual_tokens)
         record.total_tokens, record.video_s, record.streamed = prepared.total_tokens, prepared.seconds, True
+        record.decoder_chunks_streamed, record.decoder_chunks = overlapped
         return record, features, prepared
 
     def _generate(self, inputs: dict, max_new_tokens: int) -> RunRecord:
@@ -430,8 +446,11 @@ def format_report(r: dict) -> str:
                 dens += f" (dense: {'; '.join(run['dense_reasons'])})"
         vision = run["vision_s"] or 0.0
         if run.get("streamed"):
-            stage = (f"video decoded while the vision tower ran {_secs(run['video_s'])} (tower {_secs(vision)} of it) "
-                     f"+ decoder prefill {_secs(run['prefill_s'])} = first token at "
+            chunks = run.get("decoder_chunks_streamed", 0)
+            also = f" and {chunks} of {run['decoder_chunks']} decoder chunks" if chunks else ""
+            rest = "rest of the decoder prefill" if chunks else "decoder prefill"
+            stage = (f"video decoded while the vision tower{also} ran {_secs(run['video_s'])} (tower {_secs(vision)} "
+                     f"of it) + {rest} {_secs(run['prefill_s'])} = first token at "
                      f"{_secs(run['video_s'] + run['prefill_s'])}")
         else:
             stage = (f"video {_secs(r['video_s'])} + vision tower {_secs(vision)} + decoder prefill "

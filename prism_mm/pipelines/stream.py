@@ -29,7 +29,7 @@ import time
 import numpy as np
 import torch
 
-from .prefill import _vision_features
+from .prefill import ChunkConfig, ChunkedPrefill, _vision_features
 from .video import (
     MODEL_PATCH,
     PreparedVideo,
@@ -61,6 +61,24 @@ def stream_video(model, processor, video_path: str, question: str, opts: VideoOp
     stand_in=True decodes nothing: black frames of the sampled count and size take the file's place, all landed at
     once, so the processor, the tower's calls and the prompt have this video's shapes (a warm-up that compiles and
     allocates what the real run will, without decoding the file twice)."""
+    features, prepared, _ = _stream(model, processor, video_path, question, opts, device, batch_pairs, stand_in, None)
+    return features, prepared
+
+
+def stream_prefill(model, processor, video_path: str, question: str, opts: VideoOptions, chunks: ChunkConfig,
+                   device: str | None = None, batch_pairs: int = BATCH_PAIRS,
+                   stand_in: bool = False) -> tuple[ChunkedPrefill, tuple, PreparedVideo]:
+    """stream_video with the decoder prefill pipelined behind it: each decoder chunk of `chunks.decoder_tokens` runs
+    as soon as the features of the video tokens up to its end exist (the frames are decoded roughly in time order
+    and the tower takes the earliest decoded pairs first), while later frames still decode. Returns the
+    ChunkedPrefill with the chunks that were ready run (the caller runs the rest: `while not p.done:
+    p.step(*features)`), the features, and the PreparedVideo, `seconds` ending when the last features landed."""
+    features, prepared, prefill = _stream(model, processor, video_path, question, opts, device, batch_pairs, stand_in,
+                                          chunks)
+    return prefill, features, prepared
+
+
+def _stream(model, processor, video_path, question, opts, device, batch_pairs, stand_in, chunks):
     if not isinstance(batch_pairs, int) or batch_pairs < 1:
         raise ValueError(f"batch_pairs must be an int >= 1, got {batch_pairs!r}")
     t0 = time.perf_counter()
@@ -81,17 +99,23 @@ def stream_video(model, processor, video_path: str, question: str, opts: VideoOp
     del blank
     inputs.pop("pixel_values_videos", None)
     grid = inputs["video_grid_thw"]
+    pipelined = chunks is not None
     if stand_in:
         def read(written, out, before_decord):
             written(list(range(len(indices))))  # out is zeros
     else:
         def read(written, out, before_decord):
-            read_sampled(video_path, indices, info, opts, written=written, out=out, before_decord=before_decord)
-    features = _streamed_features(model, processor, video_path, read, len(indices), info, (height, width), grid,
-                                  device, batch_pairs)
+            read_sampled(video_path, indices, info, opts, written=written, out=out, before_decord=before_decord,
+                         in_order=pipelined)
     prepared = prepared_video(inputs, model.config, info, len(indices), (width, height))
+    make_prefill = None
+    if pipelined:
+        model_inputs = {k: v.to(model.device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+        make_prefill = lambda: ChunkedPrefill(model, model_inputs, chunks)  # noqa: E731
+    features, prefill = _streamed_features(model, processor, video_path, read, len(indices), info, (height, width),
+                                           grid, device, batch_pairs, make_prefill)
     prepared.seconds = time.perf_counter() - t0
-    return features, prepared
+    return features, prepared, prefill
 
 
 class StreamingUnavailable(VideoError):
@@ -112,14 +136,15 @@ class _DecodeFailed(Exception):
 RESET = "reset"  # queued when the parallel reader gave up after some frames landed: decord reads them all again
 
 
-def _streamed_features(model, processor, path, read, n_frames, info, size, grid, device, batch_pairs):
-    """The features of the `n_frames` frames that read(written, out, before_decord) puts into `out`, with ffmpeg's
-    and decord's native log lines captured in this thread (for the error message) and the decoding thread stopped
-    and joined before this returns or raises."""
+def _streamed_features(model, processor, path, read, n_frames, info, size, grid, device, batch_pairs, make_prefill):
+    """(features, the ChunkedPrefill make_prefill() made or None) of the `n_frames` frames that
+    read(written, out, before_decord) puts into `out`, with ffmpeg's and decord's native log lines captured in this
+    thread (for the error message) and the decoding thread stopped and joined before this returns or raises."""
     failed = None
     with native_stderr_captured() as native:
         try:
-            return _stream_loop(model, processor, path, read, n_frames, info, size, grid, device, batch_pairs)
+            return _stream_loop(model, processor, path, read, n_frames, info, size, grid, device, batch_pairs,
+                                make_prefill)
         except _DecodeFailed as e:
             failed = e.error
     if isinstance(failed, VideoError):
@@ -128,7 +153,7 @@ def _streamed_features(model, processor, path, read, n_frames, info, size, grid,
                      "e.g. ffmpeg -i in.mp4 -c:v libx264 out.mp4")
 
 
-def _stream_loop(model, processor, path, read, n_frames, info, size, grid, device, batch_pairs):
+def _stream_loop(model, processor, path, read, n_frames, info, size, grid, device, batch_pairs, make_prefill):
     pairs = n_frames // 2
     _, h, w = (int(x) for x in grid[0].tolist())
     landed: queue.Queue = queue.Queue()
@@ -163,6 +188,7 @@ def _stream_loop(model, processor, path, read, n_frames, info, size, grid, devic
         have = np.zeros(n_frames, dtype=bool)
         ready: list[int] = []  # pairs whose two frames have landed, not yet sent to the tower
         out = _FeatureRows(pairs)
+        prefill = make_prefill() if make_prefill is not None else None
         finished = False
         while out.done < pairs:
             block = not ready and not finished  # wait for a frame only when there is nothing to send
@@ -179,6 +205,7 @@ def _stream_loop(model, processor, path, read, n_frames, info, size, grid, devic
                     have[:] = False
                     ready.clear()
                     out = _FeatureRows(pairs)
+                    prefill = make_prefill() if make_prefill is not None else None
                     continue
                 for slot in item:
                     have[slot] = True
@@ -193,12 +220,15 @@ def _stream_loop(model, processor, path, read, n_frames, info, size, grid, devic
                     raise _DecodeFailed(VideoError(f"cannot decode frames of {path}: {pairs - out.done} frame pairs "
                                                    "never arrived"))
                 continue
+            ready.sort()  # the earliest pairs first: the decoder's next chunk waits on the video's beginning
             batch, ready = ready[:batch_pairs], ready[batch_pairs:]
             out.add(batch, _tower(model, processor, frames, batch, size, (h, w), device))
+            while prefill is not None and not prefill.done and prefill.needs() <= out.rows_ready():
+                prefill.step(out.feats, out.deep)
         thread.join()
         if failure:
             raise _DecodeFailed(failure[0])
-        return out.result()
+        return out.result(), prefill
     finally:
         stop.set()
         thread.join()
@@ -220,26 +250,34 @@ def _tower(model, processor, frames: np.ndarray, batch: list[int], size, hw, dev
 
 
 class _FeatureRows:
-    """The tower's outputs, per batch of pairs, gathered into the video's patch order at the end."""
+    """The tower's outputs written into the video's patch order as each batch of pairs comes (pair p: rows
+    [p * per_pair, (p + 1) * per_pair)), and how many leading rows are final."""
 
     def __init__(self, pairs: int):
         self.pairs, self.done, self.sent = pairs, 0, set()
-        self.parts: list[tuple[list[int], torch.Tensor, list | None]] = []
+        self.feats, self.deep = None, None
+        self.landed = np.zeros(pairs + 1, dtype=bool)  # a sentinel False past the end
+        self.prefix = 0  # pairs [0, prefix) have their rows
 
     def add(self, batch: list[int], output) -> None:
         feats, deepstack = output
-        self.parts.append((batch, feats, deepstack))
+        per_pair = feats.shape[0] // len(batch)
+        if self.feats is None:
+            self.per_pair = per_pair
+            self.feats = feats.new_empty((self.pairs * per_pair, *feats.shape[1:]))
+            self.deep = None if deepstack is None else [d.new_empty((self.pairs * per_pair, *d.shape[1:]))
+                                                        for d in deepstack]
+        rows = (torch.tensor(batch)[:, None] * per_pair + torch.arange(per_pair)).reshape(-1).to(feats.device)
+        self.feats.index_copy_(0, rows, feats)
+        for into, part in zip(self.deep or [], deepstack or []):
+            into.index_copy_(0, rows, part)
+        self.landed[batch] = True
+        while self.landed[self.prefix]:
+            self.prefix += 1
         self.done += len(batch)
 
+    def rows_ready(self) -> int:
+        return self.prefix * self.per_pair if self.feats is not None else 0
+
     def result(self) -> tuple:
-        order = [pair for batch, _, _ in self.parts for pair in batch]
-        feats = torch.cat([f for _, f, _ in self.parts])
-        per_pair = feats.shape[0] // self.pairs
-        rows = torch.empty(self.pairs, dtype=torch.long)
-        rows[torch.tensor(order)] = torch.arange(self.pairs)
-        gather = (rows[:, None] * per_pair + torch.arange(per_pair)).reshape(-1).to(feats.device)
-        deepstack = None
-        if self.parts[0][2] is not None:
-            deepstack = [torch.cat([d[i] for _, _, d in self.parts]).index_select(0, gather)
-                         for i in range(len(self.parts[0][2]))]
-        return feats.index_select(0, gather), deepstack
+        return self.feats, self.deep

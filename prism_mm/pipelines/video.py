@@ -231,7 +231,8 @@ def sample_frames(path: str, opts: VideoOptions, model_type: str, device: str | 
     return video.round().clamp(0, 255).to(torch.uint8), metadata, info
 
 
-def _read_parallel(path: str, indices: list[int], info: VideoInfo, workers: int | None, written=None, out=None):
+def _read_parallel(path: str, indices: list[int], info: VideoInfo, workers: int | None, written=None, out=None,
+                   in_order: bool = False):
     """The frames by pipelines.frames (read_frames' `written` and `out`), or None where it cannot number them as
     decord does (decord then reads)."""
     try:
@@ -244,7 +245,7 @@ def _read_parallel(path: str, indices: list[int], info: VideoInfo, workers: int 
         index = reader.FrameIndex.of(path)
         if len(index.pts) != info.frames or (index.width, index.height) != (info.width, info.height):
             return None  # not decord's frame list: decord reads it
-        return reader.read_frames(path, indices, index, workers, written=written, out=out)
+        return reader.read_frames(path, indices, index, workers, written=written, out=out, in_order=in_order)
     except (reader.FrameIndexError, av.FFmpegError, IndexError):
         return None
 
@@ -263,11 +264,12 @@ def plan_sample(path: str, ele: dict, info: VideoInfo, patch: int) -> tuple[list
 
 
 def read_sampled(path: str, indices: list[int], info: VideoInfo, opts: VideoOptions, written=None, out=None,
-                 before_decord=None):
-    """(frames uint8 [len(indices), H, W, 3], backend) by opts.reader: the parallel reader (read_frames' `written`
-    and `out`) where it numbers the frames as decord does, else decord, which then calls `before_decord()` first, fills
-    `out` and passes `written` every slot at once. Raises what the readers raise."""
-    frames = _read_parallel(path, indices, info, opts.decode_workers, written, out) if opts.reader == "parallel" else None
+                 before_decord=None, in_order: bool = False):
+    """(frames uint8 [len(indices), H, W, 3], backend) by opts.reader: the parallel reader (read_frames' `written`,
+    `out` and `in_order`) where it numbers the frames as decord does, else decord, which then calls `before_decord()`
+    first, fills `out` and passes `written` every slot at once. Raises what the readers raise."""
+    frames = (_read_parallel(path, indices, info, opts.decode_workers, written, out, in_order)
+              if opts.reader == "parallel" else None)
     if frames is not None:
         return frames, PARALLEL_BACKEND
     import decord
