@@ -1,6 +1,7 @@
 """Experiment (ninth session): the whole time from a video file to the first answer token, streamed
 (VideoSession.run_streamed: decoding overlapped with the processor and the vision tower, then the decoder prefill)
-against in a row (VideoSession.prepare + run: decoding, processor, then one prefill forward), for dense and Prism,
+against in a row (VideoSession.prepare + run: decoding, processor, then one prefill forward), and streamed with the
+decoder prefill pipelined in chunks (`--chunks N ...`: a session ChunkConfig, stream.stream_prefill), for dense and Prism,
 Qwen2.5-VL-7B with random weights (bf16) on a generated 720p H.264 clip sampled at 2 fps. Each (mode, path) is warmed
 up once on the clip itself (VideoQA's warm-up), then timed `--repeats` times, the paths interleaved. One JSON line per
 run: first_token_s = video_s + prefill_s of its RunRecord; the answers of the two paths are compared per mode.
@@ -16,6 +17,7 @@ import time
 
 import torch
 
+from prism_mm.pipelines.prefill import ChunkConfig
 from prism_mm.pipelines.session import VideoSession
 
 
@@ -25,11 +27,14 @@ def main():
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--max-new-tokens", type=int, default=8)
     ap.add_argument("--modes", nargs="+", default=["dense", "prism"])
+    ap.add_argument("--chunks", type=int, nargs="*", default=[], help="decoder chunk sizes for pipelined paths")
+    ap.add_argument("--model", default="Qwen/Qwen2.5-VL-7B-Instruct")
     args = ap.parse_args()
-    emit = lambda **r: print(json.dumps({"cores": os.cpu_count(), "clip": os.path.basename(args.clip), **r}),
+    emit = lambda **r: print(json.dumps({"cores": os.cpu_count(), "clip": os.path.basename(args.clip),
+                                         "model": args.model, **r}),
                              flush=True)
     t = time.perf_counter()
-    session = VideoSession("Qwen/Qwen2.5-VL-7B-Instruct", device="cuda", random_weights=True)
+    session = VideoSession(args.model, device="cuda", random_weights=True)
     emit(what="load", s=time.perf_counter() - t, device=session.device_name)
     question = "What happens in the video?"
 
@@ -40,7 +45,17 @@ def main():
     def streamed(mode, warmup):
         return session.run_streamed(args.clip, question, None, mode, args.max_new_tokens, warmup=warmup)
 
-    paths = {"in a row": in_a_row, "streamed": streamed}
+    def pipelined(tokens):
+        def run(mode, warmup):
+            session.chunks = ChunkConfig(tokens)
+            try:
+                return streamed(mode, warmup)
+            finally:
+                session.chunks = None
+        return run
+
+    paths = {"in a row": in_a_row, "streamed": streamed,
+             **{f"streamed, pipelined chunks of {n}": pipelined(n) for n in args.chunks}}
     for mode in args.modes:
         for name, run in paths.items():
             t = time.perf_counter()
@@ -55,9 +70,10 @@ def main():
                 emit(what="run", mode=mode, path=name, repeat=r, first_token_s=rec.first_token_s, video_s=rec.video_s,
                      vision_s=rec.vision_s, prefill_s=rec.prefill_s, decode_s=rec.decode_s,
                      visual_tokens=rec.visual_tokens, total_tokens=rec.total_tokens, mean_density=rec.mean_density,
-                     sparse_layers=rec.sparse_layers)
+                     sparse_layers=rec.sparse_layers, decoder_chunks=rec.decoder_chunks,
+                     decoder_chunks_streamed=rec.decoder_chunks_streamed)
                 torch.cuda.empty_cache()
-            emit(what="answers", mode=mode, repeat=r, agree=len(set(answers.values())) == 1)
+            emit(what="answers", mode=mode, repeat=r, agree=len(set(answers.values())) == 1, answers=answers)
     emit(what="peak", gib=torch.cuda.max_memory_allocated() / 2**30)
 
 
