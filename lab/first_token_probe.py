@@ -29,6 +29,7 @@ def main():
     ap.add_argument("--modes", nargs="+", default=["dense", "prism"])
     ap.add_argument("--chunks", type=int, nargs="*", default=[], help="decoder chunk sizes for pipelined paths")
     ap.add_argument("--model", default="Qwen/Qwen2.5-VL-7B-Instruct")
+    ap.add_argument("--no-in-a-row", action="store_true", help="skip the in-a-row path (measured before)")
     args = ap.parse_args()
     emit = lambda **r: print(json.dumps({"cores": os.cpu_count(), "clip": os.path.basename(args.clip),
                                          "model": args.model, **r}),
@@ -54,7 +55,7 @@ def main():
                 session.chunks = None
         return run
 
-    paths = {"in a row": in_a_row, "streamed": streamed,
+    paths = {**({} if args.no_in_a_row else {"in a row": in_a_row}), "streamed": streamed,
              **{f"streamed, pipelined chunks of {n}": pipelined(n) for n in args.chunks}}
     for mode in args.modes:
         for name, run in paths.items():

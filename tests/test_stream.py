@@ -1,5 +1,9 @@
 """Streamed video prefill (pipelines.stream): decoding overlapped with the processor and the vision tower gives the
 features, prompt and answer of sample_frames + the processor + the tower in one call."""
+import os
+import sys
+import threading
+
 import pytest
 import torch
 from conftest import rel_err
@@ -106,6 +110,22 @@ def test_pipelined_prefill_runs_chunks_while_the_tower_still_has_pairs_and_answe
     tokens = greedy_decode(model, prefill.state(), max_new_tokens=4, eos_token_id=-1)
     assert torch.equal(tokens, expected)
     assert prepared.total_tokens == whole.total_tokens
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread niceness is Linux's")
+def test_decoders_run_at_a_lower_priority_than_the_calling_thread(clip, tiny, monkeypatch):
+    """The decoding thread and the parallel reader's decoder threads it starts run DECODE_NICE nicer than the thread
+    that feeds the GPU (which keeps its own priority)."""
+    from prism_mm.pipelines import frames as reader
+
+    model, processor = tiny
+    me = lambda: os.getpriority(os.PRIO_PROCESS, threading.get_native_id())  # noqa: E731
+    before, seen = me(), []
+    run = reader._decode_run
+    monkeypatch.setattr(reader, "_decode_run", lambda *a: seen.append(me()) or run(*a))
+    stream.stream_video(model, processor, clip, "What moves?", VideoOptions(fps=4.0, decode_workers=3))
+    assert me() == before and len(seen) == 3
+    assert all(nice == min(19, before + stream.DECODE_NICE) for nice in seen), (before, seen)
 
 
 def test_stand_in_stream_decodes_nothing_and_gives_black_frames_features(clip, tiny, monkeypatch):

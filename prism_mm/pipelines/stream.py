@@ -22,7 +22,9 @@ streamed the same way (no overlap with decoding then).
 """
 from __future__ import annotations
 
+import os
 import queue
+import sys
 import threading
 import time
 
@@ -118,6 +120,22 @@ def _stream(model, processor, video_path, question, opts, device, batch_pairs, s
     return features, prepared, prefill
 
 
+DECODE_NICE = 10  # the decoding threads' niceness (Linux): the thread feeding the GPU comes first
+
+
+def yield_cpu() -> None:
+    """Lower the calling thread's CPU priority by DECODE_NICE (Linux, where niceness is per thread and the threads it
+    starts, PyAV's decoders and ffmpeg's, inherit it; elsewhere nothing). The decoders keep every core the thread
+    that feeds the GPU does not need: without this, 8 decoders x 4 ffmpeg threads on 16 cores slowed that thread's
+    processor, vision-tower and decoder launches about 2x (H200 host, lab/logs/first_token-h200.md)."""
+    if sys.platform.startswith("linux"):
+        try:
+            me = threading.get_native_id()
+            os.setpriority(os.PRIO_PROCESS, me, min(19, os.getpriority(os.PRIO_PROCESS, me) + DECODE_NICE))
+        except OSError:  # a sandbox that refuses it: decode at the normal priority
+            pass
+
+
 class StreamingUnavailable(VideoError):
     """This video cannot be streamed (no decord to number its frames, an odd frame count); raised before any work,
     so callers run it in a row instead (VideoQA and the lmms-eval model do)."""
@@ -170,6 +188,8 @@ def _stream_loop(model, processor, path, read, n_frames, info, size, grid, devic
 
     def decode():
         try:
+            yield_cpu()
+
             def dropped():  # decord reads the whole set: what the parallel reader landed before giving up goes
                 if wrote.is_set():
                     landed.put(RESET)
