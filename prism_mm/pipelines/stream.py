@@ -17,8 +17,19 @@ and the other two are GPU work, so here they run at once:
    a patch's place inside its frame only, so a patch's features do not depend on which patches share its call:
    they are those of one whole-video call (tested against sample_frames + the processor + the tower).
 
+4. With decoder chunks (stream_prefill), each chunk of the decoder prefill runs as soon as the features of the video
+   tokens up to its end exist: the frames are read roughly in time order and the earliest ready pairs go to the
+   tower first, so the decoder works on the video's beginning while its end still decodes.
+
+The decoding threads run at a lower CPU priority than the calling thread (yield_cpu), which enqueues the GPU work.
 Files the parallel reader (pipelines.frames) cannot number as decord does are read by decord first, and then
 streamed the same way (no overlap with decoding then).
+
+    prefill, features, prepared = stream_prefill(model, processor, "clip.mp4", "What happens?", VideoOptions(),
+                                                 ChunkConfig(decoder_tokens=16384), "cuda")
+    while not prefill.done:
+        prefill.step(*features)
+    state = prefill.state()
 """
 from __future__ import annotations
 
