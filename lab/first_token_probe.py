@@ -17,6 +17,7 @@ import time
 
 import torch
 
+from prism_mm.pipelines import stream as stream_module
 from prism_mm.pipelines.prefill import ChunkConfig
 from prism_mm.pipelines.session import VideoSession
 
@@ -30,6 +31,8 @@ def main():
     ap.add_argument("--chunks", type=int, nargs="*", default=[], help="decoder chunk sizes for pipelined paths")
     ap.add_argument("--model", default="Qwen/Qwen2.5-VL-7B-Instruct")
     ap.add_argument("--no-in-a-row", action="store_true", help="skip the in-a-row path (measured before)")
+    ap.add_argument("--nice-ab", action="store_true",
+                    help="also stream with the decoders at the calling thread's priority (stream.DECODE_NICE = 0)")
     args = ap.parse_args()
     emit = lambda **r: print(json.dumps({"cores": os.cpu_count(), "clip": os.path.basename(args.clip),
                                          "model": args.model, **r}),
@@ -55,7 +58,15 @@ def main():
                 session.chunks = None
         return run
 
+    def normal_priority(mode, warmup):
+        nice, stream_module.DECODE_NICE = stream_module.DECODE_NICE, 0
+        try:
+            return streamed(mode, warmup)
+        finally:
+            stream_module.DECODE_NICE = nice
+
     paths = {**({} if args.no_in_a_row else {"in a row": in_a_row}), "streamed": streamed,
+             **({"streamed, decoders at normal priority": normal_priority} if args.nice_ab else {}),
              **{f"streamed, pipelined chunks of {n}": pipelined(n) for n in args.chunks}}
     for mode in args.modes:
         for name, run in paths.items():
