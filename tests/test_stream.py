@@ -189,6 +189,35 @@ def test_a_parallel_read_given_up_midway_is_redone_by_decord(clip, tiny, monkeyp
     assert got.shape == expected.shape and rel_err(got, expected) < 1e-5
 
 
+def test_a_read_given_up_midway_restarts_the_pipelined_prefill(clip, tiny, monkeypatch):
+    """With the decoder pipelined (stream_prefill), a parallel read given up after landing wrong frames also drops
+    the prefill made so far: a new ChunkedPrefill starts over on decord's frames, and the tokens are generate()'s."""
+    from prism_mm.pipelines import frames as reader
+
+    model, processor = tiny
+    opts = VideoOptions(fps=4.0, decode_workers=4)
+    whole = build_inputs(processor, model.config, clip, "What moves?", opts)
+    with torch.no_grad():
+        expected = model.generate(**whole.inputs, max_new_tokens=4, do_sample=False)[:, whole.total_tokens:]
+
+    def lands_zeros_then_fails(path, index, start_key, frames, slots, out, threads, written):
+        for f in frames[:4]:
+            out[slots[f]] = 0
+            written(slots[f])
+        raise reader.FrameIndexError("gave up")
+
+    made = []
+    init = stream.ChunkedPrefill.__init__
+    monkeypatch.setattr(stream.ChunkedPrefill, "__init__", lambda self, *a: made.append(1) or init(self, *a))
+    monkeypatch.setattr(reader, "_decode_run", lands_zeros_then_fails)
+    prefill, features, _ = stream.stream_prefill(model, processor, clip, "What moves?", opts,
+                                                 ChunkConfig(decoder_tokens=16), batch_pairs=1)
+    assert len(made) == 2
+    while not prefill.done:
+        prefill.step(*features)
+    assert torch.equal(greedy_decode(model, prefill.state(), max_new_tokens=4, eos_token_id=-1), expected)
+
+
 def test_an_error_in_the_tower_stops_the_decoders_and_keeps_stderr(clip, tiny, monkeypatch, capfd):
     """An exception in the calling thread while frames decode reaches the caller, the decoding thread has ended when
     it does, and file descriptor 2 is the process's own again (the native-log capture is undone)."""
