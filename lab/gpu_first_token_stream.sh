@@ -4,12 +4,7 @@
 # lab/first_token_probe.py: file -> first token, streamed against in a row, dense and Prism, on a 300 s 720p clip
 # (Qwen2.5-VL-7B random weights, ~109K visual tokens; the streamed warm-up on black stand-in frames).
 set -uo pipefail
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit
-export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD:/tmp/site
-( [ -f /tmp/clip300.mp4 ] || python3 -c "import sys; sys.path.insert(0, 'lab'); from reader_probe import write_clip; \
-write_clip('/tmp/clip300.part.mp4', 300, 'ultrafast', 250)" && mv -f /tmp/clip300.part.mp4 /tmp/clip300.mp4 ) \
-  > "$OUT/clip.log" 2>&1 &
-writer=$!
+source lab/gpu_common.sh
 timeout 150 python3 -m pytest -q tests/test_frames.py tests/test_stream.py "tests/test_video_qa.py::test_streamed_warmup_reads_the_file_once_and_changes_no_answer" "tests/test_video_qa.py::test_streamed_compare_checks_layers_against_dense_as_the_unstreamed_one" "tests/test_video_qa.py::test_python_api_compare" -p no:cacheprovider 2>&1 \
   | tee "$OUT/pytest-gpu-host-mends.log" | tail -3
 wait $writer

@@ -4,12 +4,7 @@
 # clip: in a row, streamed, and streamed with the decoder prefill pipelined in chunks of 16384 and 8192 tokens,
 # Qwen2.5-VL-7B, then (as long as the call lasts) Qwen3-VL-8B; random weights.
 set -uo pipefail
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit
-export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD:/tmp/site
-( [ -f /tmp/clip300.mp4 ] || python3 -c "import sys; sys.path.insert(0, 'lab'); from reader_probe import write_clip; \
-write_clip('/tmp/clip300.part.mp4', 300, 'ultrafast', 250)" && mv -f /tmp/clip300.part.mp4 /tmp/clip300.mp4 ) \
-  > "$OUT/clip.log" 2>&1 &
-writer=$!
+source lab/gpu_common.sh
 timeout 110 python3 -m pytest -q tests/test_stream.py tests/test_frames.py \
   "tests/test_video_qa.py::test_streamed_chunked_session_pipelines_the_decoder_and_answers_as_unchunked" \
   "tests/test_video_qa.py::test_python_api_compare" -p no:cacheprovider 2>&1 \

@@ -4,12 +4,7 @@
 # lower priority (stream.yield_cpu). The priority test on the GPU host, then Prism streamed against streamed with
 # the decoder prefill pipelined in chunks of 16384, Qwen2.5-VL-7B random weights, 300 s 720p clip.
 set -uo pipefail
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit
-export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD:/tmp/site
-( [ -f /tmp/clip300.mp4 ] || python3 -c "import sys; sys.path.insert(0, 'lab'); from reader_probe import write_clip; \
-write_clip('/tmp/clip300.part.mp4', 300, 'ultrafast', 250)" && mv -f /tmp/clip300.part.mp4 /tmp/clip300.mp4 ) \
-  > "$OUT/clip.log" 2>&1 &
-writer=$!
+source lab/gpu_common.sh
 timeout 60 python3 -m pytest -q tests/test_stream.py -k "priority or pipelined" -p no:cacheprovider 2>&1 \
   | tee "$OUT/pytest-gpu-host-nice.log" | tail -3
 wait $writer

@@ -46,6 +46,14 @@ def tiny(request, tmp_path_factory):
     return model, processor
 
 
+def _assert_features_close(got, got_deep, feats, deep):
+    """The streamed features (and Qwen3-VL's deepstack features) within 1e-5 of the whole-video tower call's."""
+    assert got.shape == feats.shape and rel_err(got, feats) < 1e-5
+    assert (got_deep is None) == (deep is None)
+    for a, b in zip(got_deep or [], deep or []):
+        assert a.shape == b.shape and rel_err(a, b) < 1e-5
+
+
 @pytest.mark.parametrize("batch_pairs,reader", [(1, "parallel"), (3, "parallel"), (16, "parallel"), (3, "decord")])
 def test_streamed_features_and_prompt_equal_the_whole_video_path(clip, tiny, batch_pairs, reader):
     """Features (and Qwen3-VL's deepstack features) of the streamed tower calls, gathered in patch order, equal one
@@ -62,10 +70,7 @@ def test_streamed_features_and_prompt_equal_the_whole_video_path(clip, tiny, bat
     assert set(prepared.inputs) == set(whole.inputs) - {"pixel_values_videos"}
     for key, value in prepared.inputs.items():
         assert torch.equal(value, whole.inputs[key]), key
-    assert got.shape == feats.shape and rel_err(got, feats) < 1e-5
-    assert (got_deep is None) == (deep is None)
-    for a, b in zip(got_deep or [], deep or []):
-        assert a.shape == b.shape and rel_err(a, b) < 1e-5
+    _assert_features_close(got, got_deep, feats, deep)
 
 
 def test_streamed_prefill_answers_as_generate(clip, tiny):
@@ -147,10 +152,7 @@ def test_stand_in_stream_decodes_nothing_and_gives_black_frames_features(clip, t
                                                     stand_in=True)
     for key, value in prepared.inputs.items():
         assert torch.equal(value, whole.inputs[key]), key
-    assert got.shape == feats.shape and rel_err(got, feats) < 1e-5
-    assert (got_deep is None) == (deep is None)
-    for a, b in zip(got_deep or [], deep or []):
-        assert a.shape == b.shape and rel_err(a, b) < 1e-5
+    _assert_features_close(got, got_deep, feats, deep)
 
 
 def test_streaming_refuses_bad_input(clip, tiny, tmp_path):
