@@ -23,10 +23,9 @@ summary = {"device": "NVIDIA H200 machine, 16 CPU cores (torch 2.11, triton 3.6,
 for mode in ("dense", "prism"):
     for path in ("in a row", "streamed"):
         mine = [r for r in runs if r["mode"] == mode and r["path"] == path]
-        med = lambda k: statistics.median(r[k] for r in mine)  # noqa: E731
-        entry = {"runs": len(mine), "first_token_s": med("first_token_s"),
-                 "all_first_token_s": [round(r["first_token_s"], 3) for r in mine], "video_s": med("video_s"),
-                 "vision_s": med("vision_s"), "prefill_s": med("prefill_s"), "mean_density": mine[0]["mean_density"]}
+        med = {k: statistics.median(r[k] for r in mine) for k in ("first_token_s", "video_s", "vision_s", "prefill_s")}
+        entry = {"runs": len(mine), **med, "all_first_token_s": [round(r["first_token_s"], 3) for r in mine],
+                 "mean_density": mine[0]["mean_density"]}
         # in a row: video_s = decoding + processor, prefill_s = tower + decoder; streamed: video_s holds the tower
         entry["decoder_s"] = entry["prefill_s"] - (entry["vision_s"] if path == "in a row" else 0.0)
         summary["rows"][f"{mode}, {path}"] = entry

@@ -20,7 +20,14 @@ import torch
 from tqdm import tqdm
 
 from ..config import PrismConfig
-from ..models import VISION_ATTENTIONS, VL_MODEL_TYPES, enable_prism, load_model, set_attention, synchronize_gpus
+from ..models import (
+    VISION_ATTENTIONS,
+    VL_MODEL_TYPES,
+    enable_prism,
+    load_model,
+    set_attention,
+    synchronize_gpus,
+)
 from ..testing.tiny import TINY_MODELS, build_tiny_processor, tiny_model_dir
 from .prefill import ChunkConfig, chunked_prefill, greedy_decode
 from .stream import StreamingUnavailable, stream_prefill, stream_video
