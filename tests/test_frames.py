@@ -87,6 +87,28 @@ def test_in_order_reading_lands_the_beginning_first(clips, monkeypatch):
     assert plans[-1] == 2
 
 
+def test_a_failed_run_cancels_the_runs_not_started(clips, monkeypatch):
+    """in_order with 2 decoders (6 runs or more): when a later run fails while the first is still decoding, the runs not
+    started yet are cancelled (at most the one the free decoder took meanwhile starts) and the error is raised."""
+    import time
+
+    path = clips["h264 B-frames"]
+    index = reader.FrameIndex.of(path)
+    wanted = list(range(0, len(index.pts), 2))
+    started = []
+
+    def run(path, index, start_key, frames, slots, out, threads, written):
+        started.append(start_key)
+        if len(started) == 2:
+            raise reader.FrameIndexError("this run fails")
+        time.sleep(0.3)
+
+    monkeypatch.setattr(reader, "_decode_run", run)
+    with pytest.raises(reader.FrameIndexError, match="this run fails"):
+        reader.read_frames(path, wanted, index, workers=2, in_order=True)
+    assert len(reader.plan_runs(index, wanted, 2 * reader.IN_ORDER_RUNS)) >= 6 and len(started) <= 3, started
+
+
 def test_sample_frames_takes_the_parallel_reader_and_falls_back_to_decord(clips, monkeypatch):
     """sample_frames reads with the parallel reader by default; where the file cannot be indexed as decord numbers it,
     and with reader="decord", decord reads: the frames are the same in all three cases."""

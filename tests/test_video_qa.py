@@ -363,14 +363,15 @@ def test_streamed_chunked_session_pipelines_the_decoder_and_answers_as_unchunked
     opts = VideoOptions(fps=2.0, max_frames=6)
     plain_session = VideoSession(tiny, cfg, device="cpu")
     plain = plain_session.run(plain_session.prepare(clip, "What moves?", opts), "prism", 4)
-    session = VideoSession(tiny, cfg, device="cpu", chunks=ChunkConfig(decoder_tokens=48))
+    session = VideoSession(tiny, cfg, device="cpu", chunks=ChunkConfig(decoder_tokens=48, vision_frames=1))
     streamed = session.run_streamed(clip, "What moves?", opts, "prism", 4)
     assert streamed.streamed and streamed.answer == plain.answer
     assert streamed.decoder_chunks == -(-plain.total_tokens // 48) > 1
-    assert 1 <= streamed.decoder_chunks_streamed <= streamed.decoder_chunks
+    # one pair per tower call (vision_frames): chunks run between them; those after the last are prefill_s
+    assert 1 <= streamed.decoder_chunks_streamed < streamed.decoder_chunks and streamed.prefill_s > 0
     code = main(["--video", clip, "--question", "What moves?", "--model", tiny, "--max-frames", "4",
                  "--max-new-tokens", "2", "--block-size", "16", "--min-sparse-len", "0", "--threshold", "1.0",
-                 "--chunk-tokens", "48", "--no-progress"])
+                 "--chunk-tokens", "48", "--vision-chunk-frames", "1", "--no-progress"])
     assert code == 0 and re.search(r"vision tower and \d+ of \d+ decoder chunks ran", capsys.readouterr().out)
 
 
@@ -399,10 +400,11 @@ def test_streamed_compare_checks_layers_against_dense_as_the_unstreamed_one(clip
 
     cfg = PrismConfig.video(block_size=16, min_sparse_len=0, max_density=1.0).with_threshold(0.6)
     opts = VideoOptions(fps=2.0, max_frames=6)
-    qa = VideoQA(tiny, "compare", cfg, opts, max_new_tokens=2, device="cpu", progress=False)
+    qa = VideoQA(tiny, "compare", cfg, opts, max_new_tokens=2, device="cpu", progress=False, stream=False)
     plain = qa(clip, "What moves?", warmup=False)
     qa.stream = True
     streamed = qa(clip, "What moves?", warmup=False)
+    assert not plain["streamed"] and streamed["streamed"]
     rows, expected = streamed["layers_vs_dense"], plain["layers_vs_dense"]
     assert len(rows) == len(expected) == 2 and all(r["sparse"] for r in expected)
     assert any(r["kept_blocks"] < r["total_blocks"] for r in expected)  # a check with something dropped

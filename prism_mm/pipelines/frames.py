@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import bisect
 import os
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
 import numpy as np
@@ -170,11 +170,10 @@ def read_frames(path: str, indices: list[int], index: FrameIndex | None = None, 
     with ThreadPoolExecutor(max_workers=decoders) as pool:  # runs are taken in submission (time) order
         futures = [pool.submit(_decode_run, path, index, key, frames, slots, out, threads, written)
                    for key, frames in runs]
-        try:
-            for done in futures:
-                done.result()
-        except BaseException:
+        finished, _ = wait(futures, return_when=FIRST_EXCEPTION)
+        failed = [f for f in futures if f in finished and f.exception() is not None]
+        if failed:
             for waiting in futures:  # runs not started yet are not decoded for nothing
                 waiting.cancel()
-            raise
+            raise failed[0].exception()
     return out

@@ -159,6 +159,7 @@ class ChunkedPrefill:
             raise RuntimeError(f"{len(self.bounds) - self.next} chunks have not run")
         with torch.no_grad():
             logits = self.model.lm_head(self.hidden)[:, -1]
+        self.embeds = None  # the prompt's embeddings are not needed for decoding
         return PrefillState(self.cache, logits, self.prompt_tokens)
 
 

@@ -30,7 +30,7 @@ from ..models import (
 )
 from ..testing.tiny import TINY_MODELS, build_tiny_processor, tiny_model_dir
 from .prefill import ChunkConfig, chunked_prefill, greedy_decode
-from .stream import StreamingUnavailable, stream_prefill, stream_video
+from .stream import BATCH_PAIRS, StreamingUnavailable, stream_prefill, stream_video
 from .video import PreparedVideo, VideoOptions, build_inputs, probe
 
 DEFAULT_MODEL = "Qwen/Qwen2.5-VL-7B-Instruct"
@@ -234,8 +234,9 @@ class VideoSession:
         options = options or VideoOptions()
         if warmup:
             self._streamed(video, question, options, 1, stand_in=True)
-        record, features, prepared = self._streamed(video, question, options, max_new_tokens)
-        if check_against_dense and self.attn == "prism":
+        check = check_against_dense and self.attn == "prism"
+        record, features, prepared = self._streamed(video, question, options, max_new_tokens, keep_features=check)
+        if check:
             record.layers_vs_dense = self._checked_prefill(prepared.inputs, features)
         return record
 
@@ -251,7 +252,9 @@ class VideoSession:
         return self.run(self.prepare(video, question, options), attn, max_new_tokens, warmup)
 
     def _streamed(self, video: str, question: str, options: VideoOptions, max_new_tokens: int,
-                  stand_in: bool = False) -> tuple[RunRecord, tuple, PreparedVideo]:
+                  stand_in: bool = False, keep_features: bool = False) -> tuple[RunRecord, tuple | None, PreparedVideo]:
+        """One streamed run; the tower's calls take the session's ChunkConfig.vision_frames pairs (else
+        stream.BATCH_PAIRS); the features come back with keep_features (else None: not held through decoding)."""
         cuda = self.device.startswith("cuda")
         stats = self.model.prism_stats
         stats.reset()
@@ -261,12 +264,13 @@ class VideoSession:
         with tqdm(total=1, desc=f"streaming video ({self.attn})", disable=not self.progress or stand_in,
                   leave=False) as bar:
             on = self.device if cuda else None
+            pairs = (self.chunks.vision_frames if self.chunks is not None else None) or BATCH_PAIRS
             if self.chunks is None:
-                features, prepared = stream_video(self.model, self.processor, video, question, options, on,
+                features, prepared = stream_video(self.model, self.processor, video, question, options, on, pairs,
                                                   stand_in=stand_in)
             else:  # the decoder's chunks run as their features land
                 pipeline, features, prepared = stream_prefill(self.model, self.processor, video, question, options,
-                                                             self.chunks, on, stand_in=stand_in)
+                                                             self.chunks, on, pairs, stand_in=stand_in)
             if cuda:
                 synchronize_gpus()
             bar.update(1)
@@ -281,9 +285,12 @@ class VideoSession:
             while not pipeline.done:
                 pipeline.step(*features)
             state = pipeline.state()
+            del pipeline
         if cuda:
             synchronize_gpus()
         prefill = time.perf_counter() - t0
+        if not keep_features:
+            features = None
         new = greedy_decode(self.model, state, max_new_tokens)[0]
         del state
         if cuda:

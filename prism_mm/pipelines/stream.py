@@ -124,7 +124,14 @@ def _stream(model, processor, video_path, question, opts, device, batch_pairs, s
     make_prefill = None
     if pipelined:
         model_inputs = {k: v.to(model.device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
-        make_prefill = lambda: ChunkedPrefill(model, model_inputs, chunks)  # noqa: E731
+        stats = getattr(model, "prism_stats", None)
+
+        def make_prefill():  # a new one resets the layer records; the tower time spent so far stays counted
+            spent = stats.vision_seconds if stats is not None else None
+            made = ChunkedPrefill(model, model_inputs, chunks)
+            if stats is not None:
+                stats.vision_seconds = spent
+            return made
     features, prefill = _streamed_features(model, processor, video_path, read, len(indices), info, (height, width),
                                            grid, device, batch_pairs, make_prefill)
     prepared.seconds = time.perf_counter() - t0
@@ -236,6 +243,7 @@ def _stream_loop(model, processor, path, read, n_frames, info, size, grid, devic
                     have[:] = False
                     ready.clear()
                     out = _FeatureRows(pairs)
+                    prefill = None  # its KV cache goes before the new one is made
                     prefill = make_prefill() if make_prefill is not None else None
                     continue
                 for slot in item:
@@ -254,7 +262,9 @@ def _stream_loop(model, processor, path, read, n_frames, info, size, grid, devic
             ready.sort()  # the earliest pairs first: the decoder's next chunk waits on the video's beginning
             batch, ready = ready[:batch_pairs], ready[batch_pairs:]
             out.add(batch, _tower(model, processor, frames, batch, size, (h, w), device))
-            while prefill is not None and not prefill.done and prefill.needs() <= out.rows_ready():
+            # the chunks whose features are in, while pairs are still to come (after the last, the caller runs the rest)
+            while (prefill is not None and out.done < pairs and not prefill.done
+                   and prefill.needs() <= out.rows_ready()):
                 prefill.step(out.feats, out.deep)
         thread.join()
         if failure:

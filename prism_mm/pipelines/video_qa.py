@@ -53,7 +53,8 @@ def parse_args(argv=None):
                     help="Prism runs' vision-tower attention: batched varlen (default) or transformers' SDPA per window")
     ap.add_argument("--max-new-tokens", type=int, default=128)
     ap.add_argument("--chunk-tokens", type=int,
-                    help="prefill the decoder this many tokens at a time (bounds peak memory on very long videos)")
+                    help="prefill the decoder this many tokens at a time (bounds peak memory on very long videos; "
+                         "streamed, each chunk runs as soon as its video features exist)")
     ap.add_argument("--vision-chunk-frames", type=int,
                     help="with --chunk-tokens: run the vision tower on this many temporal patches at a time")
     ap.add_argument("--stream", action=argparse.BooleanOptionalAction, default=True,
