@@ -185,13 +185,15 @@ def test_front_ends_import_no_cli_module():
             assert not {part for n in names for part in n.split(".")} & clis, f"{path.name} imports a CLI module"
 
 
-@pytest.mark.parametrize("attn", ["prism", "dense", "compare"])
-def test_cli_json(clip, tiny, attn, capsys):
+@pytest.mark.parametrize("attn,stream", [("prism", None), ("dense", None), ("compare", None), ("compare", False)])
+def test_cli_json(clip, tiny, attn, stream, capsys):
+    """--json for each mode; streamed by default, in a row with --no-stream."""
     code = main(["--video", clip, "--question", "What moves?", "--model", tiny, "--attn", attn, "--max-frames", "4",
-                 "--max-new-tokens", "3", "--block-size", "16", "--min-sparse-len", "0", "--json", "--no-progress"])
+                 "--max-new-tokens", "3", "--block-size", "16", "--min-sparse-len", "0", "--json", "--no-progress",
+                 *([] if stream is None else ["--no-stream"])])
     assert code == 0
     result = json.loads(capsys.readouterr().out)
-    assert result["frames"] == 4 and result["visual_tokens"] > 0
+    assert result["frames"] == 4 and result["visual_tokens"] > 0 and result["streamed"] is (stream is None)
     assert set(result["runs"]) == ({"dense", "prism"} if attn == "compare" else {attn})
 
 
