@@ -88,8 +88,8 @@ class ChunkedPrefill:
         state = prefill.state()
 
     needs() is the number of leading feature rows (in the prompt's video token order) the next chunk reads; rows past
-    it may be unwritten. pipelines.stream runs chunks this way while the video still decodes. Construction resets
-    model.prism_stats (the chunks record into it)."""
+    it may be unwritten. pipelines.stream runs chunks this way while the video still decodes. Construction clears
+    model.prism_stats' layer records (the chunks record into them); its tower timings are the caller's."""
 
     def __init__(self, model, inputs: dict, chunks: ChunkConfig):
         from transformers import DynamicCache
@@ -103,7 +103,7 @@ class ChunkedPrefill:
         self.model, self.lm = model, model.model.language_model
         stats = getattr(model, "prism_stats", None)
         if stats is not None:
-            stats.reset()
+            stats.layers.clear()
         with torch.no_grad():
             self.embeds = model.get_input_embeddings()(ids)
             self.positions = _positions(model, inputs)
@@ -166,7 +166,10 @@ class ChunkedPrefill:
 def chunked_prefill(model, inputs: dict, chunks: ChunkConfig, features: tuple | None = None) -> PrefillState:
     """Prefill a Qwen-VL model (processor outputs for one video prompt, batch 1) chunk by chunk. `features`: the
     video's vision-tower output (features [video tokens, hidden], deepstack list or None) when it was computed
-    already (pipelines.stream); the inputs then need no pixel values."""
+    already (pipelines.stream); the inputs then need no pixel values. Resets model.prism_stats first."""
+    stats = getattr(model, "prism_stats", None)
+    if stats is not None:
+        stats.reset()
     prefill = ChunkedPrefill(model, inputs, chunks)
     feats, deepstack = None, None
     if features is not None or inputs.get("pixel_values_videos") is not None:

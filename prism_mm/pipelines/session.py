@@ -34,7 +34,8 @@ from .stream import BATCH_PAIRS, StreamingUnavailable, stream_prefill, stream_vi
 from .video import PreparedVideo, VideoOptions, build_inputs, probe
 
 DEFAULT_MODEL = "Qwen/Qwen2.5-VL-7B-Instruct"
-VIDEO_FIELDS = ("frames", "frame_size", "visual_tokens", "total_tokens", "video_s")  # shared by a comparison's unstreamed runs
+# shared by a comparison's unstreamed runs
+VIDEO_FIELDS = ("frames", "frame_size", "visual_tokens", "total_tokens", "video_s")
 
 
 def check_device(device: str | None) -> str:
@@ -100,6 +101,12 @@ class RunRecord:
     def first_token_s(self) -> float:
         """From the video file (when run on a PreparedVideo or streamed) to the first answer token."""
         return (self.video_s or 0.0) + self.prefill_s
+
+    def set_video(self, prepared: PreparedVideo) -> None:
+        """The video fields of the PreparedVideo the run was given (or streamed)."""
+        self.frames, self.frame_size = prepared.frames_used, prepared.frame_size
+        self.visual_tokens, self.total_tokens = prepared.visual_tokens, prepared.total_tokens
+        self.video_s = prepared.seconds
 
     def to_dict(self, video: bool = True) -> dict:
         """The record as a JSON-ready dict; video=False leaves out the video fields (shared by a comparison's runs)."""
@@ -213,9 +220,7 @@ class VideoSession:
             self._generate(inputs, 1)
         record = self._generate(inputs, max_new_tokens)
         if prepared is not None:
-            record.frames, record.frame_size, record.visual_tokens = (prepared.frames_used, prepared.frame_size,
-                                                                      prepared.visual_tokens)
-            record.total_tokens, record.video_s = prepared.total_tokens, prepared.seconds
+            record.set_video(prepared)
         return record
 
     def run_streamed(self, video: str, question: str, options: VideoOptions | None = None, attn: str | None = None,
@@ -297,9 +302,8 @@ class VideoSession:
             synchronize_gpus()
         total = time.perf_counter() - t0
         record = self._record(new, prefill, vision, total - prefill)
-        record.frames, record.frame_size, record.visual_tokens = (prepared.frames_used, prepared.frame_size,
-                                                                  prepared.visual_tokens)
-        record.total_tokens, record.video_s, record.streamed = prepared.total_tokens, prepared.seconds, True
+        record.set_video(prepared)
+        record.streamed = True
         record.decoder_chunks_streamed, record.decoder_chunks = overlapped
         return record, features, prepared
 
@@ -484,7 +488,8 @@ def format_report(r: dict) -> str:
         if r["device"] == "cpu":
             lines.append(CPU_TIMING_NOTE)
         else:
-            what = (f"{'decoder ' if r.get('streamed') else ''}prefill speed-up {r['prefill_speedup']:.2f}x, first token "
+            decoder = "decoder " if r.get("streamed") else ""
+            what = (f"{decoder}prefill speed-up {r['prefill_speedup']:.2f}x, first token "
                     f"{r['first_token_speedup']:.2f}x sooner")
             lines.append(f"on {r['device']}: {what} (dense = transformers' SDPA in the vision tower and the decoder; "
                          f"prism = {r['vision_attention']} vision attention + Prism)")

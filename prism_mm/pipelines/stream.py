@@ -124,14 +124,7 @@ def _stream(model, processor, video_path, question, opts, device, batch_pairs, s
     make_prefill = None
     if pipelined:
         model_inputs = {k: v.to(model.device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
-        stats = getattr(model, "prism_stats", None)
-
-        def make_prefill():  # a new one resets the layer records; the tower time spent so far stays counted
-            spent = stats.vision_seconds if stats is not None else None
-            made = ChunkedPrefill(model, model_inputs, chunks)
-            if stats is not None:
-                stats.vision_seconds = spent
-            return made
+        make_prefill = lambda: ChunkedPrefill(model, model_inputs, chunks)  # noqa: E731 - after a RESET: a new one
     features, prefill = _streamed_features(model, processor, video_path, read, len(indices), info, (height, width),
                                            grid, device, batch_pairs, make_prefill)
     prepared.seconds = time.perf_counter() - t0
