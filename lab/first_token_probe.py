@@ -22,6 +22,61 @@ from prism_mm.pipelines.prefill import ChunkConfig
 from prism_mm.pipelines.session import VideoSession
 
 
+class Timeline:
+    """When each sampled frame landed, each vision-tower call and each decoder chunk ran inside a run: host seconds
+    from start() and GPU seconds from an event recorded there (wrappers around stream._tower, ChunkedPrefill.step
+    and the frame callback of stream.read_sampled; nothing is synchronised until summary())."""
+
+    def __init__(self):
+        self.calls = []
+        tower, step, read = stream_module._tower, ChunkedPrefill.step, stream_module.read_sampled
+        timed = self._timed
+
+        def wrapped_tower(model, processor, frames, batch, *a):
+            return timed("tower", len(batch), lambda: tower(model, processor, frames, batch, *a))
+
+        def wrapped_step(prefill, *a):
+            return timed("chunk", prefill.next, lambda: step(prefill, *a))
+
+        def wrapped_read(*a, written, **k):
+            def landed(slots):
+                self.frames.append((time.perf_counter() - self.t0, len(slots)))
+                return written(slots)
+            return read(*a, written=landed, **k)
+
+        stream_module._tower, stream_module.read_sampled = wrapped_tower, wrapped_read
+        ChunkedPrefill.step = wrapped_step
+
+    def start(self):
+        self.calls, self.frames = [], []
+        self.gpu0 = torch.cuda.Event(enable_timing=True)
+        self.gpu0.record()
+        self.t0 = time.perf_counter()
+
+    def _timed(self, kind, n, fn):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        t = time.perf_counter() - self.t0
+        a.record()
+        out = fn()
+        b.record()
+        self.calls.append((kind, n, t, time.perf_counter() - self.t0, a, b))
+        return out
+
+    def summary(self) -> dict:
+        torch.cuda.synchronize()
+        total = sum(n for _, n in self.frames) or 1
+        seen, landed = 0, []
+        for t, n in self.frames:
+            seen += n
+            landed.append((round(t, 3), round(seen / total, 3)))
+        r = lambda x: round(x, 3)  # noqa: E731
+        calls = [{"kind": kind, "n": n, "host": [r(t), r(u)],
+                  "gpu": [r(self.gpu0.elapsed_time(a) / 1e3), r(self.gpu0.elapsed_time(b) / 1e3)]}
+                 for kind, n, t, u, a, b in self.calls]
+        step = max(1, len(landed) // 40)
+        return {"frames_landed": landed[::step] + landed[-1:], "calls": calls}
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--clip", required=True)
@@ -32,7 +87,12 @@ def main():
     ap.add_argument("--model", default="Qwen/Qwen2.5-VL-7B-Instruct")
     ap.add_argument("--no-in-a-row", action="store_true", help="skip the in-a-row path (measured before)")
     ap.add_argument("--nice-ab", action="store_true",
-                    help="also stream with the decoders at the calling thread's priority (stream.DECODE_NICE = 0)")
+                    help="also stream (and pipeline) with the decoders at the calling thread's priority "
+                         "(stream.DECODE_NICE = 0)")
+    ap.add_argument("--in-a-row-chunks", action="store_true",
+                    help="also run in a row with the decoder in chunks (--chunks): the chunked prefill's own cost")
+    ap.add_argument("--timeline", action="store_true",
+                    help="per run: when frames landed, each tower call and decoder chunk (host and GPU times)")
     args = ap.parse_args()
     emit = lambda **r: print(json.dumps({"cores": os.cpu_count(), "clip": os.path.basename(args.clip),
                                          "model": args.model, **r}),
@@ -58,16 +118,33 @@ def main():
                 session.chunks = None
         return run
 
-    def normal_priority(mode, warmup):
-        nice, stream_module.DECODE_NICE = stream_module.DECODE_NICE, 0
-        try:
-            return streamed(mode, warmup)
-        finally:
-            stream_module.DECODE_NICE = nice
+    def normal_priority(path):
+        def run(mode, warmup):
+            nice, stream_module.DECODE_NICE = stream_module.DECODE_NICE, 0
+            try:
+                return path(mode, warmup)
+            finally:
+                stream_module.DECODE_NICE = nice
+        return run
+
+    def chunked_in_a_row(tokens):
+        def run(mode, warmup):
+            session.chunks = ChunkConfig(tokens)
+            try:
+                return in_a_row(mode, warmup)
+            finally:
+                session.chunks = None
+        return run
 
     paths = {**({} if args.no_in_a_row else {"in a row": in_a_row}), "streamed": streamed,
-             **({"streamed, decoders at normal priority": normal_priority} if args.nice_ab else {}),
-             **{f"streamed, pipelined chunks of {n}": pipelined(n) for n in args.chunks}}
+             **({"streamed, decoders at normal priority": normal_priority(streamed)} if args.nice_ab else {})}
+    for n in args.chunks:
+        paths[f"streamed, pipelined chunks of {n}"] = pipelined(n)
+        if args.nice_ab:
+            paths[f"streamed, pipelined chunks of {n}, decoders at normal priority"] = normal_priority(pipelined(n))
+        if args.in_a_row_chunks:
+            paths[f"in a row, chunks of {n}"] = chunked_in_a_row(n)
+    timeline = Timeline() if args.timeline else None
     for mode in args.modes:
         for name, run in paths.items():
             t = time.perf_counter()
@@ -77,8 +154,12 @@ def main():
         for mode in args.modes:
             answers = {}
             for name, run in paths.items():
+                if timeline is not None:
+                    timeline.start()
                 rec = run(mode, False)
                 answers[name] = rec.answer
+                if timeline is not None:
+                    emit(what="timeline", mode=mode, path=name, repeat=r, **timeline.summary())
                 emit(what="run", mode=mode, path=name, repeat=r, first_token_s=rec.first_token_s, video_s=rec.video_s,
                      vision_s=rec.vision_s, prefill_s=rec.prefill_s, decode_s=rec.decode_s,
                      visual_tokens=rec.visual_tokens, total_tokens=rec.total_tokens, mean_density=rec.mean_density,
