@@ -18,8 +18,9 @@ import time
 import torch
 
 from prism_mm.pipelines import stream as stream_module
-from prism_mm.pipelines.prefill import ChunkConfig
+from prism_mm.pipelines.prefill import ChunkConfig, ChunkedPrefill
 from prism_mm.pipelines.session import VideoSession
+from prism_mm.pipelines.video import VideoOptions
 
 
 class Timeline:
@@ -46,6 +47,7 @@ class Timeline:
 
         stream_module._tower, stream_module.read_sampled = wrapped_tower, wrapped_read
         ChunkedPrefill.step = wrapped_step
+        self.start()  # warm-ups go through the wrappers too
 
     def start(self):
         self.calls, self.frames = [], []
@@ -86,9 +88,9 @@ def main():
     ap.add_argument("--chunks", type=int, nargs="*", default=[], help="decoder chunk sizes for pipelined paths")
     ap.add_argument("--model", default="Qwen/Qwen2.5-VL-7B-Instruct")
     ap.add_argument("--no-in-a-row", action="store_true", help="skip the in-a-row path (measured before)")
-    ap.add_argument("--nice-ab", action="store_true",
-                    help="also stream (and pipeline) with the decoders at the calling thread's priority "
-                         "(stream.DECODE_NICE = 0)")
+    ap.add_argument("--threads-ab", action="store_true",
+                    help="also stream (and pipeline) with the parallel reader's decoders in threads "
+                         "(VideoOptions(decode_processes=False); not warmed up: they share the processes path's)")
     ap.add_argument("--in-a-row-chunks", action="store_true",
                     help="also run in a row with the decoder in chunks (--chunks): the chunked prefill's own cost")
     ap.add_argument("--timeline", action="store_true",
@@ -102,29 +104,26 @@ def main():
     emit(what="load", s=time.perf_counter() - t, device=session.device_name)
     question = "What happens in the video?"
 
-    def in_a_row(mode, warmup):
-        prepared = session.prepare(args.clip, question)
+    def in_a_row(mode, warmup, options=None):
+        prepared = session.prepare(args.clip, question, options)
         return session.run(prepared, mode, args.max_new_tokens, warmup=warmup)
 
-    def streamed(mode, warmup):
-        return session.run_streamed(args.clip, question, None, mode, args.max_new_tokens, warmup=warmup)
+    def streamed(mode, warmup, options=None):
+        return session.run_streamed(args.clip, question, options, mode, args.max_new_tokens, warmup=warmup)
 
     def pipelined(tokens):
-        def run(mode, warmup):
+        def run(mode, warmup, options=None):
             session.chunks = ChunkConfig(tokens)
             try:
-                return streamed(mode, warmup)
+                return streamed(mode, warmup, options)
             finally:
                 session.chunks = None
         return run
 
-    def normal_priority(path):
+    def in_threads(path):
         def run(mode, warmup):
-            nice, stream_module.DECODE_NICE = stream_module.DECODE_NICE, 0
-            try:
-                return path(mode, warmup)
-            finally:
-                stream_module.DECODE_NICE = nice
+            return path(mode, warmup, VideoOptions(decode_processes=False))
+        run.no_warmup = True
         return run
 
     def chunked_in_a_row(tokens):
@@ -137,16 +136,18 @@ def main():
         return run
 
     paths = {**({} if args.no_in_a_row else {"in a row": in_a_row}), "streamed": streamed,
-             **({"streamed, decoders at normal priority": normal_priority(streamed)} if args.nice_ab else {})}
+             **({"streamed, decoders in threads": in_threads(streamed)} if args.threads_ab else {})}
     for n in args.chunks:
         paths[f"streamed, pipelined chunks of {n}"] = pipelined(n)
-        if args.nice_ab:
-            paths[f"streamed, pipelined chunks of {n}, decoders at normal priority"] = normal_priority(pipelined(n))
+        if args.threads_ab:
+            paths[f"streamed, pipelined chunks of {n}, decoders in threads"] = in_threads(pipelined(n))
         if args.in_a_row_chunks:
             paths[f"in a row, chunks of {n}"] = chunked_in_a_row(n)
     timeline = Timeline() if args.timeline else None
     for mode in args.modes:
         for name, run in paths.items():
+            if getattr(run, "no_warmup", False):
+                continue
             t = time.perf_counter()
             run(mode, True)
             emit(what="warm-up", mode=mode, path=name, s=time.perf_counter() - t)

@@ -36,9 +36,10 @@ def _decord(path, indices):
 
 @pytest.mark.parametrize("name", list(CLIPS))
 def test_frames_equal_decords_byte_for_byte(clips, name):
-    """Random frame sets (sorted; shuffled with repeats; every third frame) read by 1, 3 and 8 decoders, in balanced
-    runs or in time order (4 runs a decoder), are decord's frames exactly, and every output frame is written (the output starts as uninitialised memory: checked against
-    decord's frames, which differ from frame to frame)."""
+    """Random frame sets (sorted; shuffled with repeats; every third frame) read by 1, 3 and 8 decoders (in processes,
+    and 3 in threads), in balanced runs or in time order (4 runs a decoder), are decord's frames exactly, and every
+    output frame is written (the output starts as uninitialised memory: checked against decord's frames, which
+    differ from frame to frame)."""
     path = clips[name]
     index = reader.FrameIndex.of(path)
     n = len(decord.VideoReader(path, num_threads=1))
@@ -48,10 +49,11 @@ def test_frames_equal_decords_byte_for_byte(clips, name):
              rng.choice(n, size=19, replace=True).tolist(), list(range(1, n, 3))]
     for wanted in picks:
         expected = _decord(path, wanted)
-        for workers, in_order in ((1, False), (3, False), (8, False), (1, True), (3, True)):
-            got = reader.read_frames(path, wanted, index, workers=workers, in_order=in_order)
+        for workers, in_order, processes in ((1, False, True), (3, False, True), (8, False, True), (1, True, True),
+                                             (3, True, True), (3, False, False), (3, True, False)):
+            got = reader.read_frames(path, wanted, index, workers=workers, in_order=in_order, processes=processes)
             assert got.shape == expected.shape and got.dtype == np.uint8
-            assert np.array_equal(got, expected), (name, workers, in_order)
+            assert np.array_equal(got, expected), (name, workers, in_order, processes)
 
 
 def test_runs_cover_the_frames_from_their_key_frames(clips):
@@ -88,8 +90,9 @@ def test_in_order_reading_lands_the_beginning_first(clips, monkeypatch):
 
 
 def test_a_failed_run_cancels_the_runs_not_started(clips, monkeypatch):
-    """in_order with 2 decoders (6 runs or more): when a later run fails while the first is still decoding, the runs not
-    started yet are cancelled (at most the one the free decoder took meanwhile starts) and the error is raised."""
+    """Decoders in threads, in_order with 2 of them (6 runs or more): when a later run fails while the first is still
+    decoding, the runs not started yet are cancelled (at most the one the free decoder took meanwhile starts) and the
+    error is raised."""
     import time
 
     path = clips["h264 B-frames"]
@@ -97,7 +100,7 @@ def test_a_failed_run_cancels_the_runs_not_started(clips, monkeypatch):
     wanted = list(range(0, len(index.pts), 2))
     started = []
 
-    def run(path, index, start_key, frames, slots, out, threads, written):
+    def run(path, index, start_key, frames, shape, threads, emit):
         started.append(start_key)
         if len(started) == 2:
             raise reader.FrameIndexError("this run fails")
@@ -105,8 +108,49 @@ def test_a_failed_run_cancels_the_runs_not_started(clips, monkeypatch):
 
     monkeypatch.setattr(reader, "_decode_run", run)
     with pytest.raises(reader.FrameIndexError, match="this run fails"):
-        reader.read_frames(path, wanted, index, workers=2, in_order=True)
+        reader.read_frames(path, wanted, index, workers=2, in_order=True, processes=False)
     assert len(reader.plan_runs(index, wanted, 2 * reader.IN_ORDER_RUNS)) >= 6 and len(started) <= 3, started
+
+
+def _decoders_left():
+    import multiprocessing
+
+    return [p for p in multiprocessing.active_children() if p.name.startswith("prism_mm-decoder")]
+
+
+def test_a_decoder_process_error_is_raised_and_stops_the_others(clips):
+    """Decoders in processes: frame numbers whose pts the file does not have (an index of another file) make the
+    decoder of the last run fail in its process; read_frames raises its FrameIndexError, and no decoder process is
+    left once it has returned."""
+    path = clips["h264 B-frames"]
+    index = reader.FrameIndex.of(path)
+    late = len(index.pts) * 3 // 4
+    wrong = reader.FrameIndex(index.pts[:late] + tuple(p + 1 for p in index.pts[late:]), index.keys, index.width,
+                              index.height)
+    with pytest.raises(reader.FrameIndexError, match="is no packet's"):
+        reader.read_frames(path, list(range(0, len(index.pts), 2)), wrong, workers=3, processes=True)
+    assert _decoders_left() == []
+
+
+def test_a_failing_written_stops_the_decoder_processes(clips):
+    """Decoders in processes: an exception raised by `written` (a stream that stopped waiting) ends the read with that
+    exception after at most a few more frames, and no decoder process is left."""
+    path = clips["h264 B-frames"]
+    index = reader.FrameIndex.of(path)
+    calls = []
+
+    class Stop(Exception):
+        pass
+
+    def written(slots):
+        calls.append(slots)
+        if len(calls) == 3:
+            raise Stop
+
+    wanted = list(range(len(index.pts)))
+    with pytest.raises(Stop):
+        reader.read_frames(path, wanted, index, workers=3, written=written, processes=True)
+    assert 3 <= len(calls) < len(wanted) and _decoders_left() == []
 
 
 def test_sample_frames_takes_the_parallel_reader_and_falls_back_to_decord(clips, monkeypatch):

@@ -1,9 +1,7 @@
 """Streamed video prefill (pipelines.stream): decoding overlapped with the processor and the vision tower gives the
 features, prompt and answer of sample_frames + the processor + the tower in one call."""
-import os
-import sys
-import threading
 
+import numpy as np
 import pytest
 import torch
 from conftest import rel_err
@@ -117,20 +115,20 @@ def test_pipelined_prefill_runs_chunks_while_the_tower_still_has_pairs_and_answe
     assert prepared.total_tokens == whole.total_tokens
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread niceness is Linux's")
-def test_decoders_run_at_a_lower_priority_than_the_calling_thread(clip, tiny, monkeypatch):
-    """The decoding thread and the parallel reader's decoder threads it starts run DECODE_NICE nicer than the thread
-    that feeds the GPU (which keeps its own priority)."""
+def test_streamed_frames_are_decoded_in_processes(clip, tiny, monkeypatch):
+    """A streamed video's parallel reader decodes in processes (VideoOptions' default), so the thread that runs the
+    tower does not share a GIL with the decoders; decode_processes=False decodes in threads."""
     from prism_mm.pipelines import frames as reader
 
     model, processor = tiny
-    me = lambda: os.getpriority(os.PRIO_PROCESS, threading.get_native_id())  # noqa: E731
-    before, seen = me(), []
-    run = reader._decode_run
-    monkeypatch.setattr(reader, "_decode_run", lambda *a: seen.append(me()) or run(*a))
+    calls = []
+    real = reader._read_in_processes
+    monkeypatch.setattr(reader, "_read_in_processes", lambda *a: calls.append(a[3]) or real(*a))
     stream.stream_video(model, processor, clip, "What moves?", VideoOptions(fps=4.0, decode_workers=3))
-    assert me() == before and len(seen) == 3
-    assert all(nice == min(19, before + stream.DECODE_NICE) for nice in seen), (before, seen)
+    assert calls == [3]
+    stream.stream_video(model, processor, clip, "What moves?", VideoOptions(fps=4.0, decode_workers=3,
+                                                                           decode_processes=False))
+    assert calls == [3]
 
 
 def test_stand_in_stream_decodes_nothing_and_gives_black_frames_features(clip, tiny, monkeypatch):
@@ -172,18 +170,17 @@ def _whole_features(model, processor, clip, opts):
 
 
 def test_a_parallel_read_given_up_midway_is_redone_by_decord(clip, tiny, monkeypatch):
-    """The parallel reader lands some frames (here: wrong ones, zeros) and then gives up: everything made from them is
-    dropped and decord's frames are streamed instead, so the features are the whole-video path's."""
+    """The parallel reader (in threads) lands some frames (here: wrong ones, zeros) and then gives up: everything made
+    from them is dropped and decord's frames are streamed instead, so the features are the whole-video path's."""
     from prism_mm.pipelines import frames as reader
 
     model, processor = tiny
-    opts = VideoOptions(fps=4.0, decode_workers=4)
+    opts = VideoOptions(fps=4.0, decode_workers=4, decode_processes=False)  # _decode_run is patched here
     expected = _whole_features(model, processor, clip, opts)
 
-    def lands_zeros_then_fails(path, index, start_key, frames, slots, out, threads, written):
+    def lands_zeros_then_fails(path, index, start_key, frames, shape, threads, emit):
         for f in frames[:4]:
-            out[slots[f]] = 0
-            written(slots[f])
+            emit(f, np.zeros(shape, np.uint8))
         raise reader.FrameIndexError("gave up")
 
     monkeypatch.setattr(reader, "_decode_run", lands_zeros_then_fails)
@@ -197,15 +194,14 @@ def test_a_read_given_up_midway_restarts_the_pipelined_prefill(clip, tiny, monke
     from prism_mm.pipelines import frames as reader
 
     model, processor = tiny
-    opts = VideoOptions(fps=4.0, decode_workers=4)
+    opts = VideoOptions(fps=4.0, decode_workers=4, decode_processes=False)  # _decode_run is patched here
     whole = build_inputs(processor, model.config, clip, "What moves?", opts)
     with torch.no_grad():
         expected = model.generate(**whole.inputs, max_new_tokens=4, do_sample=False)[:, whole.total_tokens:]
 
-    def lands_zeros_then_fails(path, index, start_key, frames, slots, out, threads, written):
+    def lands_zeros_then_fails(path, index, start_key, frames, shape, threads, emit):
         for f in frames[:4]:
-            out[slots[f]] = 0
-            written(slots[f])
+            emit(f, np.zeros(shape, np.uint8))
         raise reader.FrameIndexError("gave up")
 
     made = []

@@ -29,6 +29,7 @@ from ..models import (
     synchronize_gpus,
 )
 from ..testing.tiny import TINY_MODELS, build_tiny_processor, tiny_model_dir
+from .frames import start_decoder_server
 from .prefill import ChunkConfig, chunked_prefill, greedy_decode
 from .stream import BATCH_PAIRS, StreamingUnavailable, stream_prefill, stream_video
 from .video import PreparedVideo, VideoOptions, build_inputs, probe
@@ -168,6 +169,7 @@ class VideoSession:
         self.device = check_device(device)
         self.prism_config = prism or PrismConfig.video()
         self.progress = progress
+        start_decoder_server()  # the parallel reader's decoder processes fork from it: it boots while the model loads
         self.model, self.processor = load_video_model(model, self.prism_config, self.device, dtype, random_weights,
                                                       device_map, vision)
         self.attn = None

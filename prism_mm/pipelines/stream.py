@@ -21,8 +21,8 @@ and the other two are GPU work, so here they run at once:
    tokens up to its end exist: the frames are read roughly in time order and the earliest ready pairs go to the
    tower first, so the decoder works on the video's beginning while its end still decodes.
 
-The decoding threads run at a lower CPU priority than the calling thread (yield_cpu), which enqueues the GPU work.
-Files the parallel reader (pipelines.frames) cannot number as decord does are read by decord first, and then
+The parallel reader's decoders run in processes, so the calling thread, which enqueues the GPU work, does not wait
+on them for the GIL. Files the parallel reader (pipelines.frames) cannot number as decord does are read by decord first, and then
 streamed the same way (no overlap with decoding then).
 
     prefill, features, prepared = stream_prefill(model, processor, "clip.mp4", "What happens?", VideoOptions(),
@@ -33,9 +33,7 @@ streamed the same way (no overlap with decoding then).
 """
 from __future__ import annotations
 
-import os
 import queue
-import sys
 import threading
 import time
 
@@ -131,22 +129,6 @@ def _stream(model, processor, video_path, question, opts, device, batch_pairs, s
     return features, prepared, prefill
 
 
-DECODE_NICE = 10  # the decoding threads' niceness (Linux): the thread feeding the GPU comes first
-
-
-def yield_cpu() -> None:
-    """Lower the calling thread's CPU priority by DECODE_NICE (Linux, where niceness is per thread and the threads it
-    starts, PyAV's decoders and ffmpeg's, inherit it; elsewhere nothing). The decoders keep every core the thread
-    that feeds the GPU does not need: without this, 8 decoders x 4 ffmpeg threads on 16 cores slowed that thread's
-    processor, vision-tower and decoder launches about 2x (H200 host, lab/logs/first_token-h200.md)."""
-    if sys.platform.startswith("linux"):
-        try:
-            me = threading.get_native_id()
-            os.setpriority(os.PRIO_PROCESS, me, min(19, os.getpriority(os.PRIO_PROCESS, me) + DECODE_NICE))
-        except OSError:  # a sandbox that refuses it: decode at the normal priority
-            pass
-
-
 class StreamingUnavailable(VideoError):
     """This video cannot be streamed (no decord to number its frames, an odd frame count); raised before any work,
     so callers run it in a row instead (VideoQA and the lmms-eval model do)."""
@@ -199,8 +181,6 @@ def _stream_loop(model, processor, path, read, n_frames, info, size, grid, devic
 
     def decode():
         try:
-            yield_cpu()
-
             def dropped():  # decord reads the whole set: what the parallel reader landed before giving up goes
                 if wrote.is_set():
                     landed.put(RESET)

@@ -43,6 +43,7 @@ class VideoOptions:
     end: float | None = None  # seconds
     reader: str = "parallel"  # "parallel": pipelines.frames' decoders over key-frame segments; "decord": one decord reader
     decode_workers: int | None = None  # decoders of the parallel reader (None: half the cores, at most 16)
+    decode_processes: bool = True  # the parallel reader's decoders in processes (False: threads, sharing the GIL)
 
     def __post_init__(self):
         if self.reader not in READERS:
@@ -231,7 +232,7 @@ def sample_frames(path: str, opts: VideoOptions, model_type: str, device: str | 
     return video.round().clamp(0, 255).to(torch.uint8), metadata, info
 
 
-def _read_parallel(path: str, indices: list[int], info: VideoInfo, workers: int | None, written=None, out=None,
+def _read_parallel(path: str, indices: list[int], info: VideoInfo, opts: VideoOptions, written=None, out=None,
                    in_order: bool = False):
     """The frames by pipelines.frames (read_frames' `written` and `out`), or None where it cannot number them as
     decord does (decord then reads)."""
@@ -245,7 +246,8 @@ def _read_parallel(path: str, indices: list[int], info: VideoInfo, workers: int 
         index = reader.FrameIndex.of(path)
         if len(index.pts) != info.frames or (index.width, index.height) != (info.width, info.height):
             return None  # not decord's frame list: decord reads it
-        return reader.read_frames(path, indices, index, workers, written=written, out=out, in_order=in_order)
+        return reader.read_frames(path, indices, index, opts.decode_workers, written=written, out=out,
+                                  in_order=in_order, processes=opts.decode_processes)
     except (reader.FrameIndexError, av.FFmpegError, IndexError):
         return None
 
@@ -268,7 +270,7 @@ def read_sampled(path: str, indices: list[int], info: VideoInfo, opts: VideoOpti
     """(frames uint8 [len(indices), H, W, 3], backend) by opts.reader: the parallel reader (read_frames' `written`,
     `out` and `in_order`) where it numbers the frames as decord does, else decord, which then calls `before_decord()`
     first, fills `out` and passes `written` every slot at once. Raises what the readers raise."""
-    frames = (_read_parallel(path, indices, info, opts.decode_workers, written, out, in_order)
+    frames = (_read_parallel(path, indices, info, opts, written, out, in_order)
               if opts.reader == "parallel" else None)
     if frames is not None:
         return frames, PARALLEL_BACKEND
