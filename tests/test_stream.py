@@ -115,20 +115,31 @@ def test_pipelined_prefill_runs_chunks_while_the_tower_still_has_pairs_and_answe
     assert prepared.total_tokens == whole.total_tokens
 
 
-def test_streamed_frames_are_decoded_in_processes(clip, tiny, monkeypatch):
-    """A streamed video's parallel reader decodes in processes (VideoOptions' default), so the thread that runs the
-    tower does not share a GIL with the decoders; decode_processes=False decodes in threads."""
+def test_a_pipelined_stream_decodes_in_processes(clip, tiny, monkeypatch):
+    """VideoOptions.decode_processes=None: the pipelined stream's parallel reader decodes in processes (its calling
+    thread launches the decoder's chunks while frames decode: no GIL shared with the decoders), the plain stream's in
+    threads; True / False choose either for both."""
     from prism_mm.pipelines import frames as reader
 
     model, processor = tiny
     calls = []
     real = reader._read_in_processes
     monkeypatch.setattr(reader, "_read_in_processes", lambda *a: calls.append(a[3]) or real(*a))
-    stream.stream_video(model, processor, clip, "What moves?", VideoOptions(fps=4.0, decode_workers=3))
+
+    def pipelined(**kw):
+        stream.stream_prefill(model, processor, clip, "What moves?", VideoOptions(fps=4.0, decode_workers=3, **kw),
+                              ChunkConfig(decoder_tokens=16), batch_pairs=1)
+
+    def plain(**kw):
+        stream.stream_video(model, processor, clip, "What moves?", VideoOptions(fps=4.0, decode_workers=3, **kw))
+
+    pipelined()
     assert calls == [3]
-    stream.stream_video(model, processor, clip, "What moves?", VideoOptions(fps=4.0, decode_workers=3,
-                                                                           decode_processes=False))
+    plain()
+    pipelined(decode_processes=False)
     assert calls == [3]
+    plain(decode_processes=True)
+    assert calls == [3, 3]
 
 
 def test_stand_in_stream_decodes_nothing_and_gives_black_frames_features(clip, tiny, monkeypatch):

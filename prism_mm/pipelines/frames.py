@@ -155,7 +155,7 @@ def _into(out: np.ndarray, slots: dict[int, list[int]], written):
 
 def read_frames(path: str, indices: list[int], index: FrameIndex | None = None, workers: int | None = None,
                 threads: int | None = None, written=None, out: np.ndarray | None = None,
-                in_order: bool = False, processes: bool = True) -> np.ndarray:
+                in_order: bool = False, processes: bool = False) -> np.ndarray:
     """Frames `indices` (decord's numbering; any order, repeats allowed) as uint8 [len(indices), H, W, 3] RGB, read by
     up to `workers` decoders in parallel (None: half the machine's cores, at most MAX_WORKERS), each with `threads`
     ffmpeg threads (None: twice the cores shared out among the runs, at most 16; on the H200 host's 16 cores 8
@@ -164,8 +164,8 @@ def read_frames(path: str, indices: list[int], index: FrameIndex | None = None, 
     use frames while others decode); `out`, when given, is the array filled (of the shape and dtype returned).
     in_order=True cuts IN_ORDER_RUNS runs per decoder, taken earliest first, so that the frames land roughly in
     time order (a consumer of `written` that needs the video's beginning first: the pipelined prefill).
-    processes=True (where forked decoder processes are available: see decoder_processes_available) decodes more than
-    one run in processes, their frames received by threads of this process, else in threads; one run decodes in the
+    More than one run decodes in threads, or with processes=True (where forked decoder processes are available: see
+    decoder_processes_available) in processes whose frames threads of this process receive; one run decodes in the
     calling thread. Either way `written` is called from threads of this process."""
     index = index or FrameIndex.of(path)
     if any(not 0 <= i < len(index.pts) for i in indices):

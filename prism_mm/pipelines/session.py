@@ -169,7 +169,8 @@ class VideoSession:
         self.device = check_device(device)
         self.prism_config = prism or PrismConfig.video()
         self.progress = progress
-        start_decoder_server()  # the parallel reader's decoder processes fork from it: it boots while the model loads
+        if chunks is not None:  # the pipelined stream's decoder processes fork from it: it boots while the model loads
+            start_decoder_server()
         self.model, self.processor = load_video_model(model, self.prism_config, self.device, dtype, random_weights,
                                                       device_map, vision)
         self.attn = None

@@ -21,8 +21,9 @@ and the other two are GPU work, so here they run at once:
    tokens up to its end exist: the frames are read roughly in time order and the earliest ready pairs go to the
    tower first, so the decoder works on the video's beginning while its end still decodes.
 
-The parallel reader's decoders run in processes, so the calling thread, which enqueues the GPU work, does not wait
-on them for the GIL. Files the parallel reader (pipelines.frames) cannot number as decord does are read by decord first, and then
+With the decoder pipelined, the parallel reader's decoders run in processes (VideoOptions.decode_processes), so the
+calling thread, which enqueues the tower's and the decoder's GPU work, does not wait on them for the GIL. Files the
+parallel reader (pipelines.frames) cannot number as decord does are read by decord first, and then
 streamed the same way (no overlap with decoding then).
 
     prefill, features, prepared = stream_prefill(model, processor, "clip.mp4", "What happens?", VideoOptions(),

@@ -43,7 +43,10 @@ class VideoOptions:
     end: float | None = None  # seconds
     reader: str = "parallel"  # "parallel": pipelines.frames' decoders over key-frame segments; "decord": one decord reader
     decode_workers: int | None = None  # decoders of the parallel reader (None: half the cores, at most 16)
-    decode_processes: bool = True  # the parallel reader's decoders in processes (False: threads, sharing the GIL)
+    # the parallel reader's decoders in processes (True) or threads (False); None: processes while the decoder prefill
+    # runs behind the decoding (a pipelined stream: the GIL the decoder threads share starves its launches), else
+    # threads (no process start-up; as fast when the calling thread waits or only streams the tower)
+    decode_processes: bool | None = None
 
     def __post_init__(self):
         if self.reader not in READERS:
@@ -246,8 +249,9 @@ def _read_parallel(path: str, indices: list[int], info: VideoInfo, opts: VideoOp
         index = reader.FrameIndex.of(path)
         if len(index.pts) != info.frames or (index.width, index.height) != (info.width, info.height):
             return None  # not decord's frame list: decord reads it
+        processes = in_order if opts.decode_processes is None else opts.decode_processes
         return reader.read_frames(path, indices, index, opts.decode_workers, written=written, out=out,
-                                  in_order=in_order, processes=opts.decode_processes)
+                                  in_order=in_order, processes=processes)
     except (reader.FrameIndexError, av.FFmpegError, IndexError):
         return None
 
