@@ -175,6 +175,8 @@ def test_reader_options_are_checked():
         VideoOptions(reader="ffmpeg")
     with pytest.raises(VideoError, match="decode_workers must be >= 1"):
         VideoOptions(decode_workers=0)
+    with pytest.raises(VideoError, match="decode_processes must be None, True or False, got 'yes'"):
+        VideoOptions(decode_processes="yes")
 
 
 def test_out_of_range_frames_are_refused(clips):

@@ -451,3 +451,19 @@ def test_cli_stream_compare_reports_the_streamed_stage(clip, tiny, capsys):
 def test_cli_decode_workers_checked(clip, capsys):
     code = main(["--video", clip, "--question", "q", "--model", "tiny-qwen2.5-vl", "--decode-workers", "0"])
     assert code == 2 and capsys.readouterr().err.strip() == "error: --decode-workers must be >= 1, got 0"
+
+
+def test_cli_decoders_flag_picks_processes_or_threads(clip, tiny, monkeypatch, capsys):
+    """--decoders processes reads the frames in decoder processes even in a row (auto reads them in threads there);
+    --decoders threads never starts a process."""
+    from prism_mm.pipelines import frames as reader
+
+    calls = []
+    real = reader._read_in_processes
+    monkeypatch.setattr(reader, "_read_in_processes", lambda *a: calls.append(a[3]) or real(*a))
+    base = ["--video", clip, "--question", "What moves?", "--model", tiny, "--max-frames", "4", "--max-new-tokens",
+            "2", "--no-stream", "--decode-workers", "2", "--no-progress", "--json"]
+    assert main(base) == 0 and calls == []
+    assert main(base + ["--decoders", "processes"]) == 0 and calls == [2]
+    assert main(base + ["--decoders", "threads"]) == 0 and calls == [2]
+    capsys.readouterr()

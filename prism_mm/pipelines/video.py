@@ -53,6 +53,8 @@ class VideoOptions:
             raise VideoError(f"reader must be one of {', '.join(READERS)}, got {self.reader!r}")
         if self.decode_workers is not None and self.decode_workers < 1:
             raise VideoError(f"decode_workers must be >= 1, got {self.decode_workers}")
+        if self.decode_processes not in (None, True, False):
+            raise VideoError(f"decode_processes must be None, True or False, got {self.decode_processes!r}")
         if self.fps <= 0:
             raise VideoError(f"fps must be > 0, got {self.fps}")
         if self.max_frames is not None and self.max_frames < 2:

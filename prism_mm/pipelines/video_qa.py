@@ -62,6 +62,9 @@ def parse_args(argv=None):
                          "where the video allows; first token sooner on long videos); --no-stream: decoding, the "
                          "processor and the prefill in a row")
     ap.add_argument("--decode-workers", type=int, help="parallel decoders of the video file (default: half the cores)")
+    ap.add_argument("--decoders", choices=sorted(DECODERS), default="auto",
+                    help="run the parallel decoders in processes or threads (auto: processes while the decoder "
+                         "prefill is pipelined behind the decoding, with --chunk-tokens; threads otherwise)")
     ap.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda if available)")
     ap.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"])
     ap.add_argument("--random-weights", action="store_true", help="shipped architecture, random weights (speed runs)")
@@ -69,6 +72,8 @@ def parse_args(argv=None):
     ap.add_argument("--no-progress", action="store_true")
     return ap.parse_args(argv)
 
+
+DECODERS = {"auto": None, "processes": True, "threads": False}  # --decoders -> VideoOptions.decode_processes
 
 # PrismConfig fields -> the flag that sets them, so that an error names what the user typed.
 FLAGS = {"threshold_high": "--threshold", "threshold_low": "--threshold", "block_size": "--block-size",
@@ -99,7 +104,7 @@ def main(argv=None) -> int:
             raise ValueError(f"--{e}") from None  # "--device 'gpu': ..."
         opts = VideoOptions(fps=args.fps, max_frames=args.max_frames, min_pixels=args.min_pixels,
                             max_pixels=args.max_pixels, total_pixels=args.total_pixels, start=args.start, end=args.end,
-                            decode_workers=args.decode_workers)
+                            decode_workers=args.decode_workers, decode_processes=DECODERS[args.decoders])
         prism = prism_config(args)
         chunks = None
         if args.vision_chunk_frames is not None and args.chunk_tokens is None:
