@@ -431,6 +431,7 @@ def test_unstreamable_video_runs_in_a_row(clip, tiny, monkeypatch):
         raise StreamingUnavailable("5 frames sampled: streaming takes frame pairs; run without streaming")
 
     monkeypatch.setattr(session_module, "stream_video", refuse)
+    monkeypatch.setattr(session_module, "stream_prefill", refuse)  # the default stream pipelines the decoder
     in_a_row = qa(clip, "What moves?", warmup=False)
     assert streamed["streamed"] and not in_a_row["streamed"] and in_a_row["answer"] == streamed["answer"]
     assert in_a_row["visual_tokens"] == streamed["visual_tokens"] and in_a_row["frame_size"] == streamed["frame_size"]
@@ -467,3 +468,23 @@ def test_cli_decoders_flag_picks_processes_or_threads(clip, tiny, monkeypatch, c
     assert main(base + ["--decoders", "processes"]) == 0 and calls == [2]
     assert main(base + ["--decoders", "threads"]) == 0 and calls == [2]
     capsys.readouterr()
+
+
+def test_cli_stream_chunk_tokens_pipelines_the_default_stream(clip, tiny, capsys):
+    """The default stream pipelines the decoder in chunks (--stream-chunk-tokens, 8192 by default): chunks of 16
+    tokens give several decoder chunks and, at thresholds 1.0, the answer of one pass after the stream
+    (--stream-chunk-tokens 0); a negative value is refused with exit code 2."""
+    import json
+
+    base = ["--video", clip, "--question", "What moves?", "--model", tiny, "--max-frames", "4", "--max-new-tokens",
+            "3", "--block-size", "16", "--min-sparse-len", "0", "--threshold", "1.0", "--no-progress", "--json"]
+    results = {}
+    for tokens in ("16", "0"):
+        assert main(base + ["--stream-chunk-tokens", tokens]) == 0
+        results[tokens] = json.loads(capsys.readouterr().out)
+    assert results["16"]["streamed"] and results["0"]["streamed"]
+    chunks = {k: r["runs"]["prism"]["decoder_chunks"] for k, r in results.items()}
+    assert chunks["16"] > 1 and chunks["0"] == 1, chunks
+    assert results["16"]["answer"] == results["0"]["answer"]
+    assert main(base + ["--stream-chunk-tokens", "-1"]) == 2
+    assert capsys.readouterr().err.strip() == "error: --stream-chunk-tokens must be >= 0 (0: one pass), got -1"

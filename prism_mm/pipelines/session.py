@@ -151,6 +151,13 @@ def load_video_model(model: str, prism: PrismConfig, device: str, dtype: str = "
     return vl_model, processor
 
 
+# The decoder chunks a streamed run pipelines behind the decoding when the session has no ChunkConfig of its own:
+# 300 s 720p clip, Qwen2.5-VL-7B, H200 host: first token 11.67 s against 13.19-13.56 s with one decoder pass after the
+# stream (lab/logs/first_token_decoders-h200.md); chunk-by-chunk Prism selections measured no less accurate than one
+# pass on real weights (lab/logs/chunked_fidelity-cpu.md).
+STREAM_CHUNKS = ChunkConfig(decoder_tokens=8192)
+
+
 class VideoSession:
     """A loaded Qwen-VL model with Prism set up, its processor, and timed runs.
 
@@ -160,17 +167,20 @@ class VideoSession:
 
     def __init__(self, model: str = DEFAULT_MODEL, prism: PrismConfig | None = None, device: str | None = None,
                  dtype: str = "auto", random_weights: bool = False, device_map=None, attn: str = "prism",
-                 progress: bool = False, vision: str = "varlen", chunks: ChunkConfig | None = None):
-        """chunks: prefill in decoder / vision-tower chunks (bounded memory for very long videos); None: one pass."""
-        self.chunks = chunks
+                 progress: bool = False, vision: str = "varlen", chunks: ChunkConfig | None = None,
+                 stream_chunks: ChunkConfig | None = STREAM_CHUNKS):
+        """chunks: prefill in decoder / vision-tower chunks (bounded memory for very long videos); None: one pass.
+        stream_chunks: where `chunks` is None, the decoder chunks of a streamed run, each run as soon as the features
+        of its video tokens exist (None: one decoder pass once the stream has ended)."""
+        self.chunks, self.stream_chunks = chunks, stream_chunks
         if vision not in VISION_ATTENTIONS:
             raise ValueError(f"vision must be one of {VISION_ATTENTIONS}, got {vision!r}")
         self.model_name, self.vision = model, vision
         self.device = check_device(device)
         self.prism_config = prism or PrismConfig.video()
         self.progress = progress
-        if chunks is not None:  # the pipelined stream's decoder processes fork from it: it boots while the model loads
-            start_decoder_server()
+        if chunks is not None or stream_chunks is not None:  # the pipelined stream's decoder processes fork from it:
+            start_decoder_server()  # it boots while the model loads
         self.model, self.processor = load_video_model(model, self.prism_config, self.device, dtype, random_weights,
                                                       device_map, vision)
         self.attn = None
@@ -261,8 +271,10 @@ class VideoSession:
 
     def _streamed(self, video: str, question: str, options: VideoOptions, max_new_tokens: int,
                   stand_in: bool = False, keep_features: bool = False) -> tuple[RunRecord, tuple | None, PreparedVideo]:
-        """One streamed run; the tower's calls take the session's ChunkConfig.vision_frames pairs (else
-        stream.BATCH_PAIRS); the features come back with keep_features (else None: not held through decoding)."""
+        """One streamed run, the decoder pipelined in the session's chunks, else its stream_chunks (None: one pass
+        after the stream); the tower's calls take their vision_frames pairs (else stream.BATCH_PAIRS); the features
+        come back with keep_features (else None: not held through decoding)."""
+        chunks = self.chunks or self.stream_chunks
         cuda = self.device.startswith("cuda")
         stats = self.model.prism_stats
         stats.reset()
@@ -272,21 +284,21 @@ class VideoSession:
         with tqdm(total=1, desc=f"streaming video ({self.attn})", disable=not self.progress or stand_in,
                   leave=False) as bar:
             on = self.device if cuda else None
-            pairs = (self.chunks.vision_frames if self.chunks is not None else None) or BATCH_PAIRS
-            if self.chunks is None:
+            pairs = (chunks.vision_frames if chunks is not None else None) or BATCH_PAIRS
+            if chunks is None:
                 features, prepared = stream_video(self.model, self.processor, video, question, options, on, pairs,
                                                   stand_in=stand_in)
             else:  # the decoder's chunks run as their features land
                 pipeline, features, prepared = stream_prefill(self.model, self.processor, video, question, options,
-                                                             self.chunks, on, pairs, stand_in=stand_in)
+                                                             chunks, on, pairs, stand_in=stand_in)
             if cuda:
                 synchronize_gpus()
             bar.update(1)
         prepared.seconds = time.perf_counter() - started
         vision = stats.vision_seconds
-        overlapped = (pipeline.next, len(pipeline.bounds)) if self.chunks is not None else (0, 1)
+        overlapped = (pipeline.next, len(pipeline.bounds)) if chunks is not None else (0, 1)
         t0 = time.perf_counter()
-        if self.chunks is None:
+        if chunks is None:
             state = chunked_prefill(self.model, self._on_device(prepared.inputs), ChunkConfig(prepared.total_tokens),
                                     features)
         else:
@@ -380,10 +392,12 @@ class VideoQA:
     def __init__(self, model: str = DEFAULT_MODEL, attn: str = "prism", prism: PrismConfig | None = None,
                  video: VideoOptions | None = None, max_new_tokens: int = 128, device: str | None = None,
                  dtype: str = "auto", random_weights: bool = False, progress: bool = True, vision: str = "varlen",
-                 chunks: ChunkConfig | None = None, stream: bool = True):
+                 chunks: ChunkConfig | None = None, stream: bool = True,
+                 stream_chunks: ChunkConfig | None = STREAM_CHUNKS):
         """stream: decode the video while the vision tower runs (VideoSession.run_streamed), per mode, where the
         video can be streamed (else in a row: decoding, the processor, then the prefill; the result's "streamed"
-        says which); False: always in a row."""
+        says which); False: always in a row. stream_chunks: VideoSession's (the decoder pipelined behind the
+        decoding in chunks of 8192 tokens; None: one decoder pass after the stream)."""
         if attn not in ("prism", "dense", "compare"):
             raise ValueError(f"attn must be prism, dense or compare, got {attn!r}")
         if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
@@ -392,7 +406,7 @@ class VideoQA:
         self.stream = stream
         self.session = VideoSession(model, prism, device, dtype, random_weights,
                                     attn="dense" if attn == "dense" else "prism", progress=progress, vision=vision,
-                                    chunks=chunks)
+                                    chunks=chunks, stream_chunks=stream_chunks)
         self.model, self.processor, self.device = self.session.model, self.session.processor, self.session.device
         self.model_name, self.prism_config = model, self.session.prism_config
 

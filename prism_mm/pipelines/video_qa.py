@@ -19,7 +19,7 @@ from ..config import SELECTION_METHODS, PrismConfig
 from ..models import check_model_path
 from ..testing.tiny import TINY_MODELS
 from .prefill import ChunkConfig
-from .session import DEFAULT_MODEL, VideoQA, check_device, format_report
+from .session import DEFAULT_MODEL, STREAM_CHUNKS, VideoQA, check_device, format_report
 from .video import VideoError, VideoOptions
 
 
@@ -57,6 +57,9 @@ def parse_args(argv=None):
                          "streamed, each chunk runs as soon as its video features exist)")
     ap.add_argument("--vision-chunk-frames", type=int,
                     help="with --chunk-tokens: run the vision tower on this many temporal patches at a time")
+    ap.add_argument("--stream-chunk-tokens", type=int, default=STREAM_CHUNKS.decoder_tokens,
+                    help="streamed, without --chunk-tokens: run the decoder prefill in chunks of this many tokens, "
+                         "each as soon as its video features exist (0: one pass after the stream)")
     ap.add_argument("--stream", action=argparse.BooleanOptionalAction, default=True,
                     help="decode the video while the vision tower runs on the frames decoded so far (the default, "
                          "where the video allows; first token sooner on long videos); --no-stream: decoding, the "
@@ -116,6 +119,9 @@ def main(argv=None) -> int:
             except ValueError as e:
                 flags = {"decoder_tokens": "--chunk-tokens", "vision_frames": "--vision-chunk-frames"}
                 raise ValueError(re.sub(r"ChunkConfig\.(\w+)", lambda m: flags[m.group(1)], str(e))) from None
+        if args.stream_chunk_tokens < 0:
+            raise ValueError(f"--stream-chunk-tokens must be >= 0 (0: one pass), got {args.stream_chunk_tokens}")
+        stream_chunks = ChunkConfig(args.stream_chunk_tokens) if args.stream_chunk_tokens else None
         if args.model not in TINY_MODELS and not args.random_weights:
             check_model_path(args.model)
         from .video import check_range, probe
@@ -127,7 +133,7 @@ def main(argv=None) -> int:
             hf_logging.disable_progress_bar()
         qa = VideoQA(args.model, args.attn, prism, opts, args.max_new_tokens, device, args.dtype,
                      args.random_weights, progress=not args.no_progress, vision=args.vision_attn, chunks=chunks,
-                     stream=args.stream)
+                     stream=args.stream, stream_chunks=stream_chunks)
         result = qa(args.video, args.question)
     except (VideoError, ValueError, OSError) as e:  # ModelNotAvailableError is an OSError
         print(f"error: {e}", file=sys.stderr)
