@@ -134,7 +134,8 @@ def test_a_decoder_process_error_is_raised_and_stops_the_others(clips):
 
 def test_a_failing_written_stops_the_decoder_processes(clips):
     """Decoders in processes: an exception raised by `written` (a stream that stopped waiting) ends the read with that
-    exception after at most a few more frames, and no decoder process is left."""
+    exception, the other two decoders landing at most the frame each had in flight, and no decoder process is
+    left."""
     path = clips["h264 B-frames"]
     index = reader.FrameIndex.of(path)
     calls = []
@@ -150,7 +151,57 @@ def test_a_failing_written_stops_the_decoder_processes(clips):
     wanted = list(range(len(index.pts)))
     with pytest.raises(Stop):
         reader.read_frames(path, wanted, index, workers=3, written=written, processes=True)
-    assert 3 <= len(calls) < len(wanted) and _decoders_left() == []
+    assert 3 <= len(calls) <= 3 + 2 and _decoders_left() == []  # at most one frame more from each other decoder
+
+
+def test_processes_need_a_main_module_safe_to_import_again(tmp_path, monkeypatch):
+    """Decoder processes import the main module again: a main script without `if __name__ == "__main__":` makes
+    decoder_processes_available() False (read_frames then decodes in threads); a guarded one, or none, keeps them."""
+    import sys
+    import types
+
+    def main_script(text):
+        script = tmp_path / f"s{len(list(tmp_path.iterdir()))}.py"
+        script.write_text(text)
+        module = types.ModuleType("__main__")
+        module.__file__ = str(script)
+        monkeypatch.setitem(sys.modules, "__main__", module)
+
+    main_script("from prism_mm.pipelines.session import VideoQA\nprint(VideoQA()('a.mp4', 'q'))\n")
+    assert not reader.decoder_processes_available()
+    main_script("import sys\n\ndef main():\n    pass\n\nif __name__ == '__main__':\n    sys.exit(main())\n")
+    assert reader.decoder_processes_available()
+    monkeypatch.setitem(sys.modules, "__main__", types.ModuleType("__main__"))  # a notebook: no file
+    assert reader.decoder_processes_available()
+
+
+def test_a_decoder_process_that_dies_hands_the_read_to_threads(clips, monkeypatch):
+    """A decoder process killed mid-read (here: its target exits at once, without a word) makes read_frames decode in
+    threads instead: the frames are still decord's."""
+    path = clips["h264 B-frames"]
+    index = reader.FrameIndex.of(path)
+    wanted = list(range(0, len(index.pts), 3))
+    monkeypatch.setattr(reader, "_decoder_main", _exit_at_once)
+    raised = []
+    real = reader._read_in_processes
+
+    def spied(*args):
+        try:
+            real(*args)
+        except Exception as e:
+            raised.append(e)
+            raise
+
+    monkeypatch.setattr(reader, "_read_in_processes", spied)
+    got = reader.read_frames(path, wanted, index, workers=3, processes=True)
+    assert [type(e).__name__ for e in raised] == ["_DecodersDied"] and "exit code 3" in str(raised[0])
+    assert np.array_equal(got, _decord(path, wanted)) and _decoders_left() == []
+
+
+def _exit_at_once(*args):
+    import os
+
+    os._exit(3)
 
 
 def test_sample_frames_takes_the_parallel_reader_and_falls_back_to_decord(clips, monkeypatch):

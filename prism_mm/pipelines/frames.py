@@ -27,6 +27,7 @@ MPEG-TS seeks by dts) raise FrameIndexError; callers read those with decord.
 from __future__ import annotations
 
 import bisect
+import functools
 import multiprocessing
 import os
 import pickle
@@ -189,8 +190,11 @@ def read_frames(path: str, indices: list[int], index: FrameIndex | None = None, 
         _decode_run(path, index, *runs[0], shape[1:], threads, _into(out, slots, written))
         return out
     if processes and decoder_processes_available():
-        _read_in_processes(path, index, runs, decoders, slots, out, threads, written)
-        return out
+        try:
+            _read_in_processes(path, index, runs, decoders, slots, out, threads, written)
+            return out
+        except _DecodersDied:  # the frames that landed are right: threads decode them all again
+            pass
     emit = _into(out, slots, written)
     with ThreadPoolExecutor(max_workers=decoders) as pool:  # runs are taken in submission (time) order
         futures = [pool.submit(_decode_run, path, index, key, frames, shape[1:], threads, emit)
@@ -213,9 +217,50 @@ _context = None
 
 
 def decoder_processes_available() -> bool:
-    """True where read_frames can fork its decoders from a server process (Linux and macOS; not inside a daemonic
-    process, which may not have children)."""
-    return "forkserver" in multiprocessing.get_all_start_methods() and not multiprocessing.current_process().daemon
+    """True where read_frames can fork its decoders from a server process: Linux and macOS; not inside a daemonic
+    process (which may not have children) or a process still starting; and only where the main module is safe to
+    import again. multiprocessing imports it in every child, so a script that runs prism_mm at its top level, without
+    `if __name__ == "__main__":`, would run again in each decoder: such scripts decode in threads."""
+    return ("forkserver" in multiprocessing.get_all_start_methods() and not multiprocessing.current_process().daemon
+            and not getattr(multiprocessing.current_process(), "_inheriting", False) and _main_is_guarded())
+
+
+def _main_is_guarded() -> bool:
+    """True if the main module has no source file (an interactive session, a notebook) or its source runs its work
+    under a top-level `if __name__ == "__main__":` (a CLI run with -m, a console script, a guarded script)."""
+    import sys
+
+    main = sys.modules.get("__main__")
+    path = getattr(getattr(main, "__spec__", None), "origin", None) or getattr(main, "__file__", None)
+    if not path:
+        return True
+    try:
+        stamp = os.stat(path)
+    except OSError:
+        return False
+    return _guarded(path, stamp.st_mtime_ns, stamp.st_size)
+
+
+@functools.lru_cache(maxsize=8)
+def _guarded(path: str, mtime_ns: int, size: int) -> bool:
+    import ast
+
+    try:
+        tree = ast.parse(open(path, "rb").read())
+    except (OSError, SyntaxError, ValueError):
+        return False
+    for node in tree.body:
+        if isinstance(node, ast.If) and isinstance(node.test, ast.Compare):
+            sides = [node.test.left, *node.test.comparators]
+            names = {n.id for n in sides if isinstance(n, ast.Name)}
+            values = {n.value for n in sides if isinstance(n, ast.Constant)}
+            if names == {"__name__"} and values == {"__main__"}:
+                return True
+    return False
+
+
+class _DecodersDied(RuntimeError):
+    """A decoder process could not start or ended without a word (killed, say): read_frames decodes in threads."""
 
 
 def start_decoder_server() -> None:
@@ -273,8 +318,12 @@ def _read_in_processes(path, index, runs, decoders, slots, out, threads, written
                     ours.shutdown(socket.SHUT_RDWR)
             proc = ctx.Process(target=_decoder_main, name=f"prism_mm-decoder-{w}", daemon=True,
                                args=(path, index, runs[w::decoders], out.shape[1:], threads, theirs))
-            proc.start()
-            theirs.close()
+            try:
+                proc.start()
+            except Exception as e:  # noqa: BLE001 - the fork server could not start it: threads take over
+                raise _DecodersDied(f"a decoder process did not start ({type(e).__name__}: {e})") from e
+            finally:
+                theirs.close()
             procs.append(proc)
             receiver = threading.Thread(target=_receive, args=(ours, proc, slots, out, written, fail, stopping),
                                         name=f"prism_mm-decoder-{w}-frames", daemon=True)
@@ -325,7 +374,7 @@ def _receive(sock, proc, slots, out, written, fail, stopping) -> None:
         return
     if not stopping.is_set():
         proc.join(timeout=10)
-        fail(RuntimeError(f"a decoder process ended without finishing its frames (exit code {proc.exitcode})"))
+        fail(_DecodersDied(f"a decoder process ended without finishing its frames (exit code {proc.exitcode})"))
 
 
 def _recv_exact(sock, view: memoryview) -> bool:

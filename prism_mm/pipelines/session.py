@@ -246,7 +246,8 @@ class VideoSession:
         warmup=True first runs it once untimed with one new token on black stand-in frames of the video's sampled
         count and size (the file is decoded once). check_against_dense=True (a Prism run): afterwards, one untimed
         prefill over the same features in which every sparse layer also runs dense attention; the record's
-        layers_vs_dense holds that report (as check_against_dense's)."""
+        layers_vs_dense holds that report (as check_against_dense's); a run in more than one decoder chunk is not
+        checked (its selections are per chunk)."""
         if attn is not None:
             self.set_attention(attn)
         options = options or VideoOptions()
@@ -254,7 +255,7 @@ class VideoSession:
             self._streamed(video, question, options, 1, stand_in=True)
         check = check_against_dense and self.attn == "prism"
         record, features, prepared = self._streamed(video, question, options, max_new_tokens, keep_features=check)
-        if check:
+        if check and record.decoder_chunks == 1:  # in chunks, the one-pass check would not be the run's selections
             record.layers_vs_dense = self._checked_prefill(prepared.inputs, features)
         return record
 
