@@ -71,3 +71,25 @@ def test_model_arg_stream_gives_the_unstreamed_answer(tmp_path):
     (plain, plain_record), (streamed, streamed_record) = answers["false"], answers["true"]
     assert streamed == plain and streamed_record["streamed"] and not plain_record["streamed"]
     assert streamed_record["visual_tokens"] == plain_record["visual_tokens"] > 0
+
+
+def test_model_arg_stream_chunk_tokens(tmp_path):
+    """stream_chunk_tokens: the streamed decoder prefill's chunks (8192 by default, the session's STREAM_CHUNKS); 16
+    gives several decoder chunks and, at thresholds 1.0, the answer of 0 (one pass after the stream); a negative
+    value is refused."""
+    from prism_mm.eval.model import PrismQwenVL
+    from prism_mm.testing.clips import make_demo_video
+
+    model = str(save_tiny("qwen2_5_vl", tmp_path / "tiny"))
+    clip = str(make_demo_video(tmp_path / "clip.mp4", seconds=3, fps=8, height=112, width=168))
+    common = dict(pretrained=model, block_size=16, min_sparse_len=0, threshold=1.0, max_num_frames=4,
+                  stats_dir=str(tmp_path / "stats"))
+    assert PrismQwenVL(**common).session.stream_chunks.decoder_tokens == 8192
+    runs = {}
+    for tokens in ("16", "0"):
+        lm = PrismQwenVL(**common, stream_chunk_tokens=tokens)
+        runs[tokens] = lm._answer("What moves?", [clip], {"max_new_tokens": 3})
+    assert runs["16"][1]["decoder_chunks"] > 1 and runs["0"][1]["decoder_chunks"] == 1
+    assert runs["16"][0] == runs["0"][0]
+    with pytest.raises(ValueError, match=r"stream_chunk_tokens must be >= 0 \(0: one pass\), got -1"):
+        PrismQwenVL(**common, stream_chunk_tokens=-1)

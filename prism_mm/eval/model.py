@@ -19,7 +19,8 @@ from tqdm import tqdm
 
 from .._optional import require
 from ..config import PrismConfig
-from ..pipelines.session import VideoSession
+from ..pipelines.prefill import ChunkConfig
+from ..pipelines.session import STREAM_CHUNKS, VideoSession
 from ..pipelines.video import VideoOptions
 
 lmms = require("lmms_eval.api.model", "eval", "the lmms-eval model prism_qwen_vl").lmms
@@ -37,7 +38,7 @@ class PrismQwenVL(lmms):
                  threshold_high: float = 0.93, threshold_low: float = 0.93, min_sparse_len: int = 4096,
                  max_density: float = 1.0, calibrate=True, method: str = PrismConfig.method,
                  cutoff: float = PrismConfig.cutoff, dense_tail: int = PrismConfig.dense_tail, dtype: str = "auto",
-                 random_weights=False, stream=True,
+                 random_weights=False, stream=True, stream_chunk_tokens: int = STREAM_CHUNKS.decoder_tokens,
                  stats_dir: str = "prism_mm_stats", **kwargs):
         super().__init__()
         if kwargs:
@@ -62,8 +63,12 @@ class PrismQwenVL(lmms):
         if attn not in ("prism", "dense"):
             raise ValueError(f"attn must be prism or dense, got {attn!r}")
         self.attn, self.stream = attn, _bool(stream)  # stream: decode each video while the vision tower runs (default)
+        # streamed: the decoder prefill pipelined in chunks of this many tokens (0: one pass after the stream)
+        if int(stream_chunk_tokens) < 0:
+            raise ValueError(f"stream_chunk_tokens must be >= 0 (0: one pass), got {stream_chunk_tokens}")
+        stream_chunks = ChunkConfig(int(stream_chunk_tokens)) if int(stream_chunk_tokens) else None
         self.session = VideoSession(pretrained, self.prism_config, device, dtype, _bool(random_weights), device_map,
-                                    attn=attn)
+                                    attn=attn, stream_chunks=stream_chunks)
         self.model, self.processor = self.session.model, self.session.processor
         self.video_options = VideoOptions(fps=float(fps) if fps else 2.0, max_frames=int(max_num_frames),
                                           min_pixels=min_pixels and int(min_pixels), max_pixels=max_pixels and int(max_pixels),
