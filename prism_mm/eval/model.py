@@ -19,8 +19,7 @@ from tqdm import tqdm
 
 from .._optional import require
 from ..config import PrismConfig
-from ..pipelines.prefill import ChunkConfig
-from ..pipelines.session import STREAM_CHUNKS, VideoSession
+from ..pipelines.session import STREAM_CHUNKS, VideoSession, stream_chunks_of
 from ..pipelines.video import VideoOptions
 
 lmms = require("lmms_eval.api.model", "eval", "the lmms-eval model prism_qwen_vl").lmms
@@ -64,11 +63,8 @@ class PrismQwenVL(lmms):
             raise ValueError(f"attn must be prism or dense, got {attn!r}")
         self.attn, self.stream = attn, _bool(stream)  # stream: decode each video while the vision tower runs (default)
         # streamed: the decoder prefill pipelined in chunks of this many tokens (0: one pass after the stream)
-        if int(stream_chunk_tokens) < 0:
-            raise ValueError(f"stream_chunk_tokens must be >= 0 (0: one pass), got {stream_chunk_tokens}")
-        stream_chunks = ChunkConfig(int(stream_chunk_tokens)) if int(stream_chunk_tokens) else None
         self.session = VideoSession(pretrained, self.prism_config, device, dtype, _bool(random_weights), device_map,
-                                    attn=attn, stream_chunks=stream_chunks)
+                                    attn=attn, stream_chunks=stream_chunks_of(int(stream_chunk_tokens)))
         self.model, self.processor = self.session.model, self.session.processor
         self.video_options = VideoOptions(fps=float(fps) if fps else 2.0, max_frames=int(max_num_frames),
                                           min_pixels=min_pixels and int(min_pixels), max_pixels=max_pixels and int(max_pixels),

@@ -10,12 +10,12 @@ at key frames instead:
 2. The wanted frames are grouped by the key frame each needs to start from, and the groups are joined into at most
    `workers` contiguous runs of about equal decoding work.
 3. Each run gets its own container and decoder: it seeks to its first key frame, decodes forward, converts the
-   frames it wants to RGB (rgb24, as decord converts them) and stops after its last. The decoders run in processes
-   (forked from a server that has this module loaded), each sending its frames over a socket that a thread of the
-   caller reads straight into the output array. Threads would share the caller's GIL: PyAV holds it for a few
-   percent of each decoded frame (the frame objects, the loop), which 8 decoders at 4 ffmpeg threads each add up to
-   the whole GIL, so the thread that feeds the GPU while the video streams waited on it for most of its launches
-   (benchmarks/NOTES.md). `processes=False` decodes in threads of this process instead.
+   frames it wants to RGB (rgb24, as decord converts them) and stops after its last. The decoders run in threads
+   of this process, or with `processes=True` in processes (forked from a server that has this module loaded), each
+   sending its frames over a socket that a thread of the caller reads straight into the output array. Threads share
+   the caller's GIL: PyAV holds it for a few percent of each decoded frame (the frame objects, the loop), which 8
+   decoders at 4 ffmpeg threads each add up to most of the GIL, so a caller with host work of its own while the
+   frames decode (the pipelined prefill's GPU launches) waits on it (benchmarks/NOTES.md).
 
 Files this cannot number as decord does (a packet without pts, a decoded frame whose pts no packet had, a stream
 without key frames, or no PyAV) and containers whose seek is not by pts (anything but MP4 / MOV and Matroska / WebM;

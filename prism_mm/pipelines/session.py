@@ -158,6 +158,14 @@ def load_video_model(model: str, prism: PrismConfig, device: str, dtype: str = "
 STREAM_CHUNKS = ChunkConfig(decoder_tokens=8192)
 
 
+def stream_chunks_of(tokens: int) -> ChunkConfig | None:
+    """A streamed run's decoder chunks of `tokens` tokens (the CLI's and the lmms-eval model's stream_chunk_tokens);
+    0: None (one pass after the stream); ValueError below 0."""
+    if tokens < 0:
+        raise ValueError(f"stream_chunk_tokens must be >= 0 (0: one pass), got {tokens}")
+    return ChunkConfig(tokens) if tokens else None
+
+
 class VideoSession:
     """A loaded Qwen-VL model with Prism set up, its processor, and timed runs.
 

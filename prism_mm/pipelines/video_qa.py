@@ -19,7 +19,7 @@ from ..config import SELECTION_METHODS, PrismConfig
 from ..models import check_model_path
 from ..testing.tiny import TINY_MODELS
 from .prefill import ChunkConfig
-from .session import DEFAULT_MODEL, STREAM_CHUNKS, VideoQA, check_device, format_report
+from .session import DEFAULT_MODEL, STREAM_CHUNKS, VideoQA, check_device, format_report, stream_chunks_of
 from .video import VideoError, VideoOptions
 
 
@@ -119,9 +119,10 @@ def main(argv=None) -> int:
             except ValueError as e:
                 flags = {"decoder_tokens": "--chunk-tokens", "vision_frames": "--vision-chunk-frames"}
                 raise ValueError(re.sub(r"ChunkConfig\.(\w+)", lambda m: flags[m.group(1)], str(e))) from None
-        if args.stream_chunk_tokens < 0:
-            raise ValueError(f"--stream-chunk-tokens must be >= 0 (0: one pass), got {args.stream_chunk_tokens}")
-        stream_chunks = ChunkConfig(args.stream_chunk_tokens) if args.stream_chunk_tokens else None
+        try:
+            stream_chunks = stream_chunks_of(args.stream_chunk_tokens)
+        except ValueError as e:
+            raise ValueError(str(e).replace("stream_chunk_tokens", "--stream-chunk-tokens")) from None
         if args.model not in TINY_MODELS and not args.random_weights:
             check_model_path(args.model)
         from .video import check_range, probe
