@@ -228,9 +228,12 @@ class NormSwitch:
         self.pairs = [(parent, name, child, getattr(parent, name)) for parent, name, child in found]
         self.use(False)
 
-    def use(self, fused: bool) -> None:
+    def use(self, fused: bool, layers=None) -> None:
+        """Every norm fused or not; with `layers` (decoder layer modules -> fused or not), the norms inside those
+        layers as given and the rest (the final norm, the tower's) as `fused`."""
+        owner = {id(m): value for layer, value in (layers or {}).items() for m in layer.modules()}
         for parent, name, original, swapped in self.pairs:
-            setattr(parent, name, swapped if fused else original)
+            setattr(parent, name, swapped if owner.get(id(parent), fused) else original)
 
     @property
     def fused(self) -> bool:
@@ -238,6 +241,94 @@ class NormSwitch:
         from prism_mm.norms import FusedRMSNorm
 
         return bool(self.pairs) and all(isinstance(getattr(parent, name), FusedRMSNorm) for parent, name, *_ in self.pairs)
+
+
+# Paired layers: (A, B) run on alternate decoder layers of the same forward, so both are timed within milliseconds of
+# each other on the same host state. Each mode is (attention, fused norms).
+PAIR_MODES = {"transformers dense": ("sdpa", False), "dense + fused norms": ("sdpa", True),
+              "Prism + fused norms": ("prism", True), "Prism, transformers' norms": ("prism", False)}
+PAIRS = (("Prism + fused norms", "transformers dense"),  # prism_mm's defaults against transformers as shipped
+         ("Prism + fused norms", "dense + fused norms"),  # attention for attention
+         ("Prism, transformers' norms", "transformers dense"))
+
+
+def host_pairs(model, inputs: dict, norms: NormSwitch, forwards: int = 8, pairs=PAIRS) -> list[dict]:
+    """Host time per decoder layer, two modes at a time in one forward: mode A on the even decoder layers and B on the
+    odd ones, swapped every other forward (layer position evens out). The host of a lent machine changes speed by
+    +-15% between forwards and up to 2x within a run, so timing the modes in separate forwards (host_time) cannot
+    resolve a few percent; layers a millisecond apart share the host's state. Per forward, the ratio of A's median
+    layer to B's (layers running ahead of the GPU, see layer_host_seconds); a row per pair: the median ratio over
+    `forwards`, its range, the pooled medians and the attention calls' medians. Prism runs its real selection path
+    (max_density 1.0: no sync)."""
+    from transformers import AttentionInterface
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    from prism_mm.attention import prism_attention_forward
+
+    device = next(model.parameters()).device
+    lm = model.model.language_model
+    with torch.no_grad():
+        embeds = model.get_input_embeddings()(inputs["input_ids"])
+    n = embeds.shape[1]
+    pos = torch.arange(n, device=device)[None].expand(3, 1, n)
+    if model.config.model_type == "qwen3_vl":
+        pos = torch.cat([torch.arange(n, device=device)[None, None], pos], 0)
+    for m in model.modules():
+        if hasattr(m, "prism"):
+            m.prism.config = PrismConfig.video(max_density=1.0, min_sparse_len=0)
+    functions = {"sdpa": sdpa_attention_forward, "prism": prism_attention_forward}
+    per_layer: list = [None] * len(lm.layers)  # the attention function of each layer in this forward
+    calls: list[float] = []
+
+    def paired(module, *args, **kwargs):
+        fn = per_layer[module.layer_idx]
+        t0 = time.perf_counter()
+        result = fn(module, *args, **kwargs)
+        calls.append(time.perf_counter() - t0)
+        return result
+
+    def forward():
+        with torch.no_grad():
+            lm(inputs_embeds=embeds, position_ids=pos, use_cache=False)
+
+    original = AttentionInterface()[ATTN_NAME]
+    set_attention(model, "prism")  # the decoder calls the "prism" entry, which dispatches per layer below
+    AttentionInterface.register(ATTN_NAME, paired)
+    rows = []
+    try:
+        for a, b in pairs:
+            ratios, times, attention = [], {a: [], b: []}, {a: [], b: []}
+            for f in tqdm(range(forwards + 1), desc=f"host pairs: {a} / {b}", leave=False):
+                modes = [(a, b)[(i + f) % 2] for i in range(len(lm.layers))]
+                for i, mode in enumerate(modes):
+                    per_layer[i] = functions[PAIR_MODES[mode][0]]
+                norms.use(False, {layer: PAIR_MODES[mode][1] for layer, mode in zip(lm.layers, modes)})
+                calls.clear()
+                layers = layer_host_seconds(lm.layers, forward, device)
+                if len(calls) != len(layers):
+                    raise RuntimeError(f"{len(calls)} attention calls in {len(layers)} decoder layers")
+                if f == 0:
+                    continue  # warm-up: this assignment's first forward
+                mine = {a: [], b: []}
+                for mode, (t, synced), call in zip(modes, layers, calls):
+                    if not synced:
+                        mine[mode].append(t)
+                        attention[mode].append(call)
+                ratios.append(statistics.median(mine[a]) / statistics.median(mine[b]))
+                for mode in (a, b):
+                    times[mode] += mine[mode]
+            rows.append({"a": a, "b": b, "tokens": n, "forwards": forwards, "ratio_median": statistics.median(ratios),
+                         "ratio_min": min(ratios), "ratio_max": max(ratios), "ratios": ratios,
+                         "a_ms_per_layer": 1e3 * statistics.median(times[a]),
+                         "b_ms_per_layer": 1e3 * statistics.median(times[b]),
+                         "a_attention_ms": 1e3 * statistics.median(attention[a]),
+                         "b_attention_ms": 1e3 * statistics.median(attention[b]),
+                         "layer_samples": len(times[a]) + len(times[b])})
+            print(rows[-1], flush=True)
+    finally:
+        AttentionInterface.register(ATTN_NAME, original)
+        norms.use(False)
+    return rows
 
 
 def host_time(model, inputs: dict, norms: NormSwitch, reps: int = 4) -> list[dict]:
@@ -316,9 +407,11 @@ def host_time(model, inputs: dict, norms: NormSwitch, reps: int = 4) -> list[dic
 
 def measure(model, processor, name: str, tokens: list[int], reps: int, device, gen, frame_patches=FRAME_PATCHES,
             block_size: int = BS, warmup_tokens: int = 8192, host: bool = True,
-            extra_rows: tuple = (), rows_too: bool = True) -> tuple[list[dict], list[dict]]:
+            extra_rows: tuple = (), rows_too: bool = True, pair_forwards: int = 8
+            ) -> tuple[list[dict], list[dict], list[dict]]:
     """Every row at every size for one loaded model (rows outer: transformers' row runs on the tower as shipped,
-    before prism_mm.vision.align_mlp_widths pads its MLPs for the varlen rows); then the host-time rows.
+    before prism_mm.vision.align_mlp_widths pads its MLPs for the varlen rows); then the host-time rows (host_time's
+    and host_pairs', the latter with `pair_forwards` forwards per pair).
     extra_rows: (label, "varlen", density or [density per decoder layer], fused norms) rows after ROWS."""
     heads = model.config.get_text_config().num_attention_heads
     selections: dict = {}
@@ -385,11 +478,12 @@ def measure(model, processor, name: str, tokens: list[int], reps: int, device, g
 
     for spec in [*ROWS, *extra_rows] if rows_too else []:
         run(*spec)
-    host_rows = []
+    host_rows, pair_rows = [], []
     if host:
         inputs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in prepared[tokens[0]][0].items()}
-        host_rows = [{"model": name, "measured": time.strftime("%Y-%m-%d %H:%M"), **h}
-                     for h in host_time(model, inputs, norms)]
+        stamp = {"model": name, "measured": time.strftime("%Y-%m-%d %H:%M")}
+        host_rows = [{**stamp, **h} for h in host_time(model, inputs, norms)]
+        pair_rows = [{**stamp, **h} for h in host_pairs(model, inputs, norms, pair_forwards)]
     norms.use(False)
     for visual in {r["visual_tokens"] for r in rows}:
         base = next(r for r in rows if r["visual_tokens"] == visual and r["row"] == ROWS[0][0])
@@ -400,7 +494,7 @@ def measure(model, processor, name: str, tokens: list[int], reps: int, device, g
                 r["prefill_speedup_vs_transformers"] = base["prefill_s"] / r["prefill_s"]
                 r["prefill_speedup_vs_varlen_dense"] = ours_dense["prefill_s"] / r["prefill_s"]
                 r["vision_speedup_vs_transformers"] = base["vision_s"] / max(r["vision_s"], 1e-9)
-    return rows, host_rows
+    return rows, host_rows, pair_rows
 
 
 def load(name: str, device, smoke: bool):
@@ -426,6 +520,8 @@ def main():
     ap.add_argument("--no-host-time", action="store_true", help="skip the host-time table (kept from --merge's file)")
     ap.add_argument("--host-time-only", action="store_true",
                     help="only the host-time table (at the first --tokens), into --merge's file; its rows are kept")
+    ap.add_argument("--pair-forwards", type=int, default=8,
+                    help="forwards per pair of modes in the paired-layer host table (host_pairs)")
     ap.add_argument("--smoke", action="store_true", help="tiny random models on the CPU, small sizes (a code check)")
     ap.add_argument("--norm-ablation", action="store_true",
                     help="also the rows of NORM_ABLATION_ROWS: prism_mm's rows with transformers' RMSNorm modules")
@@ -448,9 +544,9 @@ def main():
         args, dev, base = started
         device = torch.device("cuda")
     run = run_info(transformers=transformers.__version__)
-    rows, host = [], []
+    rows, host, pairs = [], [], []
     if args.no_host_time and base:
-        host = base["meta"].get("host_time", [])
+        host, pairs = base["meta"].get("host_time", []), base["meta"].get("host_pairs", [])
     for name in args.models:
         gen = torch.Generator(device=device).manual_seed(0)
         model, processor = load(name, device, args.smoke)
@@ -463,22 +559,26 @@ def main():
                       f"{args.layer_density_knob}, {args.layer_density_tokens // 1024}K)", "varlen", dens, True),)
         if args.norm_ablation:
             extra += tuple(NORM_ABLATION_ROWS)
-        got, got_host = measure(model, processor, name, args.tokens, args.reps, device, gen,
-                                warmup_tokens=args.warmup_visual_tokens, host=not args.no_host_time,
-                                extra_rows=extra, rows_too=not args.host_time_only, **shape)
-        rows, host = rows + got, host + got_host
+        got, got_host, got_pairs = measure(model, processor, name, args.tokens, args.reps, device, gen,
+                                           warmup_tokens=args.warmup_visual_tokens, host=not args.no_host_time,
+                                           extra_rows=extra, rows_too=not args.host_time_only,
+                                           pair_forwards=2 if args.smoke else args.pair_forwards, **shape)
+        rows, host, pairs = rows + got, host + got_host, pairs + got_pairs
         del model
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
         if not args.host_time_only:
-            RESULTS_FILES.save({"device": dev or "cpu", "host_time": host}, run, rows, args.out, dev, base, quiet=True)
+            RESULTS_FILES.save({"device": dev or "cpu", "host_time": host, "host_pairs": pairs}, run, rows, args.out,
+                               dev, base, quiet=True)
     if args.host_time_only:  # the rows and their runs stay as they were
         if base is None:
             raise SystemExit("--host-time-only updates an existing results file: add --merge")
-        RESULTS_FILES.write({**base, "meta": {**base["meta"], "host_time": host}}, RESULTS_FILES.stem(args.out, dev))
+        RESULTS_FILES.write({**base, "meta": {**base["meta"], "host_time": host, "host_pairs": pairs}},
+                            RESULTS_FILES.stem(args.out, dev))
     else:
-        RESULTS_FILES.save({"device": dev or "cpu", "host_time": host}, run, rows, args.out, dev, base)
+        RESULTS_FILES.save({"device": dev or "cpu", "host_time": host, "host_pairs": pairs}, run, rows, args.out, dev,
+                           base)
 
 
 def ordered(rows: list[dict]) -> list[dict]:
@@ -540,6 +640,19 @@ def table(data: dict) -> list[str]:
             lines.append(f"| {h['model'].split('/')[-1]} | {h['tokens']} | {h['mode']} | {h['host_ms_per_layer']:.3f} | "
                          f"{ratio} | {call} | {'' if woken is None else f'{woken:.3f}'} | {woken_ratio} | "
                          f"{h['total_s']:.3f} | {peak} | {h['mean_density']:.3f} | {h.get('measured', '')} |")
+    if meta.get("host_pairs"):
+        lines += ["", "Host time per decoder layer, paired (host_pairs): mode A on every other decoder layer and B on "
+                  "the rest of the same forward, swapped every other forward, so both are timed within milliseconds "
+                  "on the same host state; GPU held busy as above. A / B: per forward, A's median layer over B's; "
+                  "the median over the forwards and its range:", "",
+                  "| model | tokens | A | B | A / B | range | A ms / layer | B ms / layer | A's attention call ms | "
+                  "B's attention call ms | forwards | measured |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for h in meta["host_pairs"]:
+            lines.append(f"| {h['model'].split('/')[-1]} | {h['tokens']} | {h['a']} | {h['b']} | "
+                         f"{h['ratio_median']:.3f} | {h['ratio_min']:.3f}-{h['ratio_max']:.3f} | "
+                         f"{h['a_ms_per_layer']:.3f} | {h['b_ms_per_layer']:.3f} | {h['a_attention_ms']:.3f} | "
+                         f"{h['b_attention_ms']:.3f} | {h['forwards']} | {h.get('measured', '')} |")
     return lines
 
 

@@ -56,6 +56,17 @@ def test_video_e2e_smoke_writes_consistent_stage_records(tmp_path):
     # the attention call timed inside each layer: part of the layer's time
     assert all(0 < h["attention_host_ms"] < h["host_ms_per_layer"] for h in host)
     assert "of it the attention call" in (tmp_path / "video_e2e.md").read_text()
+    # the paired-layer table: every pair of modes per model, 2 forwards each (--smoke), layers of both modes timed
+    from benchmarks.video_e2e import PAIRS
+
+    pairs = data["meta"]["host_pairs"]
+    assert [(h["a"], h["b"]) for h in pairs] == list(PAIRS) * 2
+    for h in pairs:
+        assert h["forwards"] == 2 and len(h["ratios"]) == 2
+        assert h["ratio_min"] <= h["ratio_median"] <= h["ratio_max"]
+        assert 0 < h["a_attention_ms"] < h["a_ms_per_layer"] and 0 < h["b_attention_ms"] < h["b_ms_per_layer"]
+        assert h["layer_samples"] == 2 * 2  # 2 forwards x 2 layers, none after a sync on the CPU
+    assert "paired (host_pairs)" in (tmp_path / "video_e2e.md").read_text()
     # --host-time-only --merge: a new host table for one model, every row and run of the file kept as it was
     proc = subprocess.run([sys.executable, "-m", "benchmarks.video_e2e", "--smoke", "--out", str(tmp_path), "--merge",
                            "--host-time-only", "--models", "Qwen/Qwen3-VL-8B-Instruct"],
@@ -65,6 +76,28 @@ def test_video_e2e_smoke_writes_consistent_stage_records(tmp_path):
     assert again["rows"] == rows and again["meta"]["runs"] == data["meta"]["runs"]
     assert [h["model"] for h in again["meta"]["host_time"]] == ["Qwen/Qwen3-VL-8B-Instruct"] * 5
     assert all(h["measured"] for h in again["meta"]["host_time"])
+
+
+def test_norm_switch_fuses_the_norms_of_the_layers_it_is_given():
+    """NormSwitch.use(fused, layers): the RMSNorms inside each given decoder layer (also a norm nested in its attention
+    module, as Qwen3's q_norm / k_norm) are fused or not as given; every other norm follows `fused`."""
+    from benchmarks.video_e2e import NormSwitch
+    from prism_mm.norms import FusedRMSNorm
+    from prism_mm.testing.tiny import build_tiny_model
+
+    model = build_tiny_model("qwen3_vl", layers=2)
+    norms = NormSwitch(model)
+    lm = model.model.language_model
+    norms.use(False, {lm.layers[0]: True, lm.layers[1]: False})
+    first = [m for m in lm.layers[0].modules() if "Norm" in type(m).__name__]
+    second = [m for m in lm.layers[1].modules() if "Norm" in type(m).__name__]
+    assert len(first) == 4 and all(isinstance(m, FusedRMSNorm) for m in first)  # 2 layer norms, q_norm, k_norm
+    assert len(second) == 4 and not any(isinstance(m, FusedRMSNorm) for m in second)
+    assert not isinstance(lm.norm, FusedRMSNorm)
+    norms.use(True, {lm.layers[0]: False})
+    assert not any(isinstance(m, FusedRMSNorm) for m in lm.layers[0].modules())
+    assert all(isinstance(m, FusedRMSNorm) for m in lm.layers[1].modules() if "Norm" in type(m).__name__)
+    assert isinstance(lm.norm, FusedRMSNorm) and norms.fused is False
 
 
 def test_fixed_attention_takes_the_selection_of_its_layer():
