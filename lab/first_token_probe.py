@@ -93,6 +93,8 @@ def main():
                          "(VideoOptions(decode_processes=False); not warmed up: they share the processes path's)")
     ap.add_argument("--in-a-row-chunks", action="store_true",
                     help="also run in a row with the decoder in chunks (--chunks): the chunked prefill's own cost")
+    ap.add_argument("--one-pass", action="store_true",
+                    help="also stream with the decoder in one pass after the stream (the session's stream_chunks off)")
     ap.add_argument("--timeline", action="store_true",
                     help="per run: when frames landed, each tower call and decoder chunk (host and GPU times)")
     args = ap.parse_args()
@@ -110,6 +112,13 @@ def main():
 
     def streamed(mode, warmup, options=None):
         return session.run_streamed(args.clip, question, options, mode, args.max_new_tokens, warmup=warmup)
+
+    def one_pass(mode, warmup, options=None):  # the stream with the decoder in one pass after it (no stream chunks)
+        kept, session.stream_chunks = session.stream_chunks, None
+        try:
+            return streamed(mode, warmup, options)
+        finally:
+            session.stream_chunks = kept
 
     def pipelined(tokens):
         def run(mode, warmup, options=None):
@@ -135,7 +144,10 @@ def main():
                 session.chunks = None
         return run
 
-    paths = {**({} if args.no_in_a_row else {"in a row": in_a_row}), "streamed": streamed,
+    default = f"streamed (default: pipelined in chunks of {session.stream_chunks.decoder_tokens})" if session.stream_chunks \
+        else "streamed"
+    paths = {**({} if args.no_in_a_row else {"in a row": in_a_row}), default: streamed,
+             **({"streamed, one decoder pass": one_pass} if args.one_pass else {}),
              **({"streamed, decoders in threads": in_threads(streamed)} if args.threads_ab else {})}
     for n in args.chunks:
         paths[f"streamed, pipelined chunks of {n}"] = pipelined(n)
