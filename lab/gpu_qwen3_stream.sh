@@ -6,4 +6,4 @@ source lab/gpu_common.sh
 wait $writer
 timeout 540 python3 lab/first_token_probe.py --model Qwen/Qwen3-VL-8B-Instruct --clip /tmp/clip300.mp4 \
   --modes prism dense --one-pass --repeats 1 2>&1 | grep -v Warning \
-  | tee "$OUT/first_token_probe-h200-300s-qwen3.jsonl" | cut -c1-330
+  | tee "$OUT/first_token_probe-h200-300s-qwen3-pipelined.jsonl" | cut -c1-330

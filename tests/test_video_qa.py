@@ -473,7 +473,8 @@ def test_cli_decoders_flag_picks_processes_or_threads(clip, tiny, monkeypatch, c
 def test_cli_stream_chunk_tokens_pipelines_the_default_stream(clip, tiny, capsys):
     """The default stream pipelines the decoder in chunks (--stream-chunk-tokens, 8192 by default): chunks of 16
     tokens give several decoder chunks and, at thresholds 1.0, the answer of one pass after the stream
-    (--stream-chunk-tokens 0); a negative value is refused with exit code 2."""
+    (--stream-chunk-tokens 0); in compare mode the dense run takes one pass and the Prism run the chunks; a negative
+    value is refused with exit code 2."""
     import json
 
     base = ["--video", clip, "--question", "What moves?", "--model", tiny, "--max-frames", "4", "--max-new-tokens",
@@ -486,5 +487,9 @@ def test_cli_stream_chunk_tokens_pipelines_the_default_stream(clip, tiny, capsys
     chunks = {k: r["runs"]["prism"]["decoder_chunks"] for k, r in results.items()}
     assert chunks["16"] > 1 and chunks["0"] == 1, chunks
     assert results["16"]["answer"] == results["0"]["answer"]
+    # dense runs stream with one decoder pass (SDPA's masked chunks are slower than one pass); Prism's pipelines
+    assert main(base + ["--stream-chunk-tokens", "16", "--attn", "compare"]) == 0
+    runs = json.loads(capsys.readouterr().out)["runs"]
+    assert runs["dense"]["decoder_chunks"] == 1 and runs["prism"]["decoder_chunks"] == chunks["16"]
     assert main(base + ["--stream-chunk-tokens", "-1"]) == 2
     assert capsys.readouterr().err.strip() == "error: --stream-chunk-tokens must be >= 0 (0: one pass), got -1"

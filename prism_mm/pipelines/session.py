@@ -178,8 +178,9 @@ class VideoSession:
                  progress: bool = False, vision: str = "varlen", chunks: ChunkConfig | None = None,
                  stream_chunks: ChunkConfig | None = STREAM_CHUNKS):
         """chunks: prefill in decoder / vision-tower chunks (bounded memory for very long videos); None: one pass.
-        stream_chunks: where `chunks` is None, the decoder chunks of a streamed run, each run as soon as the features
-        of its video tokens exist (None: one decoder pass once the stream has ended)."""
+        stream_chunks: where `chunks` is None, the decoder chunks of a streamed Prism run, each run as soon as the
+        features of its video tokens exist (None: one decoder pass once the stream has ended); dense runs stream with
+        one decoder pass (see streamed_chunks)."""
         self.chunks, self.stream_chunks = chunks, stream_chunks
         if vision not in VISION_ATTENTIONS:
             raise ValueError(f"vision must be one of {VISION_ATTENTIONS}, got {vision!r}")
@@ -244,6 +245,14 @@ class VideoSession:
             record.set_video(prepared)
         return record
 
+    def streamed_chunks(self) -> ChunkConfig | None:
+        """The decoder chunks a streamed run takes where the session has no `chunks`: stream_chunks in Prism mode; None
+        (one decoder pass after the stream) in dense mode, whose SDPA takes a chunk's [chunk, prompt] mask on its
+        slower masked kernel: pipelined, Qwen3-VL-8B's dense first token took 23.56 s against 15.98 s in one pass
+        (300 s clip, H200; Prism: 13.71 s pipelined against 15.37 s;
+        lab/logs/first_token_probe-h200-300s-qwen3-pipelined.jsonl)."""
+        return self.stream_chunks if self.attn == "prism" else None
+
     def run_streamed(self, video: str, question: str, options: VideoOptions | None = None, attn: str | None = None,
                      max_new_tokens: int = 128, warmup: bool = False,
                      check_against_dense: bool = False) -> RunRecord:
@@ -280,10 +289,10 @@ class VideoSession:
 
     def _streamed(self, video: str, question: str, options: VideoOptions, max_new_tokens: int,
                   stand_in: bool = False, keep_features: bool = False) -> tuple[RunRecord, tuple | None, PreparedVideo]:
-        """One streamed run, the decoder pipelined in the session's chunks, else its stream_chunks (None: one pass
+        """One streamed run, the decoder pipelined in the session's chunks, else its streamed_chunks() (None: one pass
         after the stream); the tower's calls take their vision_frames pairs (else stream.BATCH_PAIRS); the features
         come back with keep_features (else None: not held through decoding)."""
-        chunks = self.chunks or self.stream_chunks
+        chunks = self.chunks or self.streamed_chunks()
         cuda = self.device.startswith("cuda")
         stats = self.model.prism_stats
         stats.reset()

@@ -58,8 +58,9 @@ def parse_args(argv=None):
     ap.add_argument("--vision-chunk-frames", type=int,
                     help="with --chunk-tokens: run the vision tower on this many temporal patches at a time")
     ap.add_argument("--stream-chunk-tokens", type=int, default=STREAM_CHUNKS.decoder_tokens,
-                    help="streamed, without --chunk-tokens: run the decoder prefill in chunks of this many tokens, "
-                         "each as soon as its video features exist (0: one pass after the stream)")
+                    help="streamed, without --chunk-tokens: run Prism's decoder prefill in chunks of this many "
+                         "tokens, each as soon as its video features exist (0: one pass after the stream; dense runs "
+                         "always take one pass)")
     ap.add_argument("--stream", action=argparse.BooleanOptionalAction, default=True,
                     help="decode the video while the vision tower runs on the frames decoded so far (the default, "
                          "where the video allows; first token sooner on long videos); --no-stream: decoding, the "
