@@ -254,12 +254,16 @@ PAIRS = (("Prism + fused norms", "transformers dense"),  # prism_mm's defaults a
 
 def host_pairs(model, inputs: dict, norms: NormSwitch, forwards: int = 8, pairs=PAIRS) -> list[dict]:
     """Host time per decoder layer, two modes at a time in one forward: mode A on the even decoder layers and B on the
-    odd ones, swapped every other forward (layer position evens out). The host of a lent machine changes speed by
-    +-15% between forwards and up to 2x within a run, so timing the modes in separate forwards (host_time) cannot
-    resolve a few percent; layers a millisecond apart share the host's state. Per forward, the ratio of A's median
-    layer to B's (layers running ahead of the GPU, see layer_host_seconds); a row per pair: the median ratio over
-    `forwards`, its range, the pooled medians and the attention calls' medians. Prism runs its real selection path
-    (max_density 1.0: no sync)."""
+    odd ones, swapped every other forward. The host of a lent machine changes speed by +-15% between forwards and up
+    to 2x within a run, so timing the modes in separate forwards (host_time) cannot resolve a few percent; layers a
+    millisecond apart share the host's state. Per forward, the ratio of A's median layer to B's (layers running ahead
+    of the GPU, see layer_host_seconds). The odd and even layers sit at different places between the syncs (the odd
+    ones include the first after a sync), which moves the ratio by several percent with the parity, so each two
+    forwards of opposite parity give one ratio, their geometric mean. A row per pair: the median of those over
+    `forwards` (even) forwards, their range, the per-forward ratios, the pooled medians, the attention calls' medians
+    and every forward's layer times (`forward_layers`). Prism runs its real selection path (max_density 1.0: no sync)."""
+    if forwards < 2 or forwards % 2:
+        raise ValueError(f"host_pairs needs an even number of forwards >= 2, got {forwards}")
     from transformers import AttentionInterface
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
@@ -297,7 +301,7 @@ def host_pairs(model, inputs: dict, norms: NormSwitch, forwards: int = 8, pairs=
     rows = []
     try:
         for a, b in pairs:
-            ratios, times, attention = [], {a: [], b: []}, {a: [], b: []}
+            ratios, times, attention, raw = [], {a: [], b: []}, {a: [], b: []}, []
             for f in tqdm(range(forwards + 1), desc=f"host pairs: {a} / {b}", leave=False):
                 modes = [(a, b)[(i + f) % 2] for i in range(len(lm.layers))]
                 for i, mode in enumerate(modes):
@@ -317,14 +321,17 @@ def host_pairs(model, inputs: dict, norms: NormSwitch, forwards: int = 8, pairs=
                 ratios.append(statistics.median(mine[a]) / statistics.median(mine[b]))
                 for mode in (a, b):
                     times[mode] += mine[mode]
-            rows.append({"a": a, "b": b, "tokens": n, "forwards": forwards, "ratio_median": statistics.median(ratios),
-                         "ratio_min": min(ratios), "ratio_max": max(ratios), "ratios": ratios,
+                raw.append({"a_on_even_layers": modes[0] == a, "layer_us": [round(1e6 * t) for t, _ in layers],
+                            "synced": [i for i, (_, synced) in enumerate(layers) if synced]})
+            balanced = [math.sqrt(x * y) for x, y in zip(ratios[::2], ratios[1::2])]  # one of each parity
+            rows.append({"a": a, "b": b, "tokens": n, "forwards": forwards, "ratio_median": statistics.median(balanced),
+                         "ratio_min": min(balanced), "ratio_max": max(balanced), "ratios": ratios,
                          "a_ms_per_layer": 1e3 * statistics.median(times[a]),
                          "b_ms_per_layer": 1e3 * statistics.median(times[b]),
                          "a_attention_ms": 1e3 * statistics.median(attention[a]),
                          "b_attention_ms": 1e3 * statistics.median(attention[b]),
-                         "layer_samples": len(times[a]) + len(times[b])})
-            print(rows[-1], flush=True)
+                         "layer_samples": len(times[a]) + len(times[b]), "forward_layers": raw})
+            print({k: v for k, v in rows[-1].items() if k != "forward_layers"}, flush=True)
     finally:
         AttentionInterface.register(ATTN_NAME, original)
         norms.use(False)
@@ -407,7 +414,7 @@ def host_time(model, inputs: dict, norms: NormSwitch, reps: int = 4) -> list[dic
 
 def measure(model, processor, name: str, tokens: list[int], reps: int, device, gen, frame_patches=FRAME_PATCHES,
             block_size: int = BS, warmup_tokens: int = 8192, host: bool = True,
-            extra_rows: tuple = (), rows_too: bool = True, pair_forwards: int = 8
+            extra_rows: tuple = (), rows_too: bool = True, pair_forwards: int = 20
             ) -> tuple[list[dict], list[dict], list[dict]]:
     """Every row at every size for one loaded model (rows outer: transformers' row runs on the tower as shipped,
     before prism_mm.vision.align_mlp_widths pads its MLPs for the varlen rows); then the host-time rows (host_time's
@@ -520,7 +527,7 @@ def main():
     ap.add_argument("--no-host-time", action="store_true", help="skip the host-time table (kept from --merge's file)")
     ap.add_argument("--host-time-only", action="store_true",
                     help="only the host-time table (at the first --tokens), into --merge's file; its rows are kept")
-    ap.add_argument("--pair-forwards", type=int, default=8,
+    ap.add_argument("--pair-forwards", type=int, default=20,
                     help="forwards per pair of modes in the paired-layer host table (host_pairs)")
     ap.add_argument("--smoke", action="store_true", help="tiny random models on the CPU, small sizes (a code check)")
     ap.add_argument("--norm-ablation", action="store_true",
@@ -644,7 +651,8 @@ def table(data: dict) -> list[str]:
         lines += ["", "Host time per decoder layer, paired (host_pairs): mode A on every other decoder layer and B on "
                   "the rest of the same forward, swapped every other forward, so both are timed within milliseconds "
                   "on the same host state; GPU held busy as above. A / B: per forward, A's median layer over B's; "
-                  "the median over the forwards and its range:", "",
+                  "the geometric mean of each two forwards of opposite parity (the layer positions even out); the "
+                  "median of those and its range:", "",
                   "| model | tokens | A | B | A / B | range | A ms / layer | B ms / layer | A's attention call ms | "
                   "B's attention call ms | forwards | measured |",
                   "|---|---|---|---|---|---|---|---|---|---|---|---|"]

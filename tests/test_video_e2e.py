@@ -63,9 +63,13 @@ def test_video_e2e_smoke_writes_consistent_stage_records(tmp_path):
     assert [(h["a"], h["b"]) for h in pairs] == list(PAIRS) * 2
     for h in pairs:
         assert h["forwards"] == 2 and len(h["ratios"]) == 2
+        assert h["ratio_median"] == pytest.approx((h["ratios"][0] * h["ratios"][1]) ** 0.5)  # one of each parity
         assert h["ratio_min"] <= h["ratio_median"] <= h["ratio_max"]
         assert 0 < h["a_attention_ms"] < h["a_ms_per_layer"] and 0 < h["b_attention_ms"] < h["b_ms_per_layer"]
         assert h["layer_samples"] == 2 * 2  # 2 forwards x 2 layers, none after a sync on the CPU
+        # each forward's layer times; A on the even layers in one forward and on the odd ones in the other
+        assert [f["a_on_even_layers"] for f in h["forward_layers"]] == [False, True]
+        assert all(len(f["layer_us"]) == 2 and min(f["layer_us"]) > 0 and f["synced"] == [] for f in h["forward_layers"])
     assert "paired (host_pairs)" in (tmp_path / "video_e2e.md").read_text()
     # --host-time-only --merge: a new host table for one model, every row and run of the file kept as it was
     proc = subprocess.run([sys.executable, "-m", "benchmarks.video_e2e", "--smoke", "--out", str(tmp_path), "--merge",
