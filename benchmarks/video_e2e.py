@@ -28,7 +28,8 @@ A second table gives the host time per decoder layer (the GPU held busy by a sle
 never waits on a full launch queue: its own cost, running ahead as in a prefill, and apart from it the layers right
 after a sync) for dense SDPA and Prism's real selection path with max_density 1.0 (no sync) and 0.8 (one sync per
 layer, the former default), and dense and Prism 1.0 with the fused RMSNorm modules, with the peak memory of those
-decoder forwards.
+decoder forwards. A third, paired table (host_pairs) times two modes in one forward, on alternate decoder layers (the
+host's speed drifts between forwards by more than the few percent it compares; --pair-forwards per pair).
 
     python -m benchmarks.video_e2e                        # both models: benchmarks/results/video_e2e-<device>.*
     python -m benchmarks.video_e2e --models Qwen/Qwen3-VL-8B-Instruct --merge
