@@ -244,6 +244,25 @@ class NormSwitch:
         return bool(self.pairs) and all(isinstance(getattr(parent, name), FusedRMSNorm) for parent, name, *_ in self.pairs)
 
 
+def decoder_forward(model, inputs: dict):
+    """(a no-argument function running the text decoder alone over the prompt's token embeddings with text MRoPE
+    positions and no KV cache, the prompt's length): the host tables' forward."""
+    device = next(model.parameters()).device
+    lm = model.model.language_model
+    with torch.no_grad():
+        embeds = model.get_input_embeddings()(inputs["input_ids"])
+    n = embeds.shape[1]
+    pos = torch.arange(n, device=device)[None].expand(3, 1, n)
+    if model.config.model_type == "qwen3_vl":
+        pos = torch.cat([torch.arange(n, device=device)[None, None], pos], 0)
+
+    def forward():
+        with torch.no_grad():
+            lm(inputs_embeds=embeds, position_ids=pos, use_cache=False)
+
+    return forward, n
+
+
 # Paired layers: (A, B) run on alternate decoder layers of the same forward, so both are timed within milliseconds of
 # each other on the same host state. Each mode is (attention, fused norms).
 PAIR_MODES = {"transformers dense": ("sdpa", False), "dense + fused norms": ("sdpa", True),
@@ -272,12 +291,7 @@ def host_pairs(model, inputs: dict, norms: NormSwitch, forwards: int = 8, pairs=
 
     device = next(model.parameters()).device
     lm = model.model.language_model
-    with torch.no_grad():
-        embeds = model.get_input_embeddings()(inputs["input_ids"])
-    n = embeds.shape[1]
-    pos = torch.arange(n, device=device)[None].expand(3, 1, n)
-    if model.config.model_type == "qwen3_vl":
-        pos = torch.cat([torch.arange(n, device=device)[None, None], pos], 0)
+    forward, n = decoder_forward(model, inputs)
     for m in model.modules():
         if hasattr(m, "prism"):
             m.prism.config = PrismConfig.video(max_density=1.0, min_sparse_len=0)
@@ -291,10 +305,6 @@ def host_pairs(model, inputs: dict, norms: NormSwitch, forwards: int = 8, pairs=
         result = fn(module, *args, **kwargs)
         calls.append(time.perf_counter() - t0)
         return result
-
-    def forward():
-        with torch.no_grad():
-            lm(inputs_embeds=embeds, position_ids=pos, use_cache=False)
 
     original = AttentionInterface()[ATTN_NAME]
     set_attention(model, "prism")  # the decoder calls the "prism" entry, which dispatches per layer below
@@ -349,16 +359,7 @@ def host_time(model, inputs: dict, norms: NormSwitch, reps: int = 4) -> list[dic
     device = next(model.parameters()).device
     cuda = device.type == "cuda"
     lm = model.model.language_model
-    with torch.no_grad():
-        embeds = model.get_input_embeddings()(inputs["input_ids"])
-    n = embeds.shape[1]
-    pos = torch.arange(n, device=device)[None].expand(3, 1, n)
-    if model.config.model_type == "qwen3_vl":
-        pos = torch.cat([torch.arange(n, device=device)[None, None], pos], 0)
-
-    def forward():
-        with torch.no_grad():
-            lm(inputs_embeds=embeds, position_ids=pos, use_cache=False)
+    forward, n = decoder_forward(model, inputs)
 
     modes = [("dense sdpa", None, False), ("prism, max_density 1.0", 1.0, False), ("prism, max_density 0.8", 0.8, False),
              ("dense sdpa + fused norms", None, True), ("prism + fused norms, max_density 1.0", 1.0, True)]
