@@ -269,32 +269,54 @@ PAIR_MODES = {"transformers dense": ("sdpa", False), "dense + fused norms": ("sd
               "Prism + fused norms": ("prism", True), "Prism, transformers' norms": ("prism", False)}
 PAIRS = (("Prism + fused norms", "transformers dense"),  # prism_mm's defaults against transformers as shipped
          ("Prism + fused norms", "dense + fused norms"),  # attention for attention
-         ("Prism, transformers' norms", "transformers dense"))
+         ("Prism, transformers' norms", "transformers dense"),
+         ("transformers dense", "transformers dense"))  # the control: how far from 1.0 the method reads
 
 
-def host_pairs(model, inputs: dict, norms: NormSwitch, forwards: int = 8, pairs=PAIRS) -> list[dict]:
-    """Host time per decoder layer, two modes at a time in one forward: mode A on the even decoder layers and B on the
-    odd ones, swapped every other forward. The host of a lent machine changes speed by +-15% between forwards and up
-    to 2x within a run, so timing the modes in separate forwards (host_time) cannot resolve a few percent; layers a
-    millisecond apart share the host's state. Per forward, the ratio of A's median layer to B's (layers running ahead
-    of the GPU, see layer_host_seconds). The odd and even layers sit at different places between the syncs (the odd
-    ones include the first after a sync), which moves the ratio by several percent with the parity, so each two
-    forwards of opposite parity give one ratio, their geometric mean. A row per pair: the median of those over
-    `forwards` (even) forwards, their range, the per-forward ratios, the pooled medians, the attention calls' medians
-    and every forward's layer times (`forward_layers`). Prism runs its real selection path (max_density 1.0: no sync)."""
-    if forwards < 2 or forwards % 2:
-        raise ValueError(f"host_pairs needs an even number of forwards >= 2, got {forwards}")
+def check_pair_forwards(forwards: int) -> int:
+    if not isinstance(forwards, int) or forwards < 2 or forwards % 2:
+        raise ValueError(f"host_pairs needs an even number of forwards >= 2, got {forwards!r}")
+    return forwards
+
+
+def pair_samples(roles: list[int], synced: list[bool]) -> tuple[list[int], list[int]]:
+    """The decoder layers whose host times one host_pairs forward compares, per role (0: A, 1: B): those running ahead
+    of the GPU, neither synced nor right after a synced one; a role left with none (a tiny decoder) keeps all its
+    layers."""
+    kept = ([], [])
+    for i, role in enumerate(roles):
+        if not synced[i] and not (i > 0 and synced[i - 1]):
+            kept[role].append(i)
+    return tuple(mine or [i for i, r in enumerate(roles) if r == role] for role, mine in enumerate(kept))
+
+
+def host_pairs(model, inputs: dict, norms: NormSwitch, forwards: int = 20, pairs=PAIRS) -> list[dict]:
+    """Host time per decoder layer, two modes at a time in one forward: mode A on every other decoder layer and B on
+    the rest, the parity swapped every other forward. The host of a lent machine changes speed by +-15% between
+    forwards and up to 2x within a run, so timing the modes in separate forwards (host_time) cannot resolve a few
+    percent; layers a millisecond apart share the host's state.
+    Per forward, the ratio of A's median layer to B's over the layers that run ahead of the GPU (see
+    layer_host_seconds), leaving out also the layer right after each synced one (it pays for the host waking: ~8%
+    slower on the H200 host): with a sync before every 4th layer that leaves one even and one odd layer per four.
+    Each two forwards of opposite parity give one ratio, their geometric mean (a position effect cancels). A row per
+    pair: the median of those over `forwards` (even) forwards, their range, the per-forward ratios, the pooled
+    medians, the attention calls' medians and every forward's layer times (`forward_layers`). Prism runs its real
+    selection path (max_density 1.0: no sync). A mode may be paired with itself (the control)."""
     from transformers import AttentionInterface
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     from prism_mm.attention import prism_attention_forward
 
+    check_pair_forwards(forwards)
     device = next(model.parameters()).device
     lm = model.model.language_model
+    if len(lm.layers) < 2:
+        raise ValueError("host_pairs needs a decoder of at least 2 layers (the modes alternate over them)")
     forward, n = decoder_forward(model, inputs)
+    config = PrismConfig.video(max_density=1.0, min_sparse_len=0)  # one object: every layer resolves it once
     for m in model.modules():
         if hasattr(m, "prism"):
-            m.prism.config = PrismConfig.video(max_density=1.0, min_sparse_len=0)
+            m.prism.config = config
     functions = {"sdpa": sdpa_attention_forward, "prism": prism_attention_forward}
     per_layer: list = [None] * len(lm.layers)  # the attention function of each layer in this forward
     calls: list[float] = []
@@ -307,41 +329,40 @@ def host_pairs(model, inputs: dict, norms: NormSwitch, forwards: int = 8, pairs=
         return result
 
     original = AttentionInterface()[ATTN_NAME]
-    set_attention(model, "prism")  # the decoder calls the "prism" entry, which dispatches per layer below
-    AttentionInterface.register(ATTN_NAME, paired)
     rows = []
     try:
+        set_attention(model, "prism")  # the decoder calls the "prism" entry, which dispatches per layer below
+        AttentionInterface.register(ATTN_NAME, paired)
         for a, b in pairs:
-            ratios, times, attention, raw = [], {a: [], b: []}, {a: [], b: []}, []
-            for f in tqdm(range(forwards + 1), desc=f"host pairs: {a} / {b}", leave=False):
-                modes = [(a, b)[(i + f) % 2] for i in range(len(lm.layers))]
-                for i, mode in enumerate(modes):
-                    per_layer[i] = functions[PAIR_MODES[mode][0]]
-                norms.use(False, {layer: PAIR_MODES[mode][1] for layer, mode in zip(lm.layers, modes)})
+            # by role (0: A, 1: B), so that a mode paired with itself keeps two sets
+            ratios, times, attention, raw = [], ([], []), ([], []), []
+            for f in tqdm(range(-2, forwards), desc=f"host pairs: {a} / {b}", leave=False):  # 2 warm-ups, one per parity
+                roles = [(i + f) % 2 for i in range(len(lm.layers))]
+                for i, role in enumerate(roles):
+                    per_layer[i] = functions[PAIR_MODES[(a, b)[role]][0]]
+                norms.use(False, {layer: PAIR_MODES[(a, b)[role]][1] for layer, role in zip(lm.layers, roles)})
                 calls.clear()
                 layers = layer_host_seconds(lm.layers, forward, device)
                 if len(calls) != len(layers):
                     raise RuntimeError(f"{len(calls)} attention calls in {len(layers)} decoder layers")
-                if f == 0:
-                    continue  # warm-up: this assignment's first forward
-                mine = {a: [], b: []}
-                for mode, (t, synced), call in zip(modes, layers, calls):
-                    if not synced:
-                        mine[mode].append(t)
-                        attention[mode].append(call)
-                ratios.append(statistics.median(mine[a]) / statistics.median(mine[b]))
-                for mode in (a, b):
-                    times[mode] += mine[mode]
-                raw.append({"a_on_even_layers": modes[0] == a, "layer_us": [round(1e6 * t) for t, _ in layers],
+                if f < 0:
+                    continue
+                mine = pair_samples(roles, [synced for _, synced in layers])
+                ratios.append(statistics.median(layers[i][0] for i in mine[0]) /
+                              statistics.median(layers[i][0] for i in mine[1]))
+                for role in (0, 1):
+                    times[role].extend(layers[i][0] for i in mine[role])
+                    attention[role].extend(calls[i] for i in mine[role])
+                raw.append({"a_on_even_layers": roles[0] == 0, "layer_us": [round(1e6 * t) for t, _ in layers],
                             "synced": [i for i, (_, synced) in enumerate(layers) if synced]})
             balanced = [math.sqrt(x * y) for x, y in zip(ratios[::2], ratios[1::2])]  # one of each parity
             rows.append({"a": a, "b": b, "tokens": n, "forwards": forwards, "ratio_median": statistics.median(balanced),
                          "ratio_min": min(balanced), "ratio_max": max(balanced), "ratios": ratios,
-                         "a_ms_per_layer": 1e3 * statistics.median(times[a]),
-                         "b_ms_per_layer": 1e3 * statistics.median(times[b]),
-                         "a_attention_ms": 1e3 * statistics.median(attention[a]),
-                         "b_attention_ms": 1e3 * statistics.median(attention[b]),
-                         "layer_samples": len(times[a]) + len(times[b]), "forward_layers": raw})
+                         "a_ms_per_layer": 1e3 * statistics.median(times[0]),
+                         "b_ms_per_layer": 1e3 * statistics.median(times[1]),
+                         "a_attention_ms": 1e3 * statistics.median(attention[0]),
+                         "b_attention_ms": 1e3 * statistics.median(attention[1]),
+                         "layer_samples": len(times[0]) + len(times[1]), "forward_layers": raw})
             print({k: v for k, v in rows[-1].items() if k != "forward_layers"}, flush=True)
     finally:
         AttentionInterface.register(ATTN_NAME, original)
@@ -520,6 +541,14 @@ def load(name: str, device, smoke: bool):
     return model, build_tiny_processor(model.config.model_type, real_vocab=True)
 
 
+def pair_forwards_arg(text: str) -> int:
+    """--pair-forwards, checked as the command line is parsed (before any row is measured)."""
+    try:
+        return check_pair_forwards(int(text))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", nargs="+", default=MODELS, help="shipped model names (random weights from their config)")
@@ -529,8 +558,8 @@ def main():
     ap.add_argument("--no-host-time", action="store_true", help="skip the host-time table (kept from --merge's file)")
     ap.add_argument("--host-time-only", action="store_true",
                     help="only the host-time table (at the first --tokens), into --merge's file; its rows are kept")
-    ap.add_argument("--pair-forwards", type=int, default=20,
-                    help="forwards per pair of modes in the paired-layer host table (host_pairs)")
+    ap.add_argument("--pair-forwards", type=pair_forwards_arg, default=20,
+                    help="forwards per pair of modes in the paired-layer host table (host_pairs; even; 2 with --smoke)")
     ap.add_argument("--smoke", action="store_true", help="tiny random models on the CPU, small sizes (a code check)")
     ap.add_argument("--norm-ablation", action="store_true",
                     help="also the rows of NORM_ABLATION_ROWS: prism_mm's rows with transformers' RMSNorm modules")
@@ -554,8 +583,11 @@ def main():
         device = torch.device("cuda")
     run = run_info(transformers=transformers.__version__)
     rows, host, pairs = [], [], []
-    if args.no_host_time and base:
-        host, pairs = base["meta"].get("host_time", []), base["meta"].get("host_pairs", [])
+    if base and (args.no_host_time or args.host_time_only):
+        # kept: all of them without new host tables, else those of the models not measured now
+        keep = (lambda h: True) if args.no_host_time else (lambda h: h["model"] not in args.models)
+        host = [h for h in base["meta"].get("host_time", []) if keep(h)]
+        pairs = [h for h in base["meta"].get("host_pairs", []) if keep(h)]
     for name in args.models:
         gen = torch.Generator(device=device).manual_seed(0)
         model, processor = load(name, device, args.smoke)

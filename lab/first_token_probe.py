@@ -144,8 +144,8 @@ def main():
                 session.chunks = None
         return run
 
-    default = f"streamed (default: pipelined in chunks of {session.stream_chunks.decoder_tokens})" if session.stream_chunks \
-        else "streamed"
+    default = (f"streamed (default: Prism pipelined in chunks of {session.stream_chunks.decoder_tokens}, dense one "
+               "pass)") if session.stream_chunks else "streamed"
     paths = {**({} if args.no_in_a_row else {"in a row": in_a_row}), default: streamed,
              **({"streamed, one decoder pass": one_pass} if args.one_pass else {}),
              **({"streamed, decoders in threads": in_threads(streamed)} if args.threads_ab else {})}

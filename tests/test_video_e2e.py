@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 pytest.importorskip("torchvision")  # the video processors
 ROOT = Path(__file__).resolve().parent.parent
@@ -68,18 +69,87 @@ def test_video_e2e_smoke_writes_consistent_stage_records(tmp_path):
         assert 0 < h["a_attention_ms"] < h["a_ms_per_layer"] and 0 < h["b_attention_ms"] < h["b_ms_per_layer"]
         assert h["layer_samples"] == 2 * 2  # 2 forwards x 2 layers, none after a sync on the CPU
         # each forward's layer times; A on the even layers in one forward and on the odd ones in the other
-        assert [f["a_on_even_layers"] for f in h["forward_layers"]] == [False, True]
+        assert [f["a_on_even_layers"] for f in h["forward_layers"]] == [True, False]
         assert all(len(f["layer_us"]) == 2 and min(f["layer_us"]) > 0 and f["synced"] == [] for f in h["forward_layers"])
     assert "paired (host_pairs)" in (tmp_path / "video_e2e.md").read_text()
-    # --host-time-only --merge: a new host table for one model, every row and run of the file kept as it was
+    # --host-time-only --merge: new host tables for one model, the other model's and every row and run of the file
+    # kept as they were
     proc = subprocess.run([sys.executable, "-m", "benchmarks.video_e2e", "--smoke", "--out", str(tmp_path), "--merge",
                            "--host-time-only", "--models", "Qwen/Qwen3-VL-8B-Instruct"],
                           cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     again = json.loads((tmp_path / "video_e2e.json").read_text())
     assert again["rows"] == rows and again["meta"]["runs"] == data["meta"]["runs"]
-    assert [h["model"] for h in again["meta"]["host_time"]] == ["Qwen/Qwen3-VL-8B-Instruct"] * 5
-    assert all(h["measured"] for h in again["meta"]["host_time"])
+    models = ["Qwen/Qwen2.5-VL-7B-Instruct", "Qwen/Qwen3-VL-8B-Instruct"]
+    assert [h["model"] for h in again["meta"]["host_time"]] == [models[0]] * 5 + [models[1]] * 5
+    assert [h["model"] for h in again["meta"]["host_pairs"]] == [models[0]] * len(PAIRS) + [models[1]] * len(PAIRS)
+    assert again["meta"]["host_time"][:5] == data["meta"]["host_time"][:5]
+    assert again["meta"]["host_pairs"][:len(PAIRS)] == pairs[:len(PAIRS)]
+    assert again["meta"]["host_pairs"][len(PAIRS):] != pairs[len(PAIRS):]  # measured again
+    # --pair-forwards must be even: refused before anything runs
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.video_e2e", "--out", str(tmp_path / "odd"), "--pair-forwards",
+                           "3"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 2
+    assert "argument --pair-forwards: host_pairs needs an even number of forwards >= 2, got 3" in proc.stderr
+
+
+def test_host_pairs_runs_each_mode_on_alternate_layers(monkeypatch):
+    """host_pairs: in every forward (2 warm-ups, then the timed ones) each decoder layer runs the attention function
+    and the norms of its mode, A on the even layers in the first timed forward and the parity swapped every forward;
+    a mode paired with itself keeps two sets of samples; the "prism" entry is registered back afterwards."""
+    from transformers import AttentionInterface
+    from transformers.integrations import sdpa_attention
+
+    import prism_mm.attention as attention
+    from benchmarks.video_e2e import NormSwitch, host_pairs
+    from prism_mm import PrismConfig
+    from prism_mm.models import enable_prism
+    from prism_mm.norms import FusedRMSNorm
+    from prism_mm.testing.tiny import build_tiny_model
+
+    model = build_tiny_model("qwen2_5_vl", layers=4)
+    enable_prism(model, PrismConfig.video(min_sparse_len=0, block_size=16), vision="sdpa", fused_norms=False)
+    norms = NormSwitch(model)
+    lm = model.model.language_model
+    seen = []  # per attention call: (layer, function, its layer's norm fused)
+
+    def spy(name, fn):
+        def call(module, *args, **kwargs):
+            layer = lm.layers[module.layer_idx]
+            seen.append((module.layer_idx, name, isinstance(layer.input_layernorm, FusedRMSNorm)))
+            return fn(module, *args, **kwargs)
+        return call
+
+    monkeypatch.setattr(attention, "prism_attention_forward", spy("prism", attention.prism_attention_forward))
+    monkeypatch.setattr(sdpa_attention, "sdpa_attention_forward", spy("sdpa", sdpa_attention.sdpa_attention_forward))
+    entry = AttentionInterface()["prism"]
+    inputs = {"input_ids": torch.randint(0, 100, (1, 40))}
+    pairs = (("Prism + fused norms", "transformers dense"), ("transformers dense", "transformers dense"))
+    rows = host_pairs(model, inputs, norms, forwards=2, pairs=pairs)
+    assert AttentionInterface()["prism"] is entry and not any(isinstance(m, FusedRMSNorm) for m in lm.modules())
+    forwards = [seen[i:i + 4] for i in range(0, len(seen), 4)]
+    assert len(forwards) == 2 * (2 + 2)  # per pair: 2 warm-ups + 2 timed
+    for k, calls in enumerate(forwards[:4]):  # the first pair; forward k - 2 puts A on layer i when (i + k) is even
+        assert [layer for layer, *_ in calls] == [0, 1, 2, 3]
+        for layer, name, fused in calls:
+            assert (name, fused) == (("prism", True) if (layer + k) % 2 == 0 else ("sdpa", False))
+    assert all((name, fused) == ("sdpa", False) for calls in forwards[4:] for _, name, fused in calls)
+    for row in rows:
+        assert [f["a_on_even_layers"] for f in row["forward_layers"]] == [True, False]
+        assert row["layer_samples"] == 2 * 4 and len(row["ratios"]) == 2  # the control pair too: both roles kept
+
+
+def test_pair_samples_leave_out_synced_layers_and_the_ones_after_them():
+    """pair_samples: with a sync before layers 0 and 4, each role keeps the layers two and three after a sync (one
+    even, one odd per four); a role with no such layer (2 layers, the first synced) keeps all of its layers."""
+    from benchmarks.video_e2e import pair_samples
+
+    roles = [0, 1] * 4
+    synced = [i % 4 == 0 for i in range(8)]
+    assert pair_samples(roles, synced) == ([2, 6], [3, 7])
+    assert pair_samples([1, 0] * 4, synced) == ([3, 7], [2, 6])
+    assert pair_samples([0, 1], [True, False]) == ([0], [1])
+    assert pair_samples([0, 1, 0], [False] * 3) == ([0, 2], [1])
 
 
 def test_norm_switch_fuses_the_norms_of_the_layers_it_is_given():

@@ -244,6 +244,28 @@ def test_report_escapes_control_characters():
     assert not any(ord(c) < 32 and c != "\n" for c in report) and "J\\x1c" in report
 
 
+def test_report_compares_decoder_prefills_only_for_the_same_work():
+    """On a GPU the compare report prints the decoder prefill's speed-up when the result has one, and says the
+    prefills are not compared when VideoQA left it out (Prism's chunks ran inside the stream, dense's did not);
+    same_decoder_work decides that."""
+    from prism_mm.pipelines.session import RunRecord, format_report, same_decoder_work
+
+    base = {"random_weights": True, "answer": "a", "frames": 4, "frame_size": [56, 28], "visual_tokens": 8,
+            "total_tokens": 20, "device": "NVIDIA H200", "runs": {}, "streamed": True, "vision_attention": "varlen",
+            "first_token_speedup": 1.2, "answers_agree": True}
+    assert "decoder prefill speed-up 3.00x, first token 1.20x sooner" in format_report({**base, "prefill_speedup": 3.0})
+    report = format_report(base)
+    assert "first token 1.20x sooner (decoder prefills not compared" in report and "prefill speed-up" not in report
+    def record(**kw):
+        return RunRecord(attn="prism", answer="", prefill_s=0.5, vision_s=None, decode_s=0.1, new_tokens=1,
+                         mean_density=1.0, sparse_layers=0, **kw)
+
+    one = record()
+    assert same_decoder_work(one, record())
+    pipelined, chunked_after = record(decoder_chunks=4, decoder_chunks_streamed=3), record(decoder_chunks=4)
+    assert not same_decoder_work(one, pipelined) and not same_decoder_work(one, chunked_after)
+
+
 def _bad_inputs(tmp_path, clip):
     text = tmp_path / "notes.txt"
     text.write_text("this is not a video\n" * 50)
@@ -489,7 +511,11 @@ def test_cli_stream_chunk_tokens_pipelines_the_default_stream(clip, tiny, capsys
     assert results["16"]["answer"] == results["0"]["answer"]
     # dense runs stream with one decoder pass (SDPA's masked chunks are slower than one pass); Prism's pipelines
     assert main(base + ["--stream-chunk-tokens", "16", "--attn", "compare"]) == 0
-    runs = json.loads(capsys.readouterr().out)["runs"]
+    compared = json.loads(capsys.readouterr().out)
+    runs = compared["runs"]
     assert runs["dense"]["decoder_chunks"] == 1 and runs["prism"]["decoder_chunks"] == chunks["16"]
+    # Prism's chunks ran partly inside the stream: its prefill_s is not the same work as dense's one pass
+    assert runs["prism"]["decoder_chunks_streamed"] >= 1 and "prefill_speedup" not in compared
+    assert compared["first_token_speedup"] > 0
     assert main(base + ["--stream-chunk-tokens", "-1"]) == 2
     assert capsys.readouterr().err.strip() == "error: --stream-chunk-tokens must be >= 0 (0: one pass), got -1"

@@ -68,7 +68,7 @@ def parse_args(argv=None):
     ap.add_argument("--decode-workers", type=int, help="parallel decoders of the video file (default: half the cores)")
     ap.add_argument("--decoders", choices=sorted(DECODERS), default="auto",
                     help="run the parallel decoders in processes or threads (auto: processes while the decoder "
-                         "prefill is pipelined behind the decoding, as the default stream does; threads otherwise)")
+                         "prefill is pipelined behind the decoding, as Prism's default stream does; threads otherwise)")
     ap.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda if available)")
     ap.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"])
     ap.add_argument("--random-weights", action="store_true", help="shipped architecture, random weights (speed runs)")
