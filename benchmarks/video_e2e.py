@@ -290,6 +290,29 @@ def pair_samples(roles: list[int], synced: list[bool]) -> tuple[list[int], list[
     return tuple(mine or [i for i, r in enumerate(roles) if r == role] for role, mine in enumerate(kept))
 
 
+def pair_stats(forwards: list[tuple]) -> dict:
+    """host_pairs' numbers from its timed forwards, each (layer seconds, role per layer, synced per layer, attention
+    call seconds per layer or None): per forward the ratio of A's median layer to B's over pair_samples; the geometric
+    mean of each two consecutive forwards (opposite parity); their median and range; the pooled medians (and of the
+    attention calls, where given)."""
+    ratios, times, attention = [], ([], []), ([], [])
+    for layers, roles, synced, calls in forwards:
+        mine = pair_samples(roles, synced)
+        ratios.append(statistics.median(layers[i] for i in mine[0]) / statistics.median(layers[i] for i in mine[1]))
+        for role in (0, 1):
+            times[role].extend(layers[i] for i in mine[role])
+            if calls is not None:
+                attention[role].extend(calls[i] for i in mine[role])
+    balanced = [math.sqrt(x * y) for x, y in zip(ratios[::2], ratios[1::2])]  # one of each parity
+    stats = {"ratio_median": statistics.median(balanced), "ratio_min": min(balanced), "ratio_max": max(balanced),
+             "ratios": ratios, "a_ms_per_layer": 1e3 * statistics.median(times[0]),
+             "b_ms_per_layer": 1e3 * statistics.median(times[1]), "layer_samples": len(times[0]) + len(times[1])}
+    if attention[0] and attention[1]:
+        stats.update(a_attention_ms=1e3 * statistics.median(attention[0]),
+                     b_attention_ms=1e3 * statistics.median(attention[1]))
+    return stats
+
+
 def host_pairs(model, inputs: dict, norms: NormSwitch, forwards: int = 20, pairs=PAIRS) -> list[dict]:
     """Host time per decoder layer, two modes at a time in one forward: mode A on every other decoder layer and B on
     the rest, the parity swapped every other forward. The host of a lent machine changes speed by +-15% between
@@ -334,8 +357,7 @@ def host_pairs(model, inputs: dict, norms: NormSwitch, forwards: int = 20, pairs
         set_attention(model, "prism")  # the decoder calls the "prism" entry, which dispatches per layer below
         AttentionInterface.register(ATTN_NAME, paired)
         for a, b in pairs:
-            # by role (0: A, 1: B), so that a mode paired with itself keeps two sets
-            ratios, times, attention, raw = [], ([], []), ([], []), []
+            timed, raw = [], []  # by role (0: A, 1: B), so that a mode paired with itself keeps two sets
             for f in tqdm(range(-2, forwards), desc=f"host pairs: {a} / {b}", leave=False):  # 2 warm-ups, one per parity
                 roles = [(i + f) % 2 for i in range(len(lm.layers))]
                 for i, role in enumerate(roles):
@@ -347,22 +369,11 @@ def host_pairs(model, inputs: dict, norms: NormSwitch, forwards: int = 20, pairs
                     raise RuntimeError(f"{len(calls)} attention calls in {len(layers)} decoder layers")
                 if f < 0:
                     continue
-                mine = pair_samples(roles, [synced for _, synced in layers])
-                ratios.append(statistics.median(layers[i][0] for i in mine[0]) /
-                              statistics.median(layers[i][0] for i in mine[1]))
-                for role in (0, 1):
-                    times[role].extend(layers[i][0] for i in mine[role])
-                    attention[role].extend(calls[i] for i in mine[role])
+                timed.append(([t for t, _ in layers], roles, [synced for _, synced in layers], list(calls)))
                 raw.append({"a_on_even_layers": roles[0] == 0, "layer_us": [round(1e6 * t) for t, _ in layers],
                             "synced": [i for i, (_, synced) in enumerate(layers) if synced]})
-            balanced = [math.sqrt(x * y) for x, y in zip(ratios[::2], ratios[1::2])]  # one of each parity
-            rows.append({"a": a, "b": b, "tokens": n, "forwards": forwards, "ratio_median": statistics.median(balanced),
-                         "ratio_min": min(balanced), "ratio_max": max(balanced), "ratios": ratios,
-                         "a_ms_per_layer": 1e3 * statistics.median(times[0]),
-                         "b_ms_per_layer": 1e3 * statistics.median(times[1]),
-                         "a_attention_ms": 1e3 * statistics.median(attention[0]),
-                         "b_attention_ms": 1e3 * statistics.median(attention[1]),
-                         "layer_samples": len(times[0]) + len(times[1]), "forward_layers": raw})
+            rows.append({"a": a, "b": b, "tokens": n, "forwards": forwards, **pair_stats(timed),
+                         "forward_layers": raw})
             print({k: v for k, v in rows[-1].items() if k != "forward_layers"}, flush=True)
     finally:
         AttentionInterface.register(ATTN_NAME, original)
