@@ -93,6 +93,9 @@ def fallback_reason(config: PrismConfig, q_len: int, kv_len: int, attention_mask
     return ""
 
 
+DENSE_ROWS = "text after the video (dense rows)"  # the reason recorded for a chunk run under models.dense_rows
+
+
 class PrismFallbackWarning(UserWarning):
     """Prism ran dense SDPA instead of sparse attention (issued once per reason and process)."""
 
@@ -208,6 +211,7 @@ class PrismLayer:
     bands: SpectralBands
     stats: PrismRunStats
     backend: str = "auto"
+    dense_rows: bool = False  # every query row attends to every earlier key (prism_mm.models.dense_rows)
 
     def __post_init__(self) -> None:
         self._kept: tuple | None = None  # what prepared() resolved, and for which config, bands, backend, q
@@ -272,7 +276,8 @@ def prism_attention_forward(
         # a decoding step after this layer's prefill: dense SDPA and nothing else (the run keeps the prefill's record,
         # which a decoding step never overwrites), so generating a token costs what transformers' SDPA path does
         return dense_attention(query, key, value, scale, attention_mask).transpose(1, 2), None
-    reason = fallback_reason(layer.config, q_len, kv_len, attention_mask, kwargs.get("sliding_window"), dropout)
+    reason = (DENSE_ROWS if layer.dense_rows
+              else fallback_reason(layer.config, q_len, kv_len, attention_mask, kwargs.get("sliding_window"), dropout))
     if not reason:
         check_qkv(query, key, value)
     ops, spec, index = layer.prepared(query) if not reason else (None, None, None)  # dense needs no recipe

@@ -7,6 +7,7 @@ implementation becomes "prism" and each decoder attention module carries its Pri
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import warnings
@@ -161,6 +162,20 @@ def enable_prism(model, config: PrismConfig | None = None, *, layer_configs: dic
 
 
 ATTENTIONS = ("prism", "dense")
+
+
+@contextlib.contextmanager
+def dense_rows(model):
+    """Inside the block, every query row of the decoder's Prism layers attends to every earlier key (dense SDPA): the
+    text after a video (a question, a chat's turns), short and deciding the answer. Dense mode is dense already."""
+    layers = [m.prism for m in model.modules() if isinstance(getattr(m, "prism", None), PrismLayer)]
+    for layer in layers:
+        layer.dense_rows = True
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.dense_rows = False
 VISION_ATTENTIONS = ("varlen", "sdpa")
 
 

@@ -17,8 +17,10 @@ LAYERS = [
     {"models", "testing"},
     {"pipelines.frames"},
     {"pipelines.video", "pipelines.prefill"},
-    {"pipelines.stream"},
+    {"pipelines.stream", "pipelines.record", "pipelines.report"},
+    {"pipelines.prefix"},
     {"pipelines.session"},
+    {"pipelines.qa"},
     {"pipelines.video_qa", "pipelines.demo", "eval"},  # front ends: none imports another
 ]
 

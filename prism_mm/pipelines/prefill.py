@@ -48,6 +48,16 @@ class PrefillState:
     prompt_tokens: int
 
 
+def new_cache(config):
+    """An empty DynamicCache for a model of `config`."""
+    from transformers import DynamicCache
+
+    try:
+        return DynamicCache(config=config)
+    except TypeError:  # transformers versions whose DynamicCache takes no config
+        return DynamicCache()
+
+
 def _vision_features(model, pixels: torch.Tensor, grid_thw: torch.Tensor, frames: int | None):
     """(features [tokens, hidden], deepstack list or None): the vision tower over `frames` temporal patches a call."""
     visual = model.model.visual
@@ -92,8 +102,6 @@ class ChunkedPrefill:
     model.prism_stats' layer records (the chunks record into them); its tower timings are the caller's."""
 
     def __init__(self, model, inputs: dict, chunks: ChunkConfig):
-        from transformers import DynamicCache
-
         ids = inputs["input_ids"]
         if ids.shape[0] != 1:
             raise ValueError(f"chunked_prefill takes one prompt (batch 1), got batch {ids.shape[0]}")
@@ -111,10 +119,7 @@ class ChunkedPrefill:
         vision = getattr(model.config, "vision_config", None)
         self.deepstack = bool(getattr(vision, "deepstack_visual_indexes", None))  # Qwen3-VL
         self.visual_rows = int(self.visual_mask.sum())
-        try:
-            self.cache = DynamicCache(config=model.config)
-        except TypeError:  # transformers versions whose DynamicCache takes no config
-            self.cache = DynamicCache()
+        self.cache = new_cache(model.config)
         n = ids.shape[1]
         self.prompt_tokens = n
         self.bounds = [(s, min(n, s + chunks.decoder_tokens)) for s in range(0, n, chunks.decoder_tokens)]
@@ -184,15 +189,18 @@ def chunked_prefill(model, inputs: dict, chunks: ChunkConfig, features: tuple | 
     return prefill.state()
 
 
-def greedy_decode(model, state: PrefillState, max_new_tokens: int, eos_token_id: int | None = None) -> torch.Tensor:
+def greedy_decode(model, state: PrefillState, max_new_tokens: int, eos_token_id: int | None = None,
+                  on_token=None) -> torch.Tensor:
     """Greedy tokens [1, <= max_new_tokens] after a chunked prefill (dense decoding on the prefill's cache, which
-    it extends in place: decode a PrefillState once)."""
+    it extends in place: decode a PrefillState once). on_token(token_id) is called with each token as it is chosen."""
     if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
     eos = model.generation_config.eos_token_id if eos_token_id is None else eos_token_id
     eos = set(eos if isinstance(eos, (list, tuple)) else [eos]) - {None}
     token = state.logits.argmax(-1, keepdim=True)
     out = [token]
+    if on_token is not None:
+        on_token(int(token))
     with torch.no_grad():
         for _ in range(max_new_tokens - 1):
             if int(token) in eos:
@@ -200,4 +208,6 @@ def greedy_decode(model, state: PrefillState, max_new_tokens: int, eos_token_id:
             logits = model(input_ids=token, past_key_values=state.cache, use_cache=True).logits[:, -1]
             token = logits.argmax(-1, keepdim=True)
             out.append(token)
+            if on_token is not None:
+                on_token(int(token))
     return torch.cat(out, dim=1)

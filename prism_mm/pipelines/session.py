@@ -1,42 +1,34 @@
-"""One video-QA session under every front end (the CLI, the lmms-eval model, notebooks).
-
-A VideoSession loads a Qwen-VL model with Prism set up on its text decoder, switches its attention
-between "prism" and "dense", prepares a video + question, and runs one timed greedy generation into a
-RunRecord: the answer, prefill / decode seconds and what Prism did.
+"""A loaded model, a video's prefix, questions: the flow under every front end (the CLI, the lmms-eval model,
+notebooks, the chat page).
 
     session = VideoSession("tiny-qwen2.5-vl", PrismConfig.video())
-    prepared = session.prepare("clip.mp4", "What happens?", VideoOptions(max_frames=16))
-    record = session.run(prepared, "prism", max_new_tokens=32)
+    video = session.load_video("clip.mp4", VideoOptions(max_frames=16))  # the prefix: decode, tower, decoder prefill
+    first = video.ask("What happens?", max_new_tokens=32)               # a RunRecord; first.reused is False
+    again = video.ask("What colour is it?")                              # from the same prefix: again.reused
+    chat = video.chat(); chat.ask("What happens?"); chat.ask("And then?")  # a conversation after one prefix
 
-VideoQA is the one-call form the CLI (python -m prism_mm.pipelines.video_qa) and the notebooks use:
-VideoQA(model, attn="compare")(video, question) -> a result dict, which format_report() prints.
+A prefix is built once per (model, attention setting, file identity, sampling options) and kept in the session's
+PrefixStore; see pipelines.prefix for why an answer from it is exact.
 """
 from __future__ import annotations
 
+import threading
 import time
-from dataclasses import asdict, dataclass, field
 
 import torch
 from tqdm import tqdm
 
 from ..config import PrismConfig
-from ..models import (
-    VISION_ATTENTIONS,
-    VL_MODEL_TYPES,
-    enable_prism,
-    load_model,
-    set_attention,
-    synchronize_gpus,
-)
+from ..models import VISION_ATTENTIONS, VL_MODEL_TYPES, enable_prism, load_model, set_attention, synchronize_gpus
 from ..testing.tiny import TINY_MODELS, build_tiny_processor, tiny_model_dir
 from .frames import start_decoder_server
-from .prefill import ChunkConfig, chunked_prefill, greedy_decode
+from .prefill import ChunkConfig, chunked_prefill
+from .prefix import PrefixBuild, PrefixKey, PrefixStore, VideoPrefix, ask, cache_layers, text_after_video
+from .record import RunRecord
 from .stream import BATCH_PAIRS, StreamingUnavailable, stream_prefill, stream_video
-from .video import PreparedVideo, VideoOptions, build_inputs, probe
+from .video import MODEL_PATCH, VideoOptions, build_inputs, probe, prompt_inputs, video_messages
 
 DEFAULT_MODEL = "Qwen/Qwen2.5-VL-7B-Instruct"
-# shared by a comparison's unstreamed runs
-VIDEO_FIELDS = ("frames", "frame_size", "visual_tokens", "total_tokens", "video_s")
 
 
 def check_device(device: str | None) -> str:
@@ -65,73 +57,6 @@ def resolve_model(name: str) -> str:
     return str(tiny_model_dir(name)) if name in TINY_MODELS else name
 
 
-@dataclass
-class RunRecord:
-    """One timed generation. mean_density is 1.0 and sparse_layers 0 for dense attention; the video
-    fields are set when the run was given a PreparedVideo."""
-
-    attn: str
-    answer: str
-    prefill_s: float  # the prefill forward (vision tower + decoder), as model.prism_stats timed it; streamed: the decoder's
-    # (with decoder chunks: those left when the last video features landed)
-    vision_s: float | None  # of which the vision tower (None without visual input); streamed: its share of video_s
-    decode_s: float  # the rest of generate()
-    new_tokens: int
-    mean_density: float | None
-    sparse_layers: int
-    layers: int = 0  # decoder layers that recorded what they did
-    dense_reasons: list[str] = field(default_factory=list)  # why Prism layers ran dense
-    layer_report: list[dict] = field(default_factory=list)  # PrismRunStats.layer_report() of a prism run
-    frames: int | None = None
-    frame_size: tuple[int, int] | None = None  # (width, height) of the sampled frames after resizing
-    visual_tokens: int | None = None
-    total_tokens: int | None = None
-    video_s: float | None = None  # decoding + sampling + processor of the PreparedVideo it ran on
-    streamed: bool = False  # video_s also holds the vision tower, run while the file decoded (vision_s: its share)
-    # streamed with decoder chunks (a session's ChunkConfig): how many of them ran inside video_s, as their video
-    # features landed, and how many there were (the rest are prefill_s)
-    decoder_chunks_streamed: int = 0
-    decoder_chunks: int = 1
-    layers_vs_dense: list[dict] = field(default_factory=list)  # a streamed run's check against dense (not in to_dict)
-
-    @property
-    def total_s(self) -> float:
-        return self.prefill_s + self.decode_s
-
-    @property
-    def first_token_s(self) -> float:
-        """From the video file (when run on a PreparedVideo or streamed) to the first answer token."""
-        return (self.video_s or 0.0) + self.prefill_s
-
-    def set_video(self, prepared: PreparedVideo) -> None:
-        """The video fields of the PreparedVideo the run was given (or streamed)."""
-        self.frames, self.frame_size = prepared.frames_used, prepared.frame_size
-        self.visual_tokens, self.total_tokens = prepared.visual_tokens, prepared.total_tokens
-        self.video_s = prepared.seconds
-
-    def to_dict(self, video: bool = True) -> dict:
-        """The record as a JSON-ready dict; video=False leaves out the video fields (shared by a comparison's runs)."""
-        d = asdict(self)
-        del d["layers_vs_dense"]  # reported beside the runs (VideoQA's "layers_vs_dense")
-        return d if video else {k: v for k, v in d.items() if k not in VIDEO_FIELDS}
-
-
-class _TokenProgress:
-    """A transformers streamer that advances a tqdm bar per generated token."""
-
-    def __init__(self, bar: tqdm):
-        self.bar, self.first = bar, True
-
-    def put(self, value):
-        if self.first:  # the prompt
-            self.first = False
-            return
-        self.bar.update(1)
-
-    def end(self):
-        self.bar.close()
-
-
 def load_video_model(model: str, prism: PrismConfig, device: str, dtype: str = "auto", random_weights: bool = False,
                      device_map=None, vision: str = "varlen"):
     """(model, processor) for video QA: tiny names resolved, Prism set up on the text decoder (its
@@ -151,17 +76,13 @@ def load_video_model(model: str, prism: PrismConfig, device: str, dtype: str = "
     return vl_model, processor
 
 
-# The decoder chunks a streamed run pipelines behind the decoding when the session has no ChunkConfig of its own:
-# 300 s 720p clip, Qwen2.5-VL-7B, H200 host: first token 11.67 s against 13.19-13.56 s with one decoder pass after the
-# stream (lab/logs/first_token_decoders-h200.md); chunk-by-chunk Prism selections measured no less accurate than one
-# pass on real weights (lab/logs/chunked_fidelity-cpu.md).
+# The decoder chunks a streamed Prism prefix is pipelined in behind the decoding when the session has no ChunkConfig
+# of its own (first token sooner than one pass after the stream; benchmarks/NOTES.md).
 STREAM_CHUNKS = ChunkConfig(decoder_tokens=8192)
-
-
-def same_decoder_work(a: RunRecord, b: RunRecord) -> bool:
-    """True if the two runs' prefill_s time the same decoder work: the same number of decoder chunks, none of them run
-    inside the stream (a pipelined run's prefill_s is only what was left after the stream)."""
-    return a.decoder_chunks == b.decoder_chunks and a.decoder_chunks_streamed == b.decoder_chunks_streamed == 0
+# What the session keeps of prefixes on its device by default (a 300 s 720p clip for Qwen2.5-VL-7B: 5.84 GiB).
+PREFIX_DEVICE_BYTES = 24 << 30
+# The stand-in video a CUDA session warms up on (VideoSession.warm_up): frame pairs and frame side in pixels.
+WARMUP_PAIRS, WARMUP_SIDE = 48, 448
 
 
 def stream_chunks_of(tokens: int) -> ChunkConfig | None:
@@ -173,35 +94,40 @@ def stream_chunks_of(tokens: int) -> ChunkConfig | None:
 
 
 class VideoSession:
-    """A loaded Qwen-VL model with Prism set up, its processor, and timed runs.
+    """A loaded Qwen-VL model with Prism set up, its processor, and the prefixes of the videos asked about.
 
-    model: hub id, local directory, or a tiny model name (tiny-qwen2.5-vl, ...); random_weights builds
-    a shipped architecture with random weights (speed runs). attn is the attention it starts with.
+    model: hub id, local directory, or a tiny model name (tiny-qwen2.5-vl, ...); random_weights builds a shipped
+    architecture with random weights (speed runs). attn is the attention it starts with ("prism" | "dense").
+    chunks: prefill in decoder / vision-tower chunks (bounded memory for very long videos); None: one pass, or, streamed
+    in Prism mode, `stream_chunks` (each decoder chunk runs as soon as the features of its video tokens exist; None: one
+    pass once the stream has ended). stream: decode the video while the vision tower runs where the file allows
+    (False: decoding, processor and prefill in a row). prefixes: the PrefixStore (default: PREFIX_DEVICE_BYTES on the
+    device, nothing offloaded).
     """
 
     def __init__(self, model: str = DEFAULT_MODEL, prism: PrismConfig | None = None, device: str | None = None,
                  dtype: str = "auto", random_weights: bool = False, device_map=None, attn: str = "prism",
                  progress: bool = False, vision: str = "varlen", chunks: ChunkConfig | None = None,
-                 stream_chunks: ChunkConfig | None = STREAM_CHUNKS):
-        """chunks: prefill in decoder / vision-tower chunks (bounded memory for very long videos); None: one pass.
-        stream_chunks: where `chunks` is None, the decoder chunks of a streamed Prism run, each run as soon as the
-        features of its video tokens exist (None: one decoder pass once the stream has ended); dense runs stream with
-        one decoder pass (see streamed_chunks)."""
-        self.chunks, self.stream_chunks = chunks, stream_chunks
+                 stream_chunks: ChunkConfig | None = STREAM_CHUNKS, stream: bool = True,
+                 prefixes: PrefixStore | None = None):
         if vision not in VISION_ATTENTIONS:
             raise ValueError(f"vision must be one of {VISION_ATTENTIONS}, got {vision!r}")
+        self.chunks, self.stream_chunks, self.stream = chunks, stream_chunks, stream
         self.model_name, self.vision = model, vision
         self.device = check_device(device)
         self.prism_config = prism or PrismConfig.video()
         self.progress = progress
-        # the pipelined stream's decoder processes fork from it: it boots while the model loads (a dense session only
-        # pipelines with `chunks`; switched to Prism later, its first pipelined read starts the server itself)
-        if chunks is not None or (stream_chunks is not None and attn != "dense"):
+        self.prefixes = prefixes if prefixes is not None else PrefixStore(PREFIX_DEVICE_BYTES)
+        self._lock = threading.RLock()  # one prefill or answer on the model at a time (background prefix builds)
+        # the pipelined stream's decoder processes fork from it: it boots while the model loads
+        if chunks is not None or (stream and stream_chunks is not None and attn != "dense"):
             start_decoder_server()
         self.model, self.processor = load_video_model(model, self.prism_config, self.device, dtype, random_weights,
                                                       device_map, vision)
+        self.model_id = f"{model}|{self.model.dtype}|{self.device}|{'random' if random_weights else 'weights'}"
         self.attn = None
         self.set_attention(attn)
+        self.warmup_s: float | None = None
 
     @property
     def random_weights(self) -> bool:
@@ -212,333 +138,292 @@ class VideoSession:
     def device_name(self) -> str:
         return torch.cuda.get_device_name(self.device) if self.device.startswith("cuda") else "cpu"
 
+    @property
+    def cuda(self) -> bool:
+        return self.device.startswith("cuda")
+
     def set_attention(self, attn: str) -> None:
         """"prism": Prism on the text decoder and the session's vision attention (`vision`, default the batched
         varlen entry); "dense": transformers' SDPA in the tower and the decoder (with vision="varlen" the tower's
         MLP widths stay zero-padded, see prism_mm.vision.align_mlp_widths, and the fused RMSNorm modules stay: the
         comparison isolates attention). ValueError for anything else."""
         if attn != self.attn:
-            set_attention(self.model, attn, self.vision if attn == "prism" else "sdpa")
-            self.attn = attn
+            with self._lock:
+                set_attention(self.model, attn, self.vision if attn == "prism" else "sdpa")
+                self.attn = attn
 
-    def prepare(self, video: str, question: str, options: VideoOptions | None = None) -> PreparedVideo:
-        """Decode and sample the video, build the chat prompt and the processor tensors (on the session's GPU when
-        it has one, the frames are resized there and the processor normalises and patchifies them there)."""
-        t0 = time.perf_counter()
-        cuda = self.device.startswith("cuda")
-        with tqdm(total=1, desc="decoding video", disable=not self.progress, leave=False) as bar:
-            on_gpu = self.device if cuda else None
-            prepared = build_inputs(self.processor, self.model.config, video, question, options or VideoOptions(),
-                                    device=on_gpu, resize_device=on_gpu)
-            if cuda:
-                torch.cuda.synchronize(self.device)  # the processor's GPU work belongs to this stage's time
-            bar.update(1)
-        prepared.seconds = time.perf_counter() - t0
-        return prepared
+    def decoder_chunks(self) -> ChunkConfig | None:
+        """The decoder chunks a prefix is built in: the session's `chunks`, else, streamed in Prism mode, stream_chunks;
+        None: one pass. Dense SDPA takes a chunk's [chunk, prompt] mask on its slower masked kernel, so dense streams
+        in one pass (Qwen3-VL-8B, 300 s clip, H200: 23.56 s pipelined against 15.98 s; benchmarks/NOTES.md)."""
+        if self.chunks is not None:
+            return self.chunks
+        return self.stream_chunks if self.stream and self.attn == "prism" else None
 
-    def run(self, prepared_or_inputs: PreparedVideo | dict, attn: str | None = None, max_new_tokens: int = 128,
-            warmup: bool = False) -> RunRecord:
-        """Greedy generation with `attn` ("prism" | "dense"; None: the current one), timed into a RunRecord.
+    def attention_key(self) -> tuple:
+        """What of the session's attention setting a prefix depends on."""
+        if self.attn == "dense":
+            return ("dense",)
+        chunks = self.decoder_chunks()
+        return ("prism", self.prism_config, self.vision, chunks and (chunks.decoder_tokens, chunks.vision_frames))
 
-        warmup=True first generates one token untimed (kernel compiles and allocations stay out of the timing).
-        """
-        prepared = prepared_or_inputs if isinstance(prepared_or_inputs, PreparedVideo) else None
-        inputs = self._on_device(prepared.inputs if prepared is not None else prepared_or_inputs)
-        if attn is not None:
-            self.set_attention(attn)
-        if warmup:
-            self._generate(inputs, 1)
-        record = self._generate(inputs, max_new_tokens)
-        if prepared is not None:
-            record.set_video(prepared)
-        return record
+    def prefix_key(self, path: str, options: VideoOptions) -> PrefixKey:
+        return PrefixKey.of(self.model_id, self.attention_key(), path, options)
 
-    def streamed_chunks(self) -> ChunkConfig | None:
-        """The decoder chunks a streamed run takes where the session has no `chunks`: stream_chunks in Prism mode; None
-        (one decoder pass after the stream) in dense mode, whose SDPA takes a chunk's [chunk, prompt] mask on its
-        slower masked kernel: pipelined, Qwen3-VL-8B's dense first token took 23.56 s against 15.98 s in one pass
-        (300 s clip, H200; Prism: 13.71 s pipelined against 15.37 s;
-        lab/logs/first_token_probe-h200-300s-qwen3-pipelined.jsonl)."""
-        return self.stream_chunks if self.attn == "prism" else None
-
-    def run_streamed(self, video: str, question: str, options: VideoOptions | None = None, attn: str | None = None,
-                     max_new_tokens: int = 128, warmup: bool = False,
-                     check_against_dense: bool = False) -> RunRecord:
-        """The video decoded while the vision tower runs (pipelines.stream), then the decoder prefill (in the
-        session's decoder chunks, else one) and greedy decoding, timed into a RunRecord whose video_s is the streamed
-        stage (decoding, processor and vision tower) and prefill_s the decoder prefill.
-
-        warmup=True first runs it once untimed with one new token on black stand-in frames of the video's sampled
-        count and size (the file is decoded once). check_against_dense=True (a Prism run): afterwards, one untimed
-        prefill over the same features in which every sparse layer also runs dense attention; the record's
-        layers_vs_dense holds that report (as check_against_dense's); a run in more than one decoder chunk is not
-        checked (its selections are per chunk)."""
-        if attn is not None:
-            self.set_attention(attn)
+    def load_video(self, path: str, options: VideoOptions | None = None, background: bool = False,
+                   check_against_dense: bool = False) -> "Video":
+        """A Video handle whose prefix (in the session's current attention) is built now, or in a background thread
+        with background=True (a user picks a video, then types: ask() waits for it). A prefix kept for the same key
+        is reused. VideoError for a missing or unreadable file, before any work. check_against_dense (a Prism prefix
+        built in one decoder chunk): one more untimed prefill in which every sparse layer also runs dense attention,
+        reported as the first record's layers_vs_dense."""
         options = options or VideoOptions()
-        if warmup:
-            self._streamed(video, question, options, 1, stand_in=True)
-        check = check_against_dense and self.attn == "prism"
-        record, features, prepared = self._streamed(video, question, options, max_new_tokens, keep_features=check)
-        if check and record.decoder_chunks == 1:  # in chunks, the one-pass check would not be the run's selections
-            record.layers_vs_dense = self._checked_prefill(prepared.inputs, features)
-        return record
+        probe(path)  # a bad file fails here, in the caller's thread
+        video = Video(self, path, options, self.attn)
+        if background:
+            video._start(check_against_dense)
+        else:
+            video._prefix(check_against_dense)
+        return video
 
-    def run_video(self, video: str, question: str, options: VideoOptions | None = None, attn: str | None = None,
-                  max_new_tokens: int = 128, warmup: bool = False, stream: bool = True) -> RunRecord:
-        """One question about one video file: run_streamed where the video can be streamed (stream=True), else
-        prepare + run (record.streamed says which)."""
-        if stream:
-            try:
-                return self.run_streamed(video, question, options, attn, max_new_tokens, warmup)
-            except StreamingUnavailable:
-                pass
-        return self.run(self.prepare(video, question, options), attn, max_new_tokens, warmup)
+    def prefix(self, path: str, options: VideoOptions, check_against_dense: bool = False) -> tuple[VideoPrefix, bool]:
+        """(the prefix of `path` in the current attention, whether it was built by this call)."""
+        with self._lock:
+            key = self.prefix_key(path, options)
+            kept = self.prefixes.get(key, self.device)
+            if kept is not None:
+                return kept, False
+            prefix = self._build(path, options, key, check_against_dense)
+            self.prefixes.put(prefix)
+            return prefix, True
 
-    def _streamed(self, video: str, question: str, options: VideoOptions, max_new_tokens: int,
-                  stand_in: bool = False, keep_features: bool = False) -> tuple[RunRecord, tuple | None, PreparedVideo]:
-        """One streamed run, the decoder pipelined in the session's chunks, else its streamed_chunks() (None: one pass
-        after the stream); the tower's calls take their vision_frames pairs (else stream.BATCH_PAIRS); the features
-        come back with keep_features (else None: not held through decoding)."""
-        chunks = self.chunks or self.streamed_chunks()
-        cuda = self.device.startswith("cuda")
-        stats = self.model.prism_stats
+    def _build(self, path: str, options: VideoOptions, key: PrefixKey, check: bool) -> VideoPrefix:
+        """Decode, processor, vision tower and the decoder prefill of the prompt up to the end of the video: streamed
+        (the tower runs while the file decodes, Prism's decoder chunks as their features land) where the file allows,
+        else in a row."""
+        stats, chunks = self.model.prism_stats, self.decoder_chunks()
         stats.reset()
-        if cuda:
+        if self.cuda:
             synchronize_gpus()
         started = time.perf_counter()
-        with tqdm(total=1, desc=f"streaming video ({self.attn})", disable=not self.progress or stand_in,
-                  leave=False) as bar:
-            on = self.device if cuda else None
-            pairs = (chunks.vision_frames if chunks is not None else None) or BATCH_PAIRS
-            if chunks is None:
-                features, prepared = stream_video(self.model, self.processor, video, question, options, on, pairs,
-                                                  stand_in=stand_in)
-            else:  # the decoder's chunks run as their features land
-                pipeline, features, prepared = stream_prefill(self.model, self.processor, video, question, options,
-                                                             chunks, on, pairs, stand_in=stand_in)
-            if cuda:
+        on = self.device if self.cuda else None
+        pairs = (chunks.vision_frames if chunks is not None else None) or BATCH_PAIRS
+        pipeline = features = None
+        streamed = self.stream
+        with tqdm(total=1, desc=f"video prefix ({self.attn})", disable=not self.progress, leave=False) as bar:
+            if streamed:
+                try:
+                    if chunks is None:
+                        features, prepared = stream_video(self.model, self.processor, path, None, options, on, pairs)
+                    else:  # the decoder's chunks run as their features land
+                        pipeline, features, prepared = stream_prefill(self.model, self.processor, path, None, options,
+                                                                      chunks, on, pairs)
+                except StreamingUnavailable:  # raised before any work: in a row
+                    streamed = False
+            if not streamed:
+                prepared = build_inputs(self.processor, self.model.config, path, None, options, device=on,
+                                        resize_device=on)
+            if self.cuda:
                 synchronize_gpus()
+            video_s = time.perf_counter() - started
+            vision_s = stats.vision_seconds if streamed else None
+            t0 = time.perf_counter()
+            inputs = self._on_device(prepared.inputs)
+            if pipeline is not None:
+                overlapped = (pipeline.next, len(pipeline.bounds))  # the chunks that ran inside the stream
+                while not pipeline.done:
+                    pipeline.step(*features)
+                cache = pipeline.cache
+            else:
+                whole = chunks or ChunkConfig(prepared.total_tokens)
+                cache = chunked_prefill(self.model, inputs, whole, features).cache
+                overlapped = (0, -(-prepared.total_tokens // whole.decoder_tokens))
+            if self.cuda:
+                synchronize_gpus()
+            prefill_s = time.perf_counter() - t0
+            if not streamed:
+                vision_s = stats.vision_seconds
             bar.update(1)
-        prepared.seconds = time.perf_counter() - started
-        vision = stats.vision_seconds
-        overlapped = (pipeline.next, len(pipeline.bounds)) if chunks is not None else (0, 1)
-        t0 = time.perf_counter()
-        if chunks is None:
-            state = chunked_prefill(self.model, self._on_device(prepared.inputs), ChunkConfig(prepared.total_tokens),
-                                    features)
-        else:
-            while not pipeline.done:
-                pipeline.step(*features)
-            state = pipeline.state()
-            del pipeline
-        if cuda:
-            synchronize_gpus()
-        prefill = time.perf_counter() - t0
-        if not keep_features:
-            features = None
-        new = greedy_decode(self.model, state, max_new_tokens)[0]
-        del state
-        if cuda:
-            synchronize_gpus()
-        total = time.perf_counter() - t0
-        record = self._record(new, prefill, vision, total - prefill)
-        record.set_video(prepared)
-        record.streamed = True
-        record.decoder_chunks_streamed, record.decoder_chunks = overlapped
-        return record, features, prepared
-
-    def _generate(self, inputs: dict, max_new_tokens: int) -> RunRecord:
-        attn, stats = self.attn, self.model.prism_stats
-        stats.reset()
-        bar = tqdm(total=max_new_tokens, desc=f"generating ({attn})", disable=not self.progress, leave=False)
-        cuda = self.device.startswith("cuda")
-        if cuda:
-            synchronize_gpus()
-        t0 = time.perf_counter()
-        if self.chunks is None:
-            with torch.no_grad():
-                out = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
-                                          streamer=_TokenProgress(bar))
-            new = out[0, inputs["input_ids"].shape[1]:]
-        else:
-            state = chunked_prefill(self.model, inputs, self.chunks)
-            if cuda:
-                synchronize_gpus()
-            stats.prefill_seconds = time.perf_counter() - t0
-            new = greedy_decode(self.model, state, max_new_tokens)[0]
-            bar.update(new.numel())
-            bar.close()
-        if cuda:
-            synchronize_gpus()
-        total = time.perf_counter() - t0
-        prefill = stats.prefill_seconds or 0.0
-        return self._record(new, prefill, stats.vision_seconds, total - prefill)
-
-    def _record(self, new: torch.Tensor, prefill_s: float, vision_s: float | None, decode_s: float) -> RunRecord:
-        """The RunRecord of a generation that gave tokens `new`, with what model.prism_stats recorded of it."""
-        stats, prism = self.model.prism_stats, self.attn == "prism"
-        answer = self.processor.batch_decode(new[None], skip_special_tokens=True)[0].strip()
+        prism = self.attn == "prism"
         summary = stats.summary()
-        return RunRecord(self.attn, answer, prefill_s, vision_s, decode_s, int(new.numel()),
-                         stats.mean_density if prism else 1.0, stats.sparse_layers if prism else 0,
-                         summary["layers"], summary["dense_reasons"] if prism else [],
-                         stats.layer_report() if prism else [])
+        build = PrefixBuild(video_s, prefill_s, vision_s, streamed, *overlapped,
+                            stats.mean_density if prism else 1.0, stats.sparse_layers if prism else 0,
+                            summary["layers"], summary["dense_reasons"] if prism else [],
+                            stats.layer_report() if prism else [])
+        rope_deltas = self.model.model.rope_deltas
+        layers = cache_layers(cache)
+        del cache, pipeline
+        if check and prism and build.decoder_chunks == 1:  # in chunks, a one-pass check would not be its selections
+            build.layers_vs_dense = self._checked_prefill(inputs, features)
+        return VideoPrefix(key, layers, prepared.total_tokens, rope_deltas, prepared.frames_used, prepared.frame_size,
+                           prepared.visual_tokens, prepared.info.duration, build)
 
-    def check_against_dense(self, prepared_or_inputs: PreparedVideo | dict) -> list[dict]:
-        """One untimed Prism prefill in which every sparse layer also runs dense attention on the same inputs:
-        PrismRunStats.layer_report() with each layer's kept blocks and output error against dense."""
-        inputs = prepared_or_inputs.inputs if isinstance(prepared_or_inputs, PreparedVideo) else prepared_or_inputs
-        return self._checked_prefill(inputs)
+    def answer(self, prefix: VideoPrefix, built: bool, ids: list[int], max_new_tokens: int, cache=None, fed: int = 0,
+               on_token=None):
+        """(RunRecord, the conversation's cache) of an answer from `prefix` to the text tokens `ids` after the video
+        (pipelines.prefix.ask); `built`: the prefix was built for this answer (its build time is the record's)."""
+        if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
+        with self._lock:
+            if prefix.device != torch.device(self.device):  # offloaded since it was handed out (its data never changes)
+                if self.prefixes.get(prefix.key, self.device) is not prefix:
+                    prefix.to(self.device)
+            self.model.prism_stats.reset()
+            result = ask(self.model, prefix, ids, max_new_tokens, cache, fed, on_token)
+        b = prefix.build
+        answer = self.processor.batch_decode(result.tokens, skip_special_tokens=True)[0].strip()
+        record = RunRecord(self.attn, answer, b.prefill_s if built else 0.0, b.vision_s if built else None,
+                           result.decode_s, int(result.tokens.numel()), b.mean_density, b.sparse_layers, b.layers,
+                           b.dense_reasons, b.layer_report, prefix.frames, prefix.frame_size, prefix.visual_tokens,
+                           prefix.tokens + fed + len(ids), b.video_s if built else 0.0, b.streamed,
+                           b.decoder_chunks_streamed if built else 0, b.decoder_chunks, not built, result.question_s,
+                           len(ids), prefix.tokens)
+        return record, result
+
+    def warm_up(self) -> float:
+        """Pay the one-time costs (Triton compiles, cuDNN plans, allocator growth) once, on a stand-in: a black
+        WARMUP_PAIRS-pair video of WARMUP_SIDE-pixel frames prefilled in the session's decoder chunks, a question and
+        two decoding steps, in each attention mode. Returns the seconds it took (reported beside the timings it keeps
+        clean). Changes no state a later answer depends on."""
+        model_type = self.model.config.model_type
+        side = WARMUP_SIDE // (2 * MODEL_PATCH[model_type]) * 2 * MODEL_PATCH[model_type]
+        frames = torch.zeros((2 * WARMUP_PAIRS, 3, side, side), dtype=torch.uint8)
+        meta = {"fps": 2.0, "frames_indices": list(range(2 * WARMUP_PAIRS)), "total_num_frames": 2 * WARMUP_PAIRS}
+        inputs = prompt_inputs(self.processor, frames, meta, "warm-up", None, self.device if self.cuda else None)
+        ids = text_after_video(self.processor, video_messages("warm-up", "What happens in this video?"))
+        started, previous = time.perf_counter(), self.attn
+        with self._lock:
+            try:
+                for attn in ("prism", "dense"):
+                    self.set_attention(attn)
+                    chunks = self.decoder_chunks() or ChunkConfig(int(inputs["input_ids"].shape[1]))
+                    cache = chunked_prefill(self.model, self._on_device(inputs), chunks).cache
+                    prefix = VideoPrefix(None, cache_layers(cache), int(inputs["input_ids"].shape[1]),
+                                         self.model.model.rope_deltas, 0, (side, side), 0, 0.0, None)
+                    del cache
+                    ask(self.model, prefix, ids, 2)
+            finally:
+                self.set_attention(previous)
+                self.model.prism_stats.reset()
+        if self.cuda:
+            synchronize_gpus()
+        self.warmup_s = time.perf_counter() - started
+        return self.warmup_s
 
     def _checked_prefill(self, inputs: dict, features: tuple | None = None) -> list[dict]:
-        """check_against_dense's report; with `features` (the tower's, streamed), one decoder pass over them."""
-        inputs = self._on_device(inputs)
-        previous, stats = self.attn, self.model.prism_stats
-        self.set_attention("prism")
+        """One untimed Prism prefill of `inputs` (with `features`: the tower's, streamed) in which every sparse layer
+        also runs dense attention: PrismRunStats.layer_report() with each layer's kept blocks and error against dense."""
+        stats = self.model.prism_stats
         stats.reset()
         stats.check_against_dense = True
         try:
             with torch.no_grad():
-                if features is None:
-                    self.model(**inputs)
-                else:
-                    chunked_prefill(self.model, inputs, ChunkConfig(int(inputs["input_ids"].shape[1])), features)
+                chunked_prefill(self.model, inputs, ChunkConfig(int(inputs["input_ids"].shape[1])), features)
             return stats.layer_report()
         finally:
             stats.check_against_dense = False
-            self.set_attention(previous)
 
     def _on_device(self, inputs: dict) -> dict:
         return {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
 
-class VideoQA:
-    """Python API mirroring the CLI: VideoQA(model=..., attn=...)(video, question) -> dict."""
 
-    def __init__(self, model: str = DEFAULT_MODEL, attn: str = "prism", prism: PrismConfig | None = None,
-                 video: VideoOptions | None = None, max_new_tokens: int = 128, device: str | None = None,
-                 dtype: str = "auto", random_weights: bool = False, progress: bool = True, vision: str = "varlen",
-                 chunks: ChunkConfig | None = None, stream: bool = True,
-                 stream_chunks: ChunkConfig | None = STREAM_CHUNKS):
-        """stream: decode the video while the vision tower runs (VideoSession.run_streamed), per mode, where the
-        video can be streamed (else in a row: decoding, the processor, then the prefill; the result's "streamed"
-        says which); False: always in a row. stream_chunks: VideoSession's (Prism's decoder pipelined behind the
-        decoding in chunks of 8192 tokens; None: one decoder pass after the stream; dense runs always take one)."""
-        if attn not in ("prism", "dense", "compare"):
-            raise ValueError(f"attn must be prism, dense or compare, got {attn!r}")
-        if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
-        self.attn, self.video_opts, self.max_new_tokens = attn, video or VideoOptions(), max_new_tokens
-        self.stream = stream
-        self.session = VideoSession(model, prism, device, dtype, random_weights,
-                                    attn="dense" if attn == "dense" else "prism", progress=progress, vision=vision,
-                                    chunks=chunks, stream_chunks=stream_chunks)
-        self.model, self.processor, self.device = self.session.model, self.session.processor, self.session.device
-        self.model_name, self.prism_config = model, self.session.prism_config
+class Video:
+    """A video loaded into a session: questions about it are answered from its prefix (built once per attention
+    mode; the session's PrefixStore keeps it)."""
 
-    def prepare(self, video: str, question: str) -> PreparedVideo:
-        return self.session.prepare(video, question, self.video_opts)
+    def __init__(self, session: VideoSession, path: str, options: VideoOptions, attn: str):
+        self.session, self.path, self.options, self.attn = session, path, options, attn
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+        self._built_for_first = False  # the prefix was built by load_video: the first answer's record carries its time
+        self.prefix_used: VideoPrefix | None = None  # the prefix of the last answer (or of load_video)
 
-    def __call__(self, video: str, question: str, warmup: bool | None = None) -> dict:
-        modes = ["dense", "prism"] if self.attn == "compare" else [self.attn]
-        if warmup is None:  # one-time costs (kernel compiles, allocations) stay out of the timings
-            warmup = self.device.startswith("cuda") or len(modes) > 1
-        check = len(modes) > 1 and self.session.chunks is None  # compare: one unchunked pass checked against dense
-        runs, prepared = None, None
-        if self.stream:
+    def _prefix(self, check: bool = False) -> tuple[VideoPrefix, bool]:
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+            if self._error is not None:
+                error, self._error = self._error, None
+                raise error
+        if self.session.attn != self.attn:
+            self.session.set_attention(self.attn)
+        prefix, built = self.session.prefix(self.path, self.options, check)
+        if built:
+            self._built_for_first = True
+        self.prefix_used = prefix
+        return prefix, built
+
+    def _start(self, check: bool) -> None:
+        def build():
             try:
-                runs = {mode: self.session.run_streamed(video, question, self.video_opts, mode, self.max_new_tokens,
-                                                        warmup=warmup, check_against_dense=check)
-                        for mode in modes}
-            except StreamingUnavailable:  # raised before the first run did any work: run it in a row
-                runs = None
-        if runs is None:
-            prepared = self.prepare(video, question)
-            runs = {mode: self.session.run(prepared, mode, self.max_new_tokens, warmup=warmup) for mode in modes}
-        main = runs.get("prism") or runs["dense"]
-        streamed = main.streamed
-        result = {
-            "video": video, "question": question, "model": self.model_name,
-            "random_weights": self.session.random_weights, "device": self.session.device_name,
-            "frames": main.frames, "frame_size": list(main.frame_size),
-            "video_seconds": round((prepared.info if prepared is not None else probe(video)).duration, 3),
-            "visual_tokens": main.visual_tokens, "total_tokens": main.total_tokens,
-            "video_s": main.video_s, "streamed": streamed, "vision_attention": self.session.vision,
-            "runs": {m: r.to_dict(video=streamed) for m, r in runs.items()},
-        }
-        result["answer"] = main.answer
-        if len(runs) == 2:
-            result["first_token_speedup"] = runs["dense"].first_token_s / max(runs["prism"].first_token_s, 1e-9)
-            if same_decoder_work(runs["dense"], runs["prism"]):
-                # streamed, prefill_s is the decoder's alone (the tower ran inside video_s)
-                result["prefill_speedup"] = runs["dense"].prefill_s / max(runs["prism"].prefill_s, 1e-9)
-            result["answers_agree"] = runs["dense"].answer == runs["prism"].answer
-            if check:
-                result["layers_vs_dense"] = (runs["prism"].layers_vs_dense if streamed
-                                             else self.session.check_against_dense(prepared))
-        return result
+                self._prefix(check)
+            except BaseException as e:  # noqa: BLE001 - raised in the caller's thread by the next ask
+                self._error = e
 
-def printable(text: str) -> str:
-    """Text safe for a terminal: control and other non-printing characters as escapes (\\x1c), newlines kept."""
-    return "".join(c if c.isprintable() or c == "\n" else c.encode("unicode_escape").decode("ascii") for c in text)
+        self._thread = threading.Thread(target=build, name="prism_mm-prefix", daemon=True)
+        self._thread.start()
+
+    def ready(self) -> bool:
+        """True once the prefix has been built (or failed: ask() then raises the error)."""
+        return self._thread is None or not self._thread.is_alive()
+
+    def wait(self) -> VideoPrefix:
+        """Wait for the prefix (built again if it was evicted since)."""
+        return self._prefix()[0]
+
+    def _take_build(self, built: bool) -> bool:
+        """Whether this answer carries the prefix's build time: built for it, or by load_video before the first ask."""
+        carried = built or self._built_for_first
+        self._built_for_first = False
+        return carried
+
+    def ask(self, question: str, max_new_tokens: int = 128, on_token=None) -> RunRecord:
+        """The answer to `question` from the video's prefix (built now if it is not kept), as a RunRecord (reused:
+        False for the answer that paid for the prefix). on_token(token_id) streams the answer's tokens."""
+        prefix, built = self._prefix()
+        ids = text_after_video(self.session.processor, video_messages(self.path, question))
+        return self.session.answer(prefix, self._take_build(built), ids, max_new_tokens, on_token=on_token)[0]
+
+    def chat(self) -> "Chat":
+        return Chat(self)
 
 
-CPU_TIMING_NOTE = ("timings on a CPU are not a speed measure: the Triton kernels run in the interpreter or as torch "
-                   "twins here; GPU speed-ups are in benchmarks/results/*.md")
+class Chat:
+    """A conversation about one video: each turn's question and answer stay in the cache after the prefix, and the
+    next turn prefills only the tokens the template adds after them (as one dense chunk).
 
+    The template renders the earlier answers from their text; where that tokenizes differently from the tokens the
+    model generated (whitespace stripped, say), the cache goes back to the prefix and the whole conversation after the
+    video is prefilled again, so a turn always equals a fresh run over the conversation as the template writes it."""
 
-def _secs(seconds: float) -> str:
-    return f"{seconds:.2f} s" if seconds >= 0.1 else f"{seconds * 1e3:.1f} ms"
+    def __init__(self, video: Video):
+        self.video = video
+        self.messages: list[dict] = []
+        self._cache = None
+        self._fed: list[int] = []  # the token ids after the prefix that the cache holds
+        self._prefix_key = None
 
+    def ask(self, question: str, max_new_tokens: int = 128, on_token=None) -> RunRecord:
+        session = self.video.session
+        prefix, built = self.video._prefix()
+        content = [{"type": "text", "text": question}]
+        if not self.messages:
+            content.insert(0, {"type": "video", "video": self.video.path})
+        messages = self.messages + [{"role": "user", "content": content}]
+        ids = text_after_video(session.processor, messages)
+        same = 0
+        if self._prefix_key == prefix.key:
+            while same < min(len(ids), len(self._fed)) and ids[same] == self._fed[same]:
+                same += 1
+        if self._cache is None or same < len(self._fed) or same == len(ids):  # diverged (or nothing new): start over
+            self._cache, self._fed, same = None, [], 0
+        record, result = session.answer(prefix, self.video._take_build(built), ids[same:], max_new_tokens,
+                                        self._cache, same, on_token)
+        self._cache, self._prefix_key = result.cache, prefix.key
+        self._fed = ids + result.tokens[0, :-1].tolist()  # the last generated token is not fed yet
+        self.messages = messages + [{"role": "assistant", "content": [{"type": "text", "text": record.answer}]}]
+        return record
 
-def format_report(r: dict) -> str:
-    """A VideoQA result as the CLI's text report."""
-    lines = []
-    if r["random_weights"]:
-        lines.append("NOTE: random weights - the answer is meaningless (the attention and its timings are real).")
-    lines.append(f"answer: {printable(r['answer'])}")
-    size = f" at {r['frame_size'][0]}x{r['frame_size'][1]} (width x height)" if "frame_size" in r else ""
-    lines.append(f"frames: {r['frames']}{size}  "
-                 f"visual tokens: {r['visual_tokens']}  total tokens: {r['total_tokens']}  device: {r['device']}")
-    for mode, run in r["runs"].items():
-        dens = ""
-        if mode == "prism" and run["mean_density"] is not None:
-            dens = f"  mean density {run['mean_density']:.3f}, sparse in {run['sparse_layers']}/{run['layers']} layers"
-            if run["dense_reasons"]:
-                dens += f" (dense: {'; '.join(run['dense_reasons'])})"
-        vision = run["vision_s"] or 0.0
-        if run.get("streamed"):
-            chunks = run.get("decoder_chunks_streamed", 0)
-            also = f" and {chunks} of {run['decoder_chunks']} decoder chunks" if chunks else ""
-            rest = "rest of the decoder prefill" if chunks else "decoder prefill"
-            stage = (f"video decoded while the vision tower{also} ran {_secs(run['video_s'])} (tower {_secs(vision)} "
-                     f"of it) + {rest} {_secs(run['prefill_s'])} = first token at "
-                     f"{_secs(run['video_s'] + run['prefill_s'])}")
-        else:
-            stage = (f"video {_secs(r['video_s'])} + vision tower {_secs(vision)} + decoder prefill "
-                     f"{_secs(run['prefill_s'] - vision)} = first token at {_secs(r['video_s'] + run['prefill_s'])}")
-        lines.append(f"{mode:>6}: {stage}; decode {_secs(run['decode_s'])} ({run['new_tokens']} tokens){dens}")
-    if r.get("layers_vs_dense"):
-        lines.append("per decoder layer, Prism against dense attention on the same inputs:")
-        for row in r["layers_vs_dense"]:
-            what = (f"attention output rel. error vs dense {row['dense_rel_err']:.2e}" if row["sparse"]
-                    else f"ran dense ({row['reason']})")
-            lines.append(f"  layer {row['layer']:>2}: kept {row['kept_blocks']}/{row['total_blocks']} blocks "
-                         f"({row['density']:.1%}), {what}")
-        if r["random_weights"]:
-            lines.append("  (random weights spread attention evenly, so every dropped block costs accuracy; on real "
-                         "weights see benchmarks/results/fidelity.md)")
-    if "first_token_speedup" in r:
-        if r["device"] == "cpu":
-            lines.append(CPU_TIMING_NOTE)
-        else:
-            decoder = "decoder " if r.get("streamed") else ""
-            what = f"first token {r['first_token_speedup']:.2f}x sooner"
-            if "prefill_speedup" in r:
-                what = f"{decoder}prefill speed-up {r['prefill_speedup']:.2f}x, {what}"
-            else:  # Prism's chunks ran inside the stream: its prefill_s is what was left after it
-                what += " (decoder prefills not compared: Prism's ran pipelined behind the decoding)"
-            lines.append(f"on {r['device']}: {what} (dense = transformers' SDPA in the vision tower and the decoder; "
-                         f"prism = {r['vision_attention']} vision attention + Prism)")
-        lines.append(f"answers agree: {r['answers_agree']}")
-    return "\n".join(lines)
+    def reset(self) -> None:
+        """A new conversation about the same video (its prefix stays)."""
+        self.messages, self._cache, self._fed, self._prefix_key = [], None, [], None

@@ -64,8 +64,9 @@ from .video import (
 BATCH_PAIRS = 32  # temporal patches per vision-tower call while streaming (16, 32, 64, 128 measured: 32 or flat)
 
 
-def stream_video(model, processor, video_path: str, question: str, opts: VideoOptions, device: str | None = None,
-                 batch_pairs: int = BATCH_PAIRS, stand_in: bool = False) -> tuple[tuple, PreparedVideo]:
+def stream_video(model, processor, video_path: str, question: str | None, opts: VideoOptions,
+                 device: str | None = None, batch_pairs: int = BATCH_PAIRS,
+                 stand_in: bool = False) -> tuple[tuple, PreparedVideo]:
     """The video's vision-tower features (features [video tokens, hidden], deepstack list or None), computed while
     the file decodes, and its PreparedVideo (the processor's prompt tensors without pixel values; `seconds`: the
     whole streamed stage, decoding and vision tower included).
@@ -77,7 +78,7 @@ def stream_video(model, processor, video_path: str, question: str, opts: VideoOp
     return features, prepared
 
 
-def stream_prefill(model, processor, video_path: str, question: str, opts: VideoOptions, chunks: ChunkConfig,
+def stream_prefill(model, processor, video_path: str, question: str | None, opts: VideoOptions, chunks: ChunkConfig,
                    device: str | None = None, batch_pairs: int = BATCH_PAIRS,
                    stand_in: bool = False) -> tuple[ChunkedPrefill, tuple, PreparedVideo]:
     """stream_video with the decoder prefill pipelined behind it: each decoder chunk of `chunks.decoder_tokens` runs

@@ -348,7 +348,7 @@ def resize_frames(frames: torch.Tensor, size: tuple[int, int], device: str | Non
     return out
 
 
-def build_inputs(processor, model_config, video_path: str, question: str, opts: VideoOptions,
+def build_inputs(processor, model_config, video_path: str, question: str | None, opts: VideoOptions,
                  device: str | None = None, resize_device: str | None = None) -> PreparedVideo:
     """Chat prompt with one video and a question -> processor tensors, plus what was used.
 
@@ -369,10 +369,19 @@ def check_model_type(model_config) -> str:
     return model_type
 
 
-def prompt_inputs(processor, frames: torch.Tensor, metadata: dict, video_path: str, question: str,
+VISION_END = "<|vision_end|>"  # the token that closes a video in every Qwen-VL chat template
+
+
+def video_messages(video_path: str, question: str) -> list[dict]:
+    """The chat messages of one video and a question after it."""
+    return [{"role": "user", "content": [{"type": "video", "video": video_path}, {"type": "text", "text": question}]}]
+
+
+def prompt_inputs(processor, frames: torch.Tensor, metadata: dict, video_path: str, question: str | None,
                   device: str | None = None) -> dict:
-    """The processor's tensors for the chat prompt of one video (uint8 frames [T, 3, H, W], sized) and a question."""
-    messages = [{"role": "user", "content": [{"type": "video", "video": video_path}, {"type": "text", "text": question}]}]
+    """The processor's tensors for the chat prompt of one video (uint8 frames [T, 3, H, W], sized) and a question;
+    question None: the prompt up to the end of the video (its last vision-end token included), a video prefix's."""
+    messages = video_messages(video_path, "" if question is None else question)
     text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     meta = {"fps": float(metadata["fps"]), "frames_indices": list(metadata["frames_indices"]),
             "total_num_frames": int(metadata["total_num_frames"])}
@@ -381,9 +390,15 @@ def prompt_inputs(processor, frames: torch.Tensor, metadata: dict, video_path: s
         # The frames come sized by qwen-vl-utils, which applies the per-frame pixel cap (the reference behaviour);
         # with do_resize=False the flag changes nothing here, and setting it silences newer transformers' warning.
         video_processor.cap_pixels_per_frame = True
-    inputs = processor(text=[text], videos=[frames], video_metadata=[meta], do_resize=False, do_sample_frames=False,
-                       return_tensors="pt", **({"device": str(device)} if device is not None else {}))
-    return dict(inputs)
+    inputs = dict(processor(text=[text], videos=[frames], video_metadata=[meta], do_resize=False,
+                            do_sample_frames=False, return_tensors="pt",
+                            **({"device": str(device)} if device is not None else {})))
+    if question is None:
+        ids = inputs["input_ids"]
+        end = int((ids[0] == processor.tokenizer.convert_tokens_to_ids(VISION_END)).nonzero()[-1]) + 1
+        inputs = {k: v[:, :end] if isinstance(v, torch.Tensor) and v.shape[:2] == ids.shape else v
+                  for k, v in inputs.items()}
+    return inputs
 
 
 def prepared_video(inputs: dict, model_config, info: VideoInfo, frames: int, frame_size: tuple[int, int]) -> PreparedVideo:
