@@ -137,15 +137,16 @@ class PrefixStore:
     """The prefixes of one loaded model, least recently used first out.
 
     device_bytes: what the prefixes on the model's device may hold together (None: no bound); a prefix is kept even
-    when it alone exceeds it, until the next one comes. cpu_bytes: what evicted prefixes may hold in pinned CPU memory
-    (0: evicted prefixes are dropped); one asked for again moves back to the device."""
+    when it alone exceeds it, until the next one comes. cpu_bytes: what evicted prefixes may hold offloaded to (pinned)
+    CPU memory (0: evicted prefixes are dropped); one asked for again moves back to the device."""
 
     def __init__(self, device_bytes: int | None = None, cpu_bytes: int = 0):
         for name, value in (("device_bytes", device_bytes), ("cpu_bytes", cpu_bytes)):
             if value is not None and (not isinstance(value, int) or value < 0):
                 raise ValueError(f"PrefixStore {name} must be an int >= 0 (bytes), got {value!r}")
-        self.device_bytes, self.cpu_bytes = device_bytes, cpu_bytes
+        self.device_bytes, self.cpu_bytes = device_bytes, cpu_bytes or 0
         self._kept: OrderedDict[PrefixKey, VideoPrefix] = OrderedDict()
+        self._offloaded: set[PrefixKey] = set()
         self.hits = self.misses = self.evicted = 0
 
     def __len__(self) -> int:
@@ -155,61 +156,68 @@ class PrefixStore:
         return key in self._kept
 
     def get(self, key: PrefixKey, device: torch.device | str) -> VideoPrefix | None:
-        """The prefix kept for `key` (on `device`, moved back there if it was offloaded), or None."""
+        """The prefix kept for `key` (moved back to `device` if it was offloaded), or None."""
         prefix = self._kept.get(key)
         if prefix is None:
             self.misses += 1
             return None
         self.hits += 1
         self._kept.move_to_end(key)
-        if prefix.device != torch.device(device):
+        if key in self._offloaded:
+            self._offloaded.discard(key)
             prefix.to(device)
             self._fit(keep=key)
         return prefix
 
+    def restore(self, prefix: VideoPrefix, device: torch.device | str) -> None:
+        """Put a prefix handed out earlier back on `device` if it was offloaded (or dropped from the CPU) since: its
+        data never changes, so it still answers."""
+        if prefix.key in self._offloaded and self._kept.get(prefix.key) is prefix:
+            self._offloaded.discard(prefix.key)
+            prefix.to(device)
+            self._kept.move_to_end(prefix.key)
+            self._fit(keep=prefix.key)
+        elif prefix.device.type != torch.device(device).type:
+            prefix.to(device)
+
     def put(self, prefix: VideoPrefix) -> None:
         self._kept[prefix.key] = prefix
         self._kept.move_to_end(prefix.key)
+        self._offloaded.discard(prefix.key)
         self._fit(keep=prefix.key)
-
-    def drop(self, key: PrefixKey) -> None:
-        self._kept.pop(key, None)
 
     def clear(self) -> None:
         self._kept.clear()
+        self._offloaded.clear()
 
-    def _bytes(self, on_cpu: bool) -> int:
-        return sum(p.nbytes for p in self._kept.values() if (p.device.type == "cpu") == on_cpu)
+    def _bytes(self, offloaded: bool) -> int:
+        return sum(p.nbytes for k, p in self._kept.items() if (k in self._offloaded) == offloaded)
 
     def _fit(self, keep: PrefixKey) -> None:
         """Evict least recently used prefixes (never `keep`) until the device's share fits, offloading them while the
-        CPU share allows; then drop the oldest offloaded ones until that share fits."""
-        keep_device = self._kept[keep].device
-        if keep_device.type != "cpu" and self.device_bytes is not None:
-            for key in list(self._kept):
-                if self._bytes(on_cpu=False) <= self.device_bytes:
-                    break
-                prefix = self._kept[key]
-                if key == keep or prefix.device.type == "cpu":
-                    continue
-                if self.cpu_bytes and prefix.nbytes <= self.cpu_bytes:
-                    prefix.to("cpu")
-                else:
-                    del self._kept[key]
-                self.evicted += 1
-        limit = self.cpu_bytes if keep_device.type != "cpu" else (self.device_bytes or None)
-        if limit is not None:
-            for key in list(self._kept):
-                if self._bytes(on_cpu=True) <= limit:
-                    break
-                if key != keep and self._kept[key].device.type == "cpu":
-                    del self._kept[key]
-                    self.evicted += 1
+        CPU share allows, then drop the oldest offloaded ones until that share fits."""
+        for key in list(self._kept):
+            if self.device_bytes is None or self._bytes(offloaded=False) <= self.device_bytes:
+                break
+            if key == keep or key in self._offloaded:
+                continue
+            self.evicted += 1
+            if self._kept[key].nbytes <= self.cpu_bytes:
+                self._kept[key].to("cpu")
+                self._offloaded.add(key)
+            else:
+                del self._kept[key]
+        for key in list(self._kept):
+            if self._bytes(offloaded=True) <= self.cpu_bytes:
+                break
+            if key in self._offloaded:
+                del self._kept[key]
+                self._offloaded.discard(key)
 
     def report(self) -> list[dict]:
-        """One row per kept prefix, least recently used first: file, tokens, bytes and where it lives."""
-        return [{"file": p.key.file[0], "attention": p.key.attention[0], "tokens": p.tokens, "bytes": p.nbytes,
-                 "device": str(p.device)} for p in self._kept.values()]
+        """One row per kept prefix, least recently used first: file, attention, tokens, bytes, offloaded or not."""
+        return [{"file": k.file[0], "attention": k.attention[0], "tokens": p.tokens, "bytes": p.nbytes,
+                 "offloaded": k in self._offloaded} for k, p in self._kept.items()]
 
 
 def text_after_video(processor, messages: list[dict]) -> list[int]:

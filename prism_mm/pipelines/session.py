@@ -265,9 +265,7 @@ class VideoSession:
         if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
         with self._lock:
-            if prefix.device != torch.device(self.device):  # offloaded since it was handed out (its data never changes)
-                if self.prefixes.get(prefix.key, self.device) is not prefix:
-                    prefix.to(self.device)
+            self.prefixes.restore(prefix, self.device)  # evicted since it was handed out (a background build)
             self.model.prism_stats.reset()
             result = ask(self.model, prefix, ids, max_new_tokens, cache, fed, on_token)
         b = prefix.build
@@ -339,15 +337,19 @@ class Video:
         self.prefix_used: VideoPrefix | None = None  # the prefix of the last answer (or of load_video)
 
     def _prefix(self, check: bool = False) -> tuple[VideoPrefix, bool]:
+        """(the prefix, built by this call), after the background build if one runs (its error is raised here)."""
         if self._thread is not None:
             self._thread.join()
             self._thread = None
             if self._error is not None:
                 error, self._error = self._error, None
                 raise error
-        if self.session.attn != self.attn:
+        return self._get(check)
+
+    def _get(self, check: bool) -> tuple[VideoPrefix, bool]:
+        with self.session._lock:
             self.session.set_attention(self.attn)
-        prefix, built = self.session.prefix(self.path, self.options, check)
+            prefix, built = self.session.prefix(self.path, self.options, check)
         if built:
             self._built_for_first = True
         self.prefix_used = prefix
@@ -356,7 +358,7 @@ class Video:
     def _start(self, check: bool) -> None:
         def build():
             try:
-                self._prefix(check)
+                self._get(check)
             except BaseException as e:  # noqa: BLE001 - raised in the caller's thread by the next ask
                 self._error = e
 
