@@ -1,4 +1,5 @@
-"""An offline lmms-eval smoke task: multiple-choice questions about generated demo clips.
+"""An offline lmms-eval smoke task: multiple-choice questions about generated demo clips, several per clip and
+listed clip by clip, as VideoMME lists its 3 questions per video.
 
     python -m prism_mm.eval.smoke TASK_DIR      # then: lmms-eval ... --tasks prism_smoke --include_path TASK_DIR
 """
@@ -15,7 +16,6 @@ from ..testing.clips import make_demo_video
 QUESTIONS = [
     ("Which way does the red square move?", ["left", "right", "up", "down"], "B"),
     ("Which way does the blue disc move?", ["left", "right", "up", "down"], "D"),
-    ("What colour is the square?", ["green", "blue", "red", "yellow"], "C"),
     ("How many moving shapes are there?", ["one", "two", "three", "four"], "B"),
 ]
 
@@ -41,7 +41,8 @@ metric_list:
 
 
 def write_smoke_task(task_dir: str | Path, videos: int = 2, seconds: float = 4.0) -> Path:
-    """Write prism_smoke.yaml, utils.py, smoke.json and `videos` demo clips into task_dir."""
+    """Write prism_smoke.yaml, utils.py, smoke.json and `videos` demo clips into task_dir; smoke.json lists each
+    clip's len(QUESTIONS) questions one after another."""
     task_dir = Path(task_dir).resolve()
     task_dir.mkdir(parents=True, exist_ok=True)
     docs = []
