@@ -167,7 +167,7 @@ def test_processes_need_a_main_module_safe_to_import_again(tmp_path, monkeypatch
         module.__file__ = str(script)
         monkeypatch.setitem(sys.modules, "__main__", module)
 
-    main_script("from prism_mm.pipelines.session import VideoQA\nprint(VideoQA()('a.mp4', 'q'))\n")
+    main_script("from prism_mm.pipelines.qa import VideoQA\nprint(VideoQA()('a.mp4', 'q'))\n")
     assert not reader.decoder_processes_available()
     main_script("import sys\n\ndef main():\n    pass\n\nif __name__ == '__main__':\n    sys.exit(main())\n")
     assert reader.decoder_processes_available()

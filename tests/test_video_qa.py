@@ -11,9 +11,11 @@ import torch
 pytest.importorskip("decord")
 pytest.importorskip("qwen_vl_utils")
 
-from prism_mm.pipelines.session import RunRecord, VideoSession  # noqa: E402
+from prism_mm.pipelines.qa import VideoQA  # noqa: E402
+from prism_mm.pipelines.record import RunRecord  # noqa: E402
+from prism_mm.pipelines.session import VideoSession  # noqa: E402
 from prism_mm.pipelines.video import VideoOptions, build_inputs, probe, sample_frames  # noqa: E402
-from prism_mm.pipelines.video_qa import VideoQA, main  # noqa: E402
+from prism_mm.pipelines.video_qa import main  # noqa: E402
 from prism_mm.testing.clips import make_demo_video  # noqa: E402
 from prism_mm.testing.tiny import save_tiny  # noqa: E402
 
@@ -148,29 +150,39 @@ def test_python_api_compare(clip, tiny, stream):
     assert all(row["dense_rel_err"] < bound for row in layers)
 
 
-def test_session_runs_into_one_record(clip, tiny):
+def test_session_answers_into_one_record(clip, tiny):
+    """A video loaded in each attention mode (in a row) and asked: RunRecords with the prefix's video fields, what
+    Prism did while building it, the tower's share of the prefill, the same answer at thresholds 1.0; the record's
+    times add up; set_attention refuses an unknown mode."""
     from prism_mm import PrismConfig
 
     cfg = PrismConfig.video(block_size=16, min_sparse_len=0, max_density=1.0).with_threshold(1.0)
-    session = VideoSession(tiny, cfg, device="cpu", attn="dense")
-    prepared = session.prepare(clip, "What moves?", VideoOptions(fps=2.0, max_frames=4))
-    dense, prism = session.run(prepared, "dense", 3), session.run(prepared, "prism", 3)
-    assert isinstance(prism, RunRecord) and session.attn == "prism"
-    assert (prism.frames, prism.visual_tokens, prism.total_tokens) == (4, prepared.visual_tokens, prepared.total_tokens)
+    session = VideoSession(tiny, cfg, device="cpu", attn="dense", stream=False)
+    opts = VideoOptions(fps=2.0, max_frames=4)
+    dense = session.load_video(clip, opts).ask("What moves?", 3)
+    session.set_attention("prism")
+    video = session.load_video(clip, opts)
+    prism = video.ask("What moves?", 3)
+    prefix = video.prefix_used
+    assert isinstance(prism, RunRecord) and prism.attn == "prism" and dense.attn == "dense"
+    assert (prism.frames, prism.visual_tokens, prism.prefix_tokens) == (4, prefix.visual_tokens, prefix.tokens)
+    assert prism.total_tokens == prefix.tokens + prism.question_tokens and prism.question_tokens > 0
     assert prism.sparse_layers == prism.layers == 2 and prism.mean_density == 1.0 and prism.prefill_s > 0
-    # generate() may encode the video before its first forward: the prefill clock starts with the vision tower
+    # in a row, the tower runs inside the prefill
     assert 0 < prism.vision_s < prism.prefill_s and 0 < dense.vision_s < dense.prefill_s
+    assert not prism.streamed and not prism.reused and not dense.reused
     assert dense.mean_density == 1.0 and dense.sparse_layers == 0 and dense.answer == prism.answer
-    assert prism.new_tokens == 3 and prism.total_s == pytest.approx(prism.prefill_s + prism.decode_s)
-    bare = session.run(prepared.inputs, max_new_tokens=2)  # a plain inputs dict: no video fields
-    assert bare.attn == "prism" and bare.frames is None and "frames" not in bare.to_dict(video=False)
-    assert json.loads(json.dumps(prism.to_dict()))["visual_tokens"] == prepared.visual_tokens
+    assert prism.new_tokens == 3
+    assert prism.total_s == pytest.approx(prism.video_s + prism.prefill_s + prism.question_s + prism.decode_s)
+    assert prism.first_token_s == pytest.approx(prism.video_s + prism.prefill_s + prism.question_s)
+    assert json.loads(json.dumps(prism.to_dict()))["visual_tokens"] == prefix.visual_tokens
     with pytest.raises(ValueError, match="attn"):
-        session.run(prepared, "sparse", 1)
+        session.set_attention("sparse")
 
 
 def test_front_ends_import_no_cli_module():
-    """The session and the lmms-eval model are imported by front ends; none of them imports a CLI module."""
+    """The pipelines (session, prefix, qa, record, report, ...) and the lmms-eval model are imported by front ends;
+    none of them imports a CLI module."""
     import ast
     from pathlib import Path
 
@@ -178,7 +190,8 @@ def test_front_ends_import_no_cli_module():
 
     root = Path(prism_mm.__file__).parent
     clis = {"video_qa", "demo"}
-    for path in [root / "pipelines" / "session.py", root / "pipelines" / "video.py", *(root / "eval").glob("*.py")]:
+    modules = [p for p in (root / "pipelines").glob("*.py") if p.stem not in clis]
+    for path in [*modules, *(root / "eval").glob("*.py")]:
         for node in ast.walk(ast.parse(path.read_text())):
             names = ([node.module or ""] + [a.name for a in node.names] if isinstance(node, ast.ImportFrom)
                      else [a.name for a in node.names] if isinstance(node, ast.Import) else [])
@@ -195,6 +208,7 @@ def test_cli_json(clip, tiny, attn, stream, capsys):
     result = json.loads(capsys.readouterr().out)
     assert result["frames"] == 4 and result["visual_tokens"] > 0 and result["streamed"] is (stream is None)
     assert set(result["runs"]) == ({"dense", "prism"} if attn == "compare" else {attn})
+    assert result["question"] == "What moves?" and result["reused"] is False
 
 
 def readme_main_job() -> list[str]:
@@ -236,11 +250,12 @@ def test_cli_quiet_output_has_no_library_chatter(clip):
 
 def test_report_escapes_control_characters():
     """A random-weight answer such as 'J' + 127 x '\\x1c' is printed as escapes, not raw control bytes."""
-    from prism_mm.pipelines.session import format_report, printable
+    from prism_mm.pipelines.report import format_report, printable
 
     assert printable("J" + "\x1c" * 3 + "\nok\x1b[2J") == "J\\x1c\\x1c\\x1c\nok\\x1b[2J"
-    report = format_report({"random_weights": True, "answer": "J" + "\x1c" * 127, "frames": 4, "frame_size": [56, 28],
-                            "visual_tokens": 8, "total_tokens": 20, "device": "cpu", "runs": {}})
+    report = format_report({"random_weights": True, "question": "q\x1b", "answer": "J" + "\x1c" * 127, "frames": 4,
+                            "frame_size": [56, 28], "visual_tokens": 8, "total_tokens": 20, "device": "cpu",
+                            "runs": {}})
     assert not any(ord(c) < 32 and c != "\n" for c in report) and "J\\x1c" in report
 
 
@@ -248,11 +263,12 @@ def test_report_compares_decoder_prefills_only_for_the_same_work():
     """On a GPU the compare report prints the decoder prefill's speed-up when the result has one, and says the
     prefills are not compared when VideoQA left it out (Prism's chunks ran inside the stream, dense's did not);
     same_decoder_work decides that."""
-    from prism_mm.pipelines.session import RunRecord, format_report, same_decoder_work
+    from prism_mm.pipelines.record import same_decoder_work
+    from prism_mm.pipelines.report import format_report
 
-    base = {"random_weights": True, "answer": "a", "frames": 4, "frame_size": [56, 28], "visual_tokens": 8,
-            "total_tokens": 20, "device": "NVIDIA H200", "runs": {}, "streamed": True, "vision_attention": "varlen",
-            "first_token_speedup": 1.2, "answers_agree": True}
+    base = {"random_weights": True, "question": "q", "answer": "a", "frames": 4, "frame_size": [56, 28],
+            "visual_tokens": 8, "total_tokens": 20, "device": "NVIDIA H200", "runs": {}, "streamed": True,
+            "vision_attention": "varlen", "first_token_speedup": 1.2, "answers_agree": True}
     assert "decoder prefill speed-up 3.00x, first token 1.20x sooner" in format_report({**base, "prefill_speedup": 3.0})
     report = format_report(base)
     assert "first token 1.20x sooner (decoder prefills not compared" in report and "prefill speed-up" not in report
@@ -359,38 +375,38 @@ def test_check_device_names_the_fix(monkeypatch):
         check_device("cuda:1")
 
 
-def test_streamed_session_run_answers_as_the_unstreamed_run(clip, tiny):
-    """run_streamed (the video decoded while the tower runs, then the decoder prefill and greedy decoding) gives
-    run()'s answer and token counts (thresholds 1.0), and its record says the tower ran inside video_s."""
+def test_streamed_prefix_answers_as_the_unstreamed_one(clip, tiny):
+    """A prefix built streamed (the video decoded while the tower runs, the decoder chunks pipelined behind it) gives
+    the answer and token counts of one built in a row (thresholds 1.0), and its record says the tower ran inside
+    video_s."""
     from prism_mm import PrismConfig
 
     cfg = PrismConfig.video(block_size=16, min_sparse_len=0, max_density=1.0).with_threshold(1.0)
-    session = VideoSession(tiny, cfg, device="cpu")
     opts = VideoOptions(fps=2.0, max_frames=6)
-    plain = session.run(session.prepare(clip, "What moves?", opts), "prism", 4)
-    streamed = session.run_streamed(clip, "What moves?", opts, "prism", 4)
+    plain = VideoSession(tiny, cfg, device="cpu", stream=False).load_video(clip, opts).ask("What moves?", 4)
+    streamed = VideoSession(tiny, cfg, device="cpu").load_video(clip, opts).ask("What moves?", 4)
     assert streamed.streamed and not plain.streamed and streamed.answer == plain.answer
     assert (streamed.frames, streamed.visual_tokens, streamed.total_tokens) == \
         (plain.frames, plain.visual_tokens, plain.total_tokens) == (6, plain.visual_tokens, plain.total_tokens)
     assert streamed.sparse_layers == streamed.layers == 2 and streamed.mean_density == 1.0
-    assert 0 < streamed.vision_s < streamed.video_s and streamed.prefill_s > 0
-    assert streamed.first_token_s == pytest.approx(streamed.video_s + streamed.prefill_s)
+    assert 0 < streamed.vision_s < streamed.video_s
+    assert streamed.first_token_s == pytest.approx(streamed.video_s + streamed.prefill_s + streamed.question_s)
 
 
 def test_streamed_chunked_session_pipelines_the_decoder_and_answers_as_unchunked(clip, tiny, capsys):
     """A session with decoder chunks streams with the prefill pipelined (stream_prefill): the answer of the
-    unchunked, unstreamed run (thresholds 1.0), the chunks counted in the record, and the CLI's report says so."""
+    unchunked prefix built in a row (thresholds 1.0), the chunks counted in the record, and the CLI's report says
+    so."""
     from prism_mm import PrismConfig
     from prism_mm.pipelines.prefill import ChunkConfig
 
     cfg = PrismConfig.video(block_size=16, min_sparse_len=0, max_density=1.0).with_threshold(1.0)
     opts = VideoOptions(fps=2.0, max_frames=6)
-    plain_session = VideoSession(tiny, cfg, device="cpu")
-    plain = plain_session.run(plain_session.prepare(clip, "What moves?", opts), "prism", 4)
+    plain = VideoSession(tiny, cfg, device="cpu", stream=False).load_video(clip, opts).ask("What moves?", 4)
     session = VideoSession(tiny, cfg, device="cpu", chunks=ChunkConfig(decoder_tokens=48, vision_frames=1))
-    streamed = session.run_streamed(clip, "What moves?", opts, "prism", 4)
+    streamed = session.load_video(clip, opts).ask("What moves?", 4)
     assert streamed.streamed and streamed.answer == plain.answer
-    assert streamed.decoder_chunks == -(-plain.total_tokens // 48) > 1
+    assert streamed.decoder_chunks == -(-plain.prefix_tokens // 48) > 1
     # one pair per tower call (vision_frames): chunks run between them; those after the last are prefill_s
     assert 1 <= streamed.decoder_chunks_streamed < streamed.decoder_chunks and streamed.prefill_s > 0
     code = main(["--video", clip, "--question", "What moves?", "--model", tiny, "--max-frames", "4",
@@ -399,22 +415,28 @@ def test_streamed_chunked_session_pipelines_the_decoder_and_answers_as_unchunked
     assert code == 0 and re.search(r"vision tower and \d+ of \d+ decoder chunks ran", capsys.readouterr().out)
 
 
-def test_streamed_warmup_reads_the_file_once_and_changes_no_answer(clip, tiny, monkeypatch):
-    """run_streamed(warmup=True) warms up on black stand-in frames: the file's frames are read once (by the timed
-    run), and the answer is the run without a warm-up's."""
+def test_warm_up_reads_no_file_and_changes_no_answer(clip, tiny, monkeypatch):
+    """VideoSession.warm_up (run once by VideoQA at construction on a GPU) runs on black stand-in frames: the file's
+    frames are read only by the prefix build, the session's attention is as before, and the answer is that of a
+    session that did not warm up. (A smaller stand-in than the GPU's, for the CPU.)"""
     from prism_mm import PrismConfig
+    from prism_mm.pipelines import session as session_module
     from prism_mm.pipelines import stream
 
     reads = []
     real = stream.read_sampled
     monkeypatch.setattr(stream, "read_sampled", lambda *a, **k: reads.append(1) or real(*a, **k))
+    monkeypatch.setattr(session_module, "WARMUP_PAIRS", 2)
+    monkeypatch.setattr(session_module, "WARMUP_SIDE", 112)
     cfg = PrismConfig.video(block_size=16, min_sparse_len=0, max_density=1.0).with_threshold(1.0)
-    session = VideoSession(tiny, cfg, device="cpu")
     opts = VideoOptions(fps=2.0, max_frames=6)
-    cold = session.run_streamed(clip, "What moves?", opts, "prism", 4)
+    cold = VideoSession(tiny, cfg, device="cpu").load_video(clip, opts).ask("What moves?", 4)
     assert len(reads) == 1
-    warm = session.run_streamed(clip, "What moves?", opts, "prism", 4, warmup=True)
+    session = VideoSession(tiny, cfg, device="cpu")
+    assert session.warm_up() > 0 and session.attn == "prism" and len(reads) == 1
+    warm = session.load_video(clip, opts).ask("What moves?", 4)
     assert len(reads) == 2 and warm.answer == cold.answer and warm.new_tokens == cold.new_tokens
+    assert not warm.reused and warm.layers == cold.layers == 2
 
 
 def test_streamed_compare_checks_layers_against_dense_as_the_unstreamed_one(clip, tiny):
@@ -424,10 +446,9 @@ def test_streamed_compare_checks_layers_against_dense_as_the_unstreamed_one(clip
 
     cfg = PrismConfig.video(block_size=16, min_sparse_len=0, max_density=1.0).with_threshold(0.6)
     opts = VideoOptions(fps=2.0, max_frames=6)
-    qa = VideoQA(tiny, "compare", cfg, opts, max_new_tokens=2, device="cpu", progress=False, stream=False)
-    plain = qa(clip, "What moves?", warmup=False)
-    qa.stream = True
-    streamed = qa(clip, "What moves?", warmup=False)
+    plain = VideoQA(tiny, "compare", cfg, opts, max_new_tokens=2, device="cpu", progress=False,
+                    stream=False)(clip, "What moves?")
+    streamed = VideoQA(tiny, "compare", cfg, opts, max_new_tokens=2, device="cpu", progress=False)(clip, "What moves?")
     assert not plain["streamed"] and streamed["streamed"]
     rows, expected = streamed["layers_vs_dense"], plain["layers_vs_dense"]
     assert len(rows) == len(expected) == 2 and all(r["sparse"] for r in expected)
@@ -441,24 +462,27 @@ def test_streamed_compare_checks_layers_against_dense_as_the_unstreamed_one(clip
 
 def test_unstreamable_video_runs_in_a_row(clip, tiny, monkeypatch):
     """Where stream_video refuses a video before any work (StreamingUnavailable: no decord, an odd frame count),
-    VideoQA and VideoSession.run_video run it in a row: the same answer, recorded as not streamed."""
+    VideoQA and VideoSession.load_video build its prefix in a row: the same answer, recorded as not streamed."""
     from prism_mm.pipelines import session as session_module
     from prism_mm.pipelines.stream import StreamingUnavailable
 
     opts = VideoOptions(fps=2.0, max_frames=4)
     qa = VideoQA(tiny, "prism", video=opts, max_new_tokens=3, device="cpu", progress=False)
-    streamed = qa(clip, "What moves?", warmup=False)
+    streamed = qa(clip, "What moves?")
 
     def refuse(*args, **kwargs):
         raise StreamingUnavailable("5 frames sampled: streaming takes frame pairs; run without streaming")
 
     monkeypatch.setattr(session_module, "stream_video", refuse)
     monkeypatch.setattr(session_module, "stream_prefill", refuse)  # the default stream pipelines the decoder
-    in_a_row = qa(clip, "What moves?", warmup=False)
+    qa.session.prefixes.clear()  # build the prefix again (a kept one would answer)
+    in_a_row = qa(clip, "What moves?")
     assert streamed["streamed"] and not in_a_row["streamed"] and in_a_row["answer"] == streamed["answer"]
+    assert not in_a_row["reused"]
     assert in_a_row["visual_tokens"] == streamed["visual_tokens"] and in_a_row["frame_size"] == streamed["frame_size"]
-    record = qa.session.run_video(clip, "What moves?", opts, max_new_tokens=3)
-    assert not record.streamed and record.answer == streamed["answer"]
+    qa.session.prefixes.clear()
+    record = qa.session.load_video(clip, opts).ask("What moves?", max_new_tokens=3)
+    assert not record.streamed and not record.reused and record.answer == streamed["answer"]
 
 
 def test_cli_stream_compare_reports_the_streamed_stage(clip, tiny, capsys):
@@ -468,7 +492,7 @@ def test_cli_stream_compare_reports_the_streamed_stage(clip, tiny, capsys):
     assert code == 0
     out = capsys.readouterr().out
     assert out.count("video decoded while the vision tower ran") == 2 and "answers agree: True" in out
-    assert "not a speed measure" in out and "per decoder layer, Prism against dense" in out
+    assert "not a speed measure" in out and "per decoder layer of the video prefix, Prism against dense" in out
 
 
 def test_cli_decode_workers_checked(clip, capsys):
@@ -519,3 +543,108 @@ def test_cli_stream_chunk_tokens_pipelines_the_default_stream(clip, tiny, capsys
     assert compared["first_token_speedup"] > 0
     assert main(base + ["--stream-chunk-tokens", "-1"]) == 2
     assert capsys.readouterr().err.strip() == "error: --stream-chunk-tokens must be >= 0 (0: one pass), got -1"
+
+
+def count_prefix_builds(monkeypatch) -> list[str]:
+    """Spy on VideoSession._build (decode, tower, decoder prefill of a video's prefix): the attention of each build."""
+    builds = []
+    real = VideoSession._build
+
+    def spied(self, *args, **kwargs):
+        builds.append(self.attn)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(VideoSession, "_build", spied)
+    return builds
+
+
+QUESTIONS = ["What moves?", "What colour is the disc?", "What moves?"]
+CLI_BASE = ["--max-frames", "4", "--max-new-tokens", "3", "--block-size", "16", "--min-sparse-len", "0",
+            "--threshold", "1.0", "--no-progress"]
+
+
+@pytest.mark.parametrize("attn", ["prism", "compare"])
+def test_cli_several_questions_answered_from_one_prefix(clip, tiny, attn, monkeypatch, capsys):
+    """--question three times, --json: a list of three results in the order asked; the video's prefix is built once
+    per attention mode, the second and third answers are marked reused (in every mode) and each first token is then
+    its question's chunk alone; the same question asked again gets the same answer; compare mode compares each."""
+    builds = count_prefix_builds(monkeypatch)
+    asked = [arg for q in QUESTIONS for arg in ("--question", q)]
+    code = main(["--video", clip, *asked, "--model", tiny, "--attn", attn, *CLI_BASE, "--json"])
+    assert code == 0
+    results = json.loads(capsys.readouterr().out)
+    modes = ["dense", "prism"] if attn == "compare" else ["prism"]
+    assert sorted(builds) == modes
+    assert isinstance(results, list) and [r["question"] for r in results] == QUESTIONS
+    assert [r["reused"] for r in results] == [False, True, True]
+    for r in results:
+        assert sorted(r["runs"]) == modes
+        assert [run["reused"] for run in r["runs"].values()] == [r["reused"]] * len(modes)
+    for r in results[1:]:
+        for run in r["runs"].values():
+            assert run["video_s"] == run["prefill_s"] == 0 and run["first_token_s"] == run["question_s"]
+    assert results[2]["answer"] == results[0]["answer"]
+    if attn == "compare":
+        assert all(r["answers_agree"] for r in results)  # thresholds 1.0
+
+
+def test_cli_several_questions_report_each(clip, capsys, monkeypatch):
+    """The text report of several questions in compare mode: the first question's full report, then each later
+    question with its answer, each mode's reused-prefix timing line and whether the answers agree."""
+    builds = count_prefix_builds(monkeypatch)
+    asked = [arg for q in QUESTIONS for arg in ("--question", q)]
+    code = main(["--video", clip, *asked, "--model", "tiny-qwen2.5-vl", "--attn", "compare", *CLI_BASE])
+    out = capsys.readouterr().out
+    assert code == 0 and sorted(builds) == ["dense", "prism"]
+    assert f"question: {QUESTIONS[0]}" in out
+    assert f"question 2: {QUESTIONS[1]}" in out and f"question 3: {QUESTIONS[2]}" in out
+    assert out.count("answer: ") == 3 and out.count("answers agree: ") == 3
+    assert out.count("video prefix reused") == 4  # questions 2 and 3, in each mode
+    assert out.count("video decoded while the vision tower") == 2  # question 1's two prefixes
+
+
+def test_cli_chat_over_stdin(clip):
+    """--chat --json, two lines on standard input (the same question twice): one JSON line per turn, in order; the
+    second answered from the kept prefix (reused) with the first turn in its prompt (more tokens than the first)."""
+    proc = subprocess.run([sys.executable, "-m", "prism_mm.pipelines.video_qa", "--video", clip, "--chat", "--json",
+                           "--model", "tiny-qwen2.5-vl", *CLI_BASE], input="What moves?\nWhat moves?\n",
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    turns = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [(t["turn"], t["question"]) for t in turns] == [(1, "What moves?"), (2, "What moves?")]
+    assert [t["reused"] for t in turns] == [False, True]
+    assert turns[1]["total_tokens"] > turns[0]["total_tokens"]
+
+
+def test_cli_chat_opens_with_questions_and_ends_at_an_empty_line(clip, monkeypatch, capsys):
+    """--chat with --question: the given questions open the conversation, then standard input's lines up to the
+    first empty one (the lines after it are not read as questions); each turn's answer printed, the video's prefix
+    built once."""
+    import io
+
+    builds = count_prefix_builds(monkeypatch)
+    monkeypatch.setattr(sys, "stdin", io.StringIO("What moves?\n\nWhat colour is the disc?\n"))
+    code = main(["--video", clip, "--chat", "--question", "Which way?", "--model", "tiny-qwen2.5-vl", *CLI_BASE])
+    out = capsys.readouterr().out
+    assert code == 0 and builds == ["prism"]
+    assert "question 1: Which way?" in out and "question 2: What moves?" in out and "question 3" not in out
+    assert "What colour" not in out and out.count("answer: ") == 2
+    assert out.count("video prefix reused") == 1
+
+
+@pytest.mark.parametrize("args,message", [
+    ([], "error: no question: give --question TEXT (several times for several questions) or --chat "
+         "(questions from standard input, one per line)"),
+    (["--chat", "--attn", "compare"], "error: --chat answers in one attention mode: use --attn prism or --attn dense "
+                                      "(--attn compare answers --question)")])
+def test_cli_without_a_question_exits_2(clip, args, message, monkeypatch, capsys):
+    """Neither --question nor --chat (or --chat in compare mode): one line naming the fix, exit code 2, before any
+    model is loaded."""
+    from prism_mm.pipelines import session
+
+    def no_loading(*a, **k):
+        raise AssertionError("the model was loaded before the inputs were checked")
+
+    monkeypatch.setattr(session, "load_video_model", no_loading)
+    code = main(["--video", clip, "--model", "tiny-qwen2.5-vl", *args, "--no-progress"])
+    assert code == 2 and capsys.readouterr().err.strip() == message
