@@ -237,6 +237,21 @@ class PrismLayer:
         return found
 
 
+def compile_lengths(layer: PrismLayer, q_heads: int, kv_heads: int, head_dim: int, dtype: torch.dtype, device,
+                    shapes: list[tuple[int, int]]) -> None:
+    """Run the layer's Prism path (selection + sparse kernel) once at each (q_len, kv_len) of `shapes` on random
+    inputs laid out as transformers hands them over. Triton compiles a launch variant per constexpr choice (the
+    selection's ladder widths, picked by length) and per integer specialisation (a length divisible by 16 or not), so
+    a prefill at these lengths afterwards waits for no compile."""
+    gen = torch.Generator(device=device).manual_seed(0)
+    probe = torch.empty(1, q_heads, 1, head_dim, device=device, dtype=dtype)
+    ops, spec, index = layer.prepared(probe)
+    for q_len, kv_len in shapes:
+        q = torch.randn(1, q_len, q_heads, head_dim, device=device, dtype=dtype, generator=gen).transpose(1, 2)
+        k, v = (torch.randn(1, kv_heads, kv_len, head_dim, device=device, dtype=dtype, generator=gen) for _ in "kv")
+        _attend(q, k, v, layer.config, spec, index, 1.0 / math.sqrt(head_dim), ops, "")
+
+
 def _is_aligned_causal(mask: torch.Tensor, q_len: int, kv_len: int) -> bool:
     """True if a [B, 1|H, q, kv] mask is plain causal with queries at the end of the keys.
 

@@ -18,8 +18,10 @@ import time
 import torch
 from tqdm import tqdm
 
+from ..attention import PrismLayer, compile_lengths
 from ..config import PrismConfig
 from ..models import VISION_ATTENTIONS, VL_MODEL_TYPES, enable_prism, load_model, set_attention, synchronize_gpus
+from ..spectral import text_config
 from ..testing.tiny import TINY_MODELS, build_tiny_processor, tiny_model_dir
 from .frames import start_decoder_server
 from .prefill import ChunkConfig, chunked_prefill
@@ -81,8 +83,9 @@ def load_video_model(model: str, prism: PrismConfig, device: str, dtype: str = "
 STREAM_CHUNKS = ChunkConfig(decoder_tokens=8192)
 # What the session keeps of prefixes on its device by default (a 300 s 720p clip for Qwen2.5-VL-7B: 5.84 GiB).
 PREFIX_DEVICE_BYTES = 24 << 30
-# The stand-in video a CUDA session warms up on (VideoSession.warm_up): frame pairs and frame side in pixels.
-WARMUP_PAIRS, WARMUP_SIDE = 48, 448
+# The stand-in video a CUDA session warms up on (VideoSession.warm_up): frame pairs and frame side in pixels; and the
+# longest prompt whose Prism launch variants it compiles (from random q, k, v, not a forward of that length).
+WARMUP_PAIRS, WARMUP_SIDE, WARMUP_TOKENS = 48, 448, 131072
 
 
 def stream_chunks_of(tokens: int) -> ChunkConfig | None:
@@ -278,28 +281,33 @@ class VideoSession:
                            len(ids), prefix.tokens)
         return record, result
 
-    def warm_up(self) -> float:
-        """Pay the one-time costs (Triton compiles, cuDNN plans, allocator growth) once, on a stand-in: a black
-        WARMUP_PAIRS-pair video of WARMUP_SIDE-pixel frames prefilled in the session's decoder chunks, a question and
-        two decoding steps, in each attention mode. Returns the seconds it took (reported beside the timings it keeps
-        clean). Changes no state a later answer depends on."""
+    def warm_up(self, max_tokens: int = WARMUP_TOKENS) -> float:
+        """Pay the one-time costs (Triton compiles, allocator growth) once, on stand-ins: Prism's launch variants for
+        every decoder chunk of a prompt of up to `max_tokens` (random q, k, v at those lengths; compile_lengths), then
+        a black WARMUP_PAIRS-pair video of WARMUP_SIDE-pixel frames prefilled as the session's prefixes are, questions
+        of three lengths and their first decoding steps, in each attention mode. Returns the seconds it took (reported
+        beside the timings it keeps clean). Changes no state a later answer depends on."""
         model_type = self.model.config.model_type
         side = WARMUP_SIDE // (2 * MODEL_PATCH[model_type]) * 2 * MODEL_PATCH[model_type]
         frames = torch.zeros((2 * WARMUP_PAIRS, 3, side, side), dtype=torch.uint8)
         meta = {"fps": 2.0, "frames_indices": list(range(2 * WARMUP_PAIRS)), "total_num_frames": 2 * WARMUP_PAIRS}
         inputs = prompt_inputs(self.processor, frames, meta, "warm-up", None, self.device if self.cuda else None)
-        ids = text_after_video(self.processor, video_messages("warm-up", "What happens in this video?"))
+        questions = [text_after_video(self.processor, video_messages("warm-up", "What happens?" + "." * n))
+                     for n in range(3)]  # lengths of three residues: the kernels specialise on lengths mod 16
         started, previous = time.perf_counter(), self.attn
         with self._lock:
             try:
                 for attn in ("prism", "dense"):
                     self.set_attention(attn)
+                    if attn == "prism":
+                        self._compile_prism(max_tokens)
                     chunks = self.decoder_chunks() or ChunkConfig(int(inputs["input_ids"].shape[1]))
                     cache = chunked_prefill(self.model, self._on_device(inputs), chunks).cache
                     prefix = VideoPrefix(None, cache_layers(cache), int(inputs["input_ids"].shape[1]),
                                          self.model.model.rope_deltas, 0, (side, side), 0, 0.0, None)
                     del cache
-                    ask(self.model, prefix, ids, 2)
+                    for ids in questions:
+                        ask(self.model, prefix, ids, 2)
             finally:
                 self.set_attention(previous)
                 self.model.prism_stats.reset()
@@ -307,6 +315,26 @@ class VideoSession:
             synchronize_gpus()
         self.warmup_s = time.perf_counter() - started
         return self.warmup_s
+
+    def _compile_prism(self, max_tokens: int) -> None:
+        """compile_lengths for each distinct Prism layer setting, at the chunk shapes of the session's prefixes up to
+        `max_tokens`: full chunks and a ragged last one at every length (chunked), or whole prompts in each
+        power-of-two bracket of lengths (one pass)."""
+        chunks = self.decoder_chunks()
+        if chunks is not None:
+            c = chunks.decoder_tokens
+            shapes = [shape for end in range(c, max_tokens + 1, c) for shape in ((c, end), (c // 3 + 1, end + c // 3 + 1))]
+        else:
+            shapes = [(n + 13, n + 13) for n in (1 << b for b in range(12, max_tokens.bit_length())) if n <= max_tokens]
+        cfg = text_config(self.model.config)
+        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        seen = set()
+        for module in self.model.modules():
+            layer = getattr(module, "prism", None)
+            if isinstance(layer, PrismLayer) and (layer.config, layer.bands, layer.backend) not in seen:
+                seen.add((layer.config, layer.bands, layer.backend))
+                compile_lengths(layer, cfg.num_attention_heads, cfg.num_key_value_heads, head_dim, self.model.dtype,
+                                self.model.device, shapes)
 
     def _checked_prefill(self, inputs: dict, features: tuple | None = None) -> list[dict]:
         """One untimed Prism prefill of `inputs` (with `features`: the tower's, streamed) in which every sparse layer
