@@ -72,6 +72,16 @@ class FirstToken:
         pass
 
 
+def alloc_retries() -> int:
+    """The CUDA caching allocator's retries so far (an allocation that found no cached block, freed them all and asked
+    the driver again: a slow path)."""
+    return torch.cuda.memory_stats().get("num_alloc_retries", 0) if torch.cuda.is_available() else 0
+
+
+def reserved_gib() -> float:
+    return torch.cuda.memory_reserved() / 2**30 if torch.cuda.is_available() else 0.0
+
+
 def prism_rows(name: str, clips: list[str], k: int, opts: VideoOptions, tokens: int, rows: list[str], smoke: bool):
     """prism_mm's rows (one loaded session) and its warm-up seconds."""
     out, device = [], "cpu" if smoke else "cuda"
@@ -87,6 +97,7 @@ def prism_rows(name: str, clips: list[str], k: int, opts: VideoOptions, tokens: 
                 if row == ROWS[1]:
                     session.prefixes.clear()
                 first = FirstToken()
+                retries = alloc_retries()
                 t0 = time.perf_counter()
                 if video is None or row == ROWS[1]:
                     video = session.load_video(clip, opts)  # the call that builds the prefix
@@ -96,7 +107,8 @@ def prism_rows(name: str, clips: list[str], k: int, opts: VideoOptions, tokens: 
                             "answer_s": end - t0, "reused": record.reused, "visual_tokens": record.visual_tokens,
                             "question_tokens": record.question_tokens, "new_tokens": record.new_tokens,
                             "question_s": record.question_s, "decode_s": record.decode_s,
-                            "mean_density": record.mean_density})
+                            "mean_density": record.mean_density, "alloc_retries": alloc_retries() - retries,
+                            "reserved_gib": reserved_gib()})
     del session
     return out, {"load_s": load_s, "warmup_s": warmup_s}
 
@@ -121,6 +133,7 @@ def transformers_row(name: str, clips: list[str], k: int, opts: VideoOptions, to
     for v, clip in enumerate(tqdm(clips, desc=ROWS[2])):
         for q in range(k):
             first = FirstToken()
+            retries = alloc_retries()
             t0 = time.perf_counter()
             prepared = build_inputs(processor, model.config, clip, question(v, q), plain)
             inputs = {key: val.to(device) if isinstance(val, torch.Tensor) else val for key, val in prepared.inputs.items()}
@@ -131,7 +144,8 @@ def transformers_row(name: str, clips: list[str], k: int, opts: VideoOptions, to
             end = time.perf_counter()
             out.append({"row": ROWS[2], "video": v, "question": q, "first_token_s": first.at - t0,
                         "answer_s": end - t0, "reused": False, "visual_tokens": prepared.visual_tokens,
-                        "question_tokens": None, "new_tokens": int(generated.shape[1] - prepared.total_tokens)})
+                        "question_tokens": None, "new_tokens": int(generated.shape[1] - prepared.total_tokens),
+                        "alloc_retries": alloc_retries() - retries, "reserved_gib": reserved_gib()})
     del model
     return out
 
