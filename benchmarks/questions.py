@@ -169,7 +169,8 @@ def summarize(rows: list[dict]) -> list[dict]:
 
 
 def table(data: dict) -> list[str]:
-    meta = data["meta"]
+    meta = {**data["meta"], "videos": 1 + max(r["video"] for r in data["rows"]),
+            "questions": 1 + max(r["question"] for r in data["rows"])}  # rows merged from runs of other sizes
     lines = [f"# Several questions per video ({meta['model']}, random weights, bf16; {meta['device']})", "",
              f"{meta['videos']} generated {meta['seconds']:.0f} s {meta['height']}p clips x {meta['questions']} "
              f"VideoMME-shaped questions, {meta['max_new_tokens']} new tokens each; wall time of each call after the "
@@ -181,10 +182,11 @@ def table(data: dict) -> list[str]:
     base = next((s for s in summary if s["row"] == ROWS[2]), None)
     for s in summary:
         speed = f"{s['questions_per_hour'] / base['questions_per_hour']:.2f}x" if base else "-"
+        count = f"{s['questions']} ({s['videos']} videos)"
         reused = (f"{s['first_token_reused_s']:.3f} / {s['first_token_reused_max_s']:.3f}"
                   if s["first_token_reused_s"] is not None else "-")
         built = f"{s['first_token_built_s']:.2f}" if s["first_token_built_s"] is not None else "-"
-        lines.append(f"| {s['row']} | {s['questions']} | {s['total_s']:.1f} | {s['questions_per_hour']:.0f} | {speed} "
+        lines.append(f"| {s['row']} | {count} | {s['total_s']:.1f} | {s['questions_per_hour']:.0f} | {speed} "
                      f"| {built} | {reused} |")
     lines += ["", "Per question (first token / answer, seconds; r: answered from a reused prefix):", "",
               "| row | " + " | ".join(f"v{v + 1} q{q + 1}" for v in range(meta["videos"]) for q in range(meta["questions"]))

@@ -16,36 +16,19 @@ import sys
 import tempfile
 import time
 
-import av
 import decord
 import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 from prism_mm.pipelines import frames as reader  # noqa: E402
+from prism_mm.testing.clips import make_long_clip  # noqa: E402
 from prism_mm.pipelines.video import VideoOptions, _frame_choice, fetch_video_request, probe, sample_frames  # noqa: E402
 
 
 def write_clip(path: str, seconds: float, preset: str, gop: int, fps: int = 30, height: int = 720, width: int = 1280):
-    rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[0:height, 0:width]
-    background = np.stack([xx * 255 // (width - 1), yy * 255 // (height - 1), np.full_like(xx, 96)], -1).astype(np.uint8)
-    n = int(seconds * fps)
-    with av.open(path, mode="w") as container:
-        stream = container.add_stream("libx264", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        stream.options = {"preset": preset, "g": str(gop)}
-        stream.codec_context.thread_count = os.cpu_count()
-        for i in range(n):
-            frame = background.copy()
-            x0 = int((width - 120) * i / n)
-            frame[200:320, x0:x0 + 120] = (220, 30, 30)
-            frame[::7, ::5] = rng.integers(0, 255, frame[::7, ::5].shape, dtype=np.uint8)
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return n
+    make_long_clip(path, seconds, fps, height, width, preset=preset, gop=gop)
+    return int(seconds * fps)
 
 
 def timed(fn):
