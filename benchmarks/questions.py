@@ -113,8 +113,9 @@ def prism_rows(name: str, clips: list[str], k: int, opts: VideoOptions, tokens: 
     return out, {"load_s": load_s, "warmup_s": warmup_s}
 
 
-def transformers_row(name: str, clips: list[str], k: int, opts: VideoOptions, tokens: int, smoke: bool):
-    """transformers as shipped answering each question from scratch (the pipeline lmms-eval's qwen2_5_vl runs)."""
+def transformers_row(name: str, clips: list[str], k: int, opts: VideoOptions, tokens: int, smoke: bool, save):
+    """transformers as shipped answering each question from scratch (the pipeline lmms-eval's qwen2_5_vl runs);
+    save(rows so far) after each video."""
     from transformers import AutoModelForImageTextToText
 
     from prism_mm.models import shipped_config
@@ -146,6 +147,7 @@ def transformers_row(name: str, clips: list[str], k: int, opts: VideoOptions, to
                         "answer_s": end - t0, "reused": False, "visual_tokens": prepared.visual_tokens,
                         "question_tokens": None, "new_tokens": int(generated.shape[1] - prepared.total_tokens),
                         "alloc_retries": alloc_retries() - retries, "reserved_gib": reserved_gib()})
+        save(out)
     del model
     return out
 
@@ -278,20 +280,28 @@ def main() -> None:
     name = "tiny-qwen2.5-vl" if args.smoke else args.model
     opts = VideoOptions(max_frames=8) if args.smoke else VideoOptions()
     measured, extra = [], {}
+
+    def save(rows_so_far: list[dict]) -> None:
+        """Write what is measured so far (a run cut short keeps its finished questions)."""
+        kept = {k: base["meta"][k] for k in ("load_s", "warmup_s") if base and k in base["meta"]}
+        meta = {"model": name, "device": device or "cpu", "videos": args.videos, "questions": args.questions,
+                "seconds": args.seconds, "height": height, "max_new_tokens": args.max_new_tokens,
+                **kept, **extra}  # a run without prism_mm's rows keeps the committed load / warm-up figures
+        RESULTS.save(meta, run_info(rows=rows), rows_so_far, args.out, device, base, quiet=True)
+
     if any(r in rows for r in ROWS[:2]):
         prism, extra = prism_rows(name, clips, args.questions, opts, args.max_new_tokens, rows, args.smoke)
         measured += prism
+        save(measured)
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
     if ROWS[2] in rows:
-        measured += transformers_row(args.model, clips, args.questions, opts, args.max_new_tokens, args.smoke)
-    kept = {k: base["meta"][k] for k in ("load_s", "warmup_s") if base and k in base["meta"]}
-    meta = {"model": name, "device": device or "cpu", "videos": args.videos, "questions": args.questions,
-            "seconds": args.seconds, "height": height, "max_new_tokens": args.max_new_tokens,
-            **kept, **extra}  # a run without prism_mm's rows keeps the committed load / warm-up figures
-    RESULTS.save(meta, run_info(rows=rows), measured, args.out, device, base)
-    print(summarize(measured))
+        done = list(measured)
+        measured += transformers_row(args.model, clips, args.questions, opts, args.max_new_tokens, args.smoke,
+                                     lambda video_rows: save(done + video_rows))
+    save(measured)
+    print("\n".join(table(RESULTS.load(args.out, device))))
 
 
 if __name__ == "__main__":

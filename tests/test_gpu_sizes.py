@@ -301,3 +301,30 @@ def test_frames_resized_on_the_gpu_as_on_the_cpu():
     assert gpu.shape == cpu.shape == (RESIZE_CHUNK + 3, 3, 420, 784)
     diff = (gpu.int() - cpu.int()).abs()
     assert int(diff.max()) <= 1 and float((diff == 0).float().mean()) >= 0.99
+
+
+def test_reused_prefix_equals_fresh_at_real_size_bf16(tmp_path):
+    """Qwen2.5-VL-7B (random weights, bf16) on a 60 s 720p clip: an answer from the kept prefix and from a freshly
+    built one (the pipelined default, Prism) give first-token logits within bf16 tolerance and the same tokens; the
+    second answer is marked reused."""
+    pytest.importorskip("decord")
+    from prism_mm.pipelines.prefix import text_after_video
+    from prism_mm.pipelines.session import VideoSession
+    from prism_mm.pipelines.video import VideoOptions, video_messages
+    from prism_mm.testing.clips import make_long_clip
+
+    clip = str(make_long_clip(tmp_path / "clip60.mp4", 60))
+    session = VideoSession("Qwen/Qwen2.5-VL-7B-Instruct", random_weights=True, device="cuda")
+    opts, question = VideoOptions(), "What happens in this video? Answer in one sentence."
+    ids = text_after_video(session.processor, video_messages(clip, question))
+    results = []
+    for clear in (False, False, True):
+        if clear:
+            session.prefixes.clear()
+        prefix, built = session.prefix(clip, opts)
+        results.append(session.answer(prefix, built, ids, 4))
+    (first, a), (second, b), (fresh, c) = results
+    assert not first.reused and second.reused and not fresh.reused and first.visual_tokens > 16384
+    for other in (b, c):
+        err = (other.first_logits.float() - a.first_logits.float()).norm() / a.first_logits.float().norm()
+        assert err < 2e-2 and torch.equal(other.tokens, a.tokens)

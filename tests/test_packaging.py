@@ -17,7 +17,7 @@ def _requirements():
     found = set()
     for line in md.requires("prism-mm") or []:
         req = Requirement(line)
-        extra = next((e for e in ("video", "eval", "dev") if req.marker and req.marker.evaluate({"extra": e})), None)
+        extra = next((e for e in ("video", "eval", "dev", "app") if req.marker and req.marker.evaluate({"extra": e})), None)
         found.add((req.name.lower(), extra))
     return found
 
@@ -25,7 +25,7 @@ def _requirements():
 def test_metadata_declares_transformers_core_and_the_extras():
     reqs = _requirements()
     assert {("transformers", None), ("accelerate", None), ("torch", None)} <= reqs
-    assert set(md.metadata("prism-mm").get_all("Provides-Extra")) == {"video", "eval", "dev"}
+    assert set(md.metadata("prism-mm").get_all("Provides-Extra")) == {"video", "eval", "dev", "app"}
     assert {("decord", "video"), ("qwen-vl-utils", "video"), ("av", "video"), ("lmms-eval", "eval"),
             ("pytest", "dev")} <= reqs
 
