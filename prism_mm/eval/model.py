@@ -1,21 +1,35 @@
 """lmms-eval model `prism_qwen_vl`: Qwen2-VL / Qwen2.5-VL / Qwen3-VL with Prism (or dense) prefill.
 
-model_args follow lmms-eval's Qwen-VL models where they mean the same (pretrained, device,
-device_map, batch_size, max_pixels, min_pixels, max_num_frames, fps) plus attn=prism|dense,
-the PrismConfig fields (block_size, threshold, threshold_high, threshold_low, min_sparse_len,
-max_density, calibrate, method, cutoff, dense_tail), total_pixels, dtype, random_weights, stream, stream_chunk_tokens,
-and stats_dir: where per-sample records and a summary are written (default ./prism_mm_stats).
+model_args follow lmms-eval's Qwen-VL models where they mean the same (pretrained, device, device_map, batch_size,
+max_pixels, min_pixels, max_num_frames, fps, total_pixels, system_prompt, interleave_visuals, use_cache,
+reasoning_prompt, enable_thinking) plus attn=prism|dense, the PrismConfig fields (block_size, threshold,
+threshold_high, threshold_low, min_sparse_len, max_density, calibrate, method, cutoff, dense_tail), dtype,
+random_weights, stream, stream_chunk_tokens, and stats_dir: where per-sample records and a summary are written
+(default ./prism_mm_stats).
+
+preprocess=lmms_eval (the default) feeds the model what lmms-eval's own class for the checkpoint's family
+(`qwen2_vl`, `qwen2_5_vl`, `qwen3_vl`; lmms-eval 0.7.3, --force_simple) feeds it: its system prompt, frame choice,
+frame size, fps metadata (or none), dtype, model_arg defaults, stop strings and answer post-processing, decoding
+greedily as its model.generate(do_sample=False) does (pipelines.prefill.Decoding); task_prompt=family (its default) gives each
+question the task prompt lmms-eval gives that class (the task's lmms_eval_specific_kwargs entry for its name).
+preprocess=qwen: qwen-vl-utils' fps / max_frames sampling, no system prompt, the prompt lmms-eval built for
+prism_qwen_vl, greedy decoding to the model's generation_config EOS, the answer cut at "until" and stripped.
+docs/evaluation.md, "lmms-eval parity".
 
 generate_until groups the requests by video (the sampling options are the model's): each video's prefix (decoding,
 processor, vision tower, decoder prefill; prism_mm.pipelines.session) is built once, its questions are answered from
 it one after another, and the answers go back in lmms-eval's order. Each answer's RunRecord goes, as a dict with task,
-doc_id and video, into stats_dir/samples-<attn>-rank<r>.jsonl (in the order answered); see docs/evaluation.md.
+doc_id, video and what made the answer (preprocess, family, task_prompt, system_prompt, question, dtype, sampling,
+generation), into stats_dir/samples-<attn>-rank<r>.jsonl (in the order answered); see docs/evaluation.md.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 import os
+import time
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -23,14 +37,187 @@ from tqdm import tqdm
 
 from .._optional import require
 from ..config import PrismConfig
-from ..pipelines.session import STREAM_CHUNKS, Video, VideoSession, stream_chunks_of
-from ..pipelines.video import VideoOptions
+from ..models import synchronize_gpus
+from ..pipelines.prefill import Decoding, PrefillState, greedy_decode
+from ..pipelines.prefix import extend, text_after_video
+from ..pipelines.record import RunRecord
+from ..pipelines.session import STREAM_CHUNKS, Video, VideoSession, resolve_model, stream_chunks_of
+from ..pipelines.video import VideoOptions, prefix_input_ids, video_messages
 
 lmms = require("lmms_eval.api.model", "eval", "the lmms-eval model prism_qwen_vl").lmms
+
+# --- lmms-eval parity: what lmms-eval's own Qwen-VL classes do, for preprocess=lmms_eval (docs/evaluation.md). The
+# frames, their size and the processor call are VideoOptions(sampler="lmms_eval")'s (pipelines.video); the decoding
+# is pipelines.prefill.Decoding's (generate's greedy decoding with the checkpoint's generation_config).
+
+# The library versions on which preprocess=lmms_eval was checked to feed the model what lmms-eval's classes feed it and
+# to give their answers (tests/test_lmms_parity.py); with others the eval model warns and test_parity_versions fails.
+PARITY_VERSIONS = {"lmms_eval": "0.7.3", "transformers": "5.23.0", "qwen_vl_utils": "0.0.14"}
+LMMS_EVAL_SYSTEM_PROMPT = "You are a helpful assistant."  # the classes' system_prompt default
+
+
+@dataclass(frozen=True)
+class Family:
+    """What lmms-eval's simple class for one Qwen-VL family does (lmms_eval/models/simple/<name>.py)."""
+
+    name: str  # its lmms-eval model name: the task prompts (lmms_eval_specific_kwargs) it is given
+    min_pixels: int  # model_arg defaults
+    max_pixels: int
+    dtype: str  # "bfloat16", or "checkpoint": from_pretrained(torch_dtype="auto")
+    max_new_tokens: int  # when the task's generation_kwargs give none
+    drops_double_newline: bool  # removes "\n\n" from the task's stop strings
+    strips: bool  # cuts the tokens at the first EOS, the text at the earliest stop string, and strips it
+    model_args: tuple[str, ...]  # the optional model_args it takes among fps, total_pixels, enable_thinking
+
+
+FAMILIES = {
+    "qwen2_vl": Family("qwen2_vl", 3136, 602112, "checkpoint", 128, False, True, ()),
+    # Qwen2_5_VL takes fps but never uses it: refused here rather than ignored
+    "qwen2_5_vl": Family("qwen2_5_vl", 256 * 28 * 28, 1605632, "bfloat16", 32768, True, False, ()),
+    "qwen3_vl": Family("qwen3_vl", 256 * 28 * 28, 1605632, "bfloat16", 128, True, False,
+                       ("fps", "total_pixels", "enable_thinking")),
+}
+
+
+def installed_versions() -> dict[str, str | None]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for lib, dist in (("lmms_eval", "lmms_eval"), ("transformers", "transformers"), ("qwen_vl_utils", "qwen-vl-utils")):
+        try:
+            found[lib] = version(dist)
+        except PackageNotFoundError:
+            found[lib] = None
+    return found
+
+
+def version_mismatch() -> dict[str, tuple[str | None, str]]:
+    """{library: (installed, PARITY_VERSIONS')} for each library whose installed version is not the one parity was
+    established on."""
+    have = installed_versions()
+    return {lib: (have[lib], want) for lib, want in PARITY_VERSIONS.items() if have[lib] != want}
+
+
+def stop_strings(family: Family, gen_kwargs: dict, tokenizer) -> list[str]:
+    """The stop strings lmms-eval's class cuts its answer at: the task's "until" (str or list; default the decoded
+    EOS), without "\n\n" where the class drops it."""
+    until = gen_kwargs.get("until", [tokenizer.decode(tokenizer.eos_token_id)])
+    if isinstance(until, str):
+        until = [until]
+    elif not isinstance(until, list):
+        raise ValueError(f"Expected `gen_kwargs['until']` to be of type Union[str, list], but got {type(until)}")
+    return [u for u in until if u != "\n\n"] if family.drops_double_newline else list(until)
+
+
+def answer_text(family: Family, tokenizer, tokens: torch.Tensor, until: list[str], enable_thinking=None) -> str:
+    """The answer lmms-eval's class returns for generated `tokens` [1, n]: decoded with skip_special_tokens and no
+    clean-up of tokenization spaces, then cut as the class cuts it (family.strips: tokens up to the first EOS, text up
+    to the earliest stop string, stripped; else at each stop string in turn, unstripped; then Qwen3-VL's thinking
+    removed with enable_thinking)."""
+    ids = tokens.reshape(-1)
+    if family.strips:
+        eos = (ids == tokenizer.eos_token_id).nonzero()
+        if len(eos):
+            ids = ids[:int(eos[0])]
+    text = tokenizer.batch_decode([ids], skip_special_tokens=True, clean_up_tokenization_spaces=False)[0]
+    if family.strips:
+        stop = len(text)
+        for term in until:
+            if term and term in text:
+                stop = min(stop, text.index(term))
+        return text[:stop].strip()
+    for term in until:
+        if len(term) > 0:
+            text = text.split(term)[0]
+    if enable_thinking:
+        text = text.partition("</think>")[2].strip()
+    return text
+
+
+@dataclass
+class Decoded:
+    tokens: torch.Tensor  # [1, new tokens]
+    question_s: float
+    decode_s: float
+
+
+# decode_from_prefix and answer_from_prefix are pipelines.prefix.ask and VideoSession.answer + Video.ask with a
+# Decoding (whose stop tokens and logits processors those do not take yet); they use the session's lock, store and
+# the Video's prefix handle as those do.
+
+
+def decode_from_prefix(model, prefix, ids: list[int], decoding: Decoding, prompt_ids: torch.Tensor | None) -> Decoded:
+    """pipelines.prefix.ask with `decoding`: the text tokens `ids` after the video as one dense chunk on a copy of the
+    prefix, then greedy decoding with decoding's stop tokens and logits processors (prompt_ids: the prefix's token
+    ids [1, prefix.tokens], needed when decoding.reads_prompt)."""
+    if not ids:
+        raise ValueError("no tokens after the video to answer from")
+    processors = decoding.processors(model, prefix.tokens + len(ids))
+    whole = None
+    if processors is not None:
+        if prompt_ids is None or prompt_ids.shape[-1] != prefix.tokens:
+            raise ValueError(f"this decoding's logits processors read the prompt: pass the prefix's {prefix.tokens} "
+                             "token ids as prompt_ids")
+        whole = torch.cat([prompt_ids.reshape(1, -1).cpu(), torch.tensor([ids])], dim=1)
+    cache = prefix.cache(model.config)
+    cuda = prefix.device.type == "cuda"
+    if cuda:
+        synchronize_gpus()
+    t0 = time.perf_counter()
+    logits = extend(model, cache, ids, prefix.tokens, prefix.rope_deltas)
+    if cuda:
+        synchronize_gpus()
+    question_s = time.perf_counter() - t0
+    model.model.rope_deltas = prefix.rope_deltas  # the decoding steps' positions (transformers' rule after a prefill)
+    state = PrefillState(cache, logits, prefix.tokens + len(ids))
+    tokens = greedy_decode(model, state, decoding.max_new_tokens, decoding.eos_ids(model),
+                           logits_processor=processors, prompt_ids=whole)
+    if cuda:
+        synchronize_gpus()
+    return Decoded(tokens, question_s, time.perf_counter() - t0 - question_s)
+
+
+def answer_from_prefix(video, ids: list[int], decoding: Decoding, prompt_ids: torch.Tensor | None = None,
+                       skip_special_tokens: bool = True) -> tuple[RunRecord, torch.Tensor]:
+    """Video.ask for the text token ids `ids` after the video (pipelines.prefix.text_after_video), decoded with
+    `decoding`: (its RunRecord, whose answer is the tokens decoded with skip_special_tokens and no clean-up of
+    tokenization spaces and not stripped; the answer's token ids [1, n])."""
+    session = video.session
+    prefix, built = video._prefix()
+    built = video._take_build(built)
+    with session._lock:
+        session.prefixes.restore(prefix, session.device)  # evicted since it was handed out (a background build)
+        session.model.prism_stats.reset()
+        result = decode_from_prefix(session.model, prefix, ids, decoding, prompt_ids)
+    text = session.processor.batch_decode(result.tokens, skip_special_tokens=skip_special_tokens,
+                                          clean_up_tokenization_spaces=False)[0]
+    b = prefix.build
+    record = RunRecord(session.attn, text, b.prefill_s if built else 0.0, b.vision_s if built else None,
+                       result.decode_s, int(result.tokens.numel()), b.mean_density, b.sparse_layers, b.layers,
+                       b.dense_reasons, b.layer_report, prefix.frames, prefix.frame_size, prefix.visual_tokens,
+                       prefix.tokens + len(ids), b.video_s if built else 0.0, b.streamed,
+                       b.decoder_chunks_streamed if built else 0, b.decoder_chunks, not built, result.question_s,
+                       len(ids), prefix.tokens)
+    return record, result.tokens
 
 
 def _bool(value) -> bool:
     return value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes")
+
+
+PREPROCESS = ("lmms_eval", "qwen")
+
+
+def checkpoint_model_type_and_dtype(pretrained: str, random_weights: bool) -> tuple[str, str]:
+    """(model_type, the dtype from_pretrained(torch_dtype="auto") loads it in) of a checkpoint, from its config."""
+    from ..models import SHIPPED_CONFIGS, _load_config, shipped_config
+
+    if random_weights and pretrained in SHIPPED_CONFIGS:
+        config = shipped_config(pretrained)
+    else:
+        config = _load_config(resolve_model(pretrained))
+    dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None) or "float32"
+    return config.model_type, str(dtype).replace("torch.", "")
 
 
 class PrismQwenVL(lmms):
@@ -40,15 +227,71 @@ class PrismQwenVL(lmms):
                  fps: float | None = None, block_size: int = 128, threshold: float | None = None,
                  threshold_high: float = 0.93, threshold_low: float = 0.93, min_sparse_len: int = 4096,
                  max_density: float = 1.0, calibrate=True, method: str = PrismConfig.method,
-                 cutoff: float = PrismConfig.cutoff, dense_tail: int = PrismConfig.dense_tail, dtype: str = "auto",
+                 cutoff: float = PrismConfig.cutoff, dense_tail: int = PrismConfig.dense_tail, dtype: str | None = None,
                  random_weights=False, stream=True, stream_chunk_tokens: int = STREAM_CHUNKS.decoder_tokens,
-                 stats_dir: str = "prism_mm_stats", **kwargs):
+                 stats_dir: str = "prism_mm_stats", preprocess: str = "lmms_eval", system_prompt: str | None = None,
+                 task_prompt: str | None = None, interleave_visuals=False, use_cache=True,
+                 reasoning_prompt: str | None = None, enable_thinking=None, **kwargs):
         super().__init__()
         if kwargs:
             raise ValueError(f"unknown prism_qwen_vl model_args: {sorted(kwargs)}")
         if int(batch_size) != 1:
-            raise ValueError("prism_qwen_vl runs batch_size=1 (padded batches would run dense); "
-                             "use data parallelism (accelerate launch) for throughput")
+            raise ValueError(f"prism_qwen_vl runs batch_size=1, got {batch_size} (a padded batch would run dense and, "
+                             "in lmms-eval's classes, left-padded); use data parallelism (accelerate launch) for "
+                             "throughput")
+        if preprocess not in PREPROCESS:
+            raise ValueError(f"preprocess must be lmms_eval (as lmms-eval's own class for the model) or qwen "
+                             f"(qwen-vl-utils' fps sampling), got {preprocess!r}")
+        if _bool(interleave_visuals):
+            raise ValueError("interleave_visuals=true: lmms-eval's classes then put the video at the question's "
+                             "<image N> placeholder (or drop it where there is none); prism_qwen_vl answers from the "
+                             "video's prefix, the video before the question: use interleave_visuals=false")
+        if not _bool(use_cache):
+            raise ValueError("use_cache=false: prism_qwen_vl decodes on the video's KV cache (its prefix); lmms-eval "
+                             "would recompute the prompt at every step, which changes only float rounding: use "
+                             "use_cache=true")
+        model_type, checkpoint_dtype = checkpoint_model_type_and_dtype(pretrained, _bool(random_weights))
+        self.preprocess = preprocess
+        family = FAMILIES.get(model_type)
+        if family is None:
+            raise ValueError(f"{pretrained!r} is a {model_type} model; prism_qwen_vl takes Qwen2-VL, Qwen2.5-VL or "
+                             "Qwen3-VL")
+        self.family = family
+        lmms_eval = preprocess == "lmms_eval"
+        if lmms_eval:
+            given = {"fps": fps, "total_pixels": total_pixels, "enable_thinking": enable_thinking}
+            refused = [k for k, v in given.items() if v is not None and k not in family.model_args]
+            if refused:
+                raise ValueError(f"preprocess=lmms_eval: lmms-eval's {family.name} class takes no "
+                                 f"{' / '.join(refused)} (Qwen2.5-VL's takes fps and ignores it; qwen-vl-utils "
+                                 "samples at 2 fps and then keeps max_num_frames of those): drop it, or use "
+                                 "preprocess=qwen")
+            mismatch = version_mismatch()
+            if mismatch:
+                warnings.warn("preprocess=lmms_eval was checked against lmms-eval's classes on "
+                              + ", ".join(f"{k} {want}" for k, (_, want) in mismatch.items()) + "; installed: "
+                              + ", ".join(f"{k} {have}" for k, (have, _) in mismatch.items())
+                              + " (rerun tests/test_lmms_parity.py)", stacklevel=2)
+            min_pixels = family.min_pixels if min_pixels is None else min_pixels
+            max_pixels = family.max_pixels if max_pixels is None else max_pixels
+            if dtype is None:
+                dtype = checkpoint_dtype if family.dtype == "checkpoint" else family.dtype
+            if system_prompt is None:
+                system_prompt = LMMS_EVAL_SYSTEM_PROMPT
+            if task_prompt is None:
+                task_prompt = "family"
+        else:
+            dtype = dtype or "auto"
+            task_prompt = task_prompt or "as_given"
+            if enable_thinking is not None:
+                raise ValueError("enable_thinking is lmms-eval's Qwen3-VL class's: use it with preprocess=lmms_eval")
+        # the lmms-eval model name whose task prompt each question gets (None: the one lmms-eval built for this run)
+        self.task_prompt = task_prompt
+        self.prompt_model = {"as_given": None, "family": family.name}.get(task_prompt, task_prompt)
+        self.system_prompt = None if system_prompt is None else str(system_prompt)
+        self.reasoning_prompt = reasoning_prompt.replace("\\n", "\n") if reasoning_prompt else None
+        self.enable_thinking = None if enable_thinking is None else _bool(enable_thinking)
+        self.dtype = dtype
         from accelerate import Accelerator
 
         self.accelerator = Accelerator()
@@ -72,14 +315,26 @@ class PrismQwenVL(lmms):
                                     attn=attn, stream=self.stream,
                                     stream_chunks=stream_chunks_of(int(stream_chunk_tokens)))
         self.model, self.processor = self.session.model, self.session.processor
+        if self.enable_thinking is not None and "enable_thinking" in str(getattr(self.processor, "chat_template", "")):
+            raise ValueError("enable_thinking: this checkpoint's chat template reads it, and prism_qwen_vl does not "
+                             "pass chat-template arguments yet; drop enable_thinking")
         # one-time costs (kernel compiles) paid here, once, not by the first video's questions
         self.warmup_s = self.session.warm_up() if self._device.type == "cuda" else None
-        self.video_options = VideoOptions(fps=float(fps) if fps else 2.0, max_frames=int(max_num_frames),
-                                          min_pixels=min_pixels and int(min_pixels), max_pixels=max_pixels and int(max_pixels),
-                                          total_pixels=total_pixels and int(total_pixels))
+        if lmms_eval:
+            self.video_options = VideoOptions(fps=None if fps is None else float(fps), max_frames=int(max_num_frames),
+                                              min_pixels=int(min_pixels), max_pixels=int(max_pixels),
+                                              total_pixels=total_pixels and int(total_pixels), sampler="lmms_eval",
+                                              system_prompt=self.system_prompt)
+        else:
+            self.video_options = VideoOptions(fps=float(fps) if fps else 2.0, max_frames=int(max_num_frames),
+                                              min_pixels=min_pixels and int(min_pixels),
+                                              max_pixels=max_pixels and int(max_pixels),
+                                              total_pixels=total_pixels and int(total_pixels),
+                                              system_prompt=self.system_prompt)
         self.stats_dir = Path(stats_dir)
         self.records: list[dict] = []
         self.pretrained = pretrained
+        self._warned_sampling = False
 
     # lmms-eval plumbing
     @property
@@ -105,45 +360,143 @@ class PrismQwenVL(lmms):
         raise NotImplementedError("prism_qwen_vl implements generate_until only")
 
     def _ask(self, video: Video, context: str, gen_kwargs: dict) -> tuple[str, dict]:
-        """(the answer cut at the first of gen_kwargs' "until" strings, its RunRecord as a dict)."""
-        record = video.ask(context, max_new_tokens=int(gen_kwargs.get("max_new_tokens", 128)))
+        """(the answer to `context` as lmms-eval gets it back, its RunRecord as a dict with the settings it was made
+        with): preprocess=lmms_eval: as the family's lmms-eval class answers (_ask_lmms_eval); preprocess=qwen: greedy
+        to the generation_config's EOS, max_new_tokens 128 by default, cut at the first of "until" and stripped."""
+        context = self._question(context)
+        if self.preprocess == "lmms_eval":
+            return self._ask_lmms_eval(video, context, gen_kwargs)
+        max_new_tokens = int(gen_kwargs.get("max_new_tokens", 128))
+        record = video.ask(context, max_new_tokens=max_new_tokens)
         text = record.answer
-        for stop in [u for u in gen_kwargs.get("until", []) or [] if u]:
+        until = [u for u in gen_kwargs.get("until", []) or [] if u]
+        for stop in until:
             text = text.split(stop)[0]
-        return text.strip(), dataclasses.replace(record, answer=text.strip()).to_dict()
+        settings = {"max_new_tokens": max_new_tokens, "until": until, "eos_token_id": "generation_config",
+                    "stripped": True, **self._sampling(gen_kwargs)}
+        return text.strip(), self._record(dataclasses.replace(record, answer=text.strip()), context, settings)
+
+    def _question(self, context: str) -> str:
+        """The question text: lmms-eval's classes drop "<image>" placeholders and append reasoning_prompt to the
+        stripped text (preprocess=qwen: reasoning_prompt only)."""
+        if self.preprocess == "lmms_eval" and "<image>" in context:
+            context = context.replace("<image>", "")
+        if self.reasoning_prompt:
+            context = context.strip() + self.reasoning_prompt
+        return context
+
+    def _sampling(self, gen_kwargs: dict) -> dict:
+        """What the task asked for beyond greedy decoding (prism_qwen_vl decodes greedily; warned once)."""
+        temperature = float(gen_kwargs.get("temperature", 0) or 0)
+        beams = int(gen_kwargs.get("num_beams", 1) or 1)
+        asked = temperature > 0 or beams > 1
+        if asked and not self._warned_sampling:
+            self._warned_sampling = True
+            warnings.warn(f"the task asks for temperature={temperature}, num_beams={beams}; prism_qwen_vl decodes "
+                          "greedily (lmms-eval's classes would sample or search)", stacklevel=3)
+        return {"greedy": True, "sampling_requested": asked}
+
+    def _ask_lmms_eval(self, video: Video, context: str, gen_kwargs: dict) -> tuple[str, dict]:
+        family, tokenizer = self.family, self.processor.tokenizer
+        until = stop_strings(family, gen_kwargs, tokenizer)
+        max_new_tokens = int(gen_kwargs.get("max_new_tokens", family.max_new_tokens))
+        decoding = Decoding.from_generation_config(self.model.generation_config, max_new_tokens,
+                                                          tokenizer.eos_token_id)
+        ids = text_after_video(self.processor, video_messages(video.path, context, self.system_prompt))
+        prompt_ids = None
+        if decoding.reads_prompt:  # a logits processor reads the prompt's ids: the prefix's, once per video
+            if self._prompt_ids is None or self._prompt_ids[0] != video.path:
+                self._prompt_ids = (video.path, prefix_input_ids(self.processor, self.model.config, video.path,
+                                                                 self.video_options))
+            prompt_ids = self._prompt_ids[1]
+        record, tokens = answer_from_prefix(video, ids, decoding, prompt_ids)
+        text = answer_text(family, tokenizer, tokens, until, self.enable_thinking)
+        settings = {**decoding.to_dict(), "until": until, "stripped": family.strips,
+                    "enable_thinking": self.enable_thinking, **self._sampling(gen_kwargs)}
+        return text, self._record(dataclasses.replace(record, answer=text), context, settings)
+
+    _prompt_ids = None
+
+    def _record(self, record, context: str, generation: dict) -> dict:
+        """The RunRecord as a dict with what the answer was made with: preprocessing, prompt, generation settings."""
+        o = self.video_options
+        return {**record.to_dict(), "preprocess": self.preprocess, "family": self.family.name,
+                "task_prompt": self.prompt_model or "as_given", "system_prompt": self.system_prompt,
+                "question": context, "dtype": str(self.model.dtype).replace("torch.", ""),
+                "sampling": {"sampler": o.sampler, "fps": o.fps, "max_frames": o.max_frames,
+                             "min_pixels": o.min_pixels, "max_pixels": o.max_pixels, "total_pixels": o.total_pixels},
+                "generation": generation}
 
     def generate_until(self, requests) -> list[str]:
         """Answers in the order of `requests`, computed a video at a time: the requests are grouped by video (the
         sampling options are the model's, the same for all), in the order each video first appears; each video's
         prefix is built once and all its questions are answered from it, one after another."""
         groups: dict[str, list[int]] = {}
-        for i, req in enumerate(requests):
-            groups.setdefault(self._video_of(req), []).append(i)
+        asked = [self._request(req) for req in requests]
+        for i, (path, _) in enumerate(asked):
+            groups.setdefault(path, []).append(i)
         answers: list[str | None] = [None] * len(requests)
         with tqdm(total=len(requests), desc=f"prism_qwen_vl ({self.attn})", disable=self._rank != 0) as bar:
             for path, indices in groups.items():
                 video = self.session.load_video(path, self.video_options)
                 for i in indices:
-                    context, gen_kwargs, _, doc_id, task, _ = requests[i].args
-                    answers[i], record = self._ask(video, context, dict(gen_kwargs))
+                    _, gen_kwargs, _, doc_id, task, _ = requests[i].args
+                    answers[i], record = self._ask(video, asked[i][1], dict(gen_kwargs))
                     self.records.append({"task": task, "doc_id": doc_id, "video": path, **record})
                     bar.update(1)
                 # no later request needs this prefix: drop the handle and the store's entry, so that it is freed
                 # before the next video's is built
                 del video
                 self.session.prefixes.clear()
+                self._prompt_ids = None
         self.write_stats()
         return answers
 
-    def _video_of(self, req) -> str:
-        """The absolute path of the one video of an lmms-eval request; ValueError otherwise."""
-        _, _, doc_to_visual, doc_id, task, split = req.args
-        visuals = doc_to_visual(self.task_dict[task][split][doc_id])
+    def _request(self, req) -> tuple[str, str]:
+        """(the absolute path of the request's one video, its question text as lmms-eval built it for the run, or,
+        with a task_prompt model name, as lmms-eval builds it for that model: _task_prompt); ValueError otherwise."""
+        context, _, doc_to_visual, doc_id, task, split = req.args
+        doc = self.task_dict[task][split][doc_id]
+        if self.prompt_model is not None:
+            context, visuals = self._task_prompt(req, doc)
+        else:
+            visuals = doc_to_visual(doc)
         videos = [v for v in (visuals or []) if isinstance(v, str)]
         if len(videos) != 1:
             raise ValueError(f"prism_qwen_vl expects one video per question, got {len(videos)} visuals "
                              f"({task} doc {doc_id})")
-        return os.path.abspath(videos[0])
+        return os.path.abspath(videos[0]), context
+
+    def _video_of(self, req) -> str:
+        return self._request(req)[0]
+
+    def _task_prompt(self, req, doc) -> tuple[str, list]:
+        """(context, visuals) of the request as lmms-eval builds them for the model name self.prompt_model: the task's
+        lmms_eval_specific_kwargs entry for that name (where the task has none, what it gave this run: its default)
+        in place of this run's, through the task's own doc_to_text and doc_to_visual; the context's text before the
+        question (a task description) is kept."""
+        context, _, doc_to_visual, doc_id, task, _ = req.args
+        task_obj = getattr(doc_to_visual, "__self__", None)
+        config = getattr(task_obj, "config", None)
+        every = getattr(config, "lmms_eval_specific_kwargs", None)
+        if task_obj is None or config is None or not hasattr(task_obj, "doc_to_text"):
+            raise ValueError(f"task_prompt={self.task_prompt}: the request of {task} doc {doc_id} does not come from an "
+                             "lmms-eval Task (its doc_to_visual is not bound to one); use task_prompt=as_given")
+        entry = every.get(self.prompt_model) if isinstance(every, dict) else None
+        if not isinstance(entry, dict):  # no entry for that name: lmms-eval gives it the default, as it gave this run
+            return context, doc_to_visual(doc)
+        own = task_obj.lmms_eval_specific_kwargs
+        given = task_obj.doc_to_text(doc)
+        if int(getattr(config, "num_fewshot", 0) or 0) > 0 or not isinstance(given, str) or not context.endswith(given):
+            raise ValueError(f"task_prompt={self.task_prompt}: {task}'s prompt is not its doc_to_text alone (few-shot "
+                             "examples or a chat template), which prism_qwen_vl cannot rebuild; use "
+                             "task_prompt=as_given")
+        task_obj.lmms_eval_specific_kwargs = entry
+        try:
+            text, visuals = task_obj.doc_to_text(doc), task_obj.doc_to_visual(doc)
+        finally:
+            task_obj.lmms_eval_specific_kwargs = own
+        return context[:len(context) - len(given)] + text, visuals
 
     def write_stats(self) -> Path:
         """Per-sample JSONL + a summary JSON in stats_dir (one pair per process rank)."""
@@ -160,7 +513,13 @@ class PrismQwenVL(lmms):
             return sum(values) / len(values) if values else None
 
         summary = {"model": self.pretrained, "attn": self.attn, "prism_config": vars(self.prism_config),
-                   "warmup_s": self.warmup_s,
+                   "warmup_s": self.warmup_s, "preprocess": self.preprocess, "family": self.family.name,
+                   "task_prompt": self.prompt_model or "as_given", "system_prompt": self.system_prompt,
+                   "dtype": str(self.model.dtype).replace("torch.", ""),
+                   "video_options": {k: v for k, v in dataclasses.asdict(self.video_options).items()
+                                     if k in ("fps", "max_frames", "min_pixels", "max_pixels", "total_pixels",
+                                              "sampler")},
+                   "versions": installed_versions(),
                    "videos": len({r["video"] for r in records}), "questions": len(records),
                    "prefixes_built": len(built),
                    # every second of the run (prefix builds included) over the questions answered

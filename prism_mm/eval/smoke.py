@@ -33,6 +33,13 @@ generation_kwargs:
   max_new_tokens: 8
   do_sample: false
 process_results: !function utils.process_results
+lmms_eval_specific_kwargs:  # lmms-eval gives a model the entry named as it is (as VideoMME has one for qwen3_vl)
+  default:
+    pre_prompt: ""
+    post_prompt: "\\nAnswer with the option's letter from the given choices directly."
+  qwen3_vl:
+    pre_prompt: "Question: "
+    post_prompt: "\\nAnswer with the option letter only."
 metric_list:
   - metric: accuracy
     aggregation: mean

@@ -3,6 +3,9 @@
     state = chunked_prefill(model, inputs, ChunkConfig(decoder_tokens=16384, vision_frames=32))
     tokens = greedy_decode(model, state, max_new_tokens=32)
 
+Decoding: transformers' generate(do_sample=False) with a checkpoint's generation_config (the stop tokens and the logits
+processors that act even in greedy decoding), as greedy_decode's eos_token_id / logits_processor / prompt_ids.
+
 - The vision tower runs `vision_frames` temporal patches at a time (its attention never crosses frames, so the
   features are those of one call), and the features are scattered into the prompt's embeddings.
 - The text decoder runs `decoder_tokens` query tokens at a time against a growing KV cache (each chunk's queries
@@ -18,7 +21,7 @@ Chunks use the model's attention as set (prism or sdpa). Without padding the dec
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import torch
 
@@ -189,15 +192,35 @@ def chunked_prefill(model, inputs: dict, chunks: ChunkConfig, features: tuple | 
     return prefill.state()
 
 
-def greedy_decode(model, state: PrefillState, max_new_tokens: int, eos_token_id: int | None = None,
-                  on_token=None) -> torch.Tensor:
+def greedy_decode(model, state: PrefillState, max_new_tokens: int, eos_token_id: int | list[int] | None = None,
+                  on_token=None, logits_processor=None, prompt_ids: torch.Tensor | None = None) -> torch.Tensor:
     """Greedy tokens [1, <= max_new_tokens] after a chunked prefill (dense decoding on the prefill's cache, which
-    it extends in place: decode a PrefillState once). on_token(token_id) is called with each token as it is chosen."""
+    it extends in place: decode a PrefillState once). on_token(token_id) is called with each token as it is chosen.
+    eos_token_id: the token id(s) that end the answer (None: the model's generation_config's).
+
+    logits_processor: transformers logits processors (a LogitsProcessorList) applied before each argmax, as
+    transformers' generate(do_sample=False) applies them: to the logits in float32, with input_ids = `prompt_ids`
+    [1, prompt tokens] followed by the tokens chosen so far (prompt_ids is needed when the processors read the
+    prompt: a repetition penalty, n-gram blocking)."""
     if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
     eos = model.generation_config.eos_token_id if eos_token_id is None else eos_token_id
     eos = set(eos if isinstance(eos, (list, tuple)) else [eos]) - {None}
-    token = state.logits.argmax(-1, keepdim=True)
+    seen = None
+    if logits_processor is not None:
+        if prompt_ids is None:
+            raise ValueError("logits_processor needs prompt_ids (the prompt's token ids, [1, n])")
+        seen = prompt_ids.to(state.logits.device)
+
+    def choose(logits):
+        nonlocal seen
+        if seen is None:
+            return logits.argmax(-1, keepdim=True)
+        token = logits_processor(seen, logits.float()).argmax(-1, keepdim=True)
+        seen = torch.cat([seen, token.to(seen.dtype)], dim=1)
+        return token
+
+    token = choose(state.logits)
     out = [token]
     if on_token is not None:
         on_token(int(token))
@@ -206,8 +229,98 @@ def greedy_decode(model, state: PrefillState, max_new_tokens: int, eos_token_id:
             if int(token) in eos:
                 break
             logits = model(input_ids=token, past_key_values=state.cache, use_cache=True).logits[:, -1]
-            token = logits.argmax(-1, keepdim=True)
+            token = choose(logits)
             out.append(token)
             if on_token is not None:
                 on_token(int(token))
     return torch.cat(out, dim=1)
+
+
+# generation_config fields that change greedy decoding and that Decoding does not reproduce, with their no-op values
+UNSUPPORTED = {"guidance_scale": (None, 1, 1.0), "sequence_bias": (None,), "forced_bos_token_id": (None,),
+               "forced_eos_token_id": (None,), "exponential_decay_length_penalty": (None,),
+               "remove_invalid_values": (None, False), "watermarking_config": (None,), "stop_strings": (None,),
+               "penalty_alpha": (None,), "dola_layers": (None,)}
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """Greedy decoding as transformers' generate(do_sample=False, num_beams=1) does it: stop at `eos_token_id` (None:
+    the model's generation_config's), `max_new_tokens` at most, the logits processors of the other fields (their
+    transformers defaults turn them off)."""
+
+    max_new_tokens: int
+    eos_token_id: int | tuple[int, ...] | None = None
+    repetition_penalty: float = 1.0
+    no_repeat_ngram_size: int = 0
+    min_length: int = 0
+    min_new_tokens: int = 0
+    suppress_tokens: tuple[int, ...] | None = None
+    begin_suppress_tokens: tuple[int, ...] | None = None
+    bad_words_ids: tuple[tuple[int, ...], ...] | None = None
+
+    def __post_init__(self):
+        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be an int >= 1, got {self.max_new_tokens!r}")
+
+    @classmethod
+    def from_generation_config(cls, generation_config, max_new_tokens: int,
+                               eos_token_id: int | list[int] | None = None) -> Decoding:
+        """The greedy decoding transformers' generate gives with `generation_config` and these overrides; ValueError
+        naming the field for one that changes greedy decoding and is not reproduced here (UNSUPPORTED)."""
+        bad = [name for name, off in UNSUPPORTED.items() if getattr(generation_config, name, None) not in off]
+        if bad:
+            raise ValueError(f"the model's generation_config sets {', '.join(bad)}, which transformers applies in "
+                             "greedy decoding and prism_mm does not: unset it in generation_config.json")
+
+        def ints(value):
+            return None if value is None else tuple(int(v) for v in value)
+
+        eos, bad_words = eos_token_id, getattr(generation_config, "bad_words_ids", None)
+        return cls(int(max_new_tokens), tuple(eos) if isinstance(eos, (list, tuple)) else eos,
+                   float(getattr(generation_config, "repetition_penalty", None) or 1.0),
+                   int(getattr(generation_config, "no_repeat_ngram_size", None) or 0),
+                   int(getattr(generation_config, "min_length", None) or 0),
+                   int(getattr(generation_config, "min_new_tokens", None) or 0),
+                   ints(getattr(generation_config, "suppress_tokens", None)),
+                   ints(getattr(generation_config, "begin_suppress_tokens", None)),
+                   None if bad_words is None else tuple(tuple(int(t) for t in w) for w in bad_words))
+
+    def eos_ids(self, model) -> list[int]:
+        """The token ids that end an answer."""
+        eos = self.eos_token_id if self.eos_token_id is not None else model.generation_config.eos_token_id
+        return [int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos]) if e is not None]
+
+    def processors(self, model, prompt_tokens: int):
+        """transformers' LogitsProcessorList for these settings (in generate's order), or None when none is on."""
+        from transformers import generation as g
+
+        eos = torch.tensor(self.eos_ids(model), device=model.device)
+        procs = []
+        if self.repetition_penalty != 1.0:
+            procs.append(g.RepetitionPenaltyLogitsProcessor(self.repetition_penalty))
+        if self.no_repeat_ngram_size > 0:
+            procs.append(g.NoRepeatNGramLogitsProcessor(self.no_repeat_ngram_size))
+        if self.bad_words_ids is not None:
+            procs.append(g.NoBadWordsLogitsProcessor([list(w) for w in self.bad_words_ids], eos))
+        if self.min_length > 0:
+            procs.append(g.MinLengthLogitsProcessor(self.min_length, eos, device=model.device))
+        if self.min_new_tokens > 0:
+            procs.append(g.MinNewTokensLengthLogitsProcessor(prompt_tokens, self.min_new_tokens, eos,
+                                                             device=model.device))
+        if self.suppress_tokens is not None:
+            procs.append(g.SuppressTokensLogitsProcessor(list(self.suppress_tokens), device=model.device))
+        if self.begin_suppress_tokens is not None:
+            procs.append(g.SuppressTokensAtBeginLogitsProcessor(list(self.begin_suppress_tokens), prompt_tokens,
+                                                                device=model.device))
+        return g.LogitsProcessorList(procs) if procs else None
+
+    @property
+    def reads_prompt(self) -> bool:
+        """Whether a logits processor is on: they read the prompt's token ids (greedy_decode's prompt_ids)."""
+        return (self.repetition_penalty != 1.0 or self.no_repeat_ngram_size > 0 or self.bad_words_ids is not None
+                or self.min_length > 0 or self.min_new_tokens > 0 or self.suppress_tokens is not None
+                or self.begin_suppress_tokens is not None)
+
+    def to_dict(self) -> dict:
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}

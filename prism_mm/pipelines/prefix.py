@@ -28,7 +28,7 @@ from .video import VISION_END, VideoOptions
 
 # VideoOptions fields that choose which frames are read and at what size; the others only choose how the file is
 # decoded (the same frames, byte for byte: tests/test_frames.py), so they are not part of a prefix's key.
-SAMPLING_FIELDS = ("fps", "max_frames", "min_pixels", "max_pixels", "total_pixels", "start", "end")
+SAMPLING_FIELDS = ("fps", "max_frames", "min_pixels", "max_pixels", "total_pixels", "start", "end", "sampler", "system_prompt")
 
 
 def sampling_key(options: VideoOptions) -> tuple:

@@ -43,7 +43,6 @@ import torch
 
 from .prefill import ChunkConfig, ChunkedPrefill, _vision_features
 from .video import (
-    MODEL_PATCH,
     PreparedVideo,
     VideoError,
     VideoOptions,
@@ -51,11 +50,12 @@ from .video import (
     _native_reason,
     check_model_type,
     check_range,
-    fetch_video_request,
     native_stderr_captured,
-    plan_sample,
+    pixels_device,
+    plan_video,
     prepared_video,
     probe,
+    processor_kwargs,
     prompt_inputs,
     read_sampled,
     resize_frames,
@@ -101,14 +101,14 @@ def _stream(model, processor, video_path, question, opts, device, batch_pairs, s
     if info.backend != "decord":
         raise StreamingUnavailable("streaming needs decord (pip install decord) to number the frames; or run without "
                                    "streaming")
-    ele = fetch_video_request(video_path, opts)
-    indices, in_range, (height, width) = plan_sample(video_path, ele, info, MODEL_PATCH[model_type])
+    indices, in_range, (height, width) = plan_video(video_path, opts, info, model_type)
     if len(indices) % 2:
         raise StreamingUnavailable(f"{len(indices)} frames sampled: streaming takes frame pairs; run without "
                                    "streaming")
     metadata = {"fps": info.fps, "frames_indices": indices, "total_num_frames": in_range}
-    blank = torch.zeros((len(indices), 3, height, width), dtype=torch.uint8, device=device)
-    inputs = prompt_inputs(processor, blank, metadata, video_path, question, device)
+    pixels_on = pixels_device(opts, device)  # where the frames are resized and processed (the CPU for lmms_eval)
+    blank = torch.zeros((len(indices), 3, height, width), dtype=torch.uint8, device=pixels_on)
+    inputs = prompt_inputs(processor, blank, metadata, video_path, question, pixels_on, opts, model_type)
     del blank
     inputs.pop("pixel_values_videos", None)
     grid = inputs["video_grid_thw"]
@@ -125,8 +125,9 @@ def _stream(model, processor, video_path, question, opts, device, batch_pairs, s
     if pipelined:
         model_inputs = {k: v.to(model.device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
         make_prefill = lambda: ChunkedPrefill(model, model_inputs, chunks)  # noqa: E731 - after a RESET: a new one
+    call = (processor_kwargs(processor, opts, model_type), opts.sampler == "lmms_eval")
     features, prefill = _streamed_features(model, processor, video_path, read, len(indices), info, (height, width),
-                                           grid, device, batch_pairs, make_prefill)
+                                           grid, pixels_on, batch_pairs, make_prefill, call)
     prepared.seconds = time.perf_counter() - t0
     return features, prepared, prefill
 
@@ -149,7 +150,8 @@ class _DecodeFailed(Exception):
 RESET = "reset"  # queued when the parallel reader gave up after some frames landed: decord reads them all again
 
 
-def _streamed_features(model, processor, path, read, n_frames, info, size, grid, device, batch_pairs, make_prefill):
+def _streamed_features(model, processor, path, read, n_frames, info, size, grid, device, batch_pairs, make_prefill,
+                       call=None):
     """(features, the ChunkedPrefill make_prefill() made or None) of the `n_frames` frames that
     read(written, out, before_decord) puts into `out`, with ffmpeg's and decord's native log lines captured in this
     thread (for the error message) and the decoding thread stopped and joined before this returns or raises."""
@@ -157,7 +159,7 @@ def _streamed_features(model, processor, path, read, n_frames, info, size, grid,
     with native_stderr_captured() as native:
         try:
             return _stream_loop(model, processor, path, read, n_frames, info, size, grid, device, batch_pairs,
-                                make_prefill)
+                                make_prefill, call)
         except _DecodeFailed as e:
             failed = e.error
     if isinstance(failed, VideoError):
@@ -166,7 +168,7 @@ def _streamed_features(model, processor, path, read, n_frames, info, size, grid,
                      "e.g. ffmpeg -i in.mp4 -c:v libx264 out.mp4")
 
 
-def _stream_loop(model, processor, path, read, n_frames, info, size, grid, device, batch_pairs, make_prefill):
+def _stream_loop(model, processor, path, read, n_frames, info, size, grid, device, batch_pairs, make_prefill, call):
     pairs = n_frames // 2
     _, h, w = (int(x) for x in grid[0].tolist())
     landed: queue.Queue = queue.Queue()
@@ -236,7 +238,7 @@ def _stream_loop(model, processor, path, read, n_frames, info, size, grid, devic
                 continue
             ready.sort()  # the earliest pairs first: the decoder's next chunk waits on the video's beginning
             batch, ready = ready[:batch_pairs], ready[batch_pairs:]
-            out.add(batch, _tower(model, processor, frames, batch, size, (h, w), device))
+            out.add(batch, _tower(model, processor, frames, batch, size, (h, w), device, call))
             # the chunks whose features are in, while pairs are still to come (after the last, the caller runs the rest)
             while (prefill is not None and out.done < pairs and not prefill.done
                    and prefill.needs() <= out.rows_ready()):
@@ -250,12 +252,14 @@ def _stream_loop(model, processor, path, read, n_frames, info, size, grid, devic
         thread.join()
 
 
-def _tower(model, processor, frames: np.ndarray, batch: list[int], size, hw, device):
-    """The vision tower's (features, deepstack) of frame pairs `batch`, in that order."""
+def _tower(model, processor, frames: np.ndarray, batch: list[int], size, hw, device, call=None):
+    """The vision tower's (features, deepstack) of frame pairs `batch`, in that order. call: (the video processor's
+    keyword arguments, whether it takes float frames), as for the whole video's prompt (video.processor_kwargs)."""
     slots = [f for pair in batch for f in (2 * pair, 2 * pair + 1)]
     chunk = torch.from_numpy(frames[slots]).permute(0, 3, 1, 2)
     chunk = resize_frames(chunk, size, device)
-    pixels = processor.video_processor(videos=[chunk], do_resize=False, do_sample_frames=False, return_tensors="pt",
+    kwargs, floats = call or ({"do_resize": False, "do_sample_frames": False}, False)
+    pixels = processor.video_processor(videos=[chunk.float() if floats else chunk], return_tensors="pt", **kwargs,
                                        **({"device": str(device)} if device is not None else {}))
     grid = torch.tensor([[len(batch), *hw]], device=pixels["video_grid_thw"].device)
     if not torch.equal(pixels["video_grid_thw"].cpu(), grid.cpu()):

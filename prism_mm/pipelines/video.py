@@ -7,7 +7,11 @@ frame cap within an optional [start, end] time range, and resizing under min/max
 budgets, both by qwen-vl-utils' rules (the reference Qwen-VL preprocessing: with decord computed
 here with its helpers, so the resize can run on the session's GPU; else its fetch_video). Every
 bad input raises a VideoError whose message names the fix.
-"""
+
+VideoOptions.sampler="lmms_eval" instead reproduces what lmms-eval's own `qwen2_vl`, `qwen2_5_vl` and `qwen3_vl`
+classes (lmms-eval 0.7.3, simple models; prism_mm.eval.model.PARITY_VERSIONS) feed the model for the loaded model's
+family: their frame choice and sizing, how they call the processor (with or without the frames' fps, resizing again
+or not), float frames, resized and processed on the CPU (see docs/evaluation.md, "lmms-eval parity")."""
 from __future__ import annotations
 
 import contextlib
@@ -24,6 +28,9 @@ from .._optional import require
 
 MODEL_PATCH = {"qwen2_vl": 14, "qwen2_5_vl": 14, "qwen3_vl": 16}
 READERS = ("parallel", "decord")
+# "qwen": qwen-vl-utils' fps / max_frames sampling, the processor called as qwen-vl-utils' README does;
+# "lmms_eval": what lmms-eval's class for the model's family feeds it (lmms_eval_plan, prompt_inputs)
+SAMPLERS = ("qwen", "lmms_eval")
 
 
 class VideoError(ValueError):
@@ -32,9 +39,15 @@ class VideoError(ValueError):
 
 @dataclass(frozen=True)
 class VideoOptions:
-    """How to sample and size a video (qwen-vl-utils semantics)."""
+    """How to sample and size a video (qwen-vl-utils semantics), and what comes before it in the prompt.
 
-    fps: float = 2.0
+    sampler="lmms_eval": as lmms-eval's class for the model's family (lmms_eval_plan): max_frames is its
+    max_num_frames; fps=None is its default (no fps model_arg: Qwen2-VL / Qwen2.5-VL sample at qwen-vl-utils' 2 fps
+    and keep max_frames of those, evenly spaced; Qwen3-VL takes max_frames frames, evenly spaced); min_pixels /
+    max_pixels / total_pixels are passed as its model_args are (None: not passed). system_prompt: a system message
+    before the video (None: none; the chat template may add its own)."""
+
+    fps: float | None = 2.0  # None: only with sampler="lmms_eval"
     max_frames: int | None = None
     min_pixels: int | None = None  # per frame
     max_pixels: int | None = None  # per frame
@@ -47,15 +60,29 @@ class VideoOptions:
     # runs behind the decoding (a pipelined stream: the GIL the decoder threads share starves its launches), else
     # threads (no process start-up; as fast when the calling thread waits or only streams the tower)
     decode_processes: bool | None = None
+    sampler: str = "qwen"
+    system_prompt: str | None = None
 
     def __post_init__(self):
+        if self.sampler not in SAMPLERS:
+            raise VideoError(f"sampler must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}")
+        if self.sampler == "lmms_eval":
+            if self.max_frames is None:
+                raise VideoError("sampler='lmms_eval' needs max_frames (lmms-eval's max_num_frames, 32 by default)")
+            if self.start is not None or self.end is not None:
+                raise VideoError("sampler='lmms_eval' reads the whole video, as lmms-eval does: drop start / end, or "
+                                 "use sampler='qwen'")
+        elif self.fps is None:
+            raise VideoError("fps=None (no fps, as lmms-eval's default) needs sampler='lmms_eval'; pass an fps")
+        if self.system_prompt is not None and not isinstance(self.system_prompt, str):
+            raise VideoError(f"system_prompt must be a string or None, got {self.system_prompt!r}")
         if self.reader not in READERS:
             raise VideoError(f"reader must be one of {', '.join(READERS)}, got {self.reader!r}")
         if self.decode_workers is not None and self.decode_workers < 1:
             raise VideoError(f"decode_workers must be >= 1, got {self.decode_workers}")
         if self.decode_processes not in (None, True, False):
             raise VideoError(f"decode_processes must be None, True or False, got {self.decode_processes!r}")
-        if self.fps <= 0:
+        if self.fps is not None and self.fps <= 0:
             raise VideoError(f"fps must be > 0, got {self.fps}")
         if self.max_frames is not None and self.max_frames < 2:
             raise VideoError(f"max_frames must be >= 2 (frames go in pairs), got {self.max_frames}")
@@ -216,25 +243,89 @@ RESIZE_CHUNK = 16  # frames moved to the device and resized at a time (4K frames
 
 def sample_frames(path: str, opts: VideoOptions, model_type: str, device: str | None = None):
     """Sample, decode and resize as qwen-vl-utils' fetch_video does. Returns (frames uint8 [T,3,H,W], metadata,
-    info). With decord, the frames are chosen here with qwen-vl-utils' frame choice and sizing, read by opts.reader
-    (the parallel reader where it numbers the frames as decord does, else decord; the same frames and metadata as
-    fetch_video's but for metadata["video_backend"], tested) and resized on `device` (None: the CPU; the frames come
-    back to the CPU either way); on a GPU its float rounding may move a value by one level against the CPU's.
-    Without decord, fetch_video reads and resizes on the CPU."""
+    info). With decord, the frames are chosen here with qwen-vl-utils' frame choice and sizing (plan_video), read by
+    opts.reader (the parallel reader where it numbers the frames as decord does, else decord; the same frames and
+    metadata as fetch_video's but for metadata["video_backend"], tested) and resized on `device` (None: the CPU; the
+    frames come back to the CPU either way); on a GPU its float rounding may move a value by one level against the
+    CPU's, so sampler="lmms_eval" always resizes on the CPU, as lmms-eval does. Without decord, fetch_video reads and
+    resizes on the CPU (sampler="lmms_eval" needs decord, as lmms-eval's classes do)."""
     fetch_video = require("qwen_vl_utils", "video", "sampling video frames").fetch_video
 
     _quiet_backend_choice(fetch_video)
     info = probe(path)
     check_range(info, opts)
-    ele = fetch_video_request(path, opts)
-    if info.backend == "decord":
-        return _sample_decord(path, ele, info, MODEL_PATCH[model_type], device, opts)
+    if info.backend == "decord" or opts.sampler == "lmms_eval":
+        return _sample_decord(path, opts, info, model_type, device)
     try:
-        (video, metadata), _ = fetch_video(ele, image_patch_size=MODEL_PATCH[model_type],
+        (video, metadata), _ = fetch_video(fetch_video_request(path, opts), image_patch_size=MODEL_PATCH[model_type],
                                            return_video_sample_fps=True, return_video_metadata=True)
     except (ValueError, RuntimeError) as e:
         raise VideoError(f"cannot sample frames from {path}: {e}") from None
     return video.round().clamp(0, 255).to(torch.uint8), metadata, info
+
+
+def pixels_device(opts: VideoOptions, device: str | None) -> str | None:
+    """Where sampled frames are resized and processed: `device`, but the CPU for sampler="lmms_eval" (lmms-eval's
+    classes do both on the CPU; a GPU's float rounding may move a value by one level)."""
+    return None if opts.sampler == "lmms_eval" else device
+
+
+def plan_video(path: str, opts: VideoOptions, info: VideoInfo, model_type: str) -> tuple[list[int], int, tuple[int, int]]:
+    """(the file's frame indices to read, the number of frames in the sampled time range, (height, width) they are
+    resized to) for `opts`: qwen-vl-utils' fps / max_frames sampling (sampler="qwen") or lmms-eval's
+    (lmms_eval_plan); VideoError for what their checks refuse."""
+    if opts.sampler == "lmms_eval":
+        if info.backend != "decord":
+            raise VideoError("sampler='lmms_eval' reads frames with decord, as lmms-eval's Qwen-VL classes do: "
+                             "pip install decord")
+        return lmms_eval_plan(path, opts, info, model_type)
+    return plan_sample(path, fetch_video_request(path, opts), info, MODEL_PATCH[model_type])
+
+
+def lmms_eval_request(path: str, opts: VideoOptions, model_type: str, total_frames: int) -> dict:
+    """The video element lmms-eval's class for `model_type` gives qwen-vl-utils (fetch_video) for `opts`.
+
+    qwen3_vl (Qwen3_VL._build_video_kwargs): min_pixels; fps and max_frames with an fps, else max_frames with a
+    total_pixels, else nframes = min(max_num_frames, the file's frames); total_pixels if given, else max_pixels.
+    qwen2_vl / qwen2_5_vl: max_pixels and min_pixels only (qwen-vl-utils then samples at 2 fps, at most 768 frames);
+    an fps or total_pixels here (beyond lmms-eval: its classes take neither) go in as well."""
+    ele: dict = {"video": path}
+    if model_type == "qwen3_vl":
+        if opts.min_pixels is not None:
+            ele["min_pixels"] = opts.min_pixels
+        if opts.fps is not None:
+            ele["fps"], ele["max_frames"] = opts.fps, opts.max_frames
+        elif opts.total_pixels is not None:
+            ele["max_frames"] = opts.max_frames
+        else:
+            ele["nframes"] = min(opts.max_frames, total_frames)
+        if opts.total_pixels is not None:
+            ele["total_pixels"] = opts.total_pixels
+        elif opts.max_pixels is not None:
+            ele["max_pixels"] = opts.max_pixels
+        return ele
+    for key, value in (("max_pixels", opts.max_pixels), ("min_pixels", opts.min_pixels), ("fps", opts.fps),
+                       ("total_pixels", opts.total_pixels)):
+        if value is not None:
+            ele[key] = value
+    return ele
+
+
+def lmms_eval_plan(path: str, opts: VideoOptions, info: VideoInfo, model_type: str):
+    """plan_video for sampler="lmms_eval": qwen-vl-utils' frame choice and size for lmms_eval_request; then, for
+    Qwen2-VL and Qwen2.5-VL, lmms-eval's thinning of those frames (already sized for their count): the ones at
+    np.linspace(0, n - 1, max_num_frames, dtype=int), each once, and for Qwen2.5-VL the last one if it is missing."""
+    indices, in_range, size = plan_sample(path, lmms_eval_request(path, opts, model_type, info.frames), info,
+                                          MODEL_PATCH[model_type])
+    if model_type != "qwen3_vl":
+        import numpy as np
+
+        n = len(indices)
+        keep = np.unique(np.linspace(0, n - 1, opts.max_frames, dtype=int))
+        if model_type == "qwen2_5_vl" and n - 1 not in keep:
+            keep = np.unique(np.append(keep, n - 1))
+        indices = [indices[i] for i in keep.tolist()]
+    return indices, in_range, size
 
 
 def _read_parallel(path: str, indices: list[int], info: VideoInfo, opts: VideoOptions, written=None, out=None,
@@ -293,8 +384,8 @@ def read_sampled(path: str, indices: list[int], info: VideoInfo, opts: VideoOpti
     return frames, "decord"
 
 
-def _sample_decord(path: str, ele: dict, info: VideoInfo, patch: int, device: str | None, opts: VideoOptions):
-    indices, in_range, size = plan_sample(path, ele, info, patch)
+def _sample_decord(path: str, opts: VideoOptions, info: VideoInfo, model_type: str, device: str | None):
+    indices, in_range, size = plan_video(path, opts, info, model_type)
     error = None
     with native_stderr_captured() as native:  # its lines are there once the block has ended
         try:
@@ -306,7 +397,7 @@ def _sample_decord(path: str, ele: dict, info: VideoInfo, patch: int, device: st
                          "e.g. ffmpeg -i in.mp4 -c:v libx264 out.mp4")
     frames = torch.from_numpy(frames).permute(0, 3, 1, 2)
     metadata = {"fps": info.fps, "frames_indices": indices, "total_num_frames": in_range, "video_backend": backend}
-    return resize_frames(frames, size, device), metadata, info
+    return resize_frames(frames, size, pixels_device(opts, device)), metadata, info
 
 
 def _frame_choice(ele: dict, total_frames: int, video_fps: float) -> tuple[list[int], int]:
@@ -355,10 +446,12 @@ def build_inputs(processor, model_config, video_path: str, question: str | None,
     device: where the video processor rescales, normalises and patchifies the frames (transformers' `device`
     argument; None: the CPU). With the model's GPU, the uint8 frames travel there and the float pixels are made there.
     resize_device: where the decoded frames are resized to the sampled size (sample_frames; None: the CPU).
+    With sampler="lmms_eval" both run on the CPU (pixels_device()).
     """
     model_type = check_model_type(model_config)
     frames, metadata, info = sample_frames(video_path, opts, model_type, resize_device)
-    inputs = prompt_inputs(processor, frames, metadata, video_path, question, device)
+    inputs = prompt_inputs(processor, frames, metadata, video_path, question, pixels_device(opts, device), opts,
+                           model_type)
     return prepared_video(inputs, model_config, info, frames.shape[0], (frames.shape[-1], frames.shape[-2]))
 
 
@@ -372,33 +465,73 @@ def check_model_type(model_config) -> str:
 VISION_END = "<|vision_end|>"  # the token that closes a video in every Qwen-VL chat template
 
 
-def video_messages(video_path: str, question: str) -> list[dict]:
-    """The chat messages of one video and a question after it."""
-    return [{"role": "user", "content": [{"type": "video", "video": video_path}, {"type": "text", "text": question}]}]
+def video_messages(video_path: str, question: str, system_prompt: str | None = None) -> list[dict]:
+    """The chat messages of one video and a question after it, after a system message if `system_prompt` is given
+    (as lmms-eval's classes put theirs: a plain string)."""
+    system = [] if system_prompt is None else [{"role": "system", "content": system_prompt}]
+    return system + [{"role": "user", "content": [{"type": "video", "video": video_path},
+                                                  {"type": "text", "text": question}]}]
+
+
+def processor_kwargs(processor, opts: VideoOptions | None, model_type: str | None) -> dict:
+    """How the video processor is called on sampled frames (the whole video's prompt and, streamed, each batch of
+    frame pairs): sampler="qwen" (and Qwen3-VL under "lmms_eval", whose class calls it so too): no resizing, no
+    frame sampling. Qwen2-VL / Qwen2.5-VL under "lmms_eval": as their lmms-eval classes, whose processor resizes the
+    (already sized) frames again under its min_pixels / max_pixels (their model_args) without the per-frame cap."""
+    if opts is None or opts.sampler == "qwen" or model_type == "qwen3_vl":
+        return {"do_resize": False, "do_sample_frames": False}
+    size = processor.video_processor.size
+    return {"size": {"shortest_edge": opts.min_pixels or size.shortest_edge,
+                     "longest_edge": opts.max_pixels or size.longest_edge},
+            "cap_pixels_per_frame": False}
 
 
 def prompt_inputs(processor, frames: torch.Tensor, metadata: dict, video_path: str, question: str | None,
-                  device: str | None = None) -> dict:
+                  device: str | None = None, opts: VideoOptions | None = None, model_type: str | None = None) -> dict:
     """The processor's tensors for the chat prompt of one video (uint8 frames [T, 3, H, W], sized) and a question;
-    question None: the prompt up to the end of the video (its last vision-end token included), a video prefix's."""
-    messages = video_messages(video_path, "" if question is None else question)
+    question None: the prompt up to the end of the video (its last vision-end token included), a video prefix's.
+    opts: its system_prompt and sampler; with sampler="lmms_eval" the processor is called as lmms-eval's class for
+    `model_type` calls it: float frames, no video metadata for Qwen2-VL / Qwen2.5-VL (so Qwen2.5-VL's
+    second_per_grid_ts come from the processor's default 24 fps), processor_kwargs."""
+    messages = video_messages(video_path, "" if question is None else question, opts and opts.system_prompt)
     text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     meta = {"fps": float(metadata["fps"]), "frames_indices": list(metadata["frames_indices"]),
             "total_num_frames": int(metadata["total_num_frames"])}
-    video_processor = getattr(processor, "video_processor", None)
-    if getattr(video_processor, "cap_pixels_per_frame", False) is None:
-        # The frames come sized by qwen-vl-utils, which applies the per-frame pixel cap (the reference behaviour);
-        # with do_resize=False the flag changes nothing here, and setting it silences newer transformers' warning.
-        video_processor.cap_pixels_per_frame = True
-    inputs = dict(processor(text=[text], videos=[frames], video_metadata=[meta], do_resize=False,
-                            do_sample_frames=False, return_tensors="pt",
-                            **({"device": str(device)} if device is not None else {})))
+    on = {"device": str(device)} if device is not None else {}
+    if opts is not None and opts.sampler == "lmms_eval":
+        if model_type not in MODEL_PATCH:
+            raise ValueError(f"sampler='lmms_eval' needs the model type ({', '.join(MODEL_PATCH)}), got {model_type!r}")
+        extra = ({"video_metadata": [meta]} if model_type == "qwen3_vl"
+                 else {"padding": True, "padding_side": "right"})
+        inputs = dict(processor(text=[text], videos=[frames.float()], return_tensors="pt", **extra,
+                                **processor_kwargs(processor, opts, model_type), **on))
+    else:
+        video_processor = getattr(processor, "video_processor", None)
+        if getattr(video_processor, "cap_pixels_per_frame", False) is None:
+            # The frames come sized by qwen-vl-utils, which applies the per-frame pixel cap (the reference
+            # behaviour); with do_resize=False the flag changes nothing here, and setting it silences newer
+            # transformers' warning.
+            video_processor.cap_pixels_per_frame = True
+        inputs = dict(processor(text=[text], videos=[frames], video_metadata=[meta], return_tensors="pt",
+                                **processor_kwargs(processor, None, model_type), **on))
     if question is None:
         ids = inputs["input_ids"]
         end = int((ids[0] == processor.tokenizer.convert_tokens_to_ids(VISION_END)).nonzero()[-1]) + 1
         inputs = {k: v[:, :end] if isinstance(v, torch.Tensor) and v.shape[:2] == ids.shape else v
                   for k, v in inputs.items()}
     return inputs
+
+
+def prefix_input_ids(processor, model_config, video_path: str, opts: VideoOptions) -> torch.Tensor:
+    """The token ids [1, n] of the prompt up to the end of the video (a prefix's), from the processor over black
+    stand-in frames of the sampled count and size (the ids do not depend on the pixels); no frame is decoded."""
+    model_type = check_model_type(model_config)
+    info = probe(video_path)
+    check_range(info, opts)
+    indices, in_range, (height, width) = plan_video(video_path, opts, info, model_type)
+    metadata = {"fps": info.fps, "frames_indices": indices, "total_num_frames": in_range}
+    blank = torch.zeros((len(indices), 3, height, width), dtype=torch.uint8)
+    return prompt_inputs(processor, blank, metadata, video_path, None, None, opts, model_type)["input_ids"]
 
 
 def prepared_video(inputs: dict, model_config, info: VideoInfo, frames: int, frame_size: tuple[int, int]) -> PreparedVideo:

@@ -7,8 +7,12 @@ def doc_to_visual(doc):
 
 
 def doc_to_text(doc, lmms_eval_specific_kwargs=None):
+    """pre_prompt, the question, its options, post_prompt (the task yaml's lmms_eval_specific_kwargs: lmms-eval gives a
+    model the entry named as it is, else the default)."""
+    kwargs = lmms_eval_specific_kwargs or {}
+    default = "\nAnswer with the option's letter from the given choices directly."
     options = "\n".join(f"{letter}. {text}" for letter, text in zip("ABCD", doc["options"]))
-    return f"{doc['question']}\n{options}\nAnswer with the option's letter from the given choices directly."
+    return f"{kwargs.get('pre_prompt', '')}{doc['question']}\n{options}{kwargs.get('post_prompt', default)}"
 
 
 def doc_to_target(doc):
