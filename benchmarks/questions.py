@@ -83,7 +83,7 @@ def reserved_gib() -> float:
 
 
 def prism_rows(name: str, clips: list[str], k: int, opts: VideoOptions, tokens: int, rows: list[str], smoke: bool):
-    """prism_mm's rows (one loaded session) and its warm-up seconds."""
+    """prism_mm's rows (one loaded session; each row records the session's load and warm-up seconds)."""
     out, device = [], "cpu" if smoke else "cuda"
     started = time.perf_counter()
     session = VideoSession(name, device=device, random_weights=not smoke, prefixes=PrefixStore(PREFIX_DEVICE_BYTES))
@@ -108,9 +108,9 @@ def prism_rows(name: str, clips: list[str], k: int, opts: VideoOptions, tokens: 
                             "question_tokens": record.question_tokens, "new_tokens": record.new_tokens,
                             "question_s": record.question_s, "decode_s": record.decode_s,
                             "mean_density": record.mean_density, "alloc_retries": alloc_retries() - retries,
-                            "reserved_gib": reserved_gib()})
+                            "reserved_gib": reserved_gib(), "load_s": load_s, "warmup_s": warmup_s})
     del session
-    return out, {"load_s": load_s, "warmup_s": warmup_s}
+    return out
 
 
 def transformers_row(name: str, clips: list[str], k: int, opts: VideoOptions, tokens: int, smoke: bool, save):
@@ -170,14 +170,22 @@ def summarize(rows: list[dict]) -> list[dict]:
     return out
 
 
+def sizes(data: dict) -> dict:
+    """The results' meta with the videos and questions its rows span (rows merged from runs of other sizes)."""
+    return {**data["meta"], "videos": 1 + max(r["video"] for r in data["rows"]),
+            "questions": 1 + max(r["question"] for r in data["rows"])}
+
+
 def table(data: dict) -> list[str]:
-    meta = {**data["meta"], "videos": 1 + max(r["video"] for r in data["rows"]),
-            "questions": 1 + max(r["question"] for r in data["rows"])}  # rows merged from runs of other sizes
-    lines = [f"# Several questions per video ({meta['model']}, random weights, bf16; {meta['device']})", "",
+    meta = sizes(data)
+    lines = [f"# Several questions per video ({meta['model']}, random weights, {meta.get('dtype', 'bf16')}; "
+             f"{meta['device']})", "",
              f"{meta['videos']} generated {meta['seconds']:.0f} s {meta['height']}p clips x {meta['questions']} "
              f"VideoMME-shaped questions, {meta['max_new_tokens']} new tokens each; wall time of each call after the "
-             f"model is loaded. prism_mm's one-time warm-up at load: {meta.get('warmup_s', 0):.1f} s (model load "
-             f"{meta.get('load_s', 0):.1f} s), not in the rows.", "",
+             "model is loaded. prism_mm's one-time warm-up at load (VideoSession.warm_up, once per loaded model and "
+             "process) is not in the rows: " + "; ".join(
+                 f"{row}: {r['warmup_s']:.1f} s (model load {r['load_s']:.1f} s)"
+                 for row, r in {r["row"]: r for r in data["rows"] if "warmup_s" in r}.items()) + ".", "",
              "| row | questions | total s | questions / hour | vs transformers | first token, prefix built (median) s "
              "| first token, prefix reused (median / max) s |", "|---|---|---|---|---|---|---|"]
     summary = summarize(data["rows"])
@@ -228,7 +236,7 @@ def plot(data: dict, path: Path) -> None:
     right.set_xlabel("question (videos in turn)")
     right.set_ylabel("first token, s (log)")
     right.set_title("time to the first answer token per question")
-    meta = data["meta"]
+    meta = sizes(data)
     fig.suptitle(f"{meta['model']} (random weights), {meta['videos']} x {meta['seconds']:.0f} s clips x "
                  f"{meta['questions']} questions, {meta['device']}")
     fig.tight_layout()
@@ -264,12 +272,12 @@ def main() -> None:
     args = RESULTS.parse(ap)
     if args is None:  # --redraw
         return
-    device, base = None, None
+    device = None
     if not args.smoke:
         if not torch.cuda.is_available():
             raise SystemExit("benchmarks.questions needs a CUDA GPU (or --smoke)")
         device = torch.cuda.get_device_name()
-        base = RESULTS.load(args.out, device) if args.merge else None
+    base = RESULTS.load(args.out, device) if args.merge else None
     rows = [ROW_ARGS[r] for r in args.rows]
     height = 112 if args.smoke else 720
     clips = [args.clips / f"clip{v}-{args.seconds:g}s-{height}p.mp4" for v in range(args.videos)]
@@ -279,19 +287,17 @@ def main() -> None:
     clips = [str(c) for c in clips]
     name = "tiny-qwen2.5-vl" if args.smoke else args.model
     opts = VideoOptions(max_frames=8) if args.smoke else VideoOptions()
-    measured, extra = [], {}
+    measured = []
 
     def save(rows_so_far: list[dict]) -> None:
         """Write what is measured so far (a run cut short keeps its finished questions)."""
-        kept = {k: base["meta"][k] for k in ("load_s", "warmup_s") if base and k in base["meta"]}
-        meta = {"model": name, "device": device or "cpu", "videos": args.videos, "questions": args.questions,
-                "seconds": args.seconds, "height": height, "max_new_tokens": args.max_new_tokens,
-                **kept, **extra}  # a run without prism_mm's rows keeps the committed load / warm-up figures
+        meta = {"model": name, "device": device or "cpu", "dtype": "fp32" if args.smoke else "bf16",
+                "videos": args.videos, "questions": args.questions,
+                "seconds": args.seconds, "height": height, "max_new_tokens": args.max_new_tokens}
         RESULTS.save(meta, run_info(rows=rows), rows_so_far, args.out, device, base, quiet=True)
 
     if any(r in rows for r in ROWS[:2]):
-        prism, extra = prism_rows(name, clips, args.questions, opts, args.max_new_tokens, rows, args.smoke)
-        measured += prism
+        measured += prism_rows(name, clips, args.questions, opts, args.max_new_tokens, rows, args.smoke)
         save(measured)
         gc.collect()
         if torch.cuda.is_available():
