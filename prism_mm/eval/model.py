@@ -27,7 +27,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,12 +36,10 @@ from tqdm import tqdm
 
 from .._optional import require
 from ..config import PrismConfig
-from ..models import synchronize_gpus
-from ..pipelines.prefill import Decoding, PrefillState, greedy_decode
-from ..pipelines.prefix import extend, text_after_video
-from ..pipelines.record import RunRecord
+from ..pipelines.prefill import Decoding
+from ..pipelines.prefix import text_after_video
 from ..pipelines.session import STREAM_CHUNKS, Video, VideoSession, resolve_model, stream_chunks_of
-from ..pipelines.video import VideoOptions, prefix_input_ids, video_messages
+from ..pipelines.video import VideoOptions, video_messages
 
 lmms = require("lmms_eval.api.model", "eval", "the lmms-eval model prism_qwen_vl").lmms
 
@@ -132,73 +129,6 @@ def answer_text(family: Family, tokenizer, tokens: torch.Tensor, until: list[str
     if enable_thinking:
         text = text.partition("</think>")[2].strip()
     return text
-
-
-@dataclass
-class Decoded:
-    tokens: torch.Tensor  # [1, new tokens]
-    question_s: float
-    decode_s: float
-
-
-# decode_from_prefix and answer_from_prefix are pipelines.prefix.ask and VideoSession.answer + Video.ask with a
-# Decoding (whose stop tokens and logits processors those do not take yet); they use the session's lock, store and
-# the Video's prefix handle as those do.
-
-
-def decode_from_prefix(model, prefix, ids: list[int], decoding: Decoding, prompt_ids: torch.Tensor | None) -> Decoded:
-    """pipelines.prefix.ask with `decoding`: the text tokens `ids` after the video as one dense chunk on a copy of the
-    prefix, then greedy decoding with decoding's stop tokens and logits processors (prompt_ids: the prefix's token
-    ids [1, prefix.tokens], needed when decoding.reads_prompt)."""
-    if not ids:
-        raise ValueError("no tokens after the video to answer from")
-    processors = decoding.processors(model, prefix.tokens + len(ids))
-    whole = None
-    if processors is not None:
-        if prompt_ids is None or prompt_ids.shape[-1] != prefix.tokens:
-            raise ValueError(f"this decoding's logits processors read the prompt: pass the prefix's {prefix.tokens} "
-                             "token ids as prompt_ids")
-        whole = torch.cat([prompt_ids.reshape(1, -1).cpu(), torch.tensor([ids])], dim=1)
-    cache = prefix.cache(model.config)
-    cuda = prefix.device.type == "cuda"
-    if cuda:
-        synchronize_gpus()
-    t0 = time.perf_counter()
-    logits = extend(model, cache, ids, prefix.tokens, prefix.rope_deltas)
-    if cuda:
-        synchronize_gpus()
-    question_s = time.perf_counter() - t0
-    model.model.rope_deltas = prefix.rope_deltas  # the decoding steps' positions (transformers' rule after a prefill)
-    state = PrefillState(cache, logits, prefix.tokens + len(ids))
-    tokens = greedy_decode(model, state, decoding.max_new_tokens, decoding.eos_ids(model),
-                           logits_processor=processors, prompt_ids=whole)
-    if cuda:
-        synchronize_gpus()
-    return Decoded(tokens, question_s, time.perf_counter() - t0 - question_s)
-
-
-def answer_from_prefix(video, ids: list[int], decoding: Decoding, prompt_ids: torch.Tensor | None = None,
-                       skip_special_tokens: bool = True) -> tuple[RunRecord, torch.Tensor]:
-    """Video.ask for the text token ids `ids` after the video (pipelines.prefix.text_after_video), decoded with
-    `decoding`: (its RunRecord, whose answer is the tokens decoded with skip_special_tokens and no clean-up of
-    tokenization spaces and not stripped; the answer's token ids [1, n])."""
-    session = video.session
-    prefix, built = video._prefix()
-    built = video._take_build(built)
-    with session._lock:
-        session.prefixes.restore(prefix, session.device)  # evicted since it was handed out (a background build)
-        session.model.prism_stats.reset()
-        result = decode_from_prefix(session.model, prefix, ids, decoding, prompt_ids)
-    text = session.processor.batch_decode(result.tokens, skip_special_tokens=skip_special_tokens,
-                                          clean_up_tokenization_spaces=False)[0]
-    b = prefix.build
-    record = RunRecord(session.attn, text, b.prefill_s if built else 0.0, b.vision_s if built else None,
-                       result.decode_s, int(result.tokens.numel()), b.mean_density, b.sparse_layers, b.layers,
-                       b.dense_reasons, b.layer_report, prefix.frames, prefix.frame_size, prefix.visual_tokens,
-                       prefix.tokens + len(ids), b.video_s if built else 0.0, b.streamed,
-                       b.decoder_chunks_streamed if built else 0, b.decoder_chunks, not built, result.question_s,
-                       len(ids), prefix.tokens)
-    return record, result.tokens
 
 
 def _bool(value) -> bool:
@@ -403,19 +333,12 @@ class PrismQwenVL(lmms):
         decoding = Decoding.from_generation_config(self.model.generation_config, max_new_tokens,
                                                           tokenizer.eos_token_id)
         ids = text_after_video(self.processor, video_messages(video.path, context, self.system_prompt))
-        prompt_ids = None
-        if decoding.reads_prompt:  # a logits processor reads the prompt's ids: the prefix's, once per video
-            if self._prompt_ids is None or self._prompt_ids[0] != video.path:
-                self._prompt_ids = (video.path, prefix_input_ids(self.processor, self.model.config, video.path,
-                                                                 self.video_options))
-            prompt_ids = self._prompt_ids[1]
-        record, tokens = answer_from_prefix(video, ids, decoding, prompt_ids)
+        record, answer = video.answer(ids, decoding)
+        tokens = answer.tokens
         text = answer_text(family, tokenizer, tokens, until, self.enable_thinking)
         settings = {**decoding.to_dict(), "until": until, "stripped": family.strips,
                     "enable_thinking": self.enable_thinking, **self._sampling(gen_kwargs)}
         return text, self._record(dataclasses.replace(record, answer=text), context, settings)
-
-    _prompt_ids = None
 
     def _record(self, record, context: str, generation: dict) -> dict:
         """The RunRecord as a dict with what the answer was made with: preprocessing, prompt, generation settings."""

@@ -23,12 +23,14 @@ from dataclasses import dataclass, field
 import torch
 
 from ..models import dense_rows, synchronize_gpus
-from .prefill import PrefillState, greedy_decode, new_cache
+from .prefill import Decoding, PrefillState, greedy_decode, new_cache
 from .video import VISION_END, VideoOptions
 
-# VideoOptions fields that choose which frames are read and at what size; the others only choose how the file is
-# decoded (the same frames, byte for byte: tests/test_frames.py), so they are not part of a prefix's key.
-SAMPLING_FIELDS = ("fps", "max_frames", "min_pixels", "max_pixels", "total_pixels", "start", "end", "sampler", "system_prompt")
+# VideoOptions fields that change a prefix: which frames are read, at what size, by whose rules (sampler), and the
+# system prompt before the video; the others only choose how the file is decoded (the same frames, byte for byte:
+# tests/test_frames.py), so they are not part of a prefix's key.
+SAMPLING_FIELDS = ("fps", "max_frames", "min_pixels", "max_pixels", "total_pixels", "start", "end", "sampler",
+                   "system_prompt")
 
 
 def sampling_key(options: VideoOptions) -> tuple:
@@ -98,6 +100,7 @@ class VideoPrefix:
     visual_tokens: int
     video_seconds: float
     build: PrefixBuild
+    input_ids: torch.Tensor | None = None  # [1, tokens] on the CPU: what logits processors that read the prompt see
     device: torch.device = field(init=False)
 
     def __post_init__(self) -> None:
@@ -262,16 +265,23 @@ def extend(model, cache, ids: list[int], start: int, rope_deltas: torch.Tensor) 
         return model.lm_head(out.last_hidden_state[:, -1:])[:, -1]
 
 
-def ask(model, prefix: VideoPrefix, ids: list[int], max_new_tokens: int, cache=None, fed: int = 0,
+def ask(model, prefix: VideoPrefix, ids: list[int], decoding: Decoding, cache=None, fed: int = 0,
         on_token=None) -> Answer:
     """Answer from `prefix`: the text tokens `ids` after the video (the question and whatever the template puts after
-    it) as one dense chunk, then greedy decoding. `cache` (with `fed` tokens after the prefix already in it: a chat's
-    earlier turns) continues a conversation; None starts from a copy of the prefix. on_token(token_id) is called per
-    new token as it is chosen."""
+    it) as one dense chunk, then greedy decoding as `decoding` says (its stop tokens and logits processors). `cache`
+    (with `fed` tokens after the prefix already in it: a chat's earlier turns) continues a conversation; None starts
+    from a copy of the prefix. on_token(token_id) is called per new token as it is chosen."""
     if not ids:
         raise ValueError("no tokens after the video to answer from")
     if cache is None:
         cache, fed = prefix.cache(model.config), 0
+    processors = decoding.processors(model, prefix.tokens + fed + len(ids))
+    prompt_ids = None
+    if processors is not None:  # they read the prompt's ids (a repetition penalty, n-gram blocking)
+        if fed or prefix.input_ids is None:
+            raise ValueError("logits processors that read the prompt need a prefix's own token ids and no earlier "
+                             "turns")
+        prompt_ids = torch.cat([prefix.input_ids.reshape(1, -1).cpu(), torch.tensor([ids])], dim=1)
     cuda = prefix.device.type == "cuda"
     if cuda:
         synchronize_gpus()
@@ -282,7 +292,8 @@ def ask(model, prefix: VideoPrefix, ids: list[int], max_new_tokens: int, cache=N
     question_s = time.perf_counter() - t0
     model.model.rope_deltas = prefix.rope_deltas  # the decoding steps' positions (transformers' rule after a prefill)
     state = PrefillState(cache, logits, prefix.tokens + fed + len(ids))
-    tokens = greedy_decode(model, state, max_new_tokens, on_token=on_token)
+    tokens = greedy_decode(model, state, decoding.max_new_tokens, decoding.eos_ids(model), on_token, processors,
+                           prompt_ids)
     if cuda:
         synchronize_gpus()
     return Answer(tokens, question_s, time.perf_counter() - t0 - question_s, logits, cache)

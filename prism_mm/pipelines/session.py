@@ -24,8 +24,8 @@ from ..models import VISION_ATTENTIONS, VL_MODEL_TYPES, enable_prism, load_model
 from ..spectral import text_config
 from ..testing.tiny import TINY_MODELS, build_tiny_processor, tiny_model_dir
 from .frames import start_decoder_server
-from .prefill import ChunkConfig, chunked_prefill
-from .prefix import PrefixBuild, PrefixKey, PrefixStore, VideoPrefix, ask, cache_layers, text_after_video
+from .prefill import ChunkConfig, Decoding, chunked_prefill
+from .prefix import Answer, PrefixBuild, PrefixKey, PrefixStore, VideoPrefix, ask, cache_layers, text_after_video
 from .record import RunRecord
 from .stream import BATCH_PAIRS, StreamingUnavailable, stream_prefill, stream_video
 from .video import MODEL_PATCH, VideoOptions, build_inputs, probe, prompt_inputs, video_messages
@@ -259,20 +259,21 @@ class VideoSession:
         if check and prism and build.decoder_chunks == 1:  # in chunks, a one-pass check would not be its selections
             build.layers_vs_dense = self._checked_prefill(inputs, features)
         return VideoPrefix(key, layers, prepared.total_tokens, rope_deltas, prepared.frames_used, prepared.frame_size,
-                           prepared.visual_tokens, prepared.info.duration, build)
+                           prepared.visual_tokens, prepared.info.duration, build, prepared.inputs["input_ids"].cpu())
 
-    def answer(self, prefix: VideoPrefix, built: bool, ids: list[int], max_new_tokens: int, cache=None, fed: int = 0,
-               on_token=None):
-        """(RunRecord, the conversation's cache) of an answer from `prefix` to the text tokens `ids` after the video
-        (pipelines.prefix.ask); `built`: the prefix was built for this answer (its build time is the record's)."""
-        if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
+    def answer(self, prefix: VideoPrefix, built: bool, ids: list[int], decoding: Decoding | int, cache=None,
+               fed: int = 0, on_token=None) -> tuple[RunRecord, Answer]:
+        """(RunRecord, Answer: the tokens, first logits and the conversation's cache) of an answer from `prefix` to
+        the text tokens `ids` after the video (pipelines.prefix.ask; decoding: a Decoding, or max_new_tokens for
+        plain greedy decoding); `built`: the prefix was built for this answer (its build time is the record's)."""
+        decoding = decoding if isinstance(decoding, Decoding) else Decoding(decoding)
         with self._lock:
             self.prefixes.restore(prefix, self.device)  # evicted since it was handed out (a background build)
             self.model.prism_stats.reset()
-            result = ask(self.model, prefix, ids, max_new_tokens, cache, fed, on_token)
+            result = ask(self.model, prefix, ids, decoding, cache, fed, on_token)
         b = prefix.build
-        answer = self.processor.batch_decode(result.tokens, skip_special_tokens=True)[0].strip()
+        answer = self.processor.batch_decode(result.tokens, skip_special_tokens=True,
+                                             clean_up_tokenization_spaces=False)[0].strip()
         record = RunRecord(self.attn, answer, b.prefill_s if built else 0.0, b.vision_s if built else None,
                            result.decode_s, int(result.tokens.numel()), b.mean_density, b.sparse_layers, b.layers,
                            b.dense_reasons, b.layer_report, prefix.frames, prefix.frame_size, prefix.visual_tokens,
@@ -307,7 +308,7 @@ class VideoSession:
                                          self.model.model.rope_deltas, 0, (side, side), 0, 0.0, None)
                     del cache
                     for ids in questions:
-                        ask(self.model, prefix, ids, 2)
+                        ask(self.model, prefix, ids, Decoding(2))
             finally:
                 self.set_attention(previous)
                 self.model.prism_stats.reset()
@@ -410,9 +411,14 @@ class Video:
     def ask(self, question: str, max_new_tokens: int = 128, on_token=None) -> RunRecord:
         """The answer to `question` from the video's prefix (built now if it is not kept), as a RunRecord (reused:
         False for the answer that paid for the prefix). on_token(token_id) streams the answer's tokens."""
-        prefix, built = self._prefix()
         ids = text_after_video(self.session.processor, video_messages(self.path, question))
-        return self.session.answer(prefix, self._take_build(built), ids, max_new_tokens, on_token=on_token)[0]
+        return self.answer(ids, Decoding(max_new_tokens), on_token)[0]
+
+    def answer(self, ids: list[int], decoding: Decoding, on_token=None) -> tuple[RunRecord, Answer]:
+        """ask() for the text token ids after the video (pipelines.prefix.text_after_video) and a Decoding: the
+        RunRecord and the Answer (its tokens)."""
+        prefix, built = self._prefix()
+        return self.session.answer(prefix, self._take_build(built), ids, decoding, on_token=on_token)
 
     def chat(self) -> "Chat":
         return Chat(self)

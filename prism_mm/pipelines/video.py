@@ -522,18 +522,6 @@ def prompt_inputs(processor, frames: torch.Tensor, metadata: dict, video_path: s
     return inputs
 
 
-def prefix_input_ids(processor, model_config, video_path: str, opts: VideoOptions) -> torch.Tensor:
-    """The token ids [1, n] of the prompt up to the end of the video (a prefix's), from the processor over black
-    stand-in frames of the sampled count and size (the ids do not depend on the pixels); no frame is decoded."""
-    model_type = check_model_type(model_config)
-    info = probe(video_path)
-    check_range(info, opts)
-    indices, in_range, (height, width) = plan_video(video_path, opts, info, model_type)
-    metadata = {"fps": info.fps, "frames_indices": indices, "total_num_frames": in_range}
-    blank = torch.zeros((len(indices), 3, height, width), dtype=torch.uint8)
-    return prompt_inputs(processor, blank, metadata, video_path, None, None, opts, model_type)["input_ids"]
-
-
 def prepared_video(inputs: dict, model_config, info: VideoInfo, frames: int, frame_size: tuple[int, int]) -> PreparedVideo:
     video_token = getattr(model_config, "video_token_id", None)
     visual = int((inputs["input_ids"] == video_token).sum()) if video_token is not None else 0
