@@ -1,6 +1,6 @@
 """Experiment (ninth session): the whole time from a video file to the first answer token, streamed
-(VideoSession.run_streamed: decoding overlapped with the processor and the vision tower, then the decoder prefill)
-against in a row (VideoSession.prepare + run: decoding, processor, then one prefill forward), and streamed with the
+(VideoSession.load_video, streamed: decoding overlapped with the processor and the vision tower, then the decoder prefill)
+against in a row (VideoSession(stream=False): decoding, processor, then the prefill), and streamed with the
 decoder prefill pipelined in chunks (`--chunks N ...`: a session ChunkConfig, stream.stream_prefill), for dense and Prism,
 Qwen2.5-VL-7B with random weights (bf16) on a generated 720p H.264 clip sampled at 2 fps. Each (mode, path) is warmed
 up once on the clip itself (VideoQA's warm-up), then timed `--repeats` times, the paths interleaved. One JSON line per
@@ -106,12 +106,17 @@ def main():
     emit(what="load", s=time.perf_counter() - t, device=session.device_name)
     question = "What happens in the video?"
 
-    def in_a_row(mode, warmup, options=None):
-        prepared = session.prepare(args.clip, question, options)
-        return session.run(prepared, mode, args.max_new_tokens, warmup=warmup)
+    def answer(mode, stream, options):  # a fresh prefix every run: the first token as a new video's
+        session.stream = stream
+        session.set_attention(mode)
+        session.prefixes.clear()
+        return session.load_video(args.clip, options).ask(question, args.max_new_tokens)
+
+    def in_a_row(mode, warmup, options=None):  # warm-up runs are whole runs now (the session keeps no stand-in path)
+        return answer(mode, False, options)
 
     def streamed(mode, warmup, options=None):
-        return session.run_streamed(args.clip, question, options, mode, args.max_new_tokens, warmup=warmup)
+        return answer(mode, True, options)
 
     def one_pass(mode, warmup, options=None):  # the stream with the decoder in one pass after it (no stream chunks)
         kept, session.stream_chunks = session.stream_chunks, None

@@ -163,7 +163,7 @@ def test_session_answers_into_one_record(clip, tiny):
     session.set_attention("prism")
     video = session.load_video(clip, opts)
     prism = video.ask("What moves?", 3)
-    prefix = video.prefix_used
+    prefix = video.prefix_info
     assert isinstance(prism, RunRecord) and prism.attn == "prism" and dense.attn == "dense"
     assert (prism.frames, prism.visual_tokens, prism.prefix_tokens) == (4, prefix.visual_tokens, prefix.tokens)
     assert prism.total_tokens == prefix.tokens + prism.question_tokens and prism.question_tokens > 0
@@ -173,8 +173,7 @@ def test_session_answers_into_one_record(clip, tiny):
     assert not prism.streamed and not prism.reused and not dense.reused
     assert dense.mean_density == 1.0 and dense.sparse_layers == 0 and dense.answer == prism.answer
     assert prism.new_tokens == 3
-    assert prism.total_s == pytest.approx(prism.video_s + prism.prefill_s + prism.question_s + prism.decode_s)
-    assert prism.first_token_s == pytest.approx(prism.video_s + prism.prefill_s + prism.question_s)
+    assert prism.question_s > 0 and prism.decode_s > 0
     assert json.loads(json.dumps(prism.to_dict()))["visual_tokens"] == prefix.visual_tokens
     with pytest.raises(ValueError, match="attn"):
         session.set_attention("sparse")

@@ -94,7 +94,7 @@ class Tab:
         if errors:
             yield f"**Error:** {message(errors[0], self.path, self.name)}"
             return
-        p = video.prefix_used
+        p = video.prefix_info
         b = p.build
         yield (f"**{self.name}** is ready ({mode}): {p.frames} frames at {p.frame_size[0]}x{p.frame_size[1]}, "
                f"{p.visual_tokens} visual tokens; its prefix of {p.tokens} tokens was built in "

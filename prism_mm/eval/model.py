@@ -330,12 +330,10 @@ class PrismQwenVL(lmms):
         family, tokenizer = self.family, self.processor.tokenizer
         until = stop_strings(family, gen_kwargs, tokenizer)
         max_new_tokens = int(gen_kwargs.get("max_new_tokens", family.max_new_tokens))
-        decoding = Decoding.from_generation_config(self.model.generation_config, max_new_tokens,
-                                                          tokenizer.eos_token_id)
+        decoding = Decoding.from_generation_config(self.model.generation_config, max_new_tokens, tokenizer.eos_token_id)
         ids = text_after_video(self.processor, video_messages(video.path, context, self.system_prompt))
         record, answer = video.answer(ids, decoding)
-        tokens = answer.tokens
-        text = answer_text(family, tokenizer, tokens, until, self.enable_thinking)
+        text = answer_text(family, tokenizer, answer.tokens, until, self.enable_thinking)
         settings = {**decoding.to_dict(), "until": until, "stripped": family.strips,
                     "enable_thinking": self.enable_thinking, **self._sampling(gen_kwargs)}
         return text, self._record(dataclasses.replace(record, answer=text), context, settings)
@@ -371,7 +369,6 @@ class PrismQwenVL(lmms):
                 # before the next video's is built
                 del video
                 self.session.prefixes.clear()
-                self._prompt_ids = None
         self.write_stats()
         return answers
 
@@ -389,9 +386,6 @@ class PrismQwenVL(lmms):
             raise ValueError(f"prism_qwen_vl expects one video per question, got {len(videos)} visuals "
                              f"({task} doc {doc_id})")
         return os.path.abspath(videos[0]), context
-
-    def _video_of(self, req) -> str:
-        return self._request(req)[0]
 
     def _task_prompt(self, req, doc) -> tuple[str, list]:
         """(context, visuals) of the request as lmms-eval builds them for the model name self.prompt_model: the task's

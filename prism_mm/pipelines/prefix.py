@@ -6,9 +6,9 @@ causal keys only, and every row after the video runs dense (the question chunk, 
 prompt up to the last vision-end token does not depend on the question: an answer from a kept prefix equals a fresh
 run chunked at the same boundary, bit for bit (tests/test_prefix.py).
 
-    prefix = VideoPrefix(key, layers, tokens, rope_deltas, ...)   # made by VideoSession.load_video
+    prefix, built = session.prefix(path, VideoOptions())          # VideoSession: kept, or built now (_build)
     ids = text_after_video(processor, video_messages(path, question))
-    tokens, timing = ask(model, prefix, ids, max_new_tokens=32)
+    answer = ask(model, prefix, ids, Decoding(max_new_tokens=32))  # answer.tokens, .question_s, .first_logits
 
 PrefixStore keeps prefixes of one loaded model under a memory budget (least recently used first out), optionally
 moving the ones it evicts from the GPU to pinned CPU memory.
@@ -85,6 +85,18 @@ class PrefixBuild:
         return self.video_s + self.prefill_s
 
 
+@dataclass(frozen=True)
+class PrefixInfo:
+    """What a prefix is, without its cache (holding it keeps no device memory): for reports."""
+
+    tokens: int
+    frames: int
+    frame_size: tuple[int, int]
+    visual_tokens: int
+    video_seconds: float
+    build: PrefixBuild
+
+
 @dataclass
 class VideoPrefix:
     """The KV cache of a prompt up to the end of its video (one (keys, values) pair per decoder layer, never written
@@ -105,6 +117,10 @@ class VideoPrefix:
 
     def __post_init__(self) -> None:
         self.device = self.layers[0][0].device
+
+    @property
+    def info(self) -> PrefixInfo:
+        return PrefixInfo(self.tokens, self.frames, self.frame_size, self.visual_tokens, self.video_seconds, self.build)
 
     @property
     def nbytes(self) -> int:

@@ -49,12 +49,6 @@ class VideoQA:
     def modes(self) -> list[str]:
         return ["dense", "prism"] if self.attn == "compare" else [self.attn]
 
-    def load(self, video: str, background: bool = False) -> None:
-        """Start building the video's prefix(es) before any question is known (background: in a thread)."""
-        for mode in self.modes:
-            self.session.set_attention(mode)
-            self.session.load_video(video, self.video_opts, background=background)
-
     def __call__(self, video: str, question: str) -> dict:
         """Answer `question` about `video` in each mode, from the video's kept prefix where there is one."""
         check = len(self.modes) > 1 and self.session.chunks is None  # compare: a one-chunk prefix checked vs dense
@@ -64,7 +58,7 @@ class VideoQA:
             handles[mode] = self.session.load_video(video, self.video_opts, check_against_dense=check and mode == "prism")
             runs[mode] = handles[mode].ask(question, self.max_new_tokens)
         main_mode = "prism" if "prism" in runs else "dense"
-        main, prefix = runs[main_mode], handles[main_mode].prefix_used
+        main, prefix = runs[main_mode], handles[main_mode].prefix_info
         result = {
             "video": video, "question": question, "model": self.model_name,
             "random_weights": self.session.random_weights, "device": self.session.device_name,

@@ -25,7 +25,8 @@ from ..spectral import text_config
 from ..testing.tiny import TINY_MODELS, build_tiny_processor, tiny_model_dir
 from .frames import start_decoder_server
 from .prefill import ChunkConfig, Decoding, chunked_prefill
-from .prefix import Answer, PrefixBuild, PrefixKey, PrefixStore, VideoPrefix, ask, cache_layers, text_after_video
+from .prefix import (Answer, PrefixBuild, PrefixInfo, PrefixKey, PrefixStore, VideoPrefix, ask, cache_layers,
+                     text_after_video)
 from .record import RunRecord
 from .stream import BATCH_PAIRS, StreamingUnavailable, stream_prefill, stream_video
 from .video import MODEL_PATCH, VideoOptions, build_inputs, probe, prompt_inputs, video_messages
@@ -127,7 +128,8 @@ class VideoSession:
             start_decoder_server()
         self.model, self.processor = load_video_model(model, self.prism_config, self.device, dtype, random_weights,
                                                       device_map, vision)
-        self.model_id = f"{model}|{self.model.dtype}|{self.device}|{'random' if random_weights else 'weights'}"
+        # a store shared by sessions never serves another loaded model's prefix (random weights differ per load)
+        self.model_id = f"{model}|{self.model.dtype}|{self.device}|{id(self.model)}"
         self.attn = None
         self.set_attention(attn)
         self.warmup_s: float | None = None
@@ -269,6 +271,8 @@ class VideoSession:
         decoding = decoding if isinstance(decoding, Decoding) else Decoding(decoding)
         with self._lock:
             self.prefixes.restore(prefix, self.device)  # evicted since it was handed out (a background build)
+            if prefix.key is not None:  # the mode it was built in (another thread may have switched since)
+                self.set_attention(prefix.key.attention[0])
             self.model.prism_stats.reset()
             result = ask(self.model, prefix, ids, decoding, cache, fed, on_token)
         b = prefix.build
@@ -326,7 +330,8 @@ class VideoSession:
             c = chunks.decoder_tokens
             shapes = [shape for end in range(c, max_tokens + 1, c) for shape in ((c, end), (c // 3 + 1, end + c // 3 + 1))]
         else:
-            shapes = [(n + 13, n + 13) for n in (1 << b for b in range(12, max_tokens.bit_length())) if n <= max_tokens]
+            shapes = [(m, m) for n in (1 << b for b in range(12, max_tokens.bit_length())) if n <= max_tokens
+                      for m in (n, n + 13)]  # lengths divisible by 16 and not
         cfg = text_config(self.model.config)
         head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         seen = set()
@@ -363,7 +368,7 @@ class Video:
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
         self._built_for_first = False  # the prefix was built by load_video: the first answer's record carries its time
-        self.prefix_used: VideoPrefix | None = None  # the prefix of the last answer (or of load_video)
+        self.prefix_info: PrefixInfo | None = None  # what the prefix of the last answer (or of load_video) is
 
     def _prefix(self, check: bool = False) -> tuple[VideoPrefix, bool]:
         """(the prefix, built by this call), after the background build if one runs (its error is raised here)."""
@@ -381,7 +386,7 @@ class Video:
             prefix, built = self.session.prefix(self.path, self.options, check)
         if built:
             self._built_for_first = True
-        self.prefix_used = prefix
+        self.prefix_info = prefix.info
         return prefix, built
 
     def _start(self, check: bool) -> None:
@@ -453,8 +458,9 @@ class Chat:
                 same += 1
         if self._cache is None or same < len(self._fed) or same == len(ids):  # diverged (or nothing new): start over
             self._cache, self._fed, same = None, [], 0
-        record, result = session.answer(prefix, self.video._take_build(built), ids[same:], max_new_tokens,
-                                        self._cache, same, on_token)
+        cache, self._cache = self._cache, None  # a turn that fails leaves no half-extended cache for the next
+        record, result = session.answer(prefix, self.video._take_build(built), ids[same:], max_new_tokens, cache, same,
+                                        on_token)
         self._cache, self._prefix_key = result.cache, prefix.key
         self._fed = ids + result.tokens[0, :-1].tolist()  # the last generated token is not fed yet
         self.messages = messages + [{"role": "assistant", "content": [{"type": "text", "text": record.answer}]}]
