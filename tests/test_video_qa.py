@@ -11,6 +11,7 @@ import torch
 pytest.importorskip("decord")
 pytest.importorskip("qwen_vl_utils")
 
+from prism_mm.pipelines.prefill import ChunkConfig  # noqa: E402
 from prism_mm.pipelines.qa import VideoQA  # noqa: E402
 from prism_mm.pipelines.record import RunRecord  # noqa: E402
 from prism_mm.pipelines.session import VideoSession  # noqa: E402
@@ -417,7 +418,8 @@ def test_streamed_chunked_session_pipelines_the_decoder_and_answers_as_unchunked
 def test_warm_up_reads_no_file_and_changes_no_answer(clip, tiny, monkeypatch):
     """VideoSession.warm_up (run once by VideoQA at construction on a GPU) runs on black stand-in frames: the file's
     frames are read only by the prefix build, the session's attention is as before, and the answer is that of a
-    session that did not warm up. (A smaller stand-in than the GPU's, for the CPU.)"""
+    session that did not warm up. (Smaller stand-ins than the GPU's, for the CPU: 2 frame pairs, Prism's kernels at the
+    chunk shapes of prompts up to 192 tokens.)"""
     from prism_mm import PrismConfig
     from prism_mm.pipelines import session as session_module
     from prism_mm.pipelines import stream
@@ -429,10 +431,11 @@ def test_warm_up_reads_no_file_and_changes_no_answer(clip, tiny, monkeypatch):
     monkeypatch.setattr(session_module, "WARMUP_SIDE", 112)
     cfg = PrismConfig.video(block_size=16, min_sparse_len=0, max_density=1.0).with_threshold(1.0)
     opts = VideoOptions(fps=2.0, max_frames=6)
-    cold = VideoSession(tiny, cfg, device="cpu").load_video(clip, opts).ask("What moves?", 4)
+    chunks = ChunkConfig(decoder_tokens=64)
+    cold = VideoSession(tiny, cfg, device="cpu", stream_chunks=chunks).load_video(clip, opts).ask("What moves?", 4)
     assert len(reads) == 1
-    session = VideoSession(tiny, cfg, device="cpu")
-    assert session.warm_up() > 0 and session.attn == "prism" and len(reads) == 1
+    session = VideoSession(tiny, cfg, device="cpu", stream_chunks=chunks)
+    assert session.warm_up(max_tokens=192) > 0 and session.attn == "prism" and len(reads) == 1
     warm = session.load_video(clip, opts).ask("What moves?", 4)
     assert len(reads) == 2 and warm.answer == cold.answer and warm.new_tokens == cold.new_tokens
     assert not warm.reused and warm.layers == cold.layers == 2
