@@ -58,39 +58,32 @@ class Tab:
     def __init__(self, session: VideoSession, path: str, name: str, options: VideoOptions):
         self.session, self.path, self.name, self.options = session, path, name, options
         self.videos: dict[str, Video] = {}
-        self.builds: dict[str, tuple[threading.Thread, list, float]] = {}  # mode -> (thread, [error], started)
+        self.builds: dict[str, tuple[list, float]] = {}  # mode -> ([the build's error], started)
         self.chat = None  # (mode, Chat) of the conversation in the page
         self._lock = threading.Lock()
 
     def video(self, mode: str) -> Video:
-        """The Video in `mode`, its prefix build started in a thread on first use. (A handle per mode rather than
-        session.set_attention + load_video: two tabs building in two modes cannot switch the mode under each other.)"""
+        """The Video in `mode`, its prefix build started in the background on first use (each handle builds in its
+        own mode, so two tabs building in two modes do not switch the mode under each other)."""
         with self._lock:
             if mode not in self.videos:
-                self._start(mode)
+                self.builds[mode] = ([], time.perf_counter())
+                self.videos[mode] = self.session.load_video(self.path, self.options, background=True, attn=mode)
             return self.videos[mode]
-
-    def _start(self, mode: str) -> None:
-        video, errors = Video(self.session, self.path, self.options, mode), []
-
-        def build():
-            try:
-                video.wait()
-            except Exception as e:  # noqa: BLE001 - shown in the page
-                errors.append(e)
-
-        thread = threading.Thread(target=build, name=f"prism_mm-app-{mode}", daemon=True)
-        thread.start()
-        self.videos[mode], self.builds[mode] = video, (thread, errors, time.perf_counter())
 
     def build_status(self, mode: str):
         """Status lines while the prefix in `mode` builds, then its summary (or its error)."""
         video = self.video(mode)
-        thread, errors, started = self.builds[mode]
-        while thread.is_alive():
+        errors, started = self.builds[mode]
+        while not video.ready():
             yield (f"Building the prefix of **{self.name}** ({mode}): {STAGES} … "
                    f"{time.perf_counter() - started:.1f} s")
-            thread.join(0.25)
+            time.sleep(0.25)
+        if not errors:
+            try:
+                video.wait()  # raises the background build's error, once
+            except Exception as e:  # noqa: BLE001 - shown in the page
+                errors.append(e)
         if errors:
             yield f"**Error:** {message(errors[0], self.path, self.name)}"
             return
@@ -104,8 +97,7 @@ class Tab:
 
     def failed(self, mode: str) -> bool:
         """The prefix build in `mode` has ended in an error (build_status showed it)."""
-        thread, errors, _ = self.builds[mode]
-        return not thread.is_alive() and bool(errors)
+        return bool(self.builds[mode][0])
 
     def conversation(self, mode: str):
         if self.chat is None or self.chat[0] != mode:

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from ..attention import PrismLayer, compile_lengths
 from ..config import PrismConfig
-from ..models import VISION_ATTENTIONS, VL_MODEL_TYPES, enable_prism, load_model, set_attention, synchronize_gpus
+from ..models import ATTENTIONS, VISION_ATTENTIONS, VL_MODEL_TYPES, enable_prism, load_model, set_attention, synchronize_gpus
 from ..spectral import text_config
 from ..testing.tiny import TINY_MODELS, build_tiny_processor, tiny_model_dir
 from .frames import start_decoder_server
@@ -176,15 +176,17 @@ class VideoSession:
         return PrefixKey.of(self.model_id, self.attention_key(), path, options)
 
     def load_video(self, path: str, options: VideoOptions | None = None, background: bool = False,
-                   check_against_dense: bool = False) -> "Video":
-        """A Video handle whose prefix (in the session's current attention) is built now, or in a background thread
-        with background=True (a user picks a video, then types: ask() waits for it). A prefix kept for the same key
-        is reused. VideoError for a missing or unreadable file, before any work. check_against_dense (a Prism prefix
-        built in one decoder chunk): one more untimed prefill in which every sparse layer also runs dense attention,
-        reported as the first record's layers_vs_dense."""
+                   check_against_dense: bool = False, attn: str | None = None) -> "Video":
+        """A Video handle whose prefix, in attention `attn` (None: the session's current one), is built now, or in a
+        background thread with background=True (a user picks a video, then types: ask() waits for it). A prefix kept
+        for the same key is reused. VideoError for a missing or unreadable file, before any work. check_against_dense
+        (a Prism prefix built in one decoder chunk): one more untimed prefill in which every sparse layer also runs
+        dense attention, reported as the first record's layers_vs_dense."""
+        if attn is not None and attn not in ATTENTIONS:
+            raise ValueError(f"attn must be one of {ATTENTIONS}, got {attn!r}")
         options = options or VideoOptions()
         probe(path)  # a bad file fails here, in the caller's thread
-        video = Video(self, path, options, self.attn)
+        video = Video(self, path, options, attn or self.attn)
         if background:
             video._start(check_against_dense)
         else:
