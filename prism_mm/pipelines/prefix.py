@@ -183,23 +183,21 @@ class PrefixStore:
         self.hits += 1
         self._kept.move_to_end(key)
         if key in self._offloaded:
-            self._offloaded.discard(key)
             prefix.to(device)
-            self._fit(keep=key)
+            self.put(prefix)
         return prefix
 
     def restore(self, prefix: VideoPrefix, device: torch.device | str) -> None:
         """Put a prefix handed out earlier back on `device` if it was offloaded (or dropped from the CPU) since: its
         data never changes, so it still answers."""
         if prefix.key in self._offloaded and self._kept.get(prefix.key) is prefix:
-            self._offloaded.discard(prefix.key)
             prefix.to(device)
-            self._kept.move_to_end(prefix.key)
-            self._fit(keep=prefix.key)
+            self.put(prefix)
         elif prefix.device.type != torch.device(device).type:
             prefix.to(device)
 
     def put(self, prefix: VideoPrefix) -> None:
+        """Keep `prefix` (on the device) as the most recently used, evicting others to fit."""
         self._kept[prefix.key] = prefix
         self._kept.move_to_end(prefix.key)
         self._offloaded.discard(prefix.key)
