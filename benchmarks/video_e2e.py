@@ -221,7 +221,7 @@ class NormSwitch:
     """Switches a model between transformers' RMSNorm modules and prism_mm's fused ones (the host table's modes)."""
 
     def __init__(self, model):
-        from prism_mm.norms import RMS_NORM_CLASSES, fuse_rms_norms  # here: lab probes import older packages
+        from prism_mm.norms import RMS_NORM_CLASSES, fuse_rms_norms
 
         found = [(parent, name, child) for parent in model.modules() for name, child in parent.named_children()
                  if type(child).__name__ in RMS_NORM_CLASSES]

@@ -133,7 +133,7 @@ def enable_prism(model, config: PrismConfig | None = None, *, layer_configs: dic
     tower as transformers has it (one SDPA call per window / frame).
     fused_norms: replace transformers' RMSNorm modules (decoder and tower) by prism_mm.norms.FusedRMSNorm, one Triton
     launch per norm on CUDA instead of about seven kernels, with transformers' rounding (H200, 131K tokens: 12.9x faster
-    per decoder norm, Qwen2.5-VL-7B's tower 2.70 -> 2.24 s; benchmarks/NOTES.md); False keeps transformers' modules.
+    per decoder norm, Qwen2.5-VL-7B's tower 2.70 -> 2.24 s; docs/lessons.md); False keeps transformers' modules.
     """
     if vision not in VISION_ATTENTIONS:
         raise ValueError(f"vision must be one of {VISION_ATTENTIONS}, got {vision!r}")

@@ -138,7 +138,7 @@ def align_mlp_widths(tower: torch.nn.Module, multiple: int = 64) -> int:
     """Pad the hidden width of the tower's MLPs to a multiple of `multiple` with zero weights; returns how many MLPs
     changed. The outputs stay the same (the padded units see zero weights and bias, their activation of 0 is 0 and
     the output layer ignores them), but cuBLAS can use its fast kernels: Qwen2.5-VL's width 3420 is not a multiple
-    of 8, and its MLP GEMMs ran on sm80 kernels, half the tower's time on an H200 (benchmarks/NOTES.md). It is not
+    of 8, and its MLP GEMMs ran on sm80 kernels, half the tower's time on an H200 (docs/lessons.md). It is not
     undone by switching attention; the vision config's intermediate_size follows, so a saved model loads padded."""
     changed = 0
     for module in tower.modules():

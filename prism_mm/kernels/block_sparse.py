@@ -236,12 +236,12 @@ def rows_descriptor(t: torch.Tensor, block_rows: int):
 
 
 def default_tiles(block_size: int, head_dim: int, use_tma: bool = False) -> dict:
-    """Launch configuration (tuned on an H100, see benchmarks/NOTES.md).
+    """Launch configuration (tuned on an H100, see docs/lessons.md).
 
     With TMA the default is 128 x 64 tiles, 8 warps, 2 stages and a 128-register cap: two programs share
     each SM (98 KB shared memory each), so one program's softmax overlaps the other's tensor-core work.
     At head_dim <= 64 the key tiles are 128 wide (H100, 32K: 1.02x cuDNN dense instead of 0.85x with 64;
-    lab/logs/probe/head_dims-h100.txt). K/V descriptors are built on the host (DESC 2) where the layout
+    docs/lessons.md). K/V descriptors are built on the host (DESC 2) where the layout
     allows, else on the device (DESC 1).
     """
     block_m = min(block_size, 128)

@@ -2,7 +2,7 @@
 
 A 2 fps sample of a 30 fps video still decodes every frame (each depends on the ones before it, back to a key
 frame), and one decoder does that at ~1,100 frames/s for 720p H.264: ~8 s for a 5-minute clip, longer than the
-vision tower and the Prism prefill of its 128K visual tokens together (benchmarks/NOTES.md). The decoding is cut
+vision tower and the Prism prefill of its 128K visual tokens together (docs/lessons.md). The decoding is cut
 at key frames instead:
 
 1. An index pass demuxes the packets (no decoding) and numbers the frames in presentation order, as decord does
@@ -15,7 +15,7 @@ at key frames instead:
    sending its frames over a socket that a thread of the caller reads straight into the output array. Threads share
    the caller's GIL: PyAV holds it for a few percent of each decoded frame (the frame objects, the loop), which 8
    decoders at 4 ffmpeg threads each add up to most of the GIL, so a caller with host work of its own while the
-   frames decode (the pipelined prefill's GPU launches) waits on it (benchmarks/NOTES.md).
+   frames decode (the pipelined prefill's GPU launches) waits on it (docs/lessons.md).
 
 Files this cannot number as decord does (a packet without pts, a decoded frame whose pts no packet had, a stream
 without key frames, or no PyAV) and containers whose seek is not by pts (anything but MP4 / MOV and Matroska / WebM;
@@ -160,7 +160,7 @@ def read_frames(path: str, indices: list[int], index: FrameIndex | None = None, 
     """Frames `indices` (decord's numbering; any order, repeats allowed) as uint8 [len(indices), H, W, 3] RGB, read by
     up to `workers` decoders in parallel (None: half the machine's cores, at most MAX_WORKERS), each with `threads`
     ffmpeg threads (None: twice the cores shared out among the runs, at most 16; on the H200 host's 16 cores 8
-    decoders x 4 threads were the fastest of 7 splits, lab/logs/reader_probe-h200-16cores.jsonl). `written(slots)`,
+    decoders x 4 threads were the fastest of 7 splits, docs/lessons.md). `written(slots)`,
     when given, is called from the decoding threads with the output rows each frame has just filled (so a caller can
     use frames while others decode); `out`, when given, is the array filled (of the shape and dtype returned).
     in_order=True cuts IN_ORDER_RUNS runs per decoder, taken earliest first, so that the frames land roughly in

@@ -80,7 +80,7 @@ def load_video_model(model: str, prism: PrismConfig, device: str, dtype: str = "
 
 
 # The decoder chunks a streamed Prism prefix is pipelined in behind the decoding when the session has no ChunkConfig
-# of its own (first token sooner than one pass after the stream; benchmarks/NOTES.md).
+# of its own (first token sooner than one pass after the stream; docs/benchmarks.md).
 STREAM_CHUNKS = ChunkConfig(decoder_tokens=8192)
 # What the session keeps of prefixes on its device by default (a 300 s 720p clip for Qwen2.5-VL-7B: 5.84 GiB).
 PREFIX_DEVICE_BYTES = 24 << 30
@@ -160,7 +160,7 @@ class VideoSession:
     def decoder_chunks(self) -> ChunkConfig | None:
         """The decoder chunks a prefix is built in: the session's `chunks`, else, streamed in Prism mode, stream_chunks;
         None: one pass. Dense SDPA takes a chunk's [chunk, prompt] mask on its slower masked kernel, so dense streams
-        in one pass (Qwen3-VL-8B, 300 s clip, H200: 23.56 s pipelined against 15.98 s; benchmarks/NOTES.md)."""
+        in one pass (Qwen3-VL-8B, 300 s clip, H200: 23.56 s pipelined against 15.98 s; docs/benchmarks.md)."""
         if self.chunks is not None:
             return self.chunks
         return self.stream_chunks if self.stream and self.attn == "prism" else None
