@@ -56,7 +56,7 @@ from prism_mm.kernels.layout import SelectSpec, causal_block_mask, num_blocks
 from prism_mm.kernels.torch_ops import band_probabilities, pool_bands, top_p_mask
 from prism_mm.selection import band_index
 from prism_mm.testing.capture import capture_qkv
-from prism_mm.testing.weights import MissingWeights, load_qwen_coder, load_smollm2
+from prism_mm.testing.weights import QWEN_CODER_0_5B, QWEN_CODER_1_5B, MissingWeights, load_smollm2
 
 LICENCES = "/usr/share/common-licenses"
 LICENCE_TEXTS = ("GPL-3", "GPL-2", "LGPL-3", "LGPL-2.1", "GFDL-1.3", "Apache-2.0", "MPL-2.0", "Artistic", "CC0-1.0",
@@ -75,7 +75,7 @@ MODELS = {
         "block_size": 64, "layers": None, "thresholds": THRESHOLDS, "windows": WINDOWS, "budgets": BUDGETS,
         "cutoffs": CUTOFFS, "stem": "fidelity"},
     "qwen2.5-coder-0.5b": {
-        "title": "Qwen2.5-Coder-0.5B-Instruct", "load": load_qwen_coder, "texts": LICENCE_TEXTS, "tokens": (8192,),
+        "title": "Qwen2.5-Coder-0.5B-Instruct", "load": QWEN_CODER_0_5B.load, "texts": LICENCE_TEXTS, "tokens": (8192,),
         "block_size": 128, "layers": (1, 5, 9, 13, 17, 21, 23),
         "thresholds": (0.3, 0.5, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.99),
         "windows": (1, 2, 3, 4, 6, 8, 12, 16, 24, 32), "budgets": (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.7),

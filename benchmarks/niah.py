@@ -32,12 +32,13 @@ from tqdm import tqdm
 from benchmarks.common import Results, pyplot, run_info, save_figure
 from benchmarks.fidelity import LICENCE_TEXTS, LICENCES
 from prism_mm import PrismConfig, enable_prism
-from prism_mm.testing.weights import MissingWeights, load_qwen_coder, load_smollm2
+from prism_mm.testing.weights import QWEN_CODER_0_5B, QWEN_CODER_1_5B, MissingWeights, load_smollm2
 
 KEYS = ("amber", "basalt", "cedar", "dune", "ember", "fjord", "garnet", "harbor", "indigo", "juniper", "kestrel",
         "lantern", "meadow", "nectar", "orchid", "pebble", "quartz", "raven", "saffron", "tundra", "umber", "violet",
         "willow", "yarrow", "zephyr", "alder", "bramble", "cobalt", "delta", "falcon")
-MODELS = {"qwen2.5-coder-0.5b": ("Qwen2.5-Coder-0.5B-Instruct", load_qwen_coder),
+MODELS = {"qwen2.5-coder-0.5b": ("Qwen2.5-Coder-0.5B-Instruct", QWEN_CODER_0_5B.load),
+          "qwen2.5-coder-1.5b": ("Qwen2.5-Coder-1.5B-Instruct", QWEN_CODER_1_5B.load),
           "smollm2-135m": ("SmolLM2-135M-Instruct", load_smollm2)}
 SYSTEM = "You are a helpful assistant."
 INTRO = "Read the document below. Some magic numbers are hidden in it; remember them.\n\n"
