@@ -38,7 +38,7 @@ from .._optional import require
 from ..config import PrismConfig
 from ..pipelines.prefill import Decoding
 from ..pipelines.prefix import text_after_video
-from ..pipelines.session import STREAM_CHUNKS, Video, VideoSession, resolve_model, stream_chunks_of
+from ..pipelines.session import STREAM_CHUNKS, Video, VideoSession, stream_chunks_of
 from ..pipelines.video import VideoOptions, video_messages
 
 lmms = require("lmms_eval.api.model", "eval", "the lmms-eval model prism_qwen_vl").lmms
@@ -140,7 +140,7 @@ PREPROCESS = ("lmms_eval", "qwen")
 
 def checkpoint_model_type_and_dtype(pretrained: str, random_weights: bool) -> tuple[str, str]:
     """(model_type, the dtype from_pretrained(torch_dtype="auto") loads it in) of a checkpoint, from its config."""
-    from ..models import SHIPPED_CONFIGS, _load_config, shipped_config
+    from ..models import SHIPPED_CONFIGS, _load_config, resolve_model, shipped_config
 
     if random_weights and pretrained in SHIPPED_CONFIGS:
         config = shipped_config(pretrained)

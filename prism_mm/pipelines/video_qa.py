@@ -28,8 +28,7 @@ import re
 import sys
 
 from ..config import SELECTION_METHODS, PrismConfig
-from ..models import check_model_path
-from ..testing.tiny import TINY_MODELS
+from ..models import SHIPPED_CONFIGS, resolve_model
 from .prefill import ChunkConfig
 from .qa import VideoQA
 from .record import RunRecord
@@ -153,8 +152,8 @@ def video_qa(args) -> VideoQA:
         stream_chunks = stream_chunks_of(args.stream_chunk_tokens)
     except ValueError as e:
         raise ValueError(str(e).replace("stream_chunk_tokens", "--stream-chunk-tokens")) from None
-    if args.model not in TINY_MODELS and not args.random_weights:
-        check_model_path(args.model)
+    if not (args.random_weights and args.model in SHIPPED_CONFIGS):
+        resolve_model(args.model)  # fail fast, as load_model would (a tiny model is built here, once)
     from .video import check_range, probe
 
     check_range(probe(args.video), opts)  # fail fast on a bad video, before loading a model
