@@ -24,7 +24,9 @@ from .spectral import rope_layout_from_config, text_config
 from .stats import PrismRunStats
 from .tiny_models import TINY_MODELS, tiny_model_dir
 
-VL_MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
+# The Qwen-VL model types prism_mm runs, with the side in pixels of their vision towers' patches.
+VL_PATCH_SIZES = {"qwen2_vl": 14, "qwen2_5_vl": 14, "qwen3_vl": 16}
+VL_MODEL_TYPES = tuple(VL_PATCH_SIZES)
 TEXT_MODEL_TYPES = ("qwen2", "qwen3", "llama")
 SUPPORTED_MODEL_TYPES = VL_MODEL_TYPES + TEXT_MODEL_TYPES
 # Architectures whose config.json ships with prism_mm (no weights): load_model(name, random_weights=True).

@@ -20,7 +20,8 @@ from tqdm import tqdm
 
 from ..attention import PrismLayer, compile_lengths
 from ..config import PrismConfig
-from ..models import ATTENTIONS, VISION_ATTENTIONS, VL_MODEL_TYPES, enable_prism, load_model, set_attention, synchronize_gpus
+from ..models import (ATTENTIONS, VISION_ATTENTIONS, VL_MODEL_TYPES, VL_PATCH_SIZES, enable_prism, load_model,
+                      set_attention, synchronize_gpus)
 from ..spectral import text_config
 from ..tiny_models import TINY_MODELS, build_tiny_processor
 from .frames import start_decoder_server
@@ -29,7 +30,7 @@ from .prefix import (Answer, PrefixBuild, PrefixInfo, PrefixKey, PrefixStore, Vi
                      text_after_video)
 from .record import RunRecord
 from .stream import BATCH_PAIRS, StreamingUnavailable, stream_prefill, stream_video
-from .video import MODEL_PATCH, VideoOptions, build_inputs, probe, prompt_inputs, video_messages
+from .video import VideoOptions, build_inputs, probe, prompt_inputs, video_messages
 
 DEFAULT_MODEL = "Qwen/Qwen2.5-VL-7B-Instruct"
 
@@ -290,7 +291,7 @@ class VideoSession:
         of three lengths and their first decoding steps, in each attention mode. Returns the seconds it took (reported
         beside the timings it keeps clean). Changes no state a later answer depends on."""
         model_type = self.model.config.model_type
-        side = WARMUP_SIDE // (2 * MODEL_PATCH[model_type]) * 2 * MODEL_PATCH[model_type]
+        side = WARMUP_SIDE // (2 * VL_PATCH_SIZES[model_type]) * 2 * VL_PATCH_SIZES[model_type]
         frames = torch.zeros((2 * WARMUP_PAIRS, 3, side, side), dtype=torch.uint8)
         meta = {"fps": 2.0, "frames_indices": list(range(2 * WARMUP_PAIRS)), "total_num_frames": 2 * WARMUP_PAIRS}
         inputs = prompt_inputs(self.processor, frames, meta, "warm-up", None, self.device if self.cuda else None)
@@ -299,7 +300,7 @@ class VideoSession:
         started, previous = time.perf_counter(), self.attn
         with self._lock:
             try:
-                for attn in ("prism", "dense"):
+                for attn in ATTENTIONS:
                     self.set_attention(attn)
                     if attn == "prism":
                         self._compile_prism(max_tokens)
