@@ -51,7 +51,7 @@ import torch
 from tqdm import tqdm
 
 from benchmarks.common import Results, device_slug, pyplot, save_figure
-from prism_mm import PrismConfig, SpectralBands, estimate, rope_layout_from_config
+from prism_mm import PrismConfig, SpectralBands, estimate, rope_spec_from_config
 from prism_mm.kernels.layout import SelectSpec, causal_block_mask, num_blocks
 from prism_mm.kernels.torch_ops import band_probabilities, pool_bands, top_p_mask
 from prism_mm.selection import band_index
@@ -256,14 +256,14 @@ def meanpool_probs(q, k, bs: int) -> torch.Tensor:
     return torch.softmax((qm @ km.transpose(-1, -2) / math.sqrt(d)).masked_fill(~valid, float("-inf")), -1)
 
 
-def selections_for(q, k, mass, layout, bs, thresholds=THRESHOLDS, windows=WINDOWS, analysis: bool = False,
+def selections_for(q, k, mass, rope, bs, thresholds=THRESHOLDS, windows=WINDOWS, analysis: bool = False,
                    budgets=BUDGETS, cutoffs=CUTOFFS) -> dict[str, torch.Tensor]:
     """Every method's block mask at every knob value for one layer: {"method@knob": [H, NQB, NKB]}."""
     n, d = q.shape[2], q.shape[3]
     nb = num_blocks(n, bs)
     valid = causal_block_mask(n, n, bs)
     base = PrismConfig(block_size=bs, min_sparse_len=0, dense_tail=0)
-    bands = layout.bands(*base.band_dims(d))
+    bands = rope.bands(*base.band_dims(d))
     sels = {}
     for thr in thresholds:
         cfg = base.with_threshold(thr)
@@ -292,7 +292,7 @@ def selections_for(q, k, mass, layout, bs, thresholds=THRESHOLDS, windows=WINDOW
     return sels
 
 
-def prism_head_densities(captured, n: int, layout, bs: int, thresholds=RECORDED_THRESHOLDS,
+def prism_head_densities(captured, n: int, rope, bs: int, thresholds=RECORDED_THRESHOLDS,
                          cutoffs=RECORDED_CUTOFFS) -> dict:
     """{"<threshold>" (prism) or "cutoff@<c>": {layer: [density per query head]}} on the first n tokens, every
     captured layer."""
@@ -305,7 +305,7 @@ def prism_head_densities(captured, n: int, layout, bs: int, thresholds=RECORDED_
         per_layer = {}
         for i, (q, k, _) in sorted(captured.items()):
             q, k = q[:, :, :n], k[:, :, :n]
-            mask = estimate(q, k, cfg, layout.bands(*cfg.band_dims(q.shape[-1])), "torch").to_mask()[0]
+            mask = estimate(q, k, cfg, rope.bands(*cfg.band_dims(q.shape[-1])), "torch").to_mask()[0]
             per_layer[str(i)] = [round(x, 4) for x in (mask.sum((1, 2)).float() / valid).tolist()]
         out[name] = per_layer
     return out
@@ -349,8 +349,8 @@ class SharedBudgetAttention:
     the layer's largest up to `density` (shared_budget), then the torch twin of the block-sparse kernel. Records each
     layer's density in `densities`."""
 
-    def __init__(self, layout, block_size: int):
-        self.layout, self.block_size, self.density, self.densities = layout, block_size, None, {}
+    def __init__(self, rope, block_size: int):
+        self.rope, self.block_size, self.density, self.densities = rope, block_size, None, {}
 
     def __call__(self, module, query, key, value, attention_mask, scaling=None, **kw):
         from prism_mm.kernels.layout import BlockSelection
@@ -361,7 +361,7 @@ class SharedBudgetAttention:
             raise ValueError("the shared-budget check runs one unpadded prefill (batch 1, no KV cache)")
         cfg = PrismConfig(block_size=self.block_size, min_sparse_len=0, dense_tail=0)
         valid = causal_block_mask(n, n, self.block_size, query.device)
-        probs = band_probs(query, key, cfg, self.layout.bands(*cfg.band_dims(d)))
+        probs = band_probs(query, key, cfg, self.rope.bands(*cfg.band_dims(d)))
         mask = shared_budget(probs, valid, self.density)
         self.densities[module.layer_idx] = (mask.sum() / (valid.sum() * h)).item()
         sel = BlockSelection.from_mask(mask[None], self.block_size, n, n)
@@ -393,7 +393,7 @@ def model_level_presets(block_size: int, thresholds=MODEL_THRESHOLDS, cutoffs=MO
 
 
 def model_level(model, ids, configs: dict[str, PrismConfig], dense: tuple[float, torch.Tensor] | None = None,
-                shared: bool = False, layout=None, block_size: int = 128, backend: str = "torch") -> dict:
+                shared: bool = False, rope=None, block_size: int = 128, backend: str = "torch") -> dict:
     """Next-token top-1 agreement and perplexity of prism presets against dense (`dense`: its (ppl, top-1) if known).
     With `shared`, also the shared-budget rule (SharedBudgetAttention) at the mean density each preset reached.
     backend: the kernels' backend ("torch" twin on the CPU, "auto" = Triton on a GPU)."""
@@ -421,7 +421,7 @@ def model_level(model, ids, configs: dict[str, PrismConfig], dense: tuple[float,
                          "ppl_change_pct": 100 * (ppl / dense_ppl - 1), "mean_density": model.prism_stats.mean_density,
                          "forward_seconds": round(seconds, 3)}
         if shared:
-            rule = SharedBudgetAttention(layout, block_size)
+            rule = SharedBudgetAttention(rope, block_size)
             rule.register()
             for name in tqdm(list(configs), desc="model level, shared budget"):
                 rule.density, rule.densities = res[name]["mean_density"], {}
@@ -639,7 +639,7 @@ def run(tokens=(4096,), block_size: int = 64, layers: list[int] | None = None, t
     model.to(device)
     load_s = time.perf_counter() - start
     ids = text_ids(tok, max(tokens), spec["texts"]).to(device)
-    layout = rope_layout_from_config(model.config)
+    rope = rope_spec_from_config(model.config)
     start = time.perf_counter()
     hook = FinalHidden(model)
     try:
@@ -670,18 +670,18 @@ def run(tokens=(4096,), block_size: int = 64, layers: list[int] | None = None, t
             for i in tqdm(layers, desc=f"layers at {n} tokens"):
                 q, k, v = (t[:, :, :n] for t in captured[i])
                 mass = true_block_mass(q, k, block_size)
-                sels = selections_for(q, k, mass, layout, block_size, thresholds, windows, analysis, budgets, cutoffs)
+                sels = selections_for(q, k, mass, rope, block_size, thresholds, windows, analysis, budgets, cutoffs)
                 per_layer[str(i)] = layer_metrics(q, k, v, sels, mass, block_size)
             secs["attention-level metrics"] = time.perf_counter() - start
             summary = summarize(per_layer)
             rec.update({"layers": layers, "per_layer": per_layer, "summary": summary, "at_density": at_density(summary),
-                        "prism_head_density": prism_head_densities(captured, n, layout, block_size)})
+                        "prism_head_density": prism_head_densities(captured, n, rope, block_size)})
         if with_model_level:
             start = time.perf_counter()
             presets = model_level_presets(block_size, model_thresholds, model_cutoffs)
             rec["model_level"] = model_level(model, ids[:, :n], presets,
                                              dense=next_token_stats(model, dense_full[:, :n], ids[:, :n]),
-                                             shared=shared_model_level, layout=layout, block_size=block_size,
+                                             shared=shared_model_level, rope=rope, block_size=block_size,
                                              backend="torch" if device == "cpu" else "auto")
             secs[f"{tag}model level" + (" (prism presets + shared-budget rule)" if shared_model_level else "")] = \
                 time.perf_counter() - start

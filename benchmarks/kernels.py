@@ -32,7 +32,7 @@ from benchmarks.common import (
     save_figure,
     sdpa_runner,
 )
-from prism_mm import PrismConfig, RopeLayout
+from prism_mm import PrismConfig, RopeSpec
 from prism_mm.kernels.block_sparse import block_sparse_attention
 from prism_mm.kernels.layout import BlockSelection, causal_block_mask
 from prism_mm.selection import estimate
@@ -84,7 +84,7 @@ def measure(name, hq, hkv, n, densities, masks, with_flex, gen) -> list[dict]:
     cudnn = times.get("cudnn") or times.get("flash")
     # Estimation alone (pool + calibrated dual-band scores + top-p + index lists).
     cfg = PrismConfig.video(min_sparse_len=0)
-    bands = RopeLayout(head_dim=D, theta=1e6, mrope_section=(16, 24, 24)).bands(*cfg.band_dims(D))
+    bands = RopeSpec(head_dim=D, theta=1e6, mrope_section=(16, 24, 24)).bands(*cfg.band_dims(D))
     t_est = bench(lambda: estimate(q, k, cfg, bands))
     rows.append({**base, "method": "prism_estimation", "ms": t_est, "vs_cudnn_pct": 100 * t_est / cudnn})
     # The same pooled scores under method="cutoff" (one cutoff on the mean band probability, no top-p search).

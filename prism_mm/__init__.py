@@ -2,7 +2,8 @@
 from .attention import PrismFallbackWarning, dense_attention, prism_attention
 from .config import PrismConfig
 from .selection import BlockSelection, estimate
-from .spectral import RopeLayout, SpectralBands, rope_layout_from_config
+from .spectral import RopeSpec, SpectralBands, rope_spec_from_config
+from .spectral import RopeLayout, rope_layout_from_config  # noqa: F401 - former names of RopeSpec, rope_spec_from_config
 from .stats import PrismRunStats, PrismStats
 
 
@@ -31,11 +32,11 @@ __all__ = [
     "enable_prism",
     "set_attention",
     "load_model",
-    "RopeLayout",
+    "RopeSpec",
     "SpectralBands",
     "dense_attention",
     "estimate",
     "prism_attention",
-    "rope_layout_from_config",
+    "rope_spec_from_config",
 ]
 __version__ = "0.1.0"

@@ -13,7 +13,7 @@ from .config import PrismConfig
 from .kernels import ops as kernel_ops
 from .kernels.layout import BandIndex, SelectSpec, causal_block_count
 from .selection import recipe, select
-from .spectral import RopeLayout, SpectralBands
+from .spectral import RopeSpec, SpectralBands
 from .stats import PrismRunStats, PrismStats
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -129,7 +129,7 @@ def _warn_fallback(reason: str, q_len: int, kv_len: int) -> None:
 def _attend(q, k, v, config: PrismConfig, spec: SelectSpec | None, index: BandIndex | None, scale: float, ops,
             reason: str, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, PrismStats]:
     """Selection (spec and index: config's recipe for q; None when `reason` is set) + sparse attention, or the one dense
-    path when `reason` (or a too dense selection) says so. Returns the output in transformers' layout [B, Lq, Hq, D]
+    path when `reason` (or a too dense selection) says so. Returns the output in transformers' memory layout [B, Lq, Hq, D]
     (contiguous when sparse) and its PrismStats."""
     b, hq, q_len, d = q.shape
     selection = None
@@ -157,10 +157,10 @@ def dense_rel_err(out: torch.Tensor, q, k, v, scale: float, mask: torch.Tensor |
     return (out.float() - ref).norm() / ref.norm().clamp_min(1e-30)
 
 
-def _bands_for(config: PrismConfig, head_dim: int, bands: SpectralBands | None, rope: RopeLayout | None) -> SpectralBands:
+def _bands_for(config: PrismConfig, head_dim: int, bands: SpectralBands | None, rope: RopeSpec | None) -> SpectralBands:
     if bands is not None:
         return bands
-    rope = rope or RopeLayout(head_dim=head_dim)
+    rope = rope or RopeSpec(head_dim=head_dim)
     if rope.head_dim != head_dim:
         raise ValueError(f"rope.head_dim={rope.head_dim} does not match the inputs' head_dim={head_dim}")
     return rope.bands(*config.band_dims(head_dim))
@@ -173,14 +173,14 @@ def prism_attention(
     config: PrismConfig | None = None,
     *,
     bands: SpectralBands | None = None,
-    rope: RopeLayout | None = None,
+    rope: RopeSpec | None = None,
     scale: float | None = None,
     backend: str = "auto",
     return_stats: bool = False,
 ):
     """Prism causal attention. q [B, Hq, Lq, D] (after RoPE), k/v [B, Hkv, Lk, D], Lq <= Lk.
 
-    The band dims come from `bands`, else from `rope` (the model's RoPE layout), else from plain
+    The band dims come from `bands`, else from `rope` (the model's rotary embedding), else from plain
     RoPE over all of head_dim. Key lengths under config.min_sparse_len run dense SDPA.
     Returns the output [B, Hq, Lq, D] (a view of a [B, Lq, Hq, D] buffer when sparse), and
     a PrismStats when return_stats.

@@ -22,8 +22,11 @@ from .config import PrismConfig
 from .norms import fuse_rms_norms
 from .spectral import rope_layout_from_config, text_config
 from .stats import PrismRunStats
+from .tiny_models import TINY_MODELS, tiny_model_dir
 
-VL_MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
+# The Qwen-VL model types prism_mm runs, with the side in pixels of their vision towers' patches.
+VL_PATCH_SIZES = {"qwen2_vl": 14, "qwen2_5_vl": 14, "qwen3_vl": 16}
+VL_MODEL_TYPES = tuple(VL_PATCH_SIZES)
 TEXT_MODEL_TYPES = ("qwen2", "qwen3", "llama")
 SUPPORTED_MODEL_TYPES = VL_MODEL_TYPES + TEXT_MODEL_TYPES
 # Architectures whose config.json ships with prism_mm (no weights): load_model(name, random_weights=True).
@@ -231,6 +234,7 @@ def load_model(
     **from_pretrained_kwargs,
 ):
     """Load a Qwen-VL (or Qwen / Llama text) model and its processor, with Prism or dense attention.
+    name_or_path: a hub id, a local directory or a tiny model name (resolve_model says how each is found).
     vision: the vision tower's attention with attn="prism"; fused_norms: the fused RMSNorm (both: see enable_prism;
     None: with attn="prism", not with "dense", which is then the model as transformers ships it).
 
@@ -244,7 +248,8 @@ def load_model(
         if from_pretrained_kwargs:
             raise ValueError(f"random_weights=True builds the model from its config; these from_pretrained arguments "
                              f"would be ignored: {sorted(from_pretrained_kwargs)}")
-        config = shipped_config(name_or_path) if name_or_path in SHIPPED_CONFIGS else _load_config(name_or_path)
+        shipped = name_or_path in SHIPPED_CONFIGS
+        config = shipped_config(name_or_path) if shipped else _load_config(resolve_model(name_or_path))
         _check_supported(config, name_or_path)
         warnings.warn(f"{name_or_path}: random weights (architecture only) - its answers are meaningless; "
                       "use it to measure speed", stacklevel=2)
@@ -256,12 +261,14 @@ def load_model(
         model.prism_random_weights = True
         processor = None
     else:
-        config = _load_config(name_or_path, **{k: v for k, v in from_pretrained_kwargs.items() if k == "gguf_file"})
+        kw = from_pretrained_kwargs
+        source = resolve_model(name_or_path, kw.get("revision"), kw.get("cache_dir"), kw.get("gguf_file"))
+        config = _load_config(source, **{k: v for k, v in kw.items() if k in CONFIG_KWARGS})
         _check_supported(config, name_or_path)
         model = _model_class(config).from_pretrained(
-            name_or_path, dtype=dtype, device_map=device_map, attn_implementation="sdpa", **from_pretrained_kwargs
+            source, dtype=dtype, device_map=device_map, attn_implementation="sdpa", **kw
         ).eval()
-        processor = _load_processor(name_or_path, config, **from_pretrained_kwargs)
+        processor = _load_processor(source, config, **kw)
     if fused_norms is None:
         fused_norms = attn == "prism"
     if attn == "prism":
@@ -299,13 +306,64 @@ def check_model_path(name_or_path: str) -> None:
                                      "that holds config.json and the weights, or a hub id")
 
 
-def _load_config(name_or_path: str, **kwargs):
+# from_pretrained arguments that also say where the config comes from
+CONFIG_KWARGS = ("gguf_file", "cache_dir", "revision", "token", "local_files_only")
+NOT_AVAILABLE_FIX = ("pass a local directory that holds its config and weights, or enable Hugging Face Hub access "
+                     "(unset HF_HUB_OFFLINE and log in) to download it")
+
+
+def resolve_model(name_or_path: str, revision: str | None = None, cache_dir=None, gguf_file: str | None = None) -> str:
+    """What from_pretrained loads for a model name, the same for every entry point (load_model, VideoQA, the CLI, the
+    lmms-eval model, the chat page):
+    - a tiny model name (prism_mm.tiny_models.TINY_MODELS): its local directory, built on first use;
+    - a local directory: itself (ValueError when it cannot be a model directory, see check_model_path);
+    - a hub id: itself, when the local Hugging Face cache holds it, or when Hub access is on (HF_HUB_OFFLINE unset,
+      as huggingface_hub decides it) and the Hub answers one request.
+    Otherwise ModelNotAvailableError at once: with Hub access off no request is made; with it on, one request made
+    without retries tells that the Hub is unreachable (from_pretrained would retry five times, about 23 s)."""
+    if name_or_path in TINY_MODELS:
+        return str(tiny_model_dir(name_or_path))
+    check_model_path(name_or_path)
+    if Path(name_or_path).expanduser().exists():
+        return name_or_path
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    try:
+        cached = try_to_load_from_cache(name_or_path, gguf_file or "config.json", cache_dir=cache_dir,
+                                        revision=revision)
+    except ValueError:  # not a valid hub id: from_pretrained says why (ModelNotAvailableError)
+        return name_or_path
+    if isinstance(cached, str):
+        return name_or_path
+    if constants.HF_HUB_OFFLINE:
+        raise ModelNotAvailableError(f"model {name_or_path!r} is not available offline (not in the local Hugging Face "
+                                     f"cache, and Hub access is off): {NOT_AVAILABLE_FIX}")
+    unreachable = _hub_unreachable(name_or_path, gguf_file or "config.json", revision)
+    if unreachable:
+        raise ModelNotAvailableError(f"model {name_or_path!r} is not available offline (not in the local Hugging Face "
+                                     f"cache, and the Hub did not answer: {unreachable}): pass a local directory "
+                                     "that holds its config and weights, or run where the Hub is reachable to "
+                                     "download it")
+    return name_or_path
+
+
+def _hub_unreachable(repo_id: str, filename: str, revision: str | None) -> str | None:
+    """None when the Hub answers one HEAD request for the file (whatever it answers), else why not; no retries."""
+    import huggingface_hub
+
+    try:
+        huggingface_hub.get_session().head(huggingface_hub.hf_hub_url(repo_id, filename, revision=revision),
+                                           timeout=huggingface_hub.constants.HF_HUB_ETAG_TIMEOUT)
+    except Exception as e:  # noqa: BLE001 - no answer of any kind (DNS, connection, timeout, proxy)
+        return f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+    return None
+
+
+def _load_config(source: str, **kwargs):
+    """The config of a resolved model (resolve_model), or ModelNotAvailableError."""
     from transformers import AutoConfig
 
-    check_model_path(name_or_path)
-    fix = ("pass a local directory that holds its config and weights, or enable Hugging Face Hub access "
-           "(unset HF_HUB_OFFLINE and log in) to download it")
-    return _load_offline_aware(AutoConfig, name_or_path, "model", fix, **kwargs)
+    return _load_offline_aware(AutoConfig, source, "model", NOT_AVAILABLE_FIX, **kwargs)
 
 
 def _load_processor(name_or_path: str, config, **kwargs):

@@ -1,6 +1,6 @@
-"""RoPE layout -> which head dims form Prism's high- and low-frequency bands.
+"""A model's rotary embedding (RopeSpec) -> which head dims form Prism's high- and low-frequency bands.
 
-Every Qwen / Llama attention applies RoPE in the rotate_half layout: dim pair i is (i, i + d/2) and
+Every Qwen / Llama attention applies RoPE in the rotate_half form: dim pair i is (i, i + d/2) and
 rotates at inv_freq[i] = theta^(-2i/r) (r = rotary dims). Multimodal RoPE keeps these frequencies
 but drives each pair by the temporal, height or width position id:
 - Qwen2-VL / Qwen2.5-VL ("sectioned"): mrope_section [t, h, w] splits the pairs into consecutive runs.
@@ -32,8 +32,8 @@ class SpectralBands:
 
 
 @dataclass(frozen=True)
-class RopeLayout:
-    """What Prism needs to know about a model's rotary embedding."""
+class RopeSpec:
+    """What Prism needs to know about a model's rotary embedding: each dim pair's frequency and position axis."""
 
     head_dim: int
     theta: float = 10000.0
@@ -43,10 +43,10 @@ class RopeLayout:
 
     def __post_init__(self) -> None:
         if self.head_dim < 4 or self.head_dim % 2:
-            raise ValueError(f"RopeLayout.head_dim must be an even int >= 4, got {self.head_dim}")
+            raise ValueError(f"RopeSpec.head_dim must be an even int >= 4, got {self.head_dim}")
         r = self.rotary_dims if self.rotary_dims is not None else self.head_dim
         if r % 2 or not 0 < r <= self.head_dim:
-            raise ValueError(f"RopeLayout.rotary_dims must be even and in (0, head_dim], got {self.rotary_dims}")
+            raise ValueError(f"RopeSpec.rotary_dims must be even and in (0, head_dim], got {self.rotary_dims}")
         if self.mrope_section is not None and sum(self.mrope_section) != r // 2:
             raise ValueError(
                 f"mrope_section {list(self.mrope_section)} must sum to the number of rotary pairs {r // 2}"
@@ -113,8 +113,8 @@ def text_config(config):
     return getattr(config, "text_config", None) or config
 
 
-def rope_layout_from_config(config) -> RopeLayout:
-    """Derive the RopeLayout of a transformers model config (the text config of a VL model)."""
+def rope_spec_from_config(config) -> RopeSpec:
+    """Derive the RopeSpec of a transformers model config (the text config of a VL model)."""
     cfg = text_config(config)
     n_heads = getattr(cfg, "num_attention_heads", None)
     head_dim = getattr(cfg, "head_dim", None) or (cfg.hidden_size // n_heads if n_heads else None)
@@ -128,10 +128,15 @@ def rope_layout_from_config(config) -> RopeLayout:
     rotary = int(head_dim * factor) // 2 * 2
     section = rope.get("mrope_section")
     interleaved = bool(rope.get("mrope_interleaved", False))
-    return RopeLayout(
+    return RopeSpec(
         head_dim=int(head_dim),
         theta=float(theta),
         rotary_dims=None if rotary == head_dim else rotary,
         mrope_section=tuple(int(s) for s in section) if section else None,
         interleaved=interleaved,
     )
+
+
+# Former names, kept for existing code ("layout" now means only a tensor's memory layout).
+RopeLayout = RopeSpec
+rope_layout_from_config = rope_spec_from_config

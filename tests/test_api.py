@@ -5,7 +5,7 @@ from conftest import DEVICE, rel_err
 from generators import dense_causal_attention
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from prism_mm import PrismConfig, RopeLayout, dense_attention, estimate, prism_attention
+from prism_mm import PrismConfig, RopeSpec, dense_attention, estimate, prism_attention
 from prism_mm.kernels import torch_ops
 
 
@@ -96,7 +96,7 @@ def test_a_decoding_step_after_the_prefill_is_dense_sdpa_and_nothing_else():
         layer_idx = 3
 
     module = Attention()
-    module.prism = PrismLayer(cfg, RopeLayout(head_dim=q.shape[-1]).bands(*cfg.band_dims(q.shape[-1])), PrismRunStats(),
+    module.prism = PrismLayer(cfg, RopeSpec(head_dim=q.shape[-1]).bands(*cfg.band_dims(q.shape[-1])), PrismRunStats(),
                               backend="torch")
     prism_attention_forward(module, q, k, v, None)  # no prefill recorded yet: this one records
     first = module.prism.stats.layers[3]
@@ -112,28 +112,28 @@ def test_a_decoding_step_after_the_prefill_is_dense_sdpa_and_nothing_else():
     assert module.prism.stats.layers[3] is first
 
 
-class ReversedRope(RopeLayout):
-    """A layout whose pair frequencies rise with the pair index (no real model has this): its bands are the
-    opposite ends of plain RoPE's, so any code path that ignored the layout would select differently."""
+class ReversedRope(RopeSpec):
+    """A rotary embedding whose pair frequencies rise with the pair index (no real model has this): its bands are the
+    opposite ends of plain RoPE's, so any code path that ignored `rope` would select differently."""
 
     def pair_frequencies(self):
         return super().pair_frequencies().flip(0)
 
 
-def test_rope_layout_drives_the_bands():
-    """prism_attention(rope=...) scores the bands that layout's frequencies give, not plain RoPE's."""
+def test_rope_spec_drives_the_bands():
+    """prism_attention(rope=...) scores the bands that its frequencies give, not plain RoPE's."""
     q, k, v = qkv(d=128, q_len=256, kv_len=256)
     cfg = PrismConfig(block_size=32, min_sparse_len=0, max_density=1.0).with_threshold(0.6)
-    layout, plain = ReversedRope(head_dim=128), RopeLayout(head_dim=128)
+    rope, plain = ReversedRope(head_dim=128), RopeSpec(head_dim=128)
     dims = cfg.band_dims(128)
-    assert set(layout.bands(*dims).high).isdisjoint(plain.bands(*dims).high)
-    _, stats = prism_attention(q, k, v, cfg, rope=layout, backend="torch", return_stats=True)
-    own = estimate(q, k, cfg, layout.bands(*dims), backend="torch")
+    assert set(rope.bands(*dims).high).isdisjoint(plain.bands(*dims).high)
+    _, stats = prism_attention(q, k, v, cfg, rope=rope, backend="torch", return_stats=True)
+    own = estimate(q, k, cfg, rope.bands(*dims), backend="torch")
     other = estimate(q, k, cfg, plain.bands(*dims), backend="torch")
     assert torch.equal(stats.selection.to_mask(), own.to_mask())
     assert not torch.equal(own.to_mask(), other.to_mask())
     with pytest.raises(ValueError, match="head_dim"):
-        prism_attention(q, k, v, cfg, rope=RopeLayout(head_dim=64))
+        prism_attention(q, k, v, cfg, rope=RopeSpec(head_dim=64))
 
 
 @pytest.mark.parametrize(
@@ -166,7 +166,7 @@ def test_a_layer_keeps_its_recipe_until_its_config_changes():
 
     q, _, _ = qkv(d=64)
     cfg = PrismConfig(block_size=32, min_sparse_len=0).with_threshold(0.8)
-    layer = PrismLayer(cfg, RopeLayout(head_dim=64).bands(*cfg.band_dims(64)), PrismRunStats(), backend="torch")
+    layer = PrismLayer(cfg, RopeSpec(head_dim=64).bands(*cfg.band_dims(64)), PrismRunStats(), backend="torch")
     ops, spec, index = first = layer.prepared(q)
     assert layer.prepared(q) is first and ops.name == "torch"
     assert (spec.threshold_high, spec.block_size, spec.head_dim, index.head_dim) == (0.8, 32, 64, 64)
@@ -182,7 +182,7 @@ def test_a_layer_keeps_its_recipe_until_its_config_changes():
     layer.backend = "triton"  # the interpreter runs Triton on the CPU here (TRITON_INTERPRET=1)
     assert layer.prepared(q)[0].name == "triton"
     q_wide, _, _ = qkv(d=128)
-    layer.bands = RopeLayout(head_dim=128).bands(*cfg.band_dims(128))
+    layer.bands = RopeSpec(head_dim=128).bands(*cfg.band_dims(128))
     assert layer.prepared(q_wide)[1].head_dim == 128 and layer.prepared(q_wide)[2].head_dim == 128
 
 
@@ -197,7 +197,7 @@ def test_a_layer_pickles_and_copies_after_resolving_its_ops():
 
     q, _, _ = qkv(d=64)
     cfg = PrismConfig(block_size=32, min_sparse_len=0)
-    layer = PrismLayer(cfg, RopeLayout(head_dim=64).bands(*cfg.band_dims(64)), PrismRunStats(), backend="triton")
+    layer = PrismLayer(cfg, RopeSpec(head_dim=64).bands(*cfg.band_dims(64)), PrismRunStats(), backend="triton")
     ops, spec, _ = layer.prepared(q)
     for other in (pickle.loads(pickle.dumps(layer)), copy.deepcopy(layer), copy.copy(layer)):
         assert other._kept is None and other.config == cfg and other.backend == "triton"
@@ -363,7 +363,7 @@ def test_a_sparse_layer_launches_three_kernels_and_no_torch_compute(monkeypatch)
         monkeypatch.setattr(module, attr, Counted(name, getattr(module, attr)))
 
     n, hq, hkv, d = 200, 4, 2, 64
-    q = torch.randn(1, n, hq, d, device=DEVICE).transpose(1, 2)  # transformers' memory layout
+    q = torch.randn(1, n, hq, d, device=DEVICE).transpose(1, 2)  # transformers' memory rope
     k, v = torch.randn(1, hkv, n, d, device=DEVICE), torch.randn(1, hkv, n, d, device=DEVICE)
     cfg = PrismConfig(block_size=32, min_sparse_len=0)
 
@@ -371,7 +371,7 @@ def test_a_sparse_layer_launches_three_kernels_and_no_torch_compute(monkeypatch)
         layer_idx = 0
 
     module = Attention()
-    module.prism = PrismLayer(cfg, RopeLayout(head_dim=d).bands(*cfg.band_dims(d)), PrismRunStats(), backend="triton")
+    module.prism = PrismLayer(cfg, RopeSpec(head_dim=d).bands(*cfg.band_dims(d)), PrismRunStats(), backend="triton")
     prism_attention_forward(module, q, k, v, None, scaling=d ** -0.5)  # the first call builds the cached band index
     module.prism.stats.reset()
     launches.clear()

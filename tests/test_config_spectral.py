@@ -1,10 +1,10 @@
-"""PrismConfig validation and RoPE layout -> band dims, checked against frequencies computed by hand."""
+"""PrismConfig validation and a RopeSpec -> band dims, checked against frequencies computed by hand."""
 from types import SimpleNamespace
 
 import pytest
 import torch
 
-from prism_mm import PrismConfig, RopeLayout, rope_layout_from_config
+from prism_mm import PrismConfig, RopeSpec, rope_spec_from_config
 
 
 def test_config_defaults_and_presets():
@@ -61,38 +61,38 @@ def _hand_bands(d, theta, n_high, n_low, rotary=None):
 
 @pytest.mark.parametrize("d,theta", [(128, 10000.0), (128, 1e6), (64, 5e5), (80, 10000.0)])
 def test_plain_rope_bands_follow_frequencies(d, theta):
-    layout = RopeLayout(head_dim=d, theta=theta)
+    rope = RopeSpec(head_dim=d, theta=theta)
     expected = torch.tensor(_hand_frequencies(d, theta), dtype=torch.float64)
-    assert torch.allclose(layout.pair_frequencies(), expected, rtol=1e-12)
+    assert torch.allclose(rope.pair_frequencies(), expected, rtol=1e-12)
     hi, lo = PrismConfig().band_dims(d)
-    bands = layout.bands(hi, lo)
+    bands = rope.bands(hi, lo)
     assert (bands.high, bands.low) == _hand_bands(d, theta, hi, lo)
-    if d == 128:  # the paper's layout: pairs 0..31 high, pairs 16..63 low
+    if d == 128:  # the paper's bands: pairs 0..31 high, pairs 16..63 low
         assert bands.high == tuple(range(0, 32)) + tuple(range(64, 96))
         assert bands.low == tuple(range(16, 64)) + tuple(range(80, 128))
-    assert set(layout.pair_axes()) == {"1d"}
+    assert set(rope.pair_axes()) == {"1d"}
 
 
 def test_partial_rotary_dims_are_lowest_frequency():
-    layout = RopeLayout(head_dim=64, theta=10000.0, rotary_dims=32)
-    freq = layout.pair_frequencies()
+    rope = RopeSpec(head_dim=64, theta=10000.0, rotary_dims=32)
+    freq = rope.pair_frequencies()
     assert (freq[16:] == 0).all() and (freq[:16] > 0).all()
-    bands = layout.bands(16, 16)
+    bands = rope.bands(16, 16)
     assert bands.low == tuple(range(24, 32)) + tuple(range(56, 64))  # un-rotated pairs 24..31
-    assert layout.pair_axes()[16:] == ("-",) * 16
+    assert rope.pair_axes()[16:] == ("-",) * 16
 
 
 def test_qwen2_vl_sectioned_mrope():
-    layout = RopeLayout(head_dim=128, theta=1e6, mrope_section=(16, 24, 24))
-    axes = layout.pair_axes()
+    rope = RopeSpec(head_dim=128, theta=1e6, mrope_section=(16, 24, 24))
+    axes = rope.pair_axes()
     assert axes[:16] == ("t",) * 16 and axes[16:40] == ("h",) * 24 and axes[40:] == ("w",) * 24
     # Sectioning keeps each pair's frequency: bands are the plain-RoPE ones.
-    assert layout.bands(64, 96) == RopeLayout(head_dim=128, theta=1e6).bands(64, 96)
+    assert rope.bands(64, 96) == RopeSpec(head_dim=128, theta=1e6).bands(64, 96)
 
 
 def test_qwen3_vl_interleaved_mrope():
-    layout = RopeLayout(head_dim=128, theta=5e6, mrope_section=(24, 20, 20), interleaved=True)
-    axes = layout.pair_axes()
+    rope = RopeSpec(head_dim=128, theta=5e6, mrope_section=(24, 20, 20), interleaved=True)
+    axes = rope.pair_axes()
     for i, axis in enumerate(axes):
         if i % 3 == 1 and i < 60:
             assert axis == "h", i
@@ -101,28 +101,28 @@ def test_qwen3_vl_interleaved_mrope():
         else:
             assert axis == "t", i
     assert axes.count("t") == 24 and axes.count("h") == 20 and axes.count("w") == 20
-    hi, lo = layout.bands(64, 96).high, layout.bands(64, 96).low
+    hi, lo = rope.bands(64, 96).high, rope.bands(64, 96).low
     assert (hi, lo) == _hand_bands(128, 5e6, 64, 96)
 
 
 def test_mrope_section_must_cover_pairs():
     with pytest.raises(ValueError, match="mrope_section"):
-        RopeLayout(head_dim=128, mrope_section=(16, 24, 20))
+        RopeSpec(head_dim=128, mrope_section=(16, 24, 20))
 
 
-def test_layout_from_transformers_style_configs():
+def test_rope_spec_from_transformers_style_configs():
     # Qwen2.5-VL (transformers 4.x: rope_scaling holds the mrope_section)
     q25 = SimpleNamespace(text_config=None, hidden_size=3584, num_attention_heads=28, rope_theta=1e6,
                           rope_scaling={"type": "mrope", "mrope_section": [16, 24, 24]})
-    layout = rope_layout_from_config(q25)
-    assert layout == RopeLayout(head_dim=128, theta=1e6, mrope_section=(16, 24, 24))
+    rope = rope_spec_from_config(q25)
+    assert rope == RopeSpec(head_dim=128, theta=1e6, mrope_section=(16, 24, 24))
     # Qwen3-VL (transformers 5.x: rope_parameters, nested text_config, explicit head_dim)
     text = SimpleNamespace(head_dim=128, num_attention_heads=32, hidden_size=4096,
                            rope_parameters={"rope_theta": 5e6, "mrope_section": [24, 20, 20], "mrope_interleaved": True})
-    layout = rope_layout_from_config(SimpleNamespace(text_config=text))
-    assert layout.interleaved and layout.mrope_section == (24, 20, 20) and layout.theta == 5e6
+    rope = rope_spec_from_config(SimpleNamespace(text_config=text))
+    assert rope.interleaved and rope.mrope_section == (24, 20, 20) and rope.theta == 5e6
     # A plain text model
     llama = SimpleNamespace(hidden_size=576, num_attention_heads=9, rope_theta=100000.0)
-    assert rope_layout_from_config(llama) == RopeLayout(head_dim=64, theta=1e5)
+    assert rope_spec_from_config(llama) == RopeSpec(head_dim=64, theta=1e5)
     with pytest.raises(ValueError, match="rope_theta"):
-        rope_layout_from_config(SimpleNamespace(hidden_size=64, num_attention_heads=1))
+        rope_spec_from_config(SimpleNamespace(hidden_size=64, num_attention_heads=1))

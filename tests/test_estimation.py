@@ -6,16 +6,16 @@ import pytest
 import torch
 from conftest import DEVICE
 
-from prism_mm import PrismConfig, RopeLayout, SpectralBands, estimate
+from prism_mm import PrismConfig, RopeSpec, SpectralBands, estimate
 from prism_mm.kernels.layout import causal_block_mask
 
 BACKENDS = ["torch", "triton"]
 
 
-def apply_rope(x: torch.Tensor, positions: torch.Tensor, layout: RopeLayout) -> torch.Tensor:
+def apply_rope(x: torch.Tensor, positions: torch.Tensor, rope: RopeSpec) -> torch.Tensor:
     """rotate_half RoPE, as Llama/Qwen apply it. x [..., L, D], positions [L]."""
-    d = layout.head_dim
-    ang = positions[:, None].double() * layout.pair_frequencies()[None, :]
+    d = rope.head_dim
+    ang = positions[:, None].double() * rope.pair_frequencies()[None, :]
     cos, sin = torch.cat([ang.cos(), ang.cos()], -1).float(), torch.cat([ang.sin(), ang.sin()], -1).float()
     x1, x2 = x[..., : d // 2], x[..., d // 2:]
     return x * cos.to(x.device) + torch.cat([-x2, x1], -1) * sin.to(x.device)
@@ -34,7 +34,7 @@ def test_key_block_built_to_match_is_selected(backend):
     target = 3
     k[:, :, target * bs:(target + 1) * bs] += 6 * direction
     cfg = PrismConfig(block_size=bs, threshold_high=0.5, threshold_low=0.5, min_sparse_len=0, dense_tail=0)
-    sel = estimate(q.to(DEVICE), k.to(DEVICE), cfg, RopeLayout(head_dim=d).bands(32, 48), backend)
+    sel = estimate(q.to(DEVICE), k.to(DEVICE), cfg, RopeSpec(head_dim=d).bands(32, 48), backend)
     mask = sel.to_mask().cpu()
     for i in range(nb):
         for h in range(2):
@@ -51,20 +51,20 @@ def slash_inputs(bs=32, nb=16, d=64, shift_blocks=3):
     Mean pooling averages the fast rotation away, so the slash is invisible to plain pooled scores
     while the token-level attention puts most of its mass there.
     """
-    layout = RopeLayout(head_dim=d, theta=10000.0)
+    rope = RopeSpec(head_dim=d, theta=10000.0)
     n = bs * nb
     u = torch.zeros(d)
     u[0:6] = 4.0  # pairs 0..5: 1 to 0.2 rad per token, > 6 rad per block
     u[d // 2:d // 2 + 6] = 4.0
     pos = torch.arange(n)
-    q = apply_rope(u.expand(n, d), pos, layout)
-    k = apply_rope(u.expand(n, d), pos + shift_blocks * bs, layout)
+    q = apply_rope(u.expand(n, d), pos, rope)
+    k = apply_rope(u.expand(n, d), pos + shift_blocks * bs, rope)
     slow = list(range(d // 2 - 8, d // 2)) + list(range(d - 8, d))  # pairs 24..31: nearly static
     q[:, slow] += 2.5 * torch.randn(16)
     k[:, slow] += 2.5 * torch.randn(nb, 16).repeat_interleave(bs, 0)
     q = q + 0.3 * torch.randn(n, d)
     k = k + 0.3 * torch.randn(n, d)
-    return q[None, None].to(DEVICE), k[None, None].to(DEVICE), layout
+    return q[None, None].to(DEVICE), k[None, None].to(DEVICE), rope
 
 
 def true_block_mass(q, k, bs):
@@ -82,12 +82,12 @@ def slash_case(heads=4, bs=32, nb=16, shift=3, backend="torch"):
     not about one lucky or unlucky draw."""
     draws = [slash_inputs(bs, nb, shift_blocks=shift) for _ in range(heads)]
     q, k = (torch.cat([dr[i] for dr in draws], dim=1) for i in (0, 1))
-    layout = draws[0][2]
+    rope = draws[0][2]
     mass = torch.stack([true_block_mass(q[:, h:h + 1], k[:, h:h + 1], bs) for h in range(heads)])
     cfg = PrismConfig(block_size=bs, threshold_high=0.9, threshold_low=0.9, min_sparse_len=0, dense_tail=0)
-    prism = estimate(q, k, cfg, layout.bands(*cfg.band_dims(64)), backend).to_mask()[0].cpu()
+    prism = estimate(q, k, cfg, rope.bands(*cfg.band_dims(64)), backend).to_mask()[0].cpu()
     # method="meanpool": one band over all dims, no calibration (the baseline Prism sets out to fix).
-    plain = estimate(q, k, replace(cfg, method="meanpool"), layout.bands(*cfg.band_dims(64)), backend)
+    plain = estimate(q, k, replace(cfg, method="meanpool"), rope.bands(*cfg.band_dims(64)), backend)
     return mass, prism[:, :nb, :nb], plain.to_mask()[0].cpu()[:, :nb, :nb]
 
 
@@ -115,12 +115,12 @@ def test_meanpool_method_is_plain_mean_pooling(backend):
     bs, n, d = 16, 200, 64
     q, k = torch.randn(1, 4, n, d, device=DEVICE), torch.randn(1, 2, n, d, device=DEVICE)
     cfg = PrismConfig(block_size=bs, threshold_high=0.8, threshold_low=0.3, min_sparse_len=0, dense_tail=0)
-    got = estimate(q, k, replace(cfg, method="meanpool"), RopeLayout(head_dim=d).bands(32, 48), backend).to_mask()
+    got = estimate(q, k, replace(cfg, method="meanpool"), RopeSpec(head_dim=d).bands(32, 48), backend).to_mask()
     all_dims = SpectralBands(high=tuple(range(d)), low=tuple(range(d)))
     plain = PrismConfig(block_size=bs, threshold_high=0.8, threshold_low=0.8, calibrate=False, min_sparse_len=0, dense_tail=0)
     expected = estimate(q, k, plain, all_dims, backend).to_mask()
     assert (got != expected).float().mean() < 0.005
-    assert not torch.equal(got, estimate(q, k, cfg, RopeLayout(head_dim=d).bands(32, 48), backend).to_mask())
+    assert not torch.equal(got, estimate(q, k, cfg, RopeSpec(head_dim=d).bands(32, 48), backend).to_mask())
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -68,8 +68,8 @@ def test_shared_budget_rules():
     assert (shared_mass(probs, valid, 0.99).sum() >= m.sum())
 
     q, k, v = torch.randn(1, 4, 300, 16), torch.randn(1, 2, 300, 16), torch.randn(1, 2, 300, 16)
-    layout = SimpleNamespace(bands=lambda hi, lo: SpectralBands(high=tuple(range(hi)), low=tuple(range(16 - lo, 16))))
-    rule = SharedBudgetAttention(layout, 64)
+    rope = SimpleNamespace(bands=lambda hi, lo: SpectralBands(high=tuple(range(hi)), low=tuple(range(16 - lo, 16))))
+    rule = SharedBudgetAttention(rope, 64)
     rule.density = 1.0
     out, _ = rule(SimpleNamespace(layer_idx=0), q, k, v, None)
     ref = torch.nn.functional.scaled_dot_product_attention(q, k.repeat_interleave(2, 1), v.repeat_interleave(2, 1),

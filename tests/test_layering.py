@@ -11,10 +11,10 @@ ROOT = Path(prism_mm.__file__).parent
 # inside its own package (kernels/*, testing/*, app/*, pipelines/video <- pipelines/session).
 LAYERS = [
     {"kernels", "_optional"},
-    {"config", "spectral"},
+    {"config", "spectral", "tiny_models", "demo_clips"},
     {"selection", "stats"},
     {"attention", "vision", "norms"},
-    {"models", "testing"},
+    {"models"},
     {"pipelines.frames"},
     {"pipelines.video", "pipelines.prefill"},
     {"pipelines.stream", "pipelines.record", "pipelines.report"},
@@ -22,6 +22,7 @@ LAYERS = [
     {"pipelines.session"},
     {"pipelines.qa"},
     {"pipelines.video_qa", "pipelines.demo", "eval", "app"},  # front ends: none imports another
+    {"testing"},  # test helpers: no product module imports them
 ]
 
 
@@ -72,3 +73,16 @@ def test_the_app_imports_only_pipelines():
     """The chat page is a thin front end over prism_mm.pipelines."""
     for path in (ROOT / "app").glob("*.py"):
         assert all(t.startswith(("pipelines.", "app.")) for t in internal_imports(path)), path.name
+
+
+def test_no_product_module_imports_the_test_helpers():
+    """prism_mm.testing holds test helpers; the product (every module outside it, package __init__ files included)
+    imports none of them: the tiny models and demo clips the front ends use live in prism_mm.tiny_models and
+    prism_mm.demo_clips."""
+    bad = []
+    for path in sorted(ROOT.rglob("*.py")):
+        if path.relative_to(ROOT).parts[0] == "testing":
+            continue
+        bad += [f"{path.relative_to(ROOT)} imports prism_mm.{t}" for t in internal_imports(path)
+                if t == "testing" or t.startswith("testing.")]
+    assert not bad, "product modules importing test helpers:\n" + "\n".join(bad)

@@ -84,3 +84,24 @@ def test_missing_decoder_names_the_video_extra(tmp_path):
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-2000:]
     assert "pip install 'prism-mm[video]'" in run.stdout, run.stdout
+
+
+def test_core_dependencies_are_bounded_at_the_tested_versions():
+    """torch, triton and transformers carry an upper bound (prism_mm relies on internals of each), and the versions CI
+    pins (requirements/ci.txt) satisfy the bounds."""
+    import pytest
+    from packaging.version import Version
+
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+
+    deps = {Requirement(d).name.lower(): Requirement(d) for d in
+            tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]}
+    pinned = {}
+    for line in (REPO / "requirements" / "ci.txt").read_text().splitlines():
+        if "==" in line and not line.lstrip().startswith("#"):
+            name, version = line.split("#")[0].strip().split("==")
+            pinned[name.lower()] = Version(version)
+    for name in ("torch", "triton", "transformers"):
+        spec = deps[name].specifier
+        assert any(s.operator in ("<", "<=", "~=", "==") for s in spec), f"{name} has no upper bound in pyproject.toml"
+        assert spec.contains(pinned[name]), f"CI's {name}=={pinned[name]} is outside pyproject.toml's {spec}"

@@ -68,11 +68,12 @@ def test_sampling_equals_qwen_vl_utils_fetch_video(clip, model_type, kw):
     exactly fetch_video's (rounded to uint8 as the pipeline used them) and its metadata is fetch_video's."""
     from qwen_vl_utils import fetch_video
 
-    from prism_mm.pipelines.video import MODEL_PATCH, fetch_video_request
+    from prism_mm.models import VL_PATCH_SIZES
+    from prism_mm.pipelines.video import fetch_video_request
 
     opts = VideoOptions(**kw)
     (expected, expected_meta), _ = fetch_video(fetch_video_request(clip, opts),
-                                               image_patch_size=MODEL_PATCH[model_type],
+                                               image_patch_size=VL_PATCH_SIZES[model_type],
                                                return_video_sample_fps=True, return_video_metadata=True)
     frames, meta, _ = sample_frames(clip, opts, model_type)
     assert frames.dtype == torch.uint8 and torch.equal(frames, expected.round().clamp(0, 255).to(torch.uint8))

@@ -16,10 +16,10 @@ from functools import partial
 
 # the page imports prism_mm.pipelines alone (PrismConfig too, through the session's module)
 from ..pipelines.report import CPU_TIMING_NOTE, secs
-from ..pipelines.session import PrismConfig, Video, VideoSession
+from ..pipelines.session import ATTENTIONS, PrismConfig, Video, VideoSession
 from ..pipelines.video import VideoError, VideoOptions, check_range, probe
 
-MODES = ("prism", "dense")
+MODES = ATTENTIONS
 DEFAULT_THRESHOLD = PrismConfig.video().threshold_high
 DEFAULT_FPS = VideoOptions().fps
 DEFAULT_MAX_NEW_TOKENS = 128

@@ -3,9 +3,9 @@
 model_args follow lmms-eval's Qwen-VL models where they mean the same (pretrained, device, device_map, batch_size,
 max_pixels, min_pixels, max_num_frames, fps, total_pixels, system_prompt, interleave_visuals, use_cache,
 reasoning_prompt, enable_thinking) plus attn=prism|dense, the PrismConfig fields (block_size, threshold,
-threshold_high, threshold_low, min_sparse_len, max_density, calibrate, method, cutoff, dense_tail), dtype,
-random_weights, stream, stream_chunk_tokens, and stats_dir: where per-sample records and a summary are written
-(default ./prism_mm_stats).
+threshold_high, threshold_low, min_sparse_len, max_density, calibrate, method, cutoff, dense_tail; those not given are
+PrismConfig.video()'s), dtype, random_weights, stream, stream_chunk_tokens, and stats_dir: where per-sample records and
+a summary are written (default ./prism_mm_stats).
 
 preprocess=lmms_eval (the default) feeds the model what lmms-eval's own class for the checkpoint's family
 (`qwen2_vl`, `qwen2_5_vl`, `qwen3_vl`; lmms-eval 0.7.3, --force_simple) feeds it: its system prompt, frame choice,
@@ -38,7 +38,8 @@ from .._optional import require
 from ..config import PrismConfig
 from ..pipelines.prefill import Decoding
 from ..pipelines.prefix import text_after_video
-from ..pipelines.session import STREAM_CHUNKS, Video, VideoSession, resolve_model, stream_chunks_of
+from ..models import ATTENTIONS
+from ..pipelines.session import DEFAULT_MODEL, STREAM_CHUNKS, Video, VideoSession, stream_chunks_of
 from ..pipelines.video import VideoOptions, video_messages
 
 lmms = require("lmms_eval.api.model", "eval", "the lmms-eval model prism_qwen_vl").lmms
@@ -135,12 +136,17 @@ def _bool(value) -> bool:
     return value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes")
 
 
+# The PrismConfig fields model_args may set, with the conversion of their string values (threshold sets both bands).
+CONFIG_ARGS = {"block_size": int, "threshold_high": float, "threshold_low": float, "min_sparse_len": int,
+               "max_density": float, "calibrate": _bool, "method": str, "cutoff": float, "dense_tail": int}
+
+
 PREPROCESS = ("lmms_eval", "qwen")
 
 
 def checkpoint_model_type_and_dtype(pretrained: str, random_weights: bool) -> tuple[str, str]:
     """(model_type, the dtype from_pretrained(torch_dtype="auto") loads it in) of a checkpoint, from its config."""
-    from ..models import SHIPPED_CONFIGS, _load_config, shipped_config
+    from ..models import SHIPPED_CONFIGS, _load_config, resolve_model, shipped_config
 
     if random_weights and pretrained in SHIPPED_CONFIGS:
         config = shipped_config(pretrained)
@@ -151,13 +157,14 @@ def checkpoint_model_type_and_dtype(pretrained: str, random_weights: bool) -> tu
 
 
 class PrismQwenVL(lmms):
-    def __init__(self, pretrained: str = "Qwen/Qwen2.5-VL-7B-Instruct", attn: str = "prism", device: str | None = None,
+    def __init__(self, pretrained: str = DEFAULT_MODEL, attn: str = "prism", device: str | None = None,
                  device_map: str | None = None, batch_size: int | str = 1, max_pixels: int | None = None,
                  min_pixels: int | None = None, total_pixels: int | None = None, max_num_frames: int = 32,
-                 fps: float | None = None, block_size: int = 128, threshold: float | None = None,
-                 threshold_high: float = 0.93, threshold_low: float = 0.93, min_sparse_len: int = 4096,
-                 max_density: float = 1.0, calibrate=True, method: str = PrismConfig.method,
-                 cutoff: float = PrismConfig.cutoff, dense_tail: int = PrismConfig.dense_tail, dtype: str | None = None,
+                 fps: float | None = None, block_size: int | None = None, threshold: float | None = None,
+                 threshold_high: float | None = None, threshold_low: float | None = None,
+                 min_sparse_len: int | None = None, max_density: float | None = None, calibrate=None,
+                 method: str | None = None, cutoff: float | None = None, dense_tail: int | None = None,
+                 dtype: str | None = None,
                  random_weights=False, stream=True, stream_chunk_tokens: int = STREAM_CHUNKS.decoder_tokens,
                  stats_dir: str = "prism_mm_stats", preprocess: str = "lmms_eval", system_prompt: str | None = None,
                  task_prompt: str | None = None, interleave_visuals=False, use_cache=True,
@@ -230,14 +237,16 @@ class PrismQwenVL(lmms):
             device, device_map = f"cuda:{self._rank}", f"cuda:{self._rank}"
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self._device = torch.device(device)
-        threshold_high = float(threshold if threshold is not None else threshold_high)
-        threshold_low = float(threshold if threshold is not None else threshold_low)
-        self.prism_config = PrismConfig(block_size=int(block_size), threshold_high=threshold_high,
-                                        threshold_low=threshold_low, min_sparse_len=int(min_sparse_len),
-                                        max_density=float(max_density), calibrate=_bool(calibrate),
-                                        method=str(method), cutoff=float(cutoff), dense_tail=int(dense_tail))
-        if attn not in ("prism", "dense"):
-            raise ValueError(f"attn must be prism or dense, got {attn!r}")
+        if threshold is not None:
+            threshold_high = threshold_low = threshold
+        given = {"block_size": block_size, "threshold_high": threshold_high, "threshold_low": threshold_low,
+                 "min_sparse_len": min_sparse_len, "max_density": max_density, "calibrate": calibrate,
+                 "method": method, "cutoff": cutoff, "dense_tail": dense_tail}
+        # model_args arrive as strings: each given one converted to its PrismConfig field's type; the others are
+        # PrismConfig.video()'s defaults
+        self.prism_config = PrismConfig.video(**{k: CONFIG_ARGS[k](v) for k, v in given.items() if v is not None})
+        if attn not in ATTENTIONS:
+            raise ValueError(f"attn must be one of {', '.join(ATTENTIONS)}, got {attn!r}")
         self.attn, self.stream = attn, _bool(stream)  # stream: decode each video while the vision tower runs (default)
         # streamed in Prism mode: the decoder prefill pipelined in chunks of this many tokens (0: one pass after the
         # stream); dense runs stream with one pass

@@ -11,7 +11,7 @@ import sys
 from importlib import resources
 from pathlib import Path
 
-from ..testing.clips import make_demo_video
+from ..demo_clips import make_demo_video
 
 QUESTIONS = [
     ("Which way does the red square move?", ["left", "right", "up", "down"], "B"),

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..testing.clips import make_demo_video
+from ..demo_clips import make_demo_video
 
 
 def main():

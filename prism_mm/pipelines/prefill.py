@@ -9,7 +9,7 @@ processors that act even in greedy decoding), as greedy_decode's eos_token_id / 
 - The vision tower runs `vision_frames` temporal patches at a time (its attention never crosses frames, so the
   features are those of one call), and the features are scattered into the prompt's embeddings.
 - The text decoder runs `decoder_tokens` query tokens at a time against a growing KV cache (each chunk's queries
-  are the last positions of its keys: the layout prism_attention and its kernels take). The MRoPE positions are
+  are the last positions of its keys: the convention prism_attention and its kernels take). The MRoPE positions are
   the model's own (get_rope_index over the whole prompt), sliced per chunk.
 - Only the last position's logits are computed. At thresholds 1.0 (or with dense attention) the result equals the
   unchunked forward; with a sparse selection each chunk selects its own blocks, so answers may differ slightly.

@@ -10,13 +10,14 @@ On a GPU the one-time costs (kernel compiles) are paid once at construction, on 
 from __future__ import annotations
 
 from ..config import PrismConfig
+from ..models import ATTENTIONS
 from .prefill import ChunkConfig
 from .prefix import PrefixStore
 from .record import same_decoder_work
 from .session import DEFAULT_MODEL, STREAM_CHUNKS, Chat, VideoSession
 from .video import VideoOptions
 
-MODES = ("prism", "dense", "compare")
+MODES = ATTENTIONS + ("compare",)  # "compare": both, each from its own prefix, checked against each other
 
 
 class VideoQA:

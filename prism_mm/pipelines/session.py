@@ -20,16 +20,17 @@ from tqdm import tqdm
 
 from ..attention import PrismLayer, compile_lengths
 from ..config import PrismConfig
-from ..models import ATTENTIONS, VISION_ATTENTIONS, VL_MODEL_TYPES, enable_prism, load_model, set_attention, synchronize_gpus
+from ..models import (ATTENTIONS, VISION_ATTENTIONS, VL_MODEL_TYPES, VL_PATCH_SIZES, enable_prism, load_model,
+                      set_attention, synchronize_gpus)
 from ..spectral import text_config
-from ..testing.tiny import TINY_MODELS, build_tiny_processor, tiny_model_dir
+from ..tiny_models import TINY_MODELS, build_tiny_processor
 from .frames import start_decoder_server
 from .prefill import ChunkConfig, Decoding, chunked_prefill
 from .prefix import (Answer, PrefixBuild, PrefixInfo, PrefixKey, PrefixStore, VideoPrefix, ask, cache_layers,
                      text_after_video)
 from .record import RunRecord
 from .stream import BATCH_PAIRS, StreamingUnavailable, stream_prefill, stream_video
-from .video import MODEL_PATCH, VideoOptions, build_inputs, probe, prompt_inputs, video_messages
+from .video import VideoOptions, build_inputs, probe, prompt_inputs, video_messages
 
 DEFAULT_MODEL = "Qwen/Qwen2.5-VL-7B-Instruct"
 
@@ -55,19 +56,14 @@ def check_device(device: str | None) -> str:
     return device
 
 
-def resolve_model(name: str) -> str:
-    """Tiny model names (testing.tiny.TINY_MODELS) -> a local directory, built on first use; anything else unchanged."""
-    return str(tiny_model_dir(name)) if name in TINY_MODELS else name
-
-
 def load_video_model(model: str, prism: PrismConfig, device: str, dtype: str = "auto", random_weights: bool = False,
                      device_map=None, vision: str = "varlen"):
-    """(model, processor) for video QA: tiny names resolved, Prism set up on the text decoder (its
-    attention is then switched with prism_mm.models.set_attention), a stand-in processor for
+    """(model, processor) for video QA (the model name resolved as load_model resolves it), Prism set up on the text
+    decoder (its attention is then switched with prism_mm.models.set_attention), a stand-in processor for
     random-weight architectures."""
     if dtype == "auto":
         dtype = "bfloat16" if device.startswith("cuda") else "float32"
-    vl_model, processor = load_model(resolve_model(model), attn="dense", dtype=dtype, device_map=device_map or device,
+    vl_model, processor = load_model(model, attn="dense", dtype=dtype, device_map=device_map or device,
                                      random_weights=random_weights)
     if vl_model.config.model_type not in VL_MODEL_TYPES:
         raise ValueError(f"{model!r} is a {vl_model.config.model_type} model; video QA needs Qwen2-VL, "
@@ -295,7 +291,7 @@ class VideoSession:
         of three lengths and their first decoding steps, in each attention mode. Returns the seconds it took (reported
         beside the timings it keeps clean). Changes no state a later answer depends on."""
         model_type = self.model.config.model_type
-        side = WARMUP_SIDE // (2 * MODEL_PATCH[model_type]) * 2 * MODEL_PATCH[model_type]
+        side = WARMUP_SIDE // (2 * VL_PATCH_SIZES[model_type]) * 2 * VL_PATCH_SIZES[model_type]
         frames = torch.zeros((2 * WARMUP_PAIRS, 3, side, side), dtype=torch.uint8)
         meta = {"fps": 2.0, "frames_indices": list(range(2 * WARMUP_PAIRS)), "total_num_frames": 2 * WARMUP_PAIRS}
         inputs = prompt_inputs(self.processor, frames, meta, "warm-up", None, self.device if self.cuda else None)
@@ -304,7 +300,7 @@ class VideoSession:
         started, previous = time.perf_counter(), self.attn
         with self._lock:
             try:
-                for attn in ("prism", "dense"):
+                for attn in ATTENTIONS:
                     self.set_attention(attn)
                     if attn == "prism":
                         self._compile_prism(max_tokens)

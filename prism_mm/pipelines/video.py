@@ -25,8 +25,8 @@ from dataclasses import dataclass
 import torch
 
 from .._optional import require
+from ..models import VL_PATCH_SIZES
 
-MODEL_PATCH = {"qwen2_vl": 14, "qwen2_5_vl": 14, "qwen3_vl": 16}
 READERS = ("parallel", "decord")
 # "qwen": qwen-vl-utils' fps / max_frames sampling, the processor called as qwen-vl-utils' README does;
 # "lmms_eval": what lmms-eval's class for the model's family feeds it (lmms_eval_plan, prompt_inputs)
@@ -257,7 +257,7 @@ def sample_frames(path: str, opts: VideoOptions, model_type: str, device: str | 
     if info.backend == "decord" or opts.sampler == "lmms_eval":
         return _sample_decord(path, opts, info, model_type, device)
     try:
-        (video, metadata), _ = fetch_video(fetch_video_request(path, opts), image_patch_size=MODEL_PATCH[model_type],
+        (video, metadata), _ = fetch_video(fetch_video_request(path, opts), image_patch_size=VL_PATCH_SIZES[model_type],
                                            return_video_sample_fps=True, return_video_metadata=True)
     except (ValueError, RuntimeError) as e:
         raise VideoError(f"cannot sample frames from {path}: {e}") from None
@@ -279,7 +279,7 @@ def plan_video(path: str, opts: VideoOptions, info: VideoInfo, model_type: str) 
             raise VideoError("sampler='lmms_eval' reads frames with decord, as lmms-eval's Qwen-VL classes do: "
                              "pip install decord")
         return lmms_eval_plan(path, opts, info, model_type)
-    return plan_sample(path, fetch_video_request(path, opts), info, MODEL_PATCH[model_type])
+    return plan_sample(path, fetch_video_request(path, opts), info, VL_PATCH_SIZES[model_type])
 
 
 def lmms_eval_request(path: str, opts: VideoOptions, model_type: str, total_frames: int) -> dict:
@@ -316,7 +316,7 @@ def lmms_eval_plan(path: str, opts: VideoOptions, info: VideoInfo, model_type: s
     Qwen2-VL and Qwen2.5-VL, lmms-eval's thinning of those frames (already sized for their count): the ones at
     np.linspace(0, n - 1, max_num_frames, dtype=int), each once, and for Qwen2.5-VL the last one if it is missing."""
     indices, in_range, size = plan_sample(path, lmms_eval_request(path, opts, model_type, info.frames), info,
-                                          MODEL_PATCH[model_type])
+                                          VL_PATCH_SIZES[model_type])
     if model_type != "qwen3_vl":
         import numpy as np
 
@@ -457,8 +457,8 @@ def build_inputs(processor, model_config, video_path: str, question: str | None,
 
 def check_model_type(model_config) -> str:
     model_type = model_config.model_type
-    if model_type not in MODEL_PATCH:
-        raise VideoError(f"video input needs a Qwen-VL model ({', '.join(MODEL_PATCH)}), got {model_type!r}")
+    if model_type not in VL_PATCH_SIZES:
+        raise VideoError(f"video input needs a Qwen-VL model ({', '.join(VL_PATCH_SIZES)}), got {model_type!r}")
     return model_type
 
 
@@ -499,8 +499,8 @@ def prompt_inputs(processor, frames: torch.Tensor, metadata: dict, video_path: s
             "total_num_frames": int(metadata["total_num_frames"])}
     on = {"device": str(device)} if device is not None else {}
     if opts is not None and opts.sampler == "lmms_eval":
-        if model_type not in MODEL_PATCH:
-            raise ValueError(f"sampler='lmms_eval' needs the model type ({', '.join(MODEL_PATCH)}), got {model_type!r}")
+        if model_type not in VL_PATCH_SIZES:
+            raise ValueError(f"sampler='lmms_eval' needs the model type ({', '.join(VL_PATCH_SIZES)}), got {model_type!r}")
         extra = ({"video_metadata": [meta]} if model_type == "qwen3_vl"
                  else {"padding": True, "padding_side": "right"})
         inputs = dict(processor(text=[text], videos=[frames.float()], return_tensors="pt", **extra,

@@ -28,17 +28,20 @@ import re
 import sys
 
 from ..config import SELECTION_METHODS, PrismConfig
-from ..models import check_model_path
-from ..testing.tiny import TINY_MODELS
+from ..models import SHIPPED_CONFIGS, VISION_ATTENTIONS, resolve_model
 from .prefill import ChunkConfig
-from .qa import VideoQA
+from .qa import MODES, VideoQA
 from .record import RunRecord
 from .report import _stages, format_report, printable, secs
 from .session import DEFAULT_MODEL, STREAM_CHUNKS, check_device, stream_chunks_of
 from .video import VideoError, VideoOptions
 
 
+VIDEO_CONFIG = PrismConfig.video()  # the defaults of the Prism flags: a flag not given leaves its field as this has it
+
+
 def parse_args(argv=None):
+    d = VIDEO_CONFIG
     ap = argparse.ArgumentParser(prog="python -m prism_mm.pipelines.video_qa", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--video", required=True, help="path of a local video file")
@@ -48,27 +51,30 @@ def parse_args(argv=None):
                     help="a conversation: questions from standard input, one per line, until an empty line or the end "
                          "of the input; each answered as it comes, after the earlier turns")
     ap.add_argument("--model", default=DEFAULT_MODEL, help="hub id, local directory or tiny-qwen2.5-vl / tiny-qwen3-vl")
-    ap.add_argument("--attn", choices=["prism", "dense", "compare"], default="prism")
-    ap.add_argument("--fps", type=float, default=2.0)
+    ap.add_argument("--attn", choices=list(MODES), default="prism")
+    ap.add_argument("--fps", type=float, default=VideoOptions.fps)
     ap.add_argument("--max-frames", type=int)
     ap.add_argument("--min-pixels", type=int)
     ap.add_argument("--max-pixels", type=int, help="per frame")
     ap.add_argument("--total-pixels", type=int, help="over all frames")
     ap.add_argument("--start", type=float, help="seconds")
     ap.add_argument("--end", type=float, help="seconds")
-    ap.add_argument("--block-size", type=int, default=128)
-    ap.add_argument("--threshold", type=float, default=0.93, help="top-p mass kept per band, in (0, 1]")
-    ap.add_argument("--method", choices=list(SELECTION_METHODS), default=PrismConfig.method,
+    ap.add_argument("--block-size", type=int, help=f"tokens per block (default {d.block_size})")
+    ap.add_argument("--threshold", type=float,
+                    help=f"top-p mass kept per band, in (0, 1] (default {d.threshold_high} / {d.threshold_low}: high / "
+                         "low band)")
+    ap.add_argument("--method", choices=list(SELECTION_METHODS),
                     help="block selection: the paper's dual-band top-p, one cutoff on the mean band probability, or "
-                         "mean pooling (see PrismConfig)")
-    ap.add_argument("--cutoff", type=float, default=PrismConfig.cutoff, help="--method cutoff: the cutoff, in (0, 1)")
-    ap.add_argument("--dense-tail", type=int, default=PrismConfig.dense_tail,
-                    help="the prompt's last N query tokens (the question) attend to everything; 0: the paper's selection")
-    ap.add_argument("--min-sparse-len", type=int, default=4096, help="shorter prompts run dense")
-    ap.add_argument("--max-density", type=float, default=1.0,
+                         f"mean pooling (see PrismConfig; default {d.method})")
+    ap.add_argument("--cutoff", type=float, help=f"--method cutoff: the cutoff, in (0, 1) (default {d.cutoff})")
+    ap.add_argument("--dense-tail", type=int,
+                    help="the prompt's last N query tokens (the question) attend to everything; 0: the paper's "
+                         f"selection (default {d.dense_tail})")
+    ap.add_argument("--min-sparse-len", type=int, help=f"shorter prompts run dense (default {d.min_sparse_len})")
+    ap.add_argument("--max-density", type=float,
                     help="a layer whose selection keeps more than this fraction of the blocks runs dense (costs one "
-                         "GPU sync per layer); 1.0: never")
-    ap.add_argument("--vision-attn", choices=["varlen", "sdpa"], default="varlen",
+                         f"GPU sync per layer); 1.0: never (default {d.max_density})")
+    ap.add_argument("--vision-attn", choices=list(VISION_ATTENTIONS), default="varlen",
                     help="Prism runs' vision-tower attention: batched varlen (default) or transformers' SDPA per window")
     ap.add_argument("--max-new-tokens", type=int, default=128)
     ap.add_argument("--chunk-tokens", type=int,
@@ -107,11 +113,13 @@ FLAGS = {"threshold_high": "--threshold", "threshold_low": "--threshold", "block
 
 
 def prism_config(args) -> PrismConfig:
-    """The PrismConfig of the flags; ValueError naming the flag for values out of range."""
+    """The PrismConfig of the flags (PrismConfig.video() where a flag is not given); ValueError naming the flag for
+    values out of range."""
+    given = {field: getattr(args, flag[2:].replace("-", "_")) for field, flag in FLAGS.items()
+             if field not in ("threshold_high", "threshold_low")}
     try:
-        return PrismConfig.video(block_size=args.block_size, min_sparse_len=args.min_sparse_len,
-                                 max_density=args.max_density, method=args.method, cutoff=args.cutoff,
-                                 dense_tail=args.dense_tail).with_threshold(args.threshold)
+        config = PrismConfig.video(**{k: v for k, v in given.items() if v is not None})
+        return config if args.threshold is None else config.with_threshold(args.threshold)
     except ValueError as e:
         raise ValueError(re.sub(r"PrismConfig\.(\w+)", lambda m: FLAGS.get(m.group(1), m.group(0)), str(e))) from None
 
@@ -153,8 +161,8 @@ def video_qa(args) -> VideoQA:
         stream_chunks = stream_chunks_of(args.stream_chunk_tokens)
     except ValueError as e:
         raise ValueError(str(e).replace("stream_chunk_tokens", "--stream-chunk-tokens")) from None
-    if args.model not in TINY_MODELS and not args.random_weights:
-        check_model_path(args.model)
+    if not (args.random_weights and args.model in SHIPPED_CONFIGS):
+        resolve_model(args.model)  # fail fast, as load_model would (a tiny model is built here, once)
     from .video import check_range, probe
 
     check_range(probe(args.video), opts)  # fail fast on a bad video, before loading a model
