@@ -133,12 +133,10 @@ def _attend(q, k, v, config: PrismConfig, spec: SelectSpec | None, index: BandIn
     (contiguous when sparse) and its PrismStats."""
     b, hq, q_len, d = q.shape
     selection = None
-    if not reason and config.max_density >= 1.0:  # nothing to decide between selecting and attending: one op
-        out, selection = ops.select_and_attend(q, k, v, spec, index, scale)
-        return out, PrismStats.of_selection(selection)
     if not reason:
         selection = select(q, k, spec, index, ops)
-        if float(selection.density().mean()) > config.max_density:  # max_density < 1.0 here
+        # a host read of the density, only where max_density can send the call to dense
+        if config.max_density < 1.0 and float(selection.density().mean()) > config.max_density:
             reason = "selection denser than max_density"
     if reason:
         _warn_fallback(reason, q_len, k.shape[2])

@@ -1,5 +1,6 @@
 """Each Triton kernel against its plain-PyTorch twin on fresh random inputs (interpreter on CPU)."""
 import itertools
+import math
 
 import pytest
 import torch
@@ -358,6 +359,23 @@ def test_output_into_transposed_buffer():
     assert rel_err(buf.transpose(1, 2), torch_ops.block_sparse_attention(q, k, v, sel)) < TOL[torch.float32]
 
 
+def test_unaligned_inputs_match_the_twin():
+    """Q, K, V and out that start 4 bytes past a 16-byte boundary (Triton compiles them as another kind) give the
+    torch twin's output, every element written."""
+    b, h, n, d, bs = 1, 2, 80, 64, 16
+
+    def unaligned(*shape):
+        return torch.randn(math.prod(shape) + 1, device=DEVICE)[1:].view(shape)
+
+    q, k, v = (unaligned(b, h, n, d) for _ in range(3))
+    out = unaligned(b, h, n, d).fill_(float("nan"))
+    assert all(t.data_ptr() % 16 for t in (q, k, v, out))
+    sel = random_selection(b, h, n, n, bs, 0.5, DEVICE)
+    block_sparse.block_sparse_attention(q, k, v, sel, out=out)
+    assert torch.isfinite(out).all()
+    assert rel_err(out, torch_ops.block_sparse_attention(q, k, v, sel)) < TOL[torch.float32]
+
+
 def test_sparse_launch_refuses_kv_it_cannot_read():
     """V of another shape than K, or K / V of another batch or head_dim than Q, are refused before any launch (a
     cached launch plan is keyed on Q's and K's shapes)."""
@@ -400,100 +418,6 @@ def test_fast_select_is_a_superset_close_to_exact():
     exact = estimate.select_blocks(pq, pk, SelectSpec(d, bs, 0.9, 0.9, precise=True), n, n).to_mask()
     assert (fast != exact).float().mean() < 0.005
     assert fast.sum() >= exact.sum() - 0.005 * exact.numel()
-
-
-@pytest.mark.parametrize("b,hq,hkv,q_len,kv_len,bs,d", [(1, 4, 2, 77, 77, 16, 64), (2, 6, 2, 40, 130, 32, 80)])
-@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
-def test_select_and_attend_matches_its_twin(b, hq, hkv, q_len, kv_len, bs, d, dtype):
-    """select_and_attend (pooling, selection and sparse attention in one host call) against the torch twin: the same
-    selection and output (transformers' [B, Lq, Hq, D] layout, every element written) at odd lengths, GQA, a chunk."""
-    from prism_mm.kernels import sparse_call
-
-    bands = band_index(d)
-    q = block_structured(b, hq, q_len, d, bs, dtype, gain=2.0)
-    k, v = block_structured(b, hkv, kv_len, d, bs, dtype, gain=2.0), torch.randn(b, hkv, kv_len, d, device=DEVICE, dtype=dtype)
-    spec = SelectSpec(d, bs, 0.8, 0.8, precise=True)
-    out, sel = sparse_call.select_and_attend(q, k, v, spec, bands, d ** -0.5)
-    ref_out, ref_sel = torch_ops.select_and_attend(q, k, v, spec, bands, d ** -0.5)
-    assert out.shape == ref_out.shape == (b, q_len, hq, d) and out.is_contiguous()
-    assert torch.equal(sel.to_mask(), ref_sel.to_mask()) and 0 < sel.density().mean() < 1
-    assert torch.isfinite(out).all() and rel_err(out, ref_out) < TOL[dtype]
-
-
-def test_replay_launches_with_each_calls_own_tensors(monkeypatch):
-    """A Replay passes each call's tensors in the recorded roles, as their addresses, and the recorded scalars as they
-    were: K's and V's descriptors are copies of the kept ones on this call's K / V (the kept ones hold no tensor),
-    outputs are fresh (the indices and, 512-byte aligned after them, the pooled buffer in one scratch); an argument
-    object with no role cannot be recorded. The compiled launcher is recorded, not run (it needs a GPU;
-    tests/test_gpu_sizes.py runs the real one)."""
-    from types import SimpleNamespace
-
-    from triton.tools.tensor_descriptor import TensorDescriptor
-
-    from prism_mm.kernels import sparse_call
-
-    launched = []
-    monkeypatch.setattr(sparse_call, "run_on_stream",
-                        lambda kernel, grid, stream, args, constants: launched.append((kernel, grid, stream, args, constants)))
-
-    def tensors():
-        return {name: torch.randn(8, 16) for name in ("q", "k", "v", "high_pos", "low_pos")}
-
-    first = tensors()
-    k_desc, v_desc = (TensorDescriptor(first[n], [8, 16], [16, 1], [8, 16]) for n in ("k", "v"))
-    buffer, counts, indices, out = torch.empty(3), torch.empty(1), torch.empty(2), torch.empty(4)
-    roles = {id(t): n for n, t in first.items()}
-    roles.update({id(buffer): "buffer", id(counts): "counts", id(indices): "indices", id(out): "out",
-                  id(k_desc): "k_desc", id(v_desc): "v_desc"})
-    pool_launch = sparse_call._Launch(("pool", (16,)), (5,), (first["q"], first["k"], buffer, first["high_pos"],
-                                                              first["low_pos"], 0, 96, 17), roles)
-    sparse_launch = sparse_call._Launch(("sparse", (64,)), (9, 1), (first["q"], k_desc, v_desc, out, counts, indices,
-                                                                    0.125, 3), roles)
-    with pytest.raises(TypeError, match="no role"):
-        sparse_call._Launch(("x", ()), (1,), (torch.zeros(1),), roles)
-    streams = []
-    monkeypatch.setattr(sparse_call, "_current_stream", lambda device: streams.append(device) or 77)
-    replay = sparse_call.Replay([pool_launch, sparse_launch], torch.device("cpu"), 5, 3, (1,), (2, 3), (4,),
-                                (k_desc, v_desc), False, 16, 8, 8)
-    assert k_desc.base is None and v_desc.base is None
-    now = tensors()
-    got, selection = replay(now["q"], now["k"], now["v"], SimpleNamespace(high_pos=now["high_pos"], low_pos=now["low_pos"]))
-    (kernel, grid, stream, args, constants), (kernel2, grid2, stream2, args2, constants2) = launched
-    assert (kernel, grid, constants, kernel2, grid2, constants2) == ("pool", (5, 1, 1), (16,), "sparse", (9, 1, 1), (64,))
-    assert stream == stream2 == 77 and streams == [5]  # the launch device's current stream, looked up once
-    assert [args[i] for i in (0, 1, 3, 4)] == [now[n].data_ptr() for n in ("q", "k", "high_pos", "low_pos")]
-    indices = selection.kv_indices
-    assert indices.shape == (2, 3) and indices.is_contiguous() and indices.dtype == torch.int32
-    assert args[2] == indices.data_ptr() + 512 and args[2] != buffer.data_ptr() and args[5:] == [0, 96, 17]
-    assert indices.untyped_storage().nbytes() == 512 + 3 * 4  # the pooled buffer's 3 fp32 after the indices
-    assert args2[0] == now["q"].data_ptr() and args2[3] == got.data_ptr() and got.shape == (4,)
-    assert args2[4] == selection.kv_num_blocks.data_ptr() and selection.kv_num_blocks.shape == (1,)
-    assert args2[5] == indices.data_ptr() and args2[6:] == [0.125, 3]
-    assert args2[1].base is now["k"] and args2[2].base is now["v"] and args2[1] is not k_desc
-    assert (args2[1].shape, args2[1].strides, args2[1].block_shape) == ([8, 16], [16, 1], [8, 16])
-    assert k_desc.base is None and v_desc.base is None and replay.hits == 1
-
-
-def test_descriptor_copy_by_fields_and_which_descriptors_allow_it():
-    """sparse_call._copyable (which descriptors a Replay may keep): a descriptor type without an instance dict (slots,
-    as a later Triton might make it) is not copyable, Triton's own TensorDescriptor is; sparse_call._on's copy of it
-    has the new base and the template's geometry and leaves the template as it was."""
-    from triton.tools.tensor_descriptor import TensorDescriptor
-
-    from prism_mm.kernels import sparse_call
-
-    class Slotted:
-        __slots__ = ("base", "shape")
-
-    slotted = Slotted()
-    slotted.base, slotted.shape = torch.zeros(4), [4]
-    desc = TensorDescriptor(torch.zeros(8, 16), [8, 16], [16, 1], [8, 16])
-    assert not sparse_call._copyable(slotted) and not sparse_call._copyable(object())
-    assert sparse_call._copyable(desc)
-    other = torch.ones(8, 16)
-    copy = sparse_call._on(desc, other)
-    assert copy.base is other and copy is not desc and (copy.shape, copy.strides) == (desc.shape, desc.strides)
-    assert desc.base is not other and desc.base.shape == (8, 16)
 
 
 def test_each_op_has_one_signature_across_backends():
@@ -540,7 +464,6 @@ def test_selection_that_does_not_fit_the_inputs_is_refused():
             attention(q[:, :1], q[:, :1], q[:, :1], sel)
 
 
-
 def test_causal_block_count_is_the_causal_mask_sum():
     """layout.causal_block_count (closed form, on every attention call's path) counts the causal block mask's pairs,
     for whole and partial blocks, chunks late in a prefill (offsets not a multiple of the block, or a multiple), one
@@ -551,54 +474,6 @@ def test_causal_block_count_is_the_causal_mask_sum():
     for q_len, kv_len, bs in cases:
         expected = int(lay.causal_block_mask(q_len, kv_len, bs).sum())
         assert lay.causal_block_count(q_len, kv_len, bs) == expected, (q_len, kv_len, bs)
-
-
-def test_launch_cache_keys_are_at_least_as_fine_as_triton_specialisation():
-    """CachedLaunch's key per argument: integers by value (so 1 / multiples of 16 / int32 range never share an entry
-    with other values), tensors by dtype and 16-byte alignment, host descriptors by base kind, block, shape, strides;
-    an argument kind it does not know (None) sends the launch through Triton."""
-    from prism_mm.kernels.launch import arg_kind
-
-    x = torch.zeros(64)
-    assert [arg_kind(v) for v in (1, 16, 17, 2 ** 31)] == [1, 16, 17, 2 ** 31]
-    assert arg_kind(True) != arg_kind(1) and arg_kind(False) != arg_kind(0)
-    assert arg_kind(x) == arg_kind(torch.zeros(64)) == (torch.float32, True)
-    assert arg_kind(x[1:]) == (torch.float32, False)  # 4 bytes off: not 16-byte aligned
-    assert arg_kind(x.half()) != arg_kind(x)
-    assert arg_kind(0.5) == arg_kind(2.0)
-    assert arg_kind(object()) is None and arg_kind("tf32") is None
-    # a profiler's launch hook sends every launch through Triton (which calls it); none is set by default
-    from triton import knobs
-
-    from prism_mm.kernels.launch import _hook_installed
-
-    assert not _hook_installed()
-    hook = lambda metadata: None  # noqa: E731
-    for which in ("launch_enter_hook", "launch_exit_hook"):
-        chain = getattr(knobs.runtime, which)
-        if hasattr(chain, "add"):
-            chain.add(hook)
-        else:
-            setattr(knobs.runtime, which, hook)
-        try:
-            assert _hook_installed(), which
-        finally:
-            if hasattr(chain, "remove"):
-                chain.remove(hook)
-            else:
-                setattr(knobs.runtime, which, chain)
-        assert not _hook_installed()
-
-    from triton.tools.tensor_descriptor import TensorDescriptor as Desc
-
-    class LookAlike:  # a descriptor of another kind (e.g. Gluon's, with a layout Triton specialises on)
-        base, shape, strides, block_shape = torch.zeros(32, 16), [32, 16], [16, 1], [8, 16]
-
-    assert arg_kind(LookAlike()) is None
-    m = torch.zeros(32, 16)
-    assert arg_kind(Desc(m, [32, 16], [16, 1], [8, 16])) == arg_kind(Desc(torch.zeros(32, 16), [32, 16], [16, 1], [8, 16]))
-    assert arg_kind(Desc(m, [31, 16], [16, 1], [8, 16])) != arg_kind(Desc(m, [32, 16], [16, 1], [8, 16]))
-    assert arg_kind(Desc(m, [32, 16], [16, 1], [16, 16])) != arg_kind(Desc(m, [32, 16], [16, 1], [8, 16]))
 
 
 @pytest.mark.parametrize("rows,cols", [(37, 80), (5, 1000), (130, 128), (3, 1280)])

@@ -1,11 +1,9 @@
-"""The ops layer: six ops, each with a Triton kernel (or launches) and a plain-PyTorch twin of the same signature.
+"""The ops layer: five ops, each with a Triton kernel and a plain-PyTorch twin of the same signature.
 
     pool_bands(x, block_size, bands: BandIndex) -> Pooled
     pool_pair(q, k, block_size, bands: BandIndex) -> (Pooled, Pooled)     (both in one launch)
     select_blocks(q: Pooled, k: Pooled, spec: SelectSpec, q_len, kv_len) -> BlockSelection
     block_sparse_attention(q, k, v, selection: BlockSelection, scale=None, out=None) -> out
-    select_and_attend(q, k, v, spec, bands, scale) -> (out [B,Lq,Hq,D], BlockSelection)
-                                                  (pool_pair, select_blocks, block_sparse_attention: one host call)
     rms_norm(x, weight, eps) -> weight * x / rms(x)                       (transformers' Qwen RMSNorm, fused)
 
 `ops(backend, device)` resolves a backend once and returns the matching set. The block convention and
@@ -22,7 +20,7 @@ from types import SimpleNamespace
 import torch
 
 BACKENDS = ("auto", "triton", "torch")
-OP_NAMES = ("pool_bands", "pool_pair", "select_blocks", "block_sparse_attention", "select_and_attend", "rms_norm")
+OP_NAMES = ("pool_bands", "pool_pair", "select_blocks", "block_sparse_attention", "rms_norm")
 
 
 def resolve_backend(backend: str, device: torch.device | str) -> str:
@@ -72,17 +70,13 @@ def _ops(name: str) -> SimpleNamespace:
         from .estimate import select_blocks
         from .pool import pool_bands, pool_pair
         from .rms_norm import rms_norm
-        from .sparse_call import select_and_attend
 
         pool_bands = on_input_device(pool_bands, lambda x: x.device)
         pool_pair = on_input_device(pool_pair, lambda x: x.device)
         select_blocks = on_input_device(select_blocks, lambda pooled: pooled.device)
         block_sparse_attention = on_input_device(block_sparse_attention, lambda q: q.device)
-        select_and_attend = on_input_device(select_and_attend, lambda q: q.device)
         rms_norm = on_input_device(rms_norm, lambda x: x.device)
     else:
-        from .torch_ops import (block_sparse_attention, pool_bands, pool_pair, rms_norm, select_and_attend,
-                                select_blocks)
+        from .torch_ops import block_sparse_attention, pool_bands, pool_pair, rms_norm, select_blocks
     return SimpleNamespace(name=name, pool_bands=pool_bands, pool_pair=pool_pair, select_blocks=select_blocks,
-                           block_sparse_attention=block_sparse_attention, select_and_attend=select_and_attend,
-                           rms_norm=rms_norm)
+                           block_sparse_attention=block_sparse_attention, rms_norm=rms_norm)

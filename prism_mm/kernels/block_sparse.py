@@ -18,7 +18,6 @@ import torch
 import triton
 import triton.language as tl
 
-from .launch import CachedLaunch
 from .layout import BlockSelection, next_pow2, num_blocks
 
 
@@ -181,9 +180,6 @@ def _block_sparse_fwd(
              out.to(O.dtype.element_ty), mask=qmask)
 
 
-sparse_launch = CachedLaunch(_block_sparse_fwd)
-
-
 def _ensure_tma_allocator() -> None:
     """Device-side tensor descriptors need a scratch allocator (global workspace for the descriptors)."""
     def alloc(size: int, alignment: int, stream):
@@ -324,16 +320,9 @@ def _plan(q, k, v, out, selection: BlockSelection, tiles: dict | None) -> _Plan:
 def launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, selection: BlockSelection, scale: float | None = None,
            out: torch.Tensor | None = None, tiles: dict | None = None) -> torch.Tensor:
     """block_sparse_attention with a launch configuration: `tiles` overrides default_tiles()
-    (BLOCK_M, BLOCK_N, num_warps, num_stages, maxnreg, DESC); for benchmarks and tests of the variants."""
-    out, grid, args, kwargs = launch_args(q, k, v, selection, scale, out, tiles)
-    sparse_launch[grid](*args, **kwargs)
-    return out
-
-
-def launch_args(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, selection: BlockSelection,
-                scale: float | None = None, out: torch.Tensor | None = None, tiles: dict | None = None):
-    """(out, grid, positional args, keyword args) of the sparse launch; checks the inputs. With DESC 2 the K and V
-    arguments are host tensor descriptors over k and v (the plan's geometry)."""
+    (BLOCK_M, BLOCK_N, num_warps, num_stages, maxnreg, DESC); for benchmarks and tests of the variants.
+    Checks the inputs; with DESC 2 the K and V arguments are host tensor descriptors over k and v (the plan's
+    geometry)."""
     b, hq, q_len, d = q.shape
     if v.shape != k.shape or k.shape[0] != b or k.shape[3] != d or hq % k.shape[1]:
         raise ValueError(f"k and v must both be [batch, kv_heads, kv_len, head_dim] with q's batch and head_dim and "
@@ -347,8 +336,9 @@ def launch_args(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, selection: Bl
         k_arg, v_arg = (descriptor(t, geometry) for t, geometry in zip((k, v), plan.descriptors))
     elif plan.options["DESC"] == 1:
         _ensure_tma_allocator()
-    args = (q, k_arg, v_arg, out, selection.kv_num_blocks, selection.kv_indices, scale * 1.4426950408889634, *plan.ints)
-    return out, plan.grid, args, plan.options
+    _block_sparse_fwd[plan.grid](q, k_arg, v_arg, out, selection.kv_num_blocks, selection.kv_indices,
+                                 scale * 1.4426950408889634, *plan.ints, **plan.options)
+    return out
 
 
 def descriptor(t: torch.Tensor, geometry):

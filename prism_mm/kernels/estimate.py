@@ -19,7 +19,6 @@ import torch
 import triton
 import triton.language as tl
 
-from .launch import CachedLaunch
 from .layout import BlockSelection, Pooled, SelectSpec, dense_tail_row, next_pow2, num_blocks
 
 
@@ -171,9 +170,6 @@ def _select_kernel(
         start = end
 
 
-select_launch = CachedLaunch(_select_kernel)
-
-
 LADDER_MIN_KBLOCKS = 257  # 32K tokens at block 128 run as one launch
 
 
@@ -209,14 +205,6 @@ def select_blocks(q: Pooled, k: Pooled, spec: SelectSpec, q_len: int, kv_len: in
 
 def _select(q: Pooled, k: Pooled, spec: SelectSpec, q_len: int, kv_len: int, ladder_min_kblocks: int) -> BlockSelection:
     """select_blocks with the ladder's switch-over point as a parameter (the tests force the ladder at small sizes)."""
-    selection, grid, args, kwargs = launch_args(q, k, spec, q_len, kv_len, ladder_min_kblocks)
-    select_launch[grid](*args, **kwargs)
-    return selection
-
-
-def launch_args(q: Pooled, k: Pooled, spec: SelectSpec, q_len: int, kv_len: int,
-                ladder_min_kblocks: int = LADDER_MIN_KBLOCKS):
-    """(the selection it will fill, grid, positional args, keyword args) of the selection launch; checks the inputs."""
     for name, pooled in (("q", q), ("k", k)):
         if pooled.buffer is None:  # tensors from elsewhere (parts carved by the pooling kernel fit by construction)
             fits = [t.dtype is torch.float32 and t.dim() == 4 and t.is_contiguous() for t in pooled]
@@ -242,13 +230,13 @@ def launch_args(q: Pooled, k: Pooled, spec: SelectSpec, q_len: int, kv_len: int,
     steps = ladder(nqb, nkb, q_len, kv_len, block_size, min_kblocks=ladder_min_kblocks)
     rows, widest = 16, steps[-1][2]
     grid = (sum(num_blocks(end - start, rows) for start, end, _ in steps), b * hq)
-    args = (qh, kh, ql, kl, qe, ke, qh_o, kh_o, ql_o, kl_o, qe_o, ke_o, counts, indices,
-            float(spec.threshold_high), float(spec.threshold_low), float(spec.cutoff or 0.0),
-            dense_tail_row(q_len, block_size, spec.dense_tail), nqb, nkb, q_len, kv_len, hq, hkv, hq // hkv)
-    kwargs = dict(
+    _select_kernel[grid](
+        qh, kh, ql, kl, qe, ke, qh_o, kh_o, ql_o, kl_o, qe_o, ke_o, counts, indices,
+        float(spec.threshold_high), float(spec.threshold_low), float(spec.cutoff or 0.0),
+        dense_tail_row(q_len, block_size, spec.dense_tail), nqb, nkb, q_len, kv_len, hq, hkv, hq // hkv,
         D=spec.head_dim, DH=dh, DL=dl, DC=16, R=rows, W_FIRST=steps[0][2], STEPS=len(steps), BLOCK_SIZE=block_size,
         CALIBRATE=spec.calibrate, FORCE_SINK=spec.force_sink, FORCE_DIAG=spec.force_diagonal,
         PRECISION="ieee" if spec.precise else "tf32", ITERS=31 if spec.precise else 16,
         CUTOFF_RULE=spec.cutoff is not None, num_warps=4 if widest <= 128 else 8 if widest <= 512 else 16,
     )
-    return BlockSelection(counts, indices, block_size, q_len, kv_len), grid, args, kwargs
+    return BlockSelection(counts, indices, block_size, q_len, kv_len)

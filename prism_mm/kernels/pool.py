@@ -11,7 +11,6 @@ import torch
 import triton
 import triton.language as tl
 
-from .launch import CachedLaunch
 from .layout import BandIndex, Pooled, next_pow2, num_blocks
 
 
@@ -63,9 +62,6 @@ def _pool_bands_kernel(
                    s2b, s2h, s2l, s2d, D, D_P2, DH, DL, BLOCK, CHUNK)
 
 
-pool_launch = CachedLaunch(_pool_bands_kernel)
-
-
 def _check(x: torch.Tensor, bands: BandIndex) -> None:
     if x.dim() != 4:
         raise ValueError(f"pool_bands expects [batch, heads, tokens, head_dim], got shape {tuple(x.shape)}")
@@ -92,8 +88,8 @@ def _outputs(xs, block_size: int, dh: int, dl: int) -> list[Pooled]:
     return [Pooled.carved(buffer, o, shape) for o, shape in zip(offsets, shapes)]
 
 
-def launch_args(xs, block_size: int, bands: BandIndex):
-    """(outputs, grid, positional args, keyword args) of the pooling launch of xs (one or two tensors)."""
+def _launch(xs, block_size: int, bands: BandIndex) -> list[Pooled]:
+    """Pool xs (one or two tensors) in one launch; returns their Pooled outputs."""
     for x in xs:
         _check(x, bands)
     d = xs[0].shape[-1]
@@ -103,16 +99,11 @@ def launch_args(xs, block_size: int, bands: BandIndex):
     programs = [x.shape[0] * x.shape[1] * num_blocks(x.shape[2], block_size) for x in xs]
     d_p2 = next_pow2(d)
     chunk = min(block_size, max(16, 16384 // d_p2))  # <= 16K elements per load
-    args = (x1, x2, p1.buffer, bands.high_pos, bands.low_pos, *p1.offsets, *p2.offsets, programs[0],
-            x1.shape[2], p1.shape[2], x1.shape[1], *x1.stride(), x2.shape[2], p2.shape[2], x2.shape[1], *x2.stride())
-    kwargs = dict(D=d, D_P2=d_p2, DH=dh, DL=dl, BLOCK=block_size, CHUNK=chunk,
-                  num_warps=8 if chunk * d_p2 >= 8192 else 4)
-    return outs, (sum(programs),), args, kwargs
-
-
-def _launch(xs, block_size: int, bands: BandIndex) -> list[Pooled]:
-    outs, grid, args, kwargs = launch_args(xs, block_size, bands)
-    pool_launch[grid](*args, **kwargs)
+    _pool_bands_kernel[(sum(programs),)](
+        x1, x2, p1.buffer, bands.high_pos, bands.low_pos, *p1.offsets, *p2.offsets, programs[0],
+        x1.shape[2], p1.shape[2], x1.shape[1], *x1.stride(), x2.shape[2], p2.shape[2], x2.shape[1], *x2.stride(),
+        D=d, D_P2=d_p2, DH=dh, DL=dl, BLOCK=block_size, CHUNK=chunk, num_warps=8 if chunk * d_p2 >= 8192 else 4,
+    )
     return outs
 
 

@@ -12,7 +12,6 @@ import torch
 import triton
 import triton.language as tl
 
-from .launch import CachedLaunch
 from .layout import next_pow2
 
 
@@ -32,7 +31,6 @@ def _rms_norm_kernel(X, W, Y, n_rows, n_cols, stride_x, stride_y, eps,
     tl.store(Y + rows[:, None].to(tl.int64) * stride_y + cols[None, :], y.to(Y.dtype.element_ty), mask=mask)
 
 
-_norm_launch = CachedLaunch(_rms_norm_kernel)
 MAX_COLS = 16384  # one row in registers
 
 
@@ -59,7 +57,7 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     per_program = max(1, min(64, 4096 // block))  # ~4K elements per program
     n_rows = rows.shape[0]
     if n_rows:
-        _norm_launch[((n_rows + per_program - 1) // per_program,)](
+        _rms_norm_kernel[((n_rows + per_program - 1) // per_program,)](
             rows, weight, out, n_rows, n, rows.stride(0), n, float(eps),
             BLOCK=block, ROWS=per_program, num_warps=8 if block >= 4096 else 4,
         )

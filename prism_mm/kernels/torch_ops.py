@@ -163,13 +163,3 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     xf = x.float()
     return weight * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
 
-
-def select_and_attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, spec: SelectSpec, bands: BandIndex,
-                      scale: float) -> tuple[torch.Tensor, BlockSelection]:
-    """pool_pair, select_blocks and block_sparse_attention in a row; out in transformers' layout [B, Lq, Hq, D]."""
-    pooled_q, pooled_k = pool_pair(q, k, spec.block_size, bands)
-    selection = select_blocks(pooled_q, pooled_k, spec, q.shape[2], k.shape[2])
-    b, hq, q_len, d = q.shape
-    out = torch.empty(b, q_len, hq, d, device=q.device, dtype=q.dtype)
-    block_sparse_attention(q, k, v, selection, scale, out.transpose(1, 2))
-    return out, selection
