@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from prism_mm.kernels import ops as kernel_ops
-from prism_mm.kernels.layout import BlockSelection, causal_block_mask, indices_from_block_mask
+from prism_mm.kernels.blocks import BlockSelection, causal_block_mask, indices_from_block_mask
 
 RESULTS = Path("benchmarks/results")
 

@@ -52,7 +52,7 @@ from tqdm import tqdm
 
 from benchmarks.common import Results, device_slug, pyplot, save_figure
 from prism_mm import PrismConfig, SpectralBands, estimate, rope_spec_from_config
-from prism_mm.kernels.layout import SelectSpec, causal_block_mask, num_blocks
+from prism_mm.kernels.blocks import SelectSpec, causal_block_mask, num_blocks
 from prism_mm.kernels.torch_ops import band_probabilities, pool_bands, top_p_mask
 from prism_mm.selection import band_index
 from prism_mm.testing.capture import capture_qkv
@@ -353,7 +353,7 @@ class SharedBudgetAttention:
         self.rope, self.block_size, self.density, self.densities = rope, block_size, None, {}
 
     def __call__(self, module, query, key, value, attention_mask, scaling=None, **kw):
-        from prism_mm.kernels.layout import BlockSelection
+        from prism_mm.kernels.blocks import BlockSelection
         from prism_mm.kernels.torch_ops import block_sparse_attention
 
         b, h, n, d = query.shape

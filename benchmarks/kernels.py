@@ -34,7 +34,7 @@ from benchmarks.common import (
 )
 from prism_mm import PrismConfig, RopeSpec
 from prism_mm.kernels.block_sparse import block_sparse_attention
-from prism_mm.kernels.layout import BlockSelection, causal_block_mask
+from prism_mm.kernels.blocks import BlockSelection, causal_block_mask
 from prism_mm.selection import estimate
 
 SHAPES = {"qwen2.5-vl-7b": (28, 4), "qwen3-vl-8b": (32, 8)}

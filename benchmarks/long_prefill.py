@@ -30,7 +30,7 @@ import transformers
 from benchmarks.common import Results, describe_runs, pyplot, run_info, save_figure, sdpa_runner
 from prism_mm import PrismConfig
 from prism_mm.kernels import ops as kernel_ops
-from prism_mm.kernels.layout import BlockSelection, causal_block_mask, query_block_key_bounds
+from prism_mm.kernels.blocks import BlockSelection, causal_block_mask, query_block_key_bounds
 from prism_mm.models import enable_prism, load_model, set_attention
 from prism_mm.pipelines.prefill import ChunkConfig, chunked_prefill
 from prism_mm.testing.tiny import build_tiny_model, video_inputs

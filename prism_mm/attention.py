@@ -11,8 +11,8 @@ import torch.nn.functional as F
 
 from .config import PrismConfig
 from .kernels import ops as kernel_ops
-from .kernels.layout import BandIndex, SelectSpec, causal_block_count
-from .selection import recipe, select
+from .kernels.blocks import BandIndex, SelectSpec, causal_block_count
+from .selection import estimate_from_recipe, recipe
 from .spectral import RopeSpec, SpectralBands
 from .stats import PrismRunStats, PrismStats
 
@@ -134,7 +134,7 @@ def _attend(q, k, v, config: PrismConfig, spec: SelectSpec | None, index: BandIn
     b, hq, q_len, d = q.shape
     selection = None
     if not reason:
-        selection = select(q, k, spec, index, ops)
+        selection = estimate_from_recipe(q, k, spec, index, ops)
         # a host read of the density, only where max_density can send the call to dense
         if config.max_density < 1.0 and float(selection.density().mean()) > config.max_density:
             reason = "selection denser than max_density"

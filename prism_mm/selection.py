@@ -1,7 +1,8 @@
 """Block estimation: which key blocks each (batch, query head, query block) needs.
 
-`estimate` dispatches on PrismConfig.method to a selection method built from the ops layer
-(prism_mm.kernels); the backend is resolved once by the caller or here.
+`estimate` is the entry point: it dispatches on PrismConfig.method to a recipe (the SelectSpec and band index the
+ops take) and runs it on the ops layer (prism_mm.kernels: pool_pair, then the select_blocks kernel);
+`estimate_from_recipe` is the same with the recipe and the ops already resolved (the attention path's form).
 """
 from __future__ import annotations
 
@@ -12,10 +13,10 @@ import torch
 
 from .config import PrismConfig
 from .kernels import ops as kernel_ops
-from .kernels.layout import BandIndex, BlockSelection, SelectSpec
+from .kernels.blocks import BandIndex, BlockSelection, SelectSpec
 from .spectral import SpectralBands
 
-__all__ = ["BlockSelection", "band_index", "estimate", "recipe", "select"]
+__all__ = ["BlockSelection", "band_index", "estimate", "estimate_from_recipe", "recipe"]
 
 
 @functools.lru_cache(maxsize=64)
@@ -70,10 +71,11 @@ def estimate(q: torch.Tensor, k: torch.Tensor, config: PrismConfig, bands: Spect
     `backend` is "auto" / "triton" / "torch", or an ops set already resolved by prism_mm.kernels.ops.
     """
     ops = kernel_ops(backend, q.device) if isinstance(backend, str) else backend
-    return select(q, k, *recipe(q, config, bands), ops)
+    return estimate_from_recipe(q, k, *recipe(q, config, bands), ops)
 
 
-def select(q: torch.Tensor, k: torch.Tensor, spec: SelectSpec, index: BandIndex, ops: SimpleNamespace) -> BlockSelection:
-    """estimate's selection from a recipe already made (the SelectSpec and band index) with resolved ops."""
+def estimate_from_recipe(q: torch.Tensor, k: torch.Tensor, spec: SelectSpec, index: BandIndex,
+                         ops: SimpleNamespace) -> BlockSelection:
+    """estimate with the recipe already made (the SelectSpec and band index) and the ops resolved."""
     pooled_q, pooled_k = ops.pool_pair(q, k, spec.block_size, index)
     return ops.select_blocks(pooled_q, pooled_k, spec, q.shape[2], k.shape[2])

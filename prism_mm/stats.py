@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .kernels.layout import BlockSelection, block_density
+from .kernels.blocks import BlockSelection, block_density
 
 
 @dataclass

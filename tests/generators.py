@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from prism_mm.kernels import torch_ops
-from prism_mm.kernels.layout import BlockSelection, causal_block_mask, num_blocks, query_block_key_bounds
+from prism_mm.kernels.blocks import BlockSelection, causal_block_mask, num_blocks, query_block_key_bounds
 
 
 def random_selection(b: int, hq: int, q_len: int, kv_len: int, block_size: int, density: float, device=None,

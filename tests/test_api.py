@@ -341,7 +341,7 @@ def test_a_sparse_layer_launches_three_kernels_and_no_torch_compute(monkeypatch)
     from torch.utils._python_dispatch import _disable_current_modes
 
     from prism_mm.attention import PrismLayer, prism_attention_forward
-    from prism_mm.kernels import block_sparse, estimate, pool
+    from prism_mm.kernels import block_select, block_sparse, pool
     from prism_mm.stats import PrismRunStats
 
     launches = []
@@ -357,7 +357,7 @@ def test_a_sparse_layer_launches_three_kernels_and_no_torch_compute(monkeypatch)
                     return self.kernel[grid](*args, **kwargs)
             return launch
 
-    kernels = ((pool, "_pool_bands_kernel"), (estimate, "_select_kernel"), (block_sparse, "_block_sparse_fwd"))
+    kernels = ((pool, "_pool_bands_kernel"), (block_select, "_select_kernel"), (block_sparse, "_block_sparse_fwd"))
     for module, name in kernels:
         monkeypatch.setattr(module, name, Counted(name, getattr(module, name)))
 

@@ -7,7 +7,7 @@ import torch
 from conftest import DEVICE
 
 from prism_mm import PrismConfig, RopeSpec, SpectralBands, estimate
-from prism_mm.kernels.layout import causal_block_mask
+from prism_mm.kernels.blocks import causal_block_mask
 
 BACKENDS = ["torch", "triton"]
 

@@ -54,7 +54,7 @@ def test_shared_budget_rules():
 
     from benchmarks.fidelity import SharedBudgetAttention, shared_budget, shared_mass
     from prism_mm import SpectralBands
-    from prism_mm.kernels.layout import causal_block_mask
+    from prism_mm.kernels.blocks import causal_block_mask
 
     valid = causal_block_mask(1000, 1000, 64)  # 16 blocks, the last one partial
     probs = torch.softmax(torch.randn(3, 16, 16).masked_fill(~valid, float("-inf")), -1)

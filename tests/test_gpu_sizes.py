@@ -11,7 +11,7 @@ from generators import random_selection
 from prism_mm import PrismConfig, RopeLayout, prism_attention
 from prism_mm.attention import dense_attention
 from prism_mm.kernels import torch_ops
-from prism_mm.kernels.layout import BandIndex, SelectSpec, causal_block_mask
+from prism_mm.kernels.blocks import BandIndex, SelectSpec, causal_block_mask
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 TOL = {torch.float16: 5e-3, torch.bfloat16: 2e-2}
@@ -48,7 +48,7 @@ def test_sparse_kernel_real_sizes(hq, hkv, q_len, kv_len, d, dtype, density):
 @pytest.mark.parametrize("hq,hkv,n", [(28, 4, 32768), (32, 8, 16384 + 77)])
 @pytest.mark.parametrize("cutoff", [None, 0.01])  # prism's per-band top-p, method="cutoff"
 def test_estimation_kernels_real_sizes(hq, hkv, n, cutoff):
-    from prism_mm.kernels import estimate, pool
+    from prism_mm.kernels import block_select, pool
 
     bs, d = 128, 128
     bands = RopeLayout(head_dim=d, theta=1e6).bands(64, 96)
@@ -64,7 +64,7 @@ def test_estimation_kernels_real_sizes(hq, hkv, n, cutoff):
     for g, e in (*zip(got_q, exp_q), *zip(got_k, exp_k)):
         assert rel_err(g, e) < 1e-5
     spec = SelectSpec(d, bs, 0.93, 0.93, cutoff=cutoff)  # TF32 scoring, the default on GPU
-    sel = estimate.select_blocks(exp_q, exp_k, spec, n, n)
+    sel = block_select.select_blocks(exp_q, exp_k, spec, n, n)
     got = sel.to_mask()
     assert (got.sum(-1) == sel.kv_num_blocks).all()
     expected = torch_ops.select_blocks(exp_q, exp_k, spec, n, n).to_mask()

@@ -8,9 +8,9 @@ from conftest import DEVICE, rel_err
 from generators import block_structured as _block_structured
 from generators import random_selection
 
-from prism_mm.kernels import block_sparse, estimate, pool, torch_ops
-from prism_mm.kernels import layout as lay
-from prism_mm.kernels.layout import BandIndex, BlockSelection, SelectSpec
+from prism_mm.kernels import block_select, block_sparse, pool, torch_ops
+from prism_mm.kernels import blocks
+from prism_mm.kernels.blocks import BandIndex, BlockSelection, SelectSpec
 
 ON_GPU = DEVICE == "cuda"
 FLOAT_DTYPES = [torch.float32, torch.float16] + ([torch.bfloat16] if ON_GPU else [])
@@ -83,11 +83,11 @@ def test_select_reads_carved_parts_as_it_reads_separate_tensors():
     b, hq, hkv, n, bs, d = 1, 4, 2, 150, 16, 64
     q, k = block_structured(b, hq, n, d, bs, gain=2.0), block_structured(b, hkv, n, d, bs)
     carved_q, carved_k = pool.pool_pair(q, k, bs, band_index(d))
-    separate_q, separate_k = (lay.Pooled(*(t.clone() for t in p)) for p in (carved_q, carved_k))
+    separate_q, separate_k = (blocks.Pooled(*(t.clone() for t in p)) for p in (carved_q, carved_k))
     spec = SelectSpec(d, bs, 0.9, 0.7, precise=True)
-    got = [estimate.select_blocks(pq, pk, spec, n, n).to_mask()
+    got = [block_select.select_blocks(pq, pk, spec, n, n).to_mask()
            for pq, pk in ((carved_q, carved_k), (separate_q, separate_k), (carved_q, separate_k))]
-    assert 0 < got[0].sum() < lay.causal_block_mask(n, n, bs, DEVICE).sum() * b * hq  # a real selection
+    assert 0 < got[0].sum() < blocks.causal_block_mask(n, n, bs, DEVICE).sum() * b * hq  # a real selection
     assert torch.equal(got[0], got[1]) and torch.equal(got[0], got[2])
 
 
@@ -96,15 +96,15 @@ def test_select_refuses_pooled_tensors_it_cannot_read():
     b, h, n, bs, d = 1, 2, 64, 16, 64
     pq = torch_ops.pool_bands(torch.randn(b, h, n, d, device=DEVICE), bs, band_index(d))
     spec = SelectSpec(d, bs, 0.9, 0.9)
-    strided = lay.Pooled(pq.high, pq.low.transpose(-1, -2).contiguous().transpose(-1, -2), pq.energy)
+    strided = blocks.Pooled(pq.high, pq.low.transpose(-1, -2).contiguous().transpose(-1, -2), pq.energy)
     with pytest.raises(ValueError, match="q.low must be a contiguous float32"):
-        estimate.select_blocks(strided, pq, spec, n, n)
-    narrower = lay.Pooled(pq.high[..., :8].contiguous(), pq.low, pq.energy)
+        block_select.select_blocks(strided, pq, spec, n, n)
+    narrower = blocks.Pooled(pq.high[..., :8].contiguous(), pq.low, pq.energy)
     with pytest.raises(ValueError, match="band dims"):
-        estimate.select_blocks(pq, narrower, spec, n, n)
-    flat = lay.Pooled(pq.high[0], pq.low[0], pq.energy[0])  # 3-D parts
+        block_select.select_blocks(pq, narrower, spec, n, n)
+    flat = blocks.Pooled(pq.high[0], pq.low[0], pq.energy[0])  # 3-D parts
     with pytest.raises(ValueError, match="q.high must be a contiguous float32"):
-        estimate.select_blocks(flat, pq, spec, n, n)
+        block_select.select_blocks(flat, pq, spec, n, n)
 
 
 @pytest.mark.parametrize(
@@ -125,14 +125,14 @@ def test_select_matches_reference(b, hq, hkv, q_len, kv_len, bs, d, threshold, c
     k = block_structured(b, hkv, kv_len, d, bs)
     pooled_q, pooled_k = torch_ops.pool_bands(q, bs, bands), torch_ops.pool_bands(k, bs, bands)
     spec = SelectSpec(d, bs, threshold, 0.8 * threshold, calibrate=calibrate, precise=True)
-    ladder_from = 2 if q_len > 500 else estimate.LADDER_MIN_KBLOCKS  # the long cases run the causal ladder
-    sel = estimate._select(pooled_q, pooled_k, spec, q_len, kv_len, ladder_from)
+    ladder_from = 2 if q_len > 500 else block_select.LADDER_MIN_KBLOCKS  # the long cases run the causal ladder
+    sel = block_select._select(pooled_q, pooled_k, spec, q_len, kv_len, ladder_from)
     ref_sel = torch_ops.select_blocks(pooled_q, pooled_k, spec, q_len, kv_len)
     cnt, idx = sel.kv_num_blocks, sel.kv_indices
-    nkb = lay.num_blocks(kv_len, bs)
+    nkb = blocks.num_blocks(kv_len, bs)
     assert (sel.q_len, sel.kv_len, sel.block_size) == (q_len, kv_len, bs)
     # Every listed entry is a causal block, strictly ascending, and counts are in range.
-    valid = lay.causal_block_mask(q_len, kv_len, bs, DEVICE)
+    valid = blocks.causal_block_mask(q_len, kv_len, bs, DEVICE)
     assert (cnt >= 1).all() and (cnt <= nkb).all()
     got = sel.to_mask()
     assert (got.sum(-1) == cnt).all(), "index list has duplicates or out-of-range entries"
@@ -166,16 +166,16 @@ def test_cutoff_select_matches_reference(b, hq, hkv, q_len, kv_len, bs, d, cutof
     k = block_structured(b, hkv, kv_len, d, bs)
     pq, pk = torch_ops.pool_bands(q, bs, bands), torch_ops.pool_bands(k, bs, bands)
     spec = SelectSpec(d, bs, 0.9, 0.9, precise=True, cutoff=cutoff)
-    ladder_from = 2 if q_len > 1000 else estimate.LADDER_MIN_KBLOCKS
-    sel = estimate._select(pq, pk, spec, q_len, kv_len, ladder_from)
+    ladder_from = 2 if q_len > 1000 else block_select.LADDER_MIN_KBLOCKS
+    sel = block_select._select(pq, pk, spec, q_len, kv_len, ladder_from)
     got, expected = sel.to_mask(), torch_ops.select_blocks(pq, pk, spec, q_len, kv_len).to_mask()
-    valid = lay.causal_block_mask(q_len, kv_len, bs, DEVICE)
-    nkb = lay.num_blocks(kv_len, bs)
+    valid = blocks.causal_block_mask(q_len, kv_len, bs, DEVICE)
+    nkb = blocks.num_blocks(kv_len, bs)
     assert (got.sum(-1) == sel.kv_num_blocks).all(), "index list has duplicates or out-of-range entries"
     listed = torch.arange(nkb, device=DEVICE) < sel.kv_num_blocks[..., None]
     assert (sel.kv_indices[..., 1:].long() > sel.kv_indices[..., :-1].long())[listed[..., 1:]].all()
     assert not (got & ~valid).any(), "a non-causal block was selected"
-    first, last = lay.query_block_key_bounds(q_len, kv_len, bs, DEVICE)
+    first, last = blocks.query_block_key_bounds(q_len, kv_len, bs, DEVICE)
     rows = torch.arange(first.numel(), device=DEVICE)
     assert got[..., 0].all() and got[..., rows, first].all() and got[..., rows, last].all()
     assert expected.sum() < valid.sum() * b * hq  # a real selection, not every block
@@ -194,11 +194,11 @@ def test_dense_tail_rows_keep_every_causal_block(b, hq, hkv, q_len, kv_len, bs, 
     pq, pk = torch_ops.pool_bands(q, bs, bands), torch_ops.pool_bands(k, bs, bands)
     plain = SelectSpec(d, bs, 0.7, 0.7, precise=True, cutoff=cutoff)
     tail = SelectSpec(d, bs, 0.7, 0.7, precise=True, cutoff=cutoff, dense_tail=dense_tail)
-    valid = lay.causal_block_mask(q_len, kv_len, bs, DEVICE).expand(b, hq, -1, -1)
+    valid = blocks.causal_block_mask(q_len, kv_len, bs, DEVICE).expand(b, hq, -1, -1)
     first_dense = max(0, q_len - dense_tail) // bs  # row of query position q_len - dense_tail
-    assert first_dense == lay.dense_tail_row(q_len, bs, dense_tail)
+    assert first_dense == blocks.dense_tail_row(q_len, bs, dense_tail)
     masks = {}
-    for name, select in (("triton", lambda s: estimate._select(pq, pk, s, q_len, kv_len, estimate.LADDER_MIN_KBLOCKS)),
+    for name, select in (("triton", lambda s: block_select._select(pq, pk, s, q_len, kv_len, block_select.LADDER_MIN_KBLOCKS)),
                          ("torch", lambda s: torch_ops.select_blocks(pq, pk, s, q_len, kv_len))):
         got, without = select(tail).to_mask(), select(plain).to_mask()
         assert torch.equal(got[..., first_dense:, :], valid[..., first_dense:, :]), name
@@ -220,7 +220,7 @@ def test_cutoff_rule_keeps_exactly_the_blocks_above_the_cutoff():
     q, k = block_structured(1, 4, n, d, bs, gain=2.0), block_structured(1, 2, n, d, bs)
     pq, pk = torch_ops.pool_bands(q, bs, bands), torch_ops.pool_bands(k, bs, bands)
     got = torch_ops.select_blocks(pq, pk, SelectSpec(d, bs, 0.9, 0.9, cutoff=cutoff), n, n).to_mask()
-    valid = lay.causal_block_mask(n, n, bs, DEVICE)
+    valid = blocks.causal_block_mask(n, n, bs, DEVICE)
     mean = 0
     for qb, kb, band in ((pq.high, pk.high, 1), (pq.low, pk.low, 2)):
         t = torch_ops.band_temperature(pq.energy, pk.energy, band, qb.shape[-1], d, 2)
@@ -239,22 +239,22 @@ def test_cutoff_rule_keeps_exactly_the_blocks_above_the_cutoff():
 def test_ladder_covers_every_row_once():
     cases = [(1100, 1100, 16), (61, 200, 16), (128 * 1000, 128 * 1000, 128), (500, 9000, 64), (600, 2200, 16),
              (32768, 1_000_000, 128)]
-    for (q_len, kv_len, bs), min_kblocks in itertools.product(cases, (0, estimate.LADDER_MIN_KBLOCKS)):
-        nqb, nkb = lay.num_blocks(q_len, bs), lay.num_blocks(kv_len, bs)
-        steps = estimate.ladder(nqb, nkb, q_len, kv_len, bs, min_kblocks=min_kblocks)
+    for (q_len, kv_len, bs), min_kblocks in itertools.product(cases, (0, block_select.LADDER_MIN_KBLOCKS)):
+        nqb, nkb = blocks.num_blocks(q_len, bs), blocks.num_blocks(kv_len, bs)
+        steps = block_select.ladder(nqb, nkb, q_len, kv_len, bs, min_kblocks=min_kblocks)
         rows = [r for start, end, _ in steps for r in range(start, end)]
         assert rows == list(range(nqb))
         # the selection kernel runs every step in one launch and relies on the widths doubling from the first
         assert [w for _, _, w in steps] == [steps[0][2] << s for s in range(len(steps))]
-        _, last = lay.query_block_key_bounds(q_len, kv_len, bs)
+        _, last = blocks.query_block_key_bounds(q_len, kv_len, bs)
         for start, end, width in steps:
             assert int(last[start:end].max()) < width  # every causal key block fits in the row width
 
 
-def _run_sparse(b, hq, hkv, q_len, kv_len, d, bs, dtype, density, layout="bhld", tiles=None):
+def _run_sparse(b, hq, hkv, q_len, kv_len, d, bs, dtype, density, memory="bhld", tiles=None):
     """q/k/v in [B, H, L, D] memory ("bhld") or transformers' [B, L, H, D] viewed as [B, H, L, D] ("blhd")."""
     def rand(h, n):
-        if layout == "bhld":
+        if memory == "bhld":
             return torch.randn(b, h, n, d, device=DEVICE, dtype=dtype)
         return torch.randn(b, n, h, d, device=DEVICE, dtype=dtype).transpose(1, 2)
 
@@ -300,7 +300,7 @@ def test_sparse_random_mask_matches_reference(b, hq, hkv, q_len, kv_len, d, bs, 
     assert rel_err(out, expected) < TOL[dtype]
 
 
-@pytest.mark.parametrize("layout", ["bhld", "blhd"])
+@pytest.mark.parametrize("memory", ["bhld", "blhd"])
 @pytest.mark.parametrize(
     "b,hq,hkv,q_len,kv_len,d,bs,density",
     [
@@ -309,17 +309,17 @@ def test_sparse_random_mask_matches_reference(b, hq, hkv, q_len, kv_len, d, bs, 
     ],
 )
 @pytest.mark.parametrize("dtype", FLOAT_DTYPES)
-def test_host_row_descriptors_match_reference(layout, b, hq, hkv, q_len, kv_len, d, bs, density, dtype):
+def test_host_row_descriptors_match_reference(memory, b, hq, hkv, q_len, kv_len, d, bs, density, dtype):
     """The Hopper default (DESC 2: 2-D descriptors built on the host over the rows of K/V) in both memory
     layouts it accepts; keys read past kv_len belong to the next head or batch and must be masked out."""
     tiles = {**block_sparse.default_tiles(bs, d), "DESC": 2}
-    out, expected, _ = _run_sparse(b, hq, hkv, q_len, kv_len, d, bs, dtype, density, layout, tiles)
+    out, expected, _ = _run_sparse(b, hq, hkv, q_len, kv_len, d, bs, dtype, density, memory, tiles)
     assert rel_err(out, expected) < TOL[dtype]
 
 
-def test_rows_descriptor_layouts():
-    """Where each (batch, head) starts in the 2-D row view, for the two accepted layouts; None otherwise,
-    and an explicit DESC 2 request with such a layout is refused."""
+def test_rows_descriptor_memory_layouts():
+    """Where each (batch, head) starts in the 2-D row view, for the two accepted memory layouts; None
+    otherwise, and an explicit DESC 2 request with such a memory layout is refused."""
     b, h, n, d = 2, 3, 40, 16
     bhld = torch.randn(b, h, n, d, device=DEVICE)
     blhd = torch.randn(b, n, h, d, device=DEVICE).transpose(1, 2)
@@ -337,7 +337,7 @@ def test_sparse_empty_rows_are_zero():
     """A query block with an empty list yields zeros (never NaN); the other rows are unaffected."""
     bs, n = 16, 64
     q, k, v = (torch.randn(1, 1, n, 64, device=DEVICE) for _ in range(3))
-    mask = lay.causal_block_mask(n, n, bs, DEVICE)[None, None].clone()
+    mask = blocks.causal_block_mask(n, n, bs, DEVICE)[None, None].clone()
     mask[..., 2, :] = False
     sel = BlockSelection.from_mask(mask, bs, n, n)
     assert sel.kv_num_blocks[0, 0, 2] == 0
@@ -349,7 +349,7 @@ def test_sparse_empty_rows_are_zero():
 
 
 def test_output_into_transposed_buffer():
-    """The launcher writes into any strided `out`, e.g. the [B, L, H, D] layout transformers wants."""
+    """The launcher writes into any strided `out`, e.g. the [B, L, H, D] memory layout transformers wants."""
     b, h, n, d, bs = 1, 3, 80, 64, 16
     q, k, v = (torch.randn(b, h, n, d, device=DEVICE) for _ in range(3))
     sel = random_selection(b, h, n, n, bs, 0.5, DEVICE)
@@ -388,7 +388,7 @@ def test_sparse_launch_refuses_kv_it_cannot_read():
             block_sparse.block_sparse_attention(q, bad_k, bad_v, sel)
 
 
-def test_launch_plans_are_kept_apart_by_layout():
+def test_launch_plans_are_kept_apart_by_memory_layout():
     """The sparse launch's cached plan (grid, strides, tiles) is per kind of input: the same shapes with another
     memory layout of out, q or v get their own plan, and every call matches the torch twin with every element
     written."""
@@ -404,7 +404,7 @@ def test_launch_plans_are_kept_apart_by_layout():
         out = buf.transpose(1, 2) if transposed_out else buf
         block_sparse.block_sparse_attention(q_in, k, v_in, sel, out=out)
         assert torch.isfinite(buf).all() and rel_err(out, expected) < TOL[torch.float32]
-    assert len(block_sparse._plans) == 4  # the last call has the first call's layouts: its plan is reused
+    assert len(block_sparse._plans) == 4  # the last call has the first call's memory layouts: its plan is reused
 
 
 def test_fast_select_is_a_superset_close_to_exact():
@@ -414,8 +414,8 @@ def test_fast_select_is_a_superset_close_to_exact():
     bands = band_index(d)
     q, k = block_structured(1, 4, n, d, bs, gain=2.0), block_structured(1, 2, n, d, bs)
     pq, pk = torch_ops.pool_bands(q, bs, bands), torch_ops.pool_bands(k, bs, bands)
-    fast = estimate.select_blocks(pq, pk, SelectSpec(d, bs, 0.9, 0.9, precise=False), n, n).to_mask()
-    exact = estimate.select_blocks(pq, pk, SelectSpec(d, bs, 0.9, 0.9, precise=True), n, n).to_mask()
+    fast = block_select.select_blocks(pq, pk, SelectSpec(d, bs, 0.9, 0.9, precise=False), n, n).to_mask()
+    exact = block_select.select_blocks(pq, pk, SelectSpec(d, bs, 0.9, 0.9, precise=True), n, n).to_mask()
     assert (fast != exact).float().mean() < 0.005
     assert fast.sum() >= exact.sum() - 0.005 * exact.numel()
 
@@ -465,15 +465,15 @@ def test_selection_that_does_not_fit_the_inputs_is_refused():
 
 
 def test_causal_block_count_is_the_causal_mask_sum():
-    """layout.causal_block_count (closed form, on every attention call's path) counts the causal block mask's pairs,
+    """blocks.causal_block_count (closed form, on every attention call's path) counts the causal block mask's pairs,
     for whole and partial blocks, chunks late in a prefill (offsets not a multiple of the block, or a multiple), one
     query, q_len == kv_len and every small combination of lengths and block sizes."""
     cases = [(200, 200, 32), (61, 200, 16), (1, 999, 64), (128, 128, 128), (300, 5000, 128), (256, 384, 128),
              (1, 1, 16), (33536, 33536, 128)]
     cases += [(q, kv, bs) for bs in (1, 3, 16, 32) for kv in range(1, 70, 3) for q in range(1, kv + 1, 2)]
     for q_len, kv_len, bs in cases:
-        expected = int(lay.causal_block_mask(q_len, kv_len, bs).sum())
-        assert lay.causal_block_count(q_len, kv_len, bs) == expected, (q_len, kv_len, bs)
+        expected = int(blocks.causal_block_mask(q_len, kv_len, bs).sum())
+        assert blocks.causal_block_count(q_len, kv_len, bs) == expected, (q_len, kv_len, bs)
 
 
 @pytest.mark.parametrize("rows,cols", [(37, 80), (5, 1000), (130, 128), (3, 1280)])

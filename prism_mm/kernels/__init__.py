@@ -7,7 +7,7 @@
     rms_norm(x, weight, eps) -> weight * x / rms(x)                       (transformers' Qwen RMSNorm, fused)
 
 `ops(backend, device)` resolves a backend once and returns the matching set. The block convention and
-the types the ops exchange live in layout.py. This package imports nothing from the rest of prism_mm;
+the types the ops exchange live in blocks.py. This package imports nothing from the rest of prism_mm;
 the Triton modules are imported only when the Triton backend is asked for, so the torch path works
 where Triton is absent.
 """
@@ -67,7 +67,7 @@ def on_input_device(op, device_of):
 def _ops(name: str) -> SimpleNamespace:
     if name == "triton":
         from .block_sparse import block_sparse_attention
-        from .estimate import select_blocks
+        from .block_select import select_blocks
         from .pool import pool_bands, pool_pair
         from .rms_norm import rms_norm
 

@@ -18,7 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .layout import BlockSelection, next_pow2, num_blocks
+from .blocks import BlockSelection, next_pow2, num_blocks
 
 
 @triton.jit
@@ -202,12 +202,13 @@ def tma_supported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
     return all(t.stride(-1) == 1 and t.stride(-2) % 8 == 0 and t.data_ptr() % 16 == 0 for t in (k, v))
 
 
-def rows_layout(t: torch.Tensor, block_rows: int):
+def rows_geometry(t: torch.Tensor, block_rows: int):
     """The geometry of a 2-D TMA descriptor over the rows of t [B, H, L, D], and where each (batch, head) starts in it.
 
-    Two layouts qualify: [B, H, L, D] contiguous per head (head h of batch b starts at row (b*H + h)*L)
-    and [B, L, H, D] viewed as [B, H, L, D] (row b*L, column h*D), transformers' layout. Returns
-    ((shape, strides, block shape), (rows per batch, rows per head, columns per head)), or None for other layouts.
+    Two memory layouts qualify: [B, H, L, D] contiguous per head (head h of batch b starts at row (b*H + h)*L)
+    and [B, L, H, D] viewed as [B, H, L, D] (row b*L, column h*D), transformers' memory layout. Returns
+    ((shape, strides, block shape), (rows per batch, rows per head, columns per head)), or None for other memory
+    layouts.
     """
     bsz, h, n, d = t.shape
     sb, sh, sl, sd = t.stride()
@@ -223,11 +224,11 @@ def rows_layout(t: torch.Tensor, block_rows: int):
 
 
 def rows_descriptor(t: torch.Tensor, block_rows: int):
-    """rows_layout's descriptor over t: (descriptor, rows per batch, rows per head, columns per head), or None."""
-    layout = rows_layout(t, block_rows)
-    if layout is None:
+    """rows_geometry's descriptor over t: (descriptor, rows per batch, rows per head, columns per head), or None."""
+    found = rows_geometry(t, block_rows)
+    if found is None:
         return None
-    geometry, rows = layout
+    geometry, rows = found
     return (descriptor(t, geometry), *rows)
 
 
@@ -237,7 +238,7 @@ def default_tiles(block_size: int, head_dim: int, use_tma: bool = False) -> dict
     With TMA the default is 128 x 64 tiles, 8 warps, 2 stages and a 128-register cap: two programs share
     each SM (98 KB shared memory each), so one program's softmax overlaps the other's tensor-core work.
     At head_dim <= 64 the key tiles are 128 wide (H100, 32K: 1.02x cuDNN dense instead of 0.85x with 64;
-    docs/lessons.md). K/V descriptors are built on the host (DESC 2) where the layout
+    docs/lessons.md). K/V descriptors are built on the host (DESC 2) where the memory layout
     allows, else on the device (DESC 1).
     """
     block_m = min(block_size, 128)
@@ -288,13 +289,13 @@ def _make_plan(q, k, v, out, selection: BlockSelection, tiles: dict | None) -> _
         if d & (d - 1) or k.stride(-1) != 1 or v.stride(-1) != 1:
             raise ValueError("tensor descriptors (DESC) need a power-of-two head_dim and contiguous last dims of k and v")
     if cfg["DESC"] == 2:
-        layouts = [rows_layout(t, cfg["BLOCK_N"]) for t in (k, v)]
-        if None not in layouts:
-            descriptors = tuple(geometry for geometry, _ in layouts)
-            k_rows, v_rows = (rows for _, rows in layouts)
+        found = [rows_geometry(t, cfg["BLOCK_N"]) for t in (k, v)]
+        if None not in found:
+            descriptors = tuple(geometry for geometry, _ in found)
+            k_rows, v_rows = (rows for _, rows in found)
         elif tiles and tiles.get("DESC") == 2:
             raise ValueError("DESC 2 needs k and v in [B, H, L, D] or [B, L, H, D] memory layout")
-        else:  # other layouts: descriptors built on the device per (batch, KV head)
+        else:  # other memory layouts: descriptors built on the device per (batch, KV head)
             cfg["DESC"] = 1
     ints = (*q.stride(), *k.stride(), *v.stride(), *out.stride(), *selection.kv_num_blocks.stride(),
             *selection.kv_indices.stride()[:3], hq, hq // hkv, q_len, kv_len, *k_rows, *v_rows)
@@ -342,7 +343,7 @@ def launch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, selection: BlockSe
 
 
 def descriptor(t: torch.Tensor, geometry):
-    """A host TMA descriptor over t with geometry (shape, strides, block) from rows_layout."""
+    """A host TMA descriptor over t with geometry (shape, strides, block) from rows_geometry."""
     from triton.tools.tensor_descriptor import TensorDescriptor
 
     shape, strides, block = geometry

@@ -11,7 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .layout import BandIndex, Pooled, next_pow2, num_blocks
+from .blocks import BandIndex, Pooled, next_pow2, num_blocks
 
 
 @triton.jit
@@ -108,7 +108,7 @@ def _launch(xs, block_size: int, bands: BandIndex) -> list[Pooled]:
 
 
 def pool_bands(x: torch.Tensor, block_size: int, bands: BandIndex) -> Pooled:
-    """Block-mean-pool x [B, H, L, D] and split it into the two bands, with per-block energies (layout.Pooled)."""
+    """Block-mean-pool x [B, H, L, D] and split it into the two bands, with per-block energies (blocks.Pooled)."""
     return _launch([x], block_size, bands)[0]
 
 

@@ -12,7 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .layout import next_pow2
+from .blocks import next_pow2
 
 
 @triton.jit

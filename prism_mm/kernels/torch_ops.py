@@ -1,7 +1,7 @@
 """Plain-PyTorch twins of the Triton ops (same signatures), used as the CPU path and as the tests' oracle.
 
-pool_bands and pool_pair (twins of pool.py), select_blocks (twin of estimate.py), block_sparse_attention (twin of
-block_sparse.py), rms_norm (twin of rms_norm.py, transformers' own formula). Everything is computed in float32. Conventions: layout.py.
+pool_bands and pool_pair (twins of pool.py), select_blocks (twin of block_select.py), block_sparse_attention (twin of
+block_sparse.py), rms_norm (twin of rms_norm.py, transformers' own formula). Everything is computed in float32. Conventions: blocks.py.
 """
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import math
 
 import torch
 
-from .layout import (BandIndex, BlockSelection, Pooled, SelectSpec, block_mask_from_indices, causal_block_mask,
+from .blocks import (BandIndex, BlockSelection, Pooled, SelectSpec, block_mask_from_indices, causal_block_mask,
                      dense_tail_row, indices_from_block_mask, num_blocks, query_block_key_bounds)
 
 # Scores of at most this many (batch x head x query x key) elements exist at once in block_sparse_attention:

@@ -19,7 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .layout import BlockSelection, Pooled, SelectSpec, dense_tail_row, next_pow2, num_blocks
+from .blocks import BlockSelection, Pooled, SelectSpec, dense_tail_row, next_pow2, num_blocks
 
 
 @triton.jit
