@@ -8,7 +8,7 @@ import torch
 from conftest import rel_err
 from generators import random_selection
 
-from prism_mm import PrismConfig, RopeLayout, prism_attention
+from prism_mm import PrismConfig, RopeSpec, prism_attention
 from prism_mm.attention import dense_attention
 from prism_mm.kernels import torch_ops
 from prism_mm.kernels.blocks import BandIndex, SelectSpec, causal_block_mask
@@ -51,7 +51,7 @@ def test_estimation_kernels_real_sizes(hq, hkv, n, cutoff):
     from prism_mm.kernels import block_select, pool
 
     bs, d = 128, 128
-    bands = RopeLayout(head_dim=d, theta=1e6).bands(64, 96)
+    bands = RopeSpec(head_dim=d, theta=1e6).bands(64, 96)
     index = BandIndex.build(bands.high, bands.low, d, "cuda")
     nb = (n + bs - 1) // bs
     # Block-structured tokens so that the selection is sparse, not flat.
@@ -76,12 +76,12 @@ def test_estimation_kernels_real_sizes(hq, hkv, n, cutoff):
 
 def test_prism_attention_end_to_end_bf16():
     hq, hkv, n, d = 28, 4, 16384, 128
-    layout = RopeLayout(head_dim=d, theta=1e6, mrope_section=(16, 24, 24))
+    rope = RopeSpec(head_dim=d, theta=1e6, mrope_section=(16, 24, 24))
     q = torch.randn(1, hq, n, d, device="cuda", dtype=torch.bfloat16)
     k = torch.randn(1, hkv, n, d, device="cuda", dtype=torch.bfloat16)
     v = torch.randn(1, hkv, n, d, device="cuda", dtype=torch.bfloat16)
     cfg = PrismConfig.video(min_sparse_len=0, max_density=1.0)
-    out, stats = prism_attention(q, k, v, cfg, rope=layout, return_stats=True)
+    out, stats = prism_attention(q, k, v, cfg, rope=rope, return_stats=True)
     assert torch.isfinite(out).all() and stats.sparse
     sel = stats.selection
     expected = torch_ops.block_sparse_attention(q.float(), k.float(), v.float(), sel)
@@ -89,7 +89,7 @@ def test_prism_attention_end_to_end_bf16():
     # The torch path on the same GPU tensors selects (nearly) the same blocks.
     from prism_mm import estimate
 
-    sel_t = estimate(q, k, cfg, layout.bands(*cfg.band_dims(d)), backend="torch")
+    sel_t = estimate(q, k, cfg, rope.bands(*cfg.band_dims(d)), backend="torch")
     assert (sel_t.to_mask() != sel.to_mask()).float().mean() < 2e-3
 
 

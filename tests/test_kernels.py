@@ -19,9 +19,9 @@ TOL = {torch.float32: 2e-3, torch.float16: 5e-3, torch.bfloat16: 2e-2}
 
 
 def band_index(d):
-    from prism_mm import PrismConfig, RopeLayout
+    from prism_mm import PrismConfig, RopeSpec
 
-    bands = RopeLayout(head_dim=d).bands(*PrismConfig().band_dims(d))
+    bands = RopeSpec(head_dim=d).bands(*PrismConfig().band_dims(d))
     return BandIndex.build(bands.high, bands.low, d, DEVICE)
 
 
