@@ -277,7 +277,7 @@ def kernel_time_ms(density: float, tokens: int = 131072, model: str = "qwen2.5-v
     """(selection ms, sparse kernel ms, cuDNN dense ms) of one layer's attention at `density`, linear in density
     between the committed kernel table's measured densities (benchmarks.kernels on the H100)."""
     rows = [r for r in json.loads(Path(RESULTS, f"kernels-{device}.json").read_text())["rows"]
-            if r["model"] == model and r["tokens"] == tokens]
+            if r["model"] == model and r["n"] == tokens]
     sparse = sorted((r["density"], r["ms"]) for r in rows if r["method"] == "prism_sparse")
     select = next(r["ms"] for r in rows if r["method"] == "prism_estimation")
     dense = next(r["ms"] for r in rows if r["method"] == "sdpa_cudnn")

@@ -125,14 +125,20 @@ def timed_prefill(model, inputs: dict, reps: int) -> dict:
 
 def layer_densities(path: Path, knob: str, tokens: int, layers: int) -> list[float]:
     """Per decoder layer (`layers` of them) the mean-over-heads density a benchmarks.fidelity results file recorded
-    for `knob` (e.g. "0.93", "cutoff@0.01") at `tokens`, mapped by relative depth onto `layers` layers."""
+    for `knob` (e.g. "0.93", "cutoff@0.01") at `tokens`, or a benchmarks.default_setting file for a setting (e.g.
+    "prism@0.99"), mapped by relative depth onto `layers` layers."""
     import json
 
-    rec = json.loads(Path(path).read_text())["by_tokens"].get(str(tokens), {})
-    per_layer = rec.get("prism_head_density", {}).get(knob)
-    if not per_layer:
-        raise SystemExit(f"{path} has no per-head densities for knob {knob!r} at {tokens} tokens")
-    means = [sum(h) / len(h) for _, h in sorted(per_layer.items(), key=lambda kv: int(kv[0]))]
+    data = json.loads(Path(path).read_text())
+    if "by_tokens" in data:
+        per_layer = data["by_tokens"].get(str(tokens), {}).get("prism_head_density", {}).get(knob)
+        means = [sum(h) / len(h) for _, h in sorted(per_layer.items(), key=lambda kv: int(kv[0]))] if per_layer else None
+    else:  # a benchmarks.default_setting results file: the perplexity forward over the unseen text
+        row = next((r for r in data["rows"] if r["kind"] == "perplexity" and r["text"] == "unseen"
+                    and r["tokens"] == tokens and r["setting"] == knob), None)
+        means = row["layer_density"] if row else None
+    if not means:
+        raise SystemExit(f"{path} has no per-layer densities for knob {knob!r} at {tokens} tokens")
     src = len(means)
     return [means[round(i * (src - 1) / max(layers - 1, 1))] for i in range(layers)]
 
