@@ -6,7 +6,8 @@ from .spectral import RopeLayout, SpectralBands, rope_layout_from_config
 from .stats import PrismRunStats, PrismStats
 
 
-_MODEL_HELPERS = ("load_model", "enable_prism", "set_attention", "ModelNotAvailableError", "SUPPORTED_MODEL_TYPES")
+_MODEL_HELPERS = ("load_model", "enable_prism", "disable_prism", "set_attention", "ModelNotAvailableError",
+                  "SUPPORTED_MODEL_TYPES")
 
 
 def __getattr__(name):  # transformers is imported only when the model helpers are used
@@ -29,6 +30,7 @@ __all__ = [
     "ModelNotAvailableError",
     "SUPPORTED_MODEL_TYPES",
     "enable_prism",
+    "disable_prism",
     "set_attention",
     "load_model",
     "RopeLayout",
