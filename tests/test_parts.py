@@ -56,7 +56,8 @@ class Loaded:
         self.modules = dict(model.named_modules())
         self.attributes = {name: set(vars(m)) for name, m in model.named_modules()}
 
-    def check(self, model):
+    def check(self, model, same_object: bool = True):
+        """`model` is as loaded (same_object: it is the model this record was taken of, with the same modules)."""
         state = model.state_dict()
         assert list(state) == list(self.state)
         for key, value in self.state.items():
@@ -66,7 +67,8 @@ class Loaded:
         assert attn_implementations(model) == self.attn
         modules = dict(model.named_modules())
         assert list(modules) == list(self.modules)
-        assert all(modules[name] is module for name, module in self.modules.items())  # the same module objects
+        for name, module in self.modules.items():
+            assert modules[name] is module if same_object else type(modules[name]) is type(module), name
         assert {name: set(vars(m)) for name, m in modules.items()} == self.attributes  # no prism attributes left
         assert not hooks(model)
         assert prism_parts(model) == ()
@@ -205,3 +207,20 @@ def test_stats_hooks_synchronize_only_the_models_devices(monkeypatch):
     enable_prism(model, SPARSE, backend="torch")
     logits(model, inputs)
     assert len(calls) == 4 and set(calls) == {torch.device("cuda", 1)}  # prefill start / end, tower start / end
+
+
+def test_disable_prism_after_load_model_gives_the_model_from_pretrained(tmp_path):
+    """load_model(attn="prism") (every part on) then disable_prism: the model transformers' from_pretrained gives; and
+    load_model(attn="dense", fused_norms=True) (norms and timing hooks) comes back the same way."""
+    from transformers import AutoModelForImageTextToText
+
+    from prism_mm.models import load_model
+    from prism_mm.testing.tiny import save_tiny
+
+    path = save_tiny("qwen2_5_vl", tmp_path / "tiny")
+    plain = AutoModelForImageTextToText.from_pretrained(path, dtype=torch.float32, attn_implementation="sdpa").eval()
+    loaded = Loaded(plain, video_inputs(plain.config, frames=2, grid=8, text_before=16, text_after=8))
+    for kwargs in ({"attn": "prism", "backend": "torch"}, {"attn": "dense", "fused_norms": True}):
+        model = load_model(str(path), dtype="float32", **kwargs)[0]
+        assert prism_parts(model)
+        loaded.check(disable_prism(model), same_object=False)
