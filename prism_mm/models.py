@@ -212,6 +212,9 @@ def enable_prism(model, config: PrismConfig | None = None, *, layer_configs: dic
         vision_attention.align_mlp_widths(tower)
     if fused_norms:
         fuse_rms_norms(model, backend)
+        for module in model.modules():  # those fused by an earlier call take this call's backend
+            if isinstance(module, FusedRMSNorm):
+                module.backend = backend
     return model
 
 
