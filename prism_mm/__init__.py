@@ -3,11 +3,11 @@ from .attention import PrismFallbackWarning, dense_attention, prism_attention
 from .config import PrismConfig
 from .selection import BlockSelection, estimate
 from .spectral import RopeSpec, SpectralBands, rope_spec_from_config
-from .spectral import RopeLayout, rope_layout_from_config  # noqa: F401 - former names of RopeSpec, rope_spec_from_config
 from .stats import PrismRunStats, PrismStats
 
 
-_MODEL_HELPERS = ("load_model", "enable_prism", "set_attention", "ModelNotAvailableError", "SUPPORTED_MODEL_TYPES")
+_MODEL_HELPERS = ("load_model", "enable_prism", "disable_prism", "set_attention", "ModelNotAvailableError",
+                  "SUPPORTED_MODEL_TYPES")
 
 
 def __getattr__(name):  # transformers is imported only when the model helpers are used
@@ -30,6 +30,7 @@ __all__ = [
     "ModelNotAvailableError",
     "SUPPORTED_MODEL_TYPES",
     "enable_prism",
+    "disable_prism",
     "set_attention",
     "load_model",
     "RopeSpec",

@@ -1,13 +1,16 @@
-"""load_model() / enable_prism(): Prism on the text decoder of Qwen-VL (and Qwen / Llama text) models.
+"""load_model() / enable_prism() / disable_prism(): Prism on the text decoder of Qwen-VL (and Qwen / Llama text) models.
 
-Prism is attached through transformers' AttentionInterface: the text config's attention
-implementation becomes "prism" and each decoder attention module carries its PrismLayer settings
-(module.prism). The vision tower of Qwen-VL models gets prism_mm.vision's batched varlen attention the same way
-(enable_prism(..., vision="sdpa") keeps transformers' own); forward methods are never replaced.
+enable_prism puts its parts on a loaded model, each one switchable and reversible (PARTS): the decoder's attention,
+the vision tower's attention, the tower's MLP padding, fused RMSNorm modules and the prefill timing hooks.
+Attention goes through transformers' AttentionInterface: the text config's attention implementation becomes "prism"
+and each decoder attention module carries its PrismLayer settings (module.prism); the vision tower of Qwen-VL models
+gets prism_mm.vision's batched varlen attention the same way. Forward methods are never replaced, and disable_prism
+gives back the model as loaded.
 """
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import time
 import warnings
@@ -19,8 +22,8 @@ import torch
 from . import vision as vision_attention
 from .attention import ATTN_NAME, PrismLayer, register_with_transformers
 from .config import PrismConfig
-from .norms import fuse_rms_norms
-from .spectral import rope_layout_from_config, text_config
+from .norms import FusedRMSNorm, fuse_rms_norms, unfuse_rms_norms
+from .spectral import rope_spec_from_config, text_config
 from .stats import PrismRunStats
 from .tiny_models import TINY_MODELS, tiny_model_dir
 
@@ -66,19 +69,54 @@ def synchronize_gpus() -> None:
             torch.cuda.synchronize(i)
 
 
+def model_devices(model) -> list[torch.device]:
+    """The CUDA devices the model's parameters and buffers live on (several with device_map="auto")."""
+    devices = {t.device for t in itertools.chain(model.parameters(), model.buffers()) if t.device.type == "cuda"}
+    return sorted(devices, key=lambda d: d.index or 0)
+
+
+def synchronize_model(model) -> None:
+    """Wait for the CUDA devices the model lives on, and no other."""
+    for device in model_devices(model):
+        torch.cuda.synchronize(device)
+
+
 def vision_tower(model):
     """The vision tower module of a Qwen-VL model (model.model.visual), or None."""
     inner = getattr(model, "model", model)
     return getattr(inner, "visual", None)
 
 
-def attach_stats(model) -> PrismRunStats:
-    """Give the model a PrismRunStats (model.prism_stats) and time each prefill forward into it."""
-    existing = getattr(model, "prism_stats", None)
-    if isinstance(existing, PrismRunStats):
-        return existing
-    stats = PrismRunStats()
-    model.prism_stats = stats
+def attach_stats(model, timing: bool = True) -> PrismRunStats:
+    """Give the model a PrismRunStats (model.prism_stats, kept if it has one). timing: forward hooks time each prefill
+    (and its vision tower) into it, synchronizing the devices the model lives on at its start and end; False removes
+    them (no hook, no synchronization; the decoder layers still record into it)."""
+    stats = getattr(model, "prism_stats", None)
+    if not isinstance(stats, PrismRunStats):
+        stats = model.prism_stats = PrismRunStats()
+    if not timing:
+        _remove_timing_hooks(stats)
+    elif not stats.hooks:
+        stats.hooks = _timing_hooks(model, stats)
+    return stats
+
+
+def detach_stats(model) -> None:
+    """Undo attach_stats: the timing hooks removed and model.prism_stats deleted."""
+    stats = getattr(model, "prism_stats", None)
+    if isinstance(stats, PrismRunStats):
+        _remove_timing_hooks(stats)
+        del model.prism_stats
+
+
+def _remove_timing_hooks(stats: PrismRunStats) -> None:
+    for hook in stats.hooks:
+        hook.remove()
+    stats.hooks = []
+
+
+def _timing_hooks(model, stats: PrismRunStats) -> list:
+    """Forward hooks on the model (and its vision tower) that time each prefill into `stats`; their handles."""
 
     def seq_len(args, kwargs) -> int:
         for name in ("input_ids", "inputs_embeds"):
@@ -88,7 +126,7 @@ def attach_stats(model) -> PrismRunStats:
         return args[0].shape[1] if args and isinstance(args[0], torch.Tensor) and args[0].dim() > 1 else 0
 
     def sync():
-        synchronize_gpus()
+        synchronize_model(model)
 
     def pre(module, args, kwargs):
         if seq_len(args, kwargs) <= 1:
@@ -103,8 +141,8 @@ def attach_stats(model) -> PrismRunStats:
             sync()
             stats.end_prefill()
 
-    model.register_forward_pre_hook(pre, with_kwargs=True)
-    model.register_forward_hook(post, with_kwargs=True)
+    hooks = [model.register_forward_pre_hook(pre, with_kwargs=True),
+             model.register_forward_hook(post, with_kwargs=True)]
     tower = vision_tower(model)
     if tower is not None:  # the vision tower's share of the prefill (one sync before and after it)
         started = []
@@ -120,48 +158,120 @@ def attach_stats(model) -> PrismRunStats:
             sync()
             stats.vision_seconds = (stats.vision_seconds or 0.0) + time.perf_counter() - started[0]
 
-        tower.register_forward_pre_hook(vision_pre)
-        tower.register_forward_hook(vision_post)
-    return stats
+        hooks += [tower.register_forward_pre_hook(vision_pre), tower.register_forward_hook(vision_post)]
+    return hooks
+
+
+# The parts of enable_prism, each one of its arguments; disable_prism takes any of them off again.
+PARTS = ("decoder", "vision", "pad_mlp", "fused_norms", "stats")
 
 
 def enable_prism(model, config: PrismConfig | None = None, *, layer_configs: dict[int, PrismConfig] | None = None,
-                 backend: str = "auto", vision: str = "varlen", fused_norms: bool = True):
-    """Switch the text decoder of a loaded transformers model to Prism attention. Returns the model.
+                 backend: str = "auto", decoder: bool = True, vision: str = "varlen", pad_mlp: bool | None = None,
+                 fused_norms: bool = True, stats: bool = True):
+    """Put Prism's parts on a loaded transformers model; returns the model. Each part is one argument (see PARTS), a
+    later call sets them again (undoing those it turns off), and disable_prism(model) gives back the model as loaded.
 
-    config applies to every decoder layer unless layer_configs overrides it for a layer index.
-    The RoPE band layout comes from the model's config (plain, sectioned or interleaved MRoPE).
-    vision (Qwen-VL models): "varlen" runs the vision tower's attention in a few batched launches per layer
-    and pads its MLP widths to GEMM-friendly sizes with zeros (prism_mm.vision; same outputs), "sdpa" leaves the
-    tower as transformers has it (one SDPA call per window / frame).
-    fused_norms: replace transformers' RMSNorm modules (decoder and tower) by prism_mm.norms.FusedRMSNorm, one Triton
-    launch per norm on CUDA instead of about seven kernels, with transformers' rounding (H200, 131K tokens: 12.9x faster
-    per decoder norm, Qwen2.5-VL-7B's tower 2.70 -> 2.24 s; docs/lessons.md); False keeps transformers' modules.
+    decoder: Prism block-sparse attention in the text decoder's prefill, the part that shortens long prefills. config
+        applies to every layer unless layer_configs overrides it for a layer index; the RoPE bands come from the model's
+        config (plain, sectioned or interleaved MRoPE).
+    vision (Qwen-VL): "varlen" runs the vision tower's attention in a few batched launches per layer instead of one
+        SDPA call per window or frame (prism_mm.vision); "sdpa" leaves the tower's attention as loaded.
+    pad_mlp (Qwen-VL): zero-pads the tower's MLP widths to sizes cuBLAS runs fast, with the same outputs; state_dict
+        and save_pretrained still give the checkpoint as loaded. None: with vision="varlen".
+    fused_norms: replaces transformers' RMSNorm modules (decoder and tower) by prism_mm.norms.FusedRMSNorm, one Triton
+        launch per norm on CUDA with transformers' rounding (measured in docs/lessons.md).
+    stats: times each prefill into model.prism_stats through forward hooks that synchronize the model's devices;
+        False installs no hook (the decoder layers still record their density there).
     """
     if vision not in VISION_ATTENTIONS:
         raise ValueError(f"vision must be one of {VISION_ATTENTIONS}, got {vision!r}")
     _check_supported(model.config, type(model).__name__)
+    if not decoder and (config is not None or layer_configs):
+        raise ValueError("config and layer_configs set Prism's decoder attention: pass decoder=True or drop them")
     is_vl = model.config.model_type in VL_MODEL_TYPES
-    config = config or (PrismConfig.video() if is_vl else PrismConfig())
-    register_with_transformers()
-    tcfg = text_config(model.config)
-    rope = rope_layout_from_config(tcfg)
-    stats = attach_stats(model)
-    layers = 0
-    for module in model.modules():
-        if getattr(module, "config", None) is tcfg and hasattr(module, "layer_idx") and hasattr(module, "q_proj"):
+    wanted = {"decoder": decoder, "vision": is_vl and vision == "varlen",
+              "pad_mlp": is_vl and (vision == "varlen" if pad_mlp is None else pad_mlp),
+              "fused_norms": fused_norms, "stats": stats}
+    disable_prism(model, [part for part, on in wanted.items() if not on])
+    if decoder or stats:
+        run_stats = attach_stats(model, timing=stats)
+    if decoder:
+        config = config or (PrismConfig.video() if is_vl else PrismConfig())
+        layers = _decoder_attention_modules(model)
+        if not layers:
+            raise ValueError(f"found no decoder attention layers in {type(model).__name__}: is it a supported model?")
+        rope = rope_spec_from_config(text_config(model.config))
+        for module in layers:
             cfg = (layer_configs or {}).get(module.layer_idx, config)
-            module.prism = PrismLayer(cfg, rope.bands(*cfg.band_dims(rope.head_dim)), stats, backend)
-            layers += 1
-    if layers == 0:
-        raise ValueError(f"found no decoder attention layers in {type(model).__name__}: is it a supported model?")
-    set_attention(model, "prism", vision if is_vl else None)
+            module.prism = PrismLayer(cfg, rope.bands(*cfg.band_dims(rope.head_dim)), run_stats, backend)
+        register_with_transformers()
+        _switch_attention(model, text=ATTN_NAME)
+    if wanted["vision"]:
+        vision_attention.register_with_transformers()
+        _switch_attention(model, vision=vision_attention.VISION_ATTN_NAME)
     tower = vision_tower(model)
-    if is_vl and vision == "varlen" and tower is not None:
+    if wanted["pad_mlp"] and tower is not None:
         vision_attention.align_mlp_widths(tower)
     if fused_norms:
         fuse_rms_norms(model, backend)
+        for module in model.modules():  # those fused by an earlier call take this call's backend
+            if isinstance(module, FusedRMSNorm):
+                module.backend = backend
     return model
+
+
+def disable_prism(model, parts=PARTS):
+    """Take Prism's parts off a model (all of them, or those named in `parts`, see PARTS); returns the model. With all
+    of them off it is the model as loaded: transformers' attention implementations and RMSNorm modules, the tower's
+    MLPs at their loaded widths, no hooks and no prism attributes. Parts that are off are left as they are."""
+    parts = (parts,) if isinstance(parts, str) else tuple(parts)
+    unknown = sorted(set(parts) - set(PARTS))
+    if unknown:
+        raise ValueError(f"unknown parts {unknown}; the parts are {PARTS}")
+    if "fused_norms" in parts:
+        unfuse_rms_norms(model)
+    tower = vision_tower(model)
+    if "pad_mlp" in parts and tower is not None:
+        vision_attention.restore_mlp_widths(tower)
+    if "vision" in parts:
+        _restore_attention(model, "vision")
+    if "decoder" in parts:
+        for module in _decoder_attention_modules(model):
+            if isinstance(getattr(module, "prism", None), PrismLayer):
+                del module.prism
+        _restore_attention(model, "text")
+    stats = getattr(model, "prism_stats", None)
+    if isinstance(stats, PrismRunStats):
+        if "stats" in parts:
+            _remove_timing_hooks(stats)
+        if not stats.hooks and not _has_prism_layers(model):
+            del model.prism_stats
+    return model
+
+
+def prism_parts(model) -> tuple[str, ...]:
+    """The parts of enable_prism (PARTS) that are on now. "decoder": the decoder's layers carry Prism settings
+    (set_attention switches them between "prism" and "dense"); "vision": the tower runs prism_mm.vision."""
+    vcfg = getattr(model.config, "vision_config", None)
+    tower = vision_tower(model)
+    stats = getattr(model, "prism_stats", None)
+    on = {"decoder": _has_prism_layers(model),
+          "vision": vcfg is not None and vcfg._attn_implementation == vision_attention.VISION_ATTN_NAME,
+          "pad_mlp": tower is not None and any(hasattr(m, "prism_mlp_padding") for m in tower.modules()),
+          "fused_norms": any(isinstance(m, FusedRMSNorm) for m in model.modules()),
+          "stats": isinstance(stats, PrismRunStats) and bool(stats.hooks)}
+    return tuple(part for part in PARTS if on[part])
+
+
+def _decoder_attention_modules(model) -> list:
+    tcfg = text_config(model.config)
+    return [m for m in model.modules()
+            if getattr(m, "config", None) is tcfg and hasattr(m, "layer_idx") and hasattr(m, "q_proj")]
+
+
+def _has_prism_layers(model) -> bool:
+    return any(isinstance(getattr(m, "prism", None), PrismLayer) for m in model.modules())
 
 
 ATTENTIONS = ("prism", "dense")
@@ -189,22 +299,58 @@ def set_attention(model, attn: str, vision: str | None = None) -> None:
         raise ValueError(f"attn must be one of {ATTENTIONS}, got {attn!r}")
     if vision is not None and vision not in VISION_ATTENTIONS:
         raise ValueError(f"vision must be one of {VISION_ATTENTIONS} or None, got {vision!r}")
-    if attn == "prism" and not any(hasattr(m, "prism") for m in model.modules()):
+    if attn == "prism" and not _has_prism_layers(model):
         raise ValueError("this model has no Prism settings: call prism_mm.enable_prism(model, config) first")
-    name = ATTN_NAME if attn == "prism" else "sdpa"
-    if model.config.model_type not in VL_MODEL_TYPES:
-        model.set_attn_implementation(name)
+    if vision is not None and model.config.model_type in VL_MODEL_TYPES:
+        vision_attention.register_with_transformers()
+        vision = vision_attention.VISION_ATTN_NAME if vision == "varlen" else "sdpa"
     else:
-        choice = {"text_config": name}
-        if vision is not None:
-            vision_attention.register_with_transformers()
-            choice["vision_config"] = vision_attention.VISION_ATTN_NAME if vision == "varlen" else "sdpa"
-        model.set_attn_implementation(choice)
-    got = text_config(model.config)._attn_implementation
-    if got != name:  # transformers declines (with a logged warning) for classes it cannot switch at run time
-        raise RuntimeError(f"transformers kept attn_implementation={got!r} for {type(model).__name__} instead of {name!r} "
-                           "(it logs why): this model class cannot switch its attention after loading; use a model "
-                           "class whose attention goes through transformers' AttentionInterface")
+        vision = None
+    _switch_attention(model, text=ATTN_NAME if attn == "prism" else "sdpa", vision=vision)
+
+
+def _attn_configs(model) -> dict:
+    """The configs whose attention implementation prism_mm sets: "text" (the decoder's) and, for Qwen-VL, "vision"."""
+    configs = {"text": text_config(model.config)}
+    if model.config.model_type in VL_MODEL_TYPES:
+        configs["vision"] = model.config.vision_config
+    return configs
+
+
+def _switch_attention(model, text: str | None = None, vision: str | None = None) -> None:
+    """Set the decoder's and the tower's attention implementations (None: leave it), first noting each one as loaded
+    in model.prism_loaded_attn (for disable_prism)."""
+    configs, wanted = _attn_configs(model), {"text": text, "vision": vision}
+    wanted = {part: name for part, name in wanted.items() if name is not None and part in configs}
+    loaded = getattr(model, "prism_loaded_attn", {})
+    for part in wanted:
+        loaded.setdefault(part, configs[part]._attn_implementation)
+    model.prism_loaded_attn = loaded
+    _set_attn_implementations(model, wanted)
+
+
+def _restore_attention(model, part: str) -> None:
+    """Put back the attention implementation of `part` ("text" or "vision") noted by _switch_attention."""
+    loaded = getattr(model, "prism_loaded_attn", None)
+    if not loaded or part not in loaded:
+        return
+    _set_attn_implementations(model, {part: loaded.pop(part)})
+    if not loaded:
+        del model.prism_loaded_attn
+
+
+def _set_attn_implementations(model, names: dict[str, str]) -> None:
+    configs = _attn_configs(model)
+    if model.config.model_type not in VL_MODEL_TYPES:
+        model.set_attn_implementation(names["text"])
+    else:
+        model.set_attn_implementation({f"{part}_config": name for part, name in names.items()})
+    for part, name in names.items():
+        got = configs[part]._attn_implementation
+        if got != name:  # transformers declines (with a logged warning) for classes it cannot switch at run time
+            raise RuntimeError(f"transformers kept attn_implementation={got!r} for {type(model).__name__} instead of "
+                               f"{name!r} (it logs why): this model class cannot switch its attention after loading; "
+                               "use a model class whose attention goes through transformers' AttentionInterface")
 
 
 def _model_class(config):

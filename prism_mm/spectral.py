@@ -135,8 +135,3 @@ def rope_spec_from_config(config) -> RopeSpec:
         mrope_section=tuple(int(s) for s in section) if section else None,
         interleaved=interleaved,
     )
-
-
-# Former names, kept for existing code ("layout" now means only a tensor's memory layout).
-RopeLayout = RopeSpec
-rope_layout_from_config = rope_spec_from_config

@@ -83,6 +83,7 @@ class PrismRunStats:
     keep_selections: bool = False  # keep each layer's block selection (for inspection and plots)
     check_against_dense: bool = False  # also run dense attention in sparse layers and record the output error
     prefill_started: float | None = field(default=None, repr=False)  # perf_counter() of the running prefill
+    hooks: list = field(default_factory=list, repr=False, compare=False)  # handles of the timing hooks (attach_stats)
 
     def reset(self) -> None:
         self.layers.clear()

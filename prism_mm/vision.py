@@ -120,28 +120,72 @@ def vision_attention_forward(module: torch.nn.Module, query: torch.Tensor, key: 
 MLP_LAYOUTS = ((("gate_proj", "up_proj"), "down_proj"), (("linear_fc1",), "linear_fc2"), (("fc1",), "fc2"))
 
 
-def _padded_linear(linear: torch.nn.Linear, out_features: int | None = None, in_features: int | None = None):
-    """A copy of `linear` with zero rows (more outputs) or zero columns (more inputs) appended."""
-    out_f, in_f = out_features or linear.out_features, in_features or linear.in_features
-    new = torch.nn.Linear(in_f, out_f, bias=linear.bias is not None, device=linear.weight.device,
-                          dtype=linear.weight.dtype)
+@dataclass(frozen=True)
+class MlpPadding:
+    """What align_mlp_widths did to one MLP (kept on it as `module.prism_mlp_padding`): the loaded width, the padded
+    one, the linears' attribute names and the state-dict hooks that hide the padding."""
+
+    width: int
+    padded: int
+    ins: tuple[str, ...]
+    out: str
+    hooks: tuple
+
+
+def _resize_linear_(linear: torch.nn.Linear, out_features: int, in_features: int) -> None:
+    """Give `linear` (the same module) weights of [out_features, in_features]: zeros appended, or the tail cut off."""
     with torch.no_grad():
-        new.weight.zero_()
-        new.weight[:linear.out_features, :linear.in_features] = linear.weight
+        weight = linear.weight.new_zeros(out_features, in_features)
+        rows, cols = min(out_features, linear.out_features), min(in_features, linear.in_features)
+        weight[:rows, :cols] = linear.weight[:rows, :cols]
+        linear.weight = torch.nn.Parameter(weight, requires_grad=linear.weight.requires_grad)
         if linear.bias is not None:
-            new.bias.zero_()
-            new.bias[:linear.out_features] = linear.bias
-    return new.requires_grad_(linear.weight.requires_grad)
+            bias = linear.bias.new_zeros(out_features)
+            bias[:rows] = linear.bias[:rows]
+            linear.bias = torch.nn.Parameter(bias, requires_grad=linear.bias.requires_grad)
+    linear.out_features, linear.in_features = out_features, in_features
+
+
+def _loaded_shapes(pad: MlpPadding, prefix: str):
+    """(state-dict key, loaded shape's slices) of each padded tensor of one MLP."""
+    for name in pad.ins:
+        yield f"{prefix}{name}.weight", (slice(0, pad.width),)
+        yield f"{prefix}{name}.bias", (slice(0, pad.width),)
+    yield f"{prefix}{pad.out}.weight", (slice(None), slice(0, pad.width))
+
+
+def _unpadded_state_dict(module, state_dict, prefix, local_metadata) -> None:
+    """state_dict post-hook: the padded MLP's tensors in their loaded shapes (views of the padded ones)."""
+    for key, index in _loaded_shapes(module.prism_mlp_padding, prefix):
+        if key in state_dict:
+            state_dict[key] = state_dict[key][index]
+
+
+def _padded_load(module, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs) -> None:
+    """load_state_dict pre-hook: tensors of the loaded shapes are zero-padded to the module's padded ones."""
+    pad = module.prism_mlp_padding
+    for key, index in _loaded_shapes(pad, prefix):
+        value = state_dict.get(key)
+        if value is None:
+            continue
+        target = module.get_parameter(key[len(prefix):])
+        if value.shape != target.shape and value.shape == target[index].shape:
+            padded = value.new_zeros(target.shape)
+            padded[index] = value
+            state_dict[key] = padded
 
 
 def align_mlp_widths(tower: torch.nn.Module, multiple: int = 64) -> int:
-    """Pad the hidden width of the tower's MLPs to a multiple of `multiple` with zero weights; returns how many MLPs
-    changed. The outputs stay the same (the padded units see zero weights and bias, their activation of 0 is 0 and
-    the output layer ignores them), but cuBLAS can use its fast kernels: Qwen2.5-VL's width 3420 is not a multiple
-    of 8, and its MLP GEMMs ran on sm80 kernels, half the tower's time on an H200 (docs/lessons.md). It is not
-    undone by switching attention; the vision config's intermediate_size follows, so a saved model loads padded."""
+    """Pad the hidden width of the tower's MLPs to a multiple of `multiple` with zero weights, in place (the same
+    Linear modules); returns how many MLPs changed. Outputs stay the same (the padded units see zero weights and bias,
+    their activation of 0 is 0 and the output layer ignores them); cuBLAS then runs its fast GEMM kernels on widths
+    such as Qwen2.5-VL's 3420, which is not a multiple of 8 (docs/lessons.md). The checkpoint does not change:
+    state_dict() (hence save_pretrained) gives the loaded shapes, load_state_dict pads what it loads and
+    config.intermediate_size stays. restore_mlp_widths undoes it."""
     changed = 0
     for module in tower.modules():
+        if hasattr(module, "prism_mlp_padding"):
+            continue
         for ins, out in MLP_LAYOUTS:
             first = [getattr(module, name, None) for name in ins]
             last = getattr(module, out, None)
@@ -153,15 +197,34 @@ def align_mlp_widths(tower: torch.nn.Module, multiple: int = 64) -> int:
             if width % 8 == 0 or act is None or float(act(zero).abs()) != 0.0:
                 continue
             padded = -(-width // multiple) * multiple
-            for name, m in zip(ins, first):
-                setattr(module, name, _padded_linear(m, out_features=padded))
-            setattr(module, out, _padded_linear(last, in_features=padded))
-            if hasattr(module, "intermediate_size"):
-                module.intermediate_size = padded
+            for m in first:
+                _resize_linear_(m, padded, m.in_features)
+            _resize_linear_(last, last.out_features, padded)
+            hooks = (module.register_state_dict_post_hook(_unpadded_state_dict),
+                     module.register_load_state_dict_pre_hook(_padded_load))
+            module.prism_mlp_padding = MlpPadding(width, padded, ins, out, hooks)
             changed += 1
-    config = getattr(tower, "config", None)
-    if changed and getattr(config, "intermediate_size", None) is not None:
-        config.intermediate_size = -(-config.intermediate_size // multiple) * multiple  # save_pretrained stays loadable
+            break
+    return changed
+
+
+def restore_mlp_widths(tower: torch.nn.Module) -> int:
+    """Undo align_mlp_widths: each padded MLP's weights cut back to the loaded width (the same values) and its hooks
+    removed; returns how many MLPs changed."""
+    changed = 0
+    for module in tower.modules():
+        pad = getattr(module, "prism_mlp_padding", None)
+        if pad is None:
+            continue
+        for name in pad.ins:
+            linear = getattr(module, name)
+            _resize_linear_(linear, pad.width, linear.in_features)
+        last = getattr(module, pad.out)
+        _resize_linear_(last, last.out_features, pad.width)
+        for hook in pad.hooks:
+            hook.remove()
+        del module.prism_mlp_padding
+        changed += 1
     return changed
 
 

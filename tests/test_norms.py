@@ -5,7 +5,7 @@ import pytest
 import torch
 from conftest import DEVICE
 
-from prism_mm.norms import RMS_NORM_CLASSES, FusedRMSNorm, fuse_rms_norms
+from prism_mm.norms import RMS_NORM_CLASSES, FusedRMSNorm, fuse_rms_norms, unfuse_rms_norms
 
 MODULES = {"Qwen2RMSNorm": "qwen2", "Qwen2VLRMSNorm": "qwen2_vl", "Qwen2_5_VLRMSNorm": "qwen2_5_vl",
            "Qwen3RMSNorm": "qwen3", "Qwen3VLTextRMSNorm": "qwen3_vl", "LlamaRMSNorm": "llama"}
@@ -29,7 +29,7 @@ def test_fused_norm_gives_what_each_swapped_transformers_class_gives(name):
 def test_fusing_the_norms_of_a_model_keeps_its_logits_and_weights(model_type):
     """fuse_rms_norms on a tiny Qwen-VL model swaps every transformers RMSNorm (decoder layers, final norm, Qwen2.5-VL's
     vision blocks and merger, Qwen3-VL's per-head q/k norms), shares the weight Parameters, keeps the state dict's keys
-    and gives the same logits on a video prompt."""
+    and gives the same logits on a video prompt; unfuse_rms_norms puts the original modules back."""
     from prism_mm.testing.tiny import build_tiny_model, video_inputs
 
     model = build_tiny_model(model_type).to(DEVICE)
@@ -47,6 +47,12 @@ def test_fusing_the_norms_of_a_model_keeps_its_logits_and_weights(model_type):
     assert list(model.state_dict()) == keys
     assert (out - ref).abs().max() <= 1e-4 * ref.abs().max()  # fp32: only the kernel's own sum order differs
     assert fuse_rms_norms(model, backend) == 0  # nothing left to swap
+    fused = [n for n, m in model.named_modules() if isinstance(m, FusedRMSNorm)]
+    assert unfuse_rms_norms(model) == expected_count  # the original modules back, with the same weights
+    assert all(type(model.get_submodule(n)).__name__ in RMS_NORM_CLASSES for n in fused)
+    assert all(model.get_submodule(n).weight is w for n, w in weights.items())
+    with torch.no_grad():
+        assert torch.equal(model(**inputs).logits, ref)
 
 
 def test_fused_norm_keeps_autograd():

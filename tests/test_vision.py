@@ -87,9 +87,10 @@ def test_vision_tower_with_varlen_equals_transformers_sdpa(model_type):
 @pytest.mark.parametrize("model_type", ["qwen2_5_vl", "qwen3_vl"])  # Qwen2-VL: embed_dim x an int ratio, aligned
 def test_mlp_width_alignment_keeps_the_tower_output(model_type):
     """Zero-padding an unaligned vision MLP width (100 -> 128 here; 3420 -> 3456 in Qwen2.5-VL-7B) changes nothing
-    in the tower's output, and only MLPs whose width is not a multiple of 8 are touched."""
+    in the tower's output, and only MLPs whose width is not a multiple of 8 are touched; restore_mlp_widths gives back
+    the same Linear modules at width 100 with the loaded weights."""
     from prism_mm.testing.tiny import build_tiny_model, tiny_config, video_inputs
-    from prism_mm.vision import align_mlp_widths
+    from prism_mm.vision import align_mlp_widths, restore_mlp_widths
 
     config = tiny_config(model_type)
     config.vision_config.intermediate_size = 100
@@ -108,3 +109,9 @@ def test_mlp_width_alignment_keeps_the_tower_output(model_type):
     assert rel_err(out, ref) < 1e-6
     assert align_mlp_widths(tower) == 0  # aligned now: nothing left to pad
     assert align_mlp_widths(build_tiny_model(model_type).model.visual) == 0  # width 128: already aligned
+    linears = [m for m in tower.modules() if isinstance(m, torch.nn.Linear)]
+    assert restore_mlp_widths(tower) == len(tower.blocks) and restore_mlp_widths(tower) == 0
+    assert [m for m in tower.modules() if isinstance(m, torch.nn.Linear)] == linears
+    with torch.no_grad():
+        again = tower(inputs["pixel_values_videos"], grid_thw=inputs["video_grid_thw"]).pooler_output
+    assert torch.equal(again, ref)
