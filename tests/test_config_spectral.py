@@ -9,13 +9,16 @@ from prism_mm import PrismConfig, RopeSpec, rope_spec_from_config
 
 def test_config_defaults_and_presets():
     cfg = PrismConfig()
-    assert (cfg.block_size, cfg.threshold_high, cfg.threshold_low) == (128, 0.95, 0.95)
+    # the default by evidence (docs/accuracy.md, benchmarks/results/default-decision.md)
+    assert (cfg.block_size, cfg.threshold_high, cfg.threshold_low, cfg.dense_tail) == (128, 0.99, 0.99, 128)
     assert cfg.calibrate and cfg.force_sink and cfg.force_diagonal
     assert cfg.band_dims(128) == (64, 96)
     assert cfg.band_dims(64) == (32, 48)
     assert cfg.band_dims(80) == (40, 60)
-    video = PrismConfig.video(block_size=64)
-    assert (video.threshold_high, video.threshold_low, video.block_size) == (0.93, 0.93, 64)
+    assert PrismConfig.video(block_size=64) == PrismConfig(block_size=64), "no video measurement says otherwise"
+    paper, paper_video = PrismConfig.paper(), PrismConfig.paper(video=True, block_size=64)
+    assert (paper.threshold_high, paper.threshold_low, paper.dense_tail) == (0.95, 0.95, 0)
+    assert (paper_video.threshold_high, paper_video.threshold_low, paper_video.block_size) == (0.93, 0.93, 64)
     assert PrismConfig().with_threshold(0.5).threshold_low == 0.5
     with pytest.raises(Exception):
         cfg.block_size = 64  # frozen
