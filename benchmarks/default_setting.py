@@ -37,7 +37,7 @@ import torch
 from tqdm import tqdm
 
 from benchmarks.common import RESULTS, Results, device_slug, pyplot, run_info, save_figure
-from benchmarks.fidelity import LICENCE_TEXTS, LICENCES
+from benchmarks.fidelity import LICENCE_TEXTS, LICENCES, next_token_stats
 from benchmarks.niah import make_haystack
 from prism_mm import PrismConfig, enable_prism
 from prism_mm.models import dense_rows
@@ -101,19 +101,6 @@ def densities(model) -> dict:
             "head_density": [[round(float(x), 4) for x in row] for row in stats.per_head_density()]}
 
 
-def next_token_stats(model, ids: torch.Tensor, chunk: int = 2048) -> tuple[float, torch.Tensor]:
-    """(perplexity, top-1 predictions) of one forward, logits computed by chunks of the last hidden state."""
-    with torch.no_grad():
-        h = model.model(input_ids=ids).last_hidden_state[0]
-        target = ids[0, 1:]
-        nll, top1 = 0.0, []
-        for i in range(0, target.numel(), chunk):
-            logits = model.lm_head(h[i:min(i + chunk, target.numel())]).float()
-            nll += torch.nn.functional.cross_entropy(logits, target[i:i + chunk], reduction="sum").item()
-            top1.append(logits.argmax(-1))
-    return float(torch.tensor(nll / target.numel()).exp()), torch.cat(top1)
-
-
 def perplexity_rows(model, tok, model_name: str, corpus: dict[str, str], lengths, backend: str, device: str):
     """Yields one row per (text, length, setting)."""
     for text_name, text in corpus.items():
@@ -125,7 +112,9 @@ def perplexity_rows(model, tok, model_name: str, corpus: dict[str, str], lengths
             dense_ppl, dense_top1 = None, None
             for name, cfg in tqdm(SETTINGS.items(), desc=f"perplexity, {text_name}, {n} tokens"):
                 use(model, cfg, backend)
-                ppl, top1 = next_token_stats(model, ids)
+                with torch.no_grad():
+                    h = model.model(input_ids=ids).last_hidden_state
+                ppl, top1 = next_token_stats(model, h, ids)
                 row = {"model": model_name, "kind": "perplexity", "text": text_name, "tokens": n, "setting": name,
                        "ppl": ppl}
                 if cfg is None:
@@ -172,6 +161,12 @@ def niah_rows(model, tok, model_name: str, lengths, haystacks: int, needles: int
             for name, cfg in SETTINGS.items():
                 use(model, cfg, backend)
                 flags, answers, dens, layer_dens = [], [], [], []
+
+                def record_density():  # of the prefill just run (the sparse part of a sample)
+                    if cfg is not None:
+                        dens.append(model.prism_stats.mean_density)
+                        layer_dens.append(list(model.prism_stats.per_layer_density().values()))
+
                 start = time.perf_counter()
                 for sample in tqdm(samples, desc=f"needles, {n} tokens, {form}, {name}"):
                     if form == "prefix":
@@ -179,9 +174,7 @@ def niah_rows(model, tok, model_name: str, lengths, haystacks: int, needles: int
                         with torch.no_grad():
                             model(input_ids=torch.tensor([sample["prefix"]], device=device), past_key_values=cache,
                                   use_cache=True, logits_to_keep=1)
-                        if cfg is not None:
-                            dens.append(model.prism_stats.mean_density)
-                            layer_dens.append(list(model.prism_stats.per_layer_density().values()))
+                        record_density()
                         length = cache.get_seq_length()
                     for (key, value, depth), question in zip(sample["needles"], sample["questions"]):
                         if form == "prefix":
@@ -193,9 +186,7 @@ def niah_rows(model, tok, model_name: str, lengths, haystacks: int, needles: int
                             with torch.no_grad():
                                 logits = model(input_ids=torch.tensor([sample["prefix"] + question], device=device),
                                                past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
-                            if cfg is not None:
-                                dens.append(model.prism_stats.mean_density)
-                                layer_dens.append(list(model.prism_stats.per_layer_density().values()))
+                            record_density()
                         text = greedy(model, cache, logits, tok, eos)
                         if form == "prefix":
                             cache.crop(length - cache.get_seq_length())  # a negative count: drop question and answer
@@ -205,8 +196,8 @@ def niah_rows(model, tok, model_name: str, lengths, haystacks: int, needles: int
                 seconds = time.perf_counter() - start
                 layers = [sum(col) / len(col) for col in zip(*layer_dens)] if layer_dens else []
                 row = {"model": model_name, "kind": "needles", "form": form, "tokens": n, "setting": name,
-                             "samples": len(flags), "correct": sum(flags), "accuracy": sum(flags) / len(flags),
-                             "flags": flags, "answers": answers, "mean_density": sum(dens) / len(dens) if dens else 1.0,
+                       "samples": len(flags), "correct": sum(flags), "accuracy": sum(flags) / len(flags),
+                       "flags": flags, "answers": answers, "mean_density": sum(dens) / len(dens) if dens else 1.0,
                        "layer_density": [round(d, 4) for d in layers], "seconds": round(seconds, 1)}
                 print(f"{model_name} {n} {form} {name}: {sum(flags)}/{len(flags)}, density {row['mean_density']:.3f}",
                       flush=True)

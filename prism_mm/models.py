@@ -101,14 +101,6 @@ def attach_stats(model, timing: bool = True) -> PrismRunStats:
     return stats
 
 
-def detach_stats(model) -> None:
-    """Undo attach_stats: the timing hooks removed and model.prism_stats deleted."""
-    stats = getattr(model, "prism_stats", None)
-    if isinstance(stats, PrismRunStats):
-        _remove_timing_hooks(stats)
-        del model.prism_stats
-
-
 def _remove_timing_hooks(stats: PrismRunStats) -> None:
     for hook in stats.hooks:
         hook.remove()
